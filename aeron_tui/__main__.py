@@ -1,0 +1,3 @@
+from aeron_tui.cli import main
+
+main()

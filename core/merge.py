@@ -1,0 +1,390 @@
+"""Model merging: soups, task arithmetic, TIES, DARE, SLERP, layer-wise and Fisher-weighted.
+
+Every method works tensor by tensor in fp32 and casts back to the stored dtype, so a merge can
+stream from safetensors files with peak memory near one model (the output) plus one tensor per
+input. Spec: ``shared/spec/rlhf.md`` §5.
+
+* soup:             ``Σ w_k θ_k / Σ w_k``
+* task_arithmetic:  ``θ_base + λ Σ w_k τ_k / Σ w_k`` with ``τ_k = θ_k − θ_base``
+* ties:             trim each ``τ_k`` to its top ``density`` by magnitude, elect the sign of the
+                    summed mass, average the agreeing entries (disjoint mean), ``θ_base + λ τ_m``
+* dare_linear / dare_ties: drop each task-vector entry with probability ``p = 1 − density`` and
+                    rescale by ``1/(1 − p)`` (unbiased), then task arithmetic or TIES
+* slerp:            spherical interpolation of two models (or of their task vectors with a base),
+                    linear when the vectors are nearly parallel or tiny
+* layerwise:        ``(1 − α_l) θ_A + α_l θ_B`` with a per-layer schedule
+* fisher:           ``Σ F_k θ_k / (Σ F_k + 1e-8)`` with each model's diagonal Fisher
+
+Non-float tensors and state buffers (memory slots, scratchpad commits, EWC state, counters) are
+copied from the base model (or the first model when there is no base): averaging them has no
+meaning.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from core.errors import ConfigError
+
+METHODS = ("soup", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "layerwise", "fisher")
+NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+
+# Buffers that hold per-model state rather than learned weights.
+_STATE_PATTERNS = (
+    r"(^|\.)neural_memory\.(mem_keys|mem_values|usage|written|age|writes_total)$",
+    r"(^|\.)scratchpad\.(committed|committed_mask|slot_type|slot_priority|slot_timestamp|step_counter)$",
+    r"(^|\.)active_learning\.",
+    r"(^|\.)ewc",
+    r"(^|\.)num_batches_tracked$",
+)
+_STATE_RE = re.compile("|".join(_STATE_PATTERNS))
+_LAYER_RE = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.")
+
+
+class MergeError(ConfigError):
+    """Inputs that cannot be merged (mismatched keys or shapes, bad parameters)."""
+
+
+@dataclass
+class MergeParams:
+    """Parameters of a merge; defaults follow the spec (density 0.6, seed 42, λ 1.0, t 0.5)."""
+
+    method: str = "soup"
+    weights: list[float] | None = None
+    density: float = 0.6
+    lam: float = 1.0
+    t: float = 0.5
+    seed: int = 42
+    alphas: list[float] | None = None  # layer-wise schedule, one per layer index
+    alpha_start: float = 0.0  # linear ramp when `alphas` is not given
+    alpha_end: float = 1.0
+    alpha_default: float = 0.5
+
+    def validate(self, num_models: int, has_base: bool) -> None:
+        if self.method not in METHODS:
+            raise MergeError(f"unknown merge method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if num_models < 1:
+            raise MergeError("give at least one model to merge")
+        if self.method in NEEDS_BASE and not has_base:
+            raise MergeError(f"method {self.method!r} needs a base model (--base): task vectors are θ − θ_base")
+        if self.method in ("slerp", "layerwise") and num_models != 2:
+            raise MergeError(f"method {self.method!r} merges exactly two models, got {num_models}")
+        if not 0.0 < self.density <= 1.0:
+            raise MergeError(f"density must be in (0, 1], got {self.density}")
+        if not math.isfinite(self.lam):
+            raise MergeError(f"lambda must be finite, got {self.lam}")
+        if not 0.0 <= self.t <= 1.0:
+            raise MergeError(f"t must be in [0, 1], got {self.t}")
+        if self.weights is not None:
+            if len(self.weights) != num_models:
+                raise MergeError(f"{len(self.weights)} weights given for {num_models} models; give one weight per model")
+            if any(not math.isfinite(w) for w in self.weights):
+                raise MergeError(f"weights must be finite numbers, got {self.weights}")
+            if self.method in ("soup", "ties", "dare_ties", "fisher") and any(w < 0 for w in self.weights):
+                raise MergeError(f"method {self.method!r} needs non-negative weights, got {self.weights}")
+            if sum(self.weights) <= 0:
+                raise MergeError(f"weights must sum to a positive number (they are normalised by their sum), got {self.weights}")
+        if self.alphas is not None and any(not 0.0 <= a <= 1.0 for a in self.alphas):
+            raise MergeError(f"layer-wise alphas must lie in [0, 1], got {self.alphas}")
+
+    def normalised_weights(self, n: int) -> list[float]:
+        w = self.weights if self.weights is not None else [1.0] * n
+        total = sum(w)
+        return [x / total for x in w]
+
+
+@dataclass
+class TensorStats:
+    """What a merge did to one tensor (the report lists these)."""
+
+    name: str
+    shape: list[int]
+    copied: bool = False
+    change_norm: float = 0.0  # ‖θ_merged − θ_reference‖ (reference = base, else first model)
+    relative_change: float = 0.0
+    trimmed_frac: float = 0.0  # TIES: entries zeroed by trimming, mean over models
+    dropped_frac: float = 0.0  # DARE: entries dropped, mean over models
+    sign_conflict_frac: float = 0.0  # entries where the kept task vectors disagree in sign
+
+
+@dataclass
+class MergeReport:
+    method: str
+    params: dict[str, Any]
+    models: list[str]
+    base: str | None
+    tensors: list[TensorStats] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        merged = [t for t in self.tensors if not t.copied]
+        n = max(1, len(merged))
+        return {
+            "tensors_merged": len(merged),
+            "tensors_copied": len(self.tensors) - len(merged),
+            "mean_relative_change": sum(t.relative_change for t in merged) / n,
+            "mean_trimmed_frac": sum(t.trimmed_frac for t in merged) / n,
+            "mean_dropped_frac": sum(t.dropped_frac for t in merged) / n,
+            "mean_sign_conflict_frac": sum(t.sign_conflict_frac for t in merged) / n,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "params": self.params,
+            "models": self.models,
+            "base": self.base,
+            "summary": self.summary(),
+            "tensors": [asdict(t) for t in self.tensors],
+        }
+
+
+# --------------------------------------------------------------------------- tensor operations
+
+
+def is_state_tensor(name: str, tensor: torch.Tensor) -> bool:
+    """True for tensors copied rather than merged: non-float values and per-model state buffers."""
+    return not tensor.is_floating_point() or bool(_STATE_RE.search(name))
+
+
+def layer_index(name: str) -> int | None:
+    match = _LAYER_RE.match(name)
+    return int(match.group(2)) if match else None
+
+
+def trim_top_density(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``density`` fraction of entries with the largest magnitude (ties broken by order)."""
+    if density >= 1.0:
+        return tau.clone()
+    flat = tau.flatten()
+    k = max(1, int(math.ceil(density * flat.numel())))
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.abs().topk(k, sorted=False).indices] = True
+    return torch.where(keep, flat, torch.zeros_like(flat)).view_as(tau)
+
+
+def ties_combine(taus: Sequence[torch.Tensor], weights: Sequence[float]) -> tuple[torch.Tensor, float]:
+    """Sign election by summed (weighted) mass, then the disjoint mean of agreeing entries.
+
+    Returns the merged task vector and the fraction of entries where non-zero inputs disagree.
+    """
+    stacked = torch.stack([w * t for w, t in zip(weights, taus, strict=True)])
+    elected = torch.sign(stacked.sum(dim=0))
+    agree = (torch.sign(stacked) == elected) & (stacked != 0)
+    count = agree.sum(dim=0).clamp(min=1)
+    merged = (stacked * agree).sum(dim=0) / count
+    nonzero = (stacked != 0).sum(dim=0)
+    conflict = ((nonzero > 0) & (agree.sum(dim=0) < nonzero)).float().mean().item()
+    return merged, conflict
+
+
+def dare_drop(tau: torch.Tensor, density: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Drop entries with probability ``p = 1 − density`` and rescale the rest by ``1/(1 − p)``."""
+    if density >= 1.0:
+        return tau.clone(), 0.0
+    mask = torch.rand(tau.shape, generator=generator) < density
+    return torch.where(mask, tau / density, torch.zeros_like(tau)), 1.0 - mask.float().mean().item()
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torch.Tensor:
+    """Spherical interpolation of the flattened tensors; linear when nearly parallel or tiny."""
+    fa, fb = a.flatten(), b.flatten()
+    na, nb = fa.norm(), fb.norm()
+    if na < eps or nb < eps:
+        return (1 - t) * a + t * b
+    cos = torch.clamp(torch.dot(fa, fb) / (na * nb), -1.0, 1.0)
+    if cos.abs() > 0.9995:
+        return (1 - t) * a + t * b
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / sin) * a + (torch.sin(t * omega) / sin) * b
+
+
+def _tensor_seed(seed: int, name: str, index: int) -> int:
+    # Independent of iteration order, so streaming and in-memory merges drop the same entries.
+    return (seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + index) % (2**63 - 1)
+
+
+def merge_tensor(
+    name: str,
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    params: MergeParams,
+    fishers: Sequence[torch.Tensor] | None = None,
+    num_layers: int | None = None,
+) -> tuple[torch.Tensor, TensorStats]:
+    """Merge one tensor across models; returns the result (input dtype) and its statistics."""
+    ref = base if base is not None else tensors[0]
+    stats = TensorStats(name=name, shape=list(ref.shape))
+    for i, t in enumerate(tensors):
+        if t.shape != ref.shape:
+            raise MergeError(
+                f"tensor {name!r}: shape {tuple(t.shape)} in model {i + 1} differs from "
+                f"{tuple(ref.shape)}; only models of the same architecture can be merged"
+            )
+    if is_state_tensor(name, ref):
+        stats.copied = True
+        return ref.clone(), stats
+
+    dtype = ref.dtype
+    xs = [t.to(torch.float32) for t in tensors]
+    b = base.to(torch.float32) if base is not None else None
+    w = params.normalised_weights(len(xs))
+    method = params.method
+
+    if method == "soup":
+        out = sum(wi * x for wi, x in zip(w, xs, strict=True))
+    elif method == "fisher":
+        if fishers is None or len(fishers) != len(xs):
+            raise MergeError("fisher merging needs a Fisher (EWC consolidation) for every model")
+        fs = [f.to(torch.float32) * wi for f, wi in zip(fishers, w, strict=True)]
+        out = sum(f * x for f, x in zip(fs, xs, strict=True)) / (sum(fs) + 1e-8)
+    elif method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
+        assert b is not None
+        taus = [x - b for x in xs]
+        if method.startswith("dare"):
+            dropped = []
+            for i, tau in enumerate(taus):
+                g = torch.Generator().manual_seed(_tensor_seed(params.seed, name, i))
+                taus[i], frac = dare_drop(tau, params.density, g)
+                dropped.append(frac)
+            stats.dropped_frac = sum(dropped) / len(dropped)
+        if method in ("ties", "dare_ties"):
+            if method == "ties":
+                trimmed = [trim_top_density(tau, params.density) for tau in taus]
+                stats.trimmed_frac = sum(
+                    ((tr == 0) & (tau != 0)).float().mean().item() for tr, tau in zip(trimmed, taus, strict=True)
+                ) / len(taus)
+                taus = trimmed
+            merged_tau, stats.sign_conflict_frac = ties_combine(taus, [1.0] * len(taus))
+        else:
+            merged_tau = sum(wi * tau for wi, tau in zip(w, taus, strict=True))
+        out = b + params.lam * merged_tau
+    elif method == "slerp":
+        if b is not None:
+            out = b + slerp(xs[0] - b, xs[1] - b, params.t)
+        else:
+            out = slerp(xs[0], xs[1], params.t)
+    elif method == "layerwise":
+        alpha = layer_alpha(name, params, num_layers)
+        out = (1 - alpha) * xs[0] + alpha * xs[1]
+    else:  # validated earlier
+        raise MergeError(f"unknown merge method {method!r}")
+
+    reference = b if b is not None else xs[0]
+    delta = (out - reference).norm().item()
+    stats.change_norm = delta
+    stats.relative_change = delta / max(reference.norm().item(), 1e-12)
+    return out.to(dtype), stats
+
+
+def layer_alpha(name: str, params: MergeParams, num_layers: int | None) -> float:
+    index = layer_index(name)
+    if index is None:
+        return params.alpha_default
+    if params.alphas is not None:
+        if index >= len(params.alphas):
+            raise MergeError(
+                f"layer-wise schedule has {len(params.alphas)} values but tensor {name!r} is layer {index}"
+            )
+        return params.alphas[index]
+    if not num_layers or num_layers <= 1:
+        return params.alpha_start
+    return params.alpha_start + (params.alpha_end - params.alpha_start) * index / (num_layers - 1)
+
+
+def count_layers(names: Iterable[str]) -> int:
+    indices = [i for i in (layer_index(n) for n in names) if i is not None]
+    return max(indices) + 1 if indices else 0
+
+
+# ------------------------------------------------------------------------------- state dicts
+
+TensorSource = Callable[[str], torch.Tensor]
+
+
+def check_compatible(key_sets: Sequence[Sequence[str]], labels: Sequence[str]) -> list[str]:
+    """All models must hold the same tensor names; return them in the first model's order."""
+    first = list(key_sets[0])
+    reference = set(first)
+    for keys, label in zip(key_sets[1:], labels[1:], strict=True):
+        other = set(keys)
+        if other != reference:
+            missing = sorted(reference - other)[:3]
+            extra = sorted(other - reference)[:3]
+            raise MergeError(
+                f"{label} does not have the same tensors as {labels[0]} "
+                f"(missing {missing or 'none'}, extra {extra or 'none'}); "
+                "only checkpoints of the same architecture can be merged"
+            )
+    return first
+
+
+def merge_state_dicts(
+    models: Sequence[Mapping[str, torch.Tensor]],
+    params: MergeParams,
+    base: Mapping[str, torch.Tensor] | None = None,
+    fishers: Sequence[Mapping[str, torch.Tensor]] | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], MergeReport]:
+    """In-memory merge of state dicts (the streaming merge in :func:`merge_sources` is equivalent)."""
+    return merge_sources(
+        [m.keys() for m in models],
+        [m.__getitem__ for m in models],
+        params,
+        base_keys=base.keys() if base is not None else None,
+        base_get=base.__getitem__ if base is not None else None,
+        fisher_gets=[f.get for f in fishers] if fishers is not None else None,
+        labels=labels,
+    )
+
+
+def merge_sources(
+    model_keys: Sequence[Iterable[str]],
+    model_gets: Sequence[TensorSource],
+    params: MergeParams,
+    base_keys: Iterable[str] | None = None,
+    base_get: TensorSource | None = None,
+    fisher_gets: Sequence[Callable[[str], torch.Tensor | None]] | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], MergeReport]:
+    """Merge tensor by tensor, reading each input tensor only when it is needed."""
+    n = len(model_gets)
+    labels = list(labels) if labels is not None else [f"model {i + 1}" for i in range(n)]
+    has_base = base_get is not None
+    params.validate(n, has_base)
+    key_sets = [list(k) for k in model_keys]
+    all_labels = labels
+    if base_keys is not None:
+        key_sets = [list(base_keys), *key_sets]
+        all_labels = ["base", *labels]
+    names = check_compatible(key_sets, all_labels)
+    num_layers = count_layers(names)
+    report = MergeReport(
+        method=params.method,
+        params={k: v for k, v in asdict(params).items() if v is not None},
+        models=labels,
+        base="base" if has_base else None,
+    )
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        tensors = [get(name) for get in model_gets]
+        base_t = base_get(name) if base_get is not None else None
+        fisher_ts = None
+        if params.method == "fisher" and fisher_gets is not None and not is_state_tensor(name, tensors[0]):
+            fisher_ts = []
+            for i, get in enumerate(fisher_gets):
+                f = get(name)
+                if f is None:
+                    raise MergeError(f"{labels[i]} has no Fisher for tensor {name!r}; run EWC consolidation first")
+                fisher_ts.append(f)
+        merged, stats = merge_tensor(name, tensors, base_t, params, fisher_ts, num_layers)
+        out[name] = merged
+        report.tensors.append(stats)
+    return out, report

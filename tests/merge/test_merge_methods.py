@@ -1,0 +1,166 @@
+"""Merge methods against hand-computed results on small tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.merge import (
+    MergeError,
+    MergeParams,
+    dare_drop,
+    merge_state_dicts,
+    merge_tensor,
+    slerp,
+    ties_combine,
+    trim_top_density,
+)
+
+
+def t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def test_soup_is_weighted_mean() -> None:
+    out, _ = merge_tensor("w", [t(1, 2), t(3, 6)], None, MergeParams("soup", weights=[1, 3]))
+    assert torch.allclose(out, t(2.5, 5.0))
+
+
+def test_task_arithmetic_scales_summed_task_vectors() -> None:
+    base = t(1, 1, 1)
+    a, b = t(2, 1, 0), t(1, 3, 1)  # τ_a = (1,0,-1), τ_b = (0,2,0)
+    out, _ = merge_tensor("w", [a, b], base, MergeParams("task_arithmetic", lam=2.0))
+    # base + 2 * mean(τ) = 1 + 2*(0.5, 1, -0.5)
+    assert torch.allclose(out, t(2, 3, 0))
+
+
+def test_trim_keeps_top_density_by_magnitude() -> None:
+    tau = t(0.1, -5, 2, -0.3, 4)
+    assert torch.equal(trim_top_density(tau, 0.6), t(0, -5, 2, 0, 4))
+    assert torch.equal(trim_top_density(tau, 1.0), tau)
+
+
+def test_ties_sign_election_and_disjoint_mean() -> None:
+    # Column 0: +3 and -1 → elected +, mean over agreeing (+3) = 3.
+    # Column 1: -2 and -4 → elected -, mean = -3. Column 2: +1 and 0 → 1 (zero does not count).
+    taus = [t(3, -2, 1), t(-1, -4, 0)]
+    merged, conflict = ties_combine(taus, [1.0, 1.0])
+    assert torch.allclose(merged, t(3, -3, 1))
+    assert conflict == pytest.approx(1 / 3)
+
+
+def test_ties_full_method_with_trim() -> None:
+    base = t(0, 0, 0, 0)
+    a = t(4, -1, 0.5, 2)  # density 0.5 keeps 4, 2
+    b = t(-3, -2, 1, 0.1)  # keeps -3, -2
+    out, stats = merge_tensor("w", [a, b], base, MergeParams("ties", density=0.5, lam=1.0))
+    # col0: 4 vs -3 → + → 4; col1: 0 vs -2 → -2; col2: 0,0 → 0; col3: 2 vs 0 → 2
+    assert torch.allclose(out, t(4, -2, 0, 2))
+    assert stats.trimmed_frac == pytest.approx(0.5)
+
+
+def test_dare_is_unbiased_in_expectation() -> None:
+    tau = torch.full((200_000,), 2.0)
+    g = torch.Generator().manual_seed(0)
+    dropped, frac = dare_drop(tau, density=0.3, generator=g)
+    assert frac == pytest.approx(0.7, abs=0.01)
+    assert dropped.mean().item() == pytest.approx(2.0, rel=0.02)
+    kept = dropped[dropped != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 2.0 / 0.3))
+
+
+def test_dare_is_deterministic_per_tensor_name() -> None:
+    base = torch.zeros(50)
+    models = [torch.randn(50, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    p = MergeParams("dare_linear", density=0.5, seed=7)
+    o1, _ = merge_tensor("enc.w", models, base, p)
+    o2, _ = merge_tensor("enc.w", models, base, p)
+    o3, _ = merge_tensor("dec.w", models, base, p)
+    assert torch.equal(o1, o2)
+    assert not torch.equal(o1, o3)
+
+
+def test_slerp_endpoints_and_midpoint() -> None:
+    a, b = t(1, 0), t(0, 1)
+    assert torch.allclose(slerp(a, b, 0.0), a)
+    assert torch.allclose(slerp(a, b, 1.0), b)
+    mid = slerp(a, b, 0.5)
+    assert torch.allclose(mid, t(math.sqrt(0.5), math.sqrt(0.5)), atol=1e-6)
+    assert mid.norm().item() == pytest.approx(1.0, abs=1e-6)  # stays on the sphere
+
+
+def test_slerp_falls_back_to_linear_for_parallel_vectors() -> None:
+    a, b = t(1, 2, 3), t(2, 4, 6)
+    assert torch.allclose(slerp(a, b, 0.25), 0.75 * a + 0.25 * b)
+    z = torch.zeros(3)
+    assert torch.allclose(slerp(z, b, 0.5), 0.5 * b)
+
+
+def test_layerwise_ramp_over_layer_index() -> None:
+    names = [f"encoder.layers.{i}.ffn.up_proj.weight" for i in range(3)] + ["token_embedding.weight"]
+    a = {n: torch.zeros(2) for n in names}
+    b = {n: torch.ones(2) for n in names}
+    out, _ = merge_state_dicts([a, b], MergeParams("layerwise", alpha_start=0.0, alpha_end=1.0, alpha_default=0.25))
+    assert torch.allclose(out[names[0]], torch.zeros(2))
+    assert torch.allclose(out[names[1]], torch.full((2,), 0.5))
+    assert torch.allclose(out[names[2]], torch.ones(2))
+    assert torch.allclose(out["token_embedding.weight"], torch.full((2,), 0.25))
+
+
+def test_fisher_weighting() -> None:
+    out, _ = merge_tensor(
+        "w", [t(0, 10), t(10, 0)], None, MergeParams("fisher"), fishers=[t(3, 1), t(1, 1)]
+    )
+    assert torch.allclose(out, t(2.5, 5.0), atol=1e-5)
+
+
+def test_state_buffers_and_integers_are_copied_from_base() -> None:
+    base = {"neural_memory.mem_keys": torch.ones(2), "counter": torch.tensor([3]), "w": torch.zeros(2)}
+    m = {"neural_memory.mem_keys": torch.full((2,), 9.0), "counter": torch.tensor([7]), "w": torch.ones(2)}
+    out, report = merge_state_dicts([m, m], MergeParams("task_arithmetic"), base=base)
+    assert torch.equal(out["neural_memory.mem_keys"], torch.ones(2))
+    assert torch.equal(out["counter"], torch.tensor([3]))
+    assert torch.allclose(out["w"], torch.ones(2))
+    assert report.summary()["tensors_copied"] == 2
+
+
+@pytest.mark.parametrize("method", ["soup", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "layerwise"])
+def test_merging_identical_models_is_identity(method: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "encoder.layers.0.w": torch.randn(8, 8, generator=g),
+        "decoder.layers.1.w": torch.randn(8, generator=g).to(torch.bfloat16),
+        "token_embedding.weight": torch.randn(16, 8, generator=g),
+    }
+    base = sd if method in ("task_arithmetic", "ties", "dare_linear", "dare_ties") else None
+    out, report = merge_state_dicts([sd, sd], MergeParams(method), base=base)
+    for name, tensor in sd.items():
+        assert out[name].dtype == tensor.dtype
+        assert torch.allclose(out[name].float(), tensor.float(), atol=1e-6), name
+    assert report.summary()["mean_relative_change"] < 1e-6
+
+
+def test_bad_parameters_are_rejected_before_any_work() -> None:
+    sd = {"w": torch.zeros(2)}
+    with pytest.raises(MergeError, match="density"):
+        merge_state_dicts([sd, sd], MergeParams("ties", density=1.5), base=sd)
+    with pytest.raises(MergeError, match="needs a base"):
+        merge_state_dicts([sd, sd], MergeParams("ties"))
+    with pytest.raises(MergeError, match="sum to a positive"):
+        merge_state_dicts([sd, sd], MergeParams("task_arithmetic", weights=[1, -1]), base=sd)
+    with pytest.raises(MergeError, match="one weight per model"):
+        merge_state_dicts([sd, sd], MergeParams("soup", weights=[1]))
+    with pytest.raises(MergeError, match="exactly two"):
+        merge_state_dicts([sd, sd, sd], MergeParams("slerp"))
+    with pytest.raises(MergeError, match="unknown merge method"):
+        merge_state_dicts([sd], MergeParams("magic"))
+
+
+def test_mismatched_shapes_and_keys_name_the_tensor() -> None:
+    a = {"w": torch.zeros(2), "v": torch.zeros(3)}
+    with pytest.raises(MergeError, match="'w'"):
+        merge_state_dicts([a, {"w": torch.zeros(3), "v": torch.zeros(3)}], MergeParams("soup"))
+    with pytest.raises(MergeError, match="missing"):
+        merge_state_dicts([a, {"w": torch.zeros(2)}], MergeParams("soup"))

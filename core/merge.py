@@ -23,10 +23,12 @@ meaning.
 from __future__ import annotations
 
 import math
+import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -388,3 +390,60 @@ def merge_sources(
         out[name] = merged
         report.tensors.append(stats)
     return out, report
+
+
+def merge_safetensors(
+    model_files: Sequence[str | os.PathLike[str]],
+    params: MergeParams,
+    out_file: str | os.PathLike[str],
+    base_file: str | os.PathLike[str] | None = None,
+    fisher_files: Sequence[str | os.PathLike[str]] | None = None,
+) -> MergeReport:
+    """Streaming merge of ``model.safetensors`` files into ``out_file`` (written atomically).
+
+    Input tensors are memory-mapped and read one at a time, so peak memory stays near the size of
+    the merged model. Nothing is written when the inputs are incompatible.
+    """
+    from contextlib import ExitStack
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out_path = Path(out_file)
+    with ExitStack() as stack:
+
+        def open_(path: str | os.PathLike[str]) -> Any:
+            p = Path(path)
+            if not p.is_file():
+                raise MergeError(f"{p}: no such safetensors file")
+            try:
+                return stack.enter_context(safe_open(str(p), framework="pt"))
+            except Exception as exc:  # safetensors raises its own error types
+                raise MergeError(f"{p}: not a readable safetensors file ({exc})") from exc
+
+        handles = [open_(p) for p in model_files]
+        base = open_(base_file) if base_file is not None else None
+        fishers = [open_(p) for p in fisher_files] if fisher_files is not None else None
+
+        def fisher_getter(h: Any) -> Callable[[str], torch.Tensor | None]:
+            keys = set(h.keys())
+            return lambda name: h.get_tensor(name) if name in keys else None
+
+        merged, report = merge_sources(
+            [list(h.keys()) for h in handles],
+            [h.get_tensor for h in handles],
+            params,
+            base_keys=list(base.keys()) if base is not None else None,
+            base_get=base.get_tensor if base is not None else None,
+            fisher_gets=[fisher_getter(h) for h in fishers] if fishers is not None else None,
+            labels=[str(p) for p in model_files],
+        )
+        report.base = str(base_file) if base_file is not None else None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in merged.items()}, str(tmp))
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return report

@@ -164,3 +164,43 @@ def test_mismatched_shapes_and_keys_name_the_tensor() -> None:
         merge_state_dicts([a, {"w": torch.zeros(3), "v": torch.zeros(3)}], MergeParams("soup"))
     with pytest.raises(MergeError, match="missing"):
         merge_state_dicts([a, {"w": torch.zeros(2)}], MergeParams("soup"))
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "slerp"])
+def test_streaming_merge_equals_in_memory(tmp_path, method: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(1)
+    names = ["encoder.layers.0.w", "encoder.layers.1.w", "decoder_norm.weight"]
+    sds = [{n: torch.randn(6, 5, generator=g) for n in names} for _ in range(3)]
+    paths = []
+    for i, sd in enumerate(sds):
+        paths.append(tmp_path / f"m{i}.safetensors")
+        save_file(sd, str(paths[-1]))
+    from core.merge import merge_safetensors
+
+    params = MergeParams(method, density=0.5, seed=3)
+    base = sds[0] if method != "slerp" else None
+    expected, _ = merge_state_dicts(sds[1:], params, base=base)
+    out = tmp_path / "out" / "model.safetensors"
+    report = merge_safetensors(paths[1:], params, out, base_file=paths[0] if base is not None else None)
+    got = load_file(str(out))
+    assert set(got) == set(expected)
+    for n in names:
+        assert torch.equal(got[n], expected[n]), n
+    assert report.method == method
+
+
+def test_streaming_merge_writes_nothing_on_mismatch(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from core.merge import merge_safetensors
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "a.safetensors"))
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "b.safetensors"))
+    out = tmp_path / "merged.safetensors"
+    with pytest.raises(MergeError, match="'w'"):
+        merge_safetensors([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], MergeParams("soup"), out)
+    assert not out.exists()
+    with pytest.raises(MergeError, match="no such"):
+        merge_safetensors([tmp_path / "missing.safetensors"], MergeParams("soup"), out)

@@ -1,0 +1,632 @@
+"""Checkpoints: safetensors weights + JSON state, written atomically, verified on load.
+
+A checkpoint is a directory (GUIDE "How a run flows" §5)::
+
+    model.safetensors   weights and persistent buffers; a tied weight is stored once
+    config.json         the NeuralNetConfig
+    tokenizer.json      the tokenizer (plus tokenizer_config.json when the tokenizer writes one)
+    trainer_state.json  global step, RNG states, data position, controller states, best losses
+    optimizer.pt        optimizer (and grad-scaler) state; only ever loaded with weights_only=True
+    manifest.json       format version, SHA-256 and size of every file, per-tensor SHA-256,
+                        lineage (continual.md §1): version uuid, parents, tokenizer and corpus
+
+Saving writes everything into a hidden temporary directory next to the target, fsyncs, and
+renames it into place, so a crash or a full disk never leaves a half-written checkpoint under a
+real name and never touches the previous checkpoint. Loading checks that every file is present,
+every checksum matches, the config matches what the caller expects, and that ``optimizer.pt``
+contains only tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import CheckpointError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE)
+CHECKPOINTS_DIR = "checkpoints"
+STEP_NAME = re.compile(r"^step_(\d+)$")
+ALIASES_KEY = "aeron_aliases"
+RELATIONS = ("resumed", "continued", "merged", "upgraded")
+
+
+def step_checkpoint_name(global_step: int) -> str:
+    """The name of a periodic checkpoint: ``step_000200``."""
+    return f"step_{global_step:06d}"
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: Any,
+    config: Any,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+    parents: Iterable[dict[str, str]] = (),
+    corpus: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    ``model`` is an ``nn.Module`` or a state dict; ``config`` a NeuralNetConfig (anything with
+    ``to_dict()``) or a dict; ``tokenizer`` an object with ``save(directory)``, a path to a
+    ``tokenizer.json`` (or a directory holding one), or the JSON text. ``parents`` are lineage
+    links ``{"id": <version>, "relation": resumed|continued|merged|upgraded}``. ``extra`` is
+    stored in the manifest (e.g. ``global_step``, ``val_loss``, ``run_id``).
+
+    Raises CheckpointError (nothing under ``path`` changes) when any write fails.
+    """
+    final = Path(path)
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(_os_message(f"cannot create checkpoint directory {parent}", exc)) from exc
+    parents = list(parents)
+    for link in parents:
+        if link.get("relation") not in RELATIONS or not link.get("id"):
+            raise CheckpointError(f"lineage parent {link!r} needs an id and a relation in {RELATIONS}")
+    tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        tensor_hashes = _write_model(tmp / MODEL_FILE, model)
+        _write_json(tmp / CONFIG_FILE, _config_dict(config))
+        _write_tokenizer(tmp, tokenizer)
+        _write_json(tmp / TRAINER_STATE_FILE, trainer_state)
+        if optimizer_state is not None:
+            _write_with(tmp / OPTIMIZER_FILE, lambda p: _torch_save(optimizer_state, p))
+        files = {}
+        for f in sorted(tmp.iterdir()):
+            files[f.name] = {"sha256": file_sha256(f), "size": f.stat().st_size}
+        tok_sha = files.get(TOKENIZER_FILE, {}).get("sha256")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "version": str(uuid.uuid4()),
+            "created": time.time(),
+            "name": final.name,
+            "parents": parents,
+            "tokenizer_sha256": tok_sha,
+            "corpus": corpus or {},
+            "files": files,
+            "tensors": tensor_hashes,
+            **(extra or {}),
+        }
+        _write_json(tmp / MANIFEST_FILE, manifest)
+        _fsync_dir(tmp)
+        _replace_dir(tmp, final)
+        _fsync_dir(parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            _os_message(f"could not write checkpoint {final}", exc)
+            + "; nothing was overwritten and earlier checkpoints are intact"
+        ) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def state_dict_for_saving(model: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Contiguous CPU tensors with shared storage stored once, plus ``{alias: stored_name}``."""
+    state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+    tensors: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, tensor in state.items():
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tuple(tensor.stride()),
+            tensor.dtype,
+        )
+        if tensor.numel() > 0 and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _write_tensor_file(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _write_model(path: Path, model: Any) -> dict[str, str]:
+    tensors, aliases = state_dict_for_saving(model)
+    metadata = {"format": "pt", ALIASES_KEY: json.dumps(aliases, sort_keys=True)}
+    _write_with(path, lambda p: _write_tensor_file(p, tensors, metadata))
+    return {name: tensor_sha256(t) for name, t in tensors.items()}
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    torch.save(obj, str(path))
+
+
+def _write_with(path: Path, writer: Callable[[Path], None]) -> None:
+    writer(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode())
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if isinstance(config, dict):
+        return dict(config)
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    raise CheckpointError(f"cannot save a model config of type {type(config).__name__}")
+
+
+def _write_tokenizer(directory: Path, tokenizer: Any) -> None:
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(directory)
+        if not (directory / TOKENIZER_FILE).exists():
+            raise CheckpointError(f"the tokenizer did not write {TOKENIZER_FILE} into the checkpoint")
+        for name in os.listdir(directory):
+            if name.startswith("tokenizer"):
+                _write_with(directory / name, lambda p: None)
+        return
+    if isinstance(tokenizer, (str, os.PathLike)) and Path(tokenizer).exists():
+        src = Path(tokenizer)
+        if src.is_dir():
+            for f in sorted(src.glob("tokenizer*.json")):
+                _write_bytes(directory / f.name, f.read_bytes())
+            if not (directory / TOKENIZER_FILE).exists():
+                raise CheckpointError(f"{src} holds no {TOKENIZER_FILE}")
+        else:
+            _write_bytes(directory / TOKENIZER_FILE, src.read_bytes())
+        return
+    if isinstance(tokenizer, (str, bytes)):
+        data = tokenizer.encode() if isinstance(tokenizer, str) else tokenizer
+        _write_bytes(directory / TOKENIZER_FILE, data)
+        return
+    raise CheckpointError(f"cannot save a tokenizer of type {type(tokenizer).__name__}")
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse directory fsync; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _os_message(prefix: str, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"{prefix}: the disk is full (free some space or choose another --run-dir)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{prefix}: permission denied ({exc.strerror}); choose a writable --run-dir"
+    return f"{prefix}: {exc.strerror or exc}"
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensor_sha256(tensor: Any) -> str:
+    """SHA-256 of a tensor's raw bytes (dtype and shape are checked separately by safetensors)."""
+    import torch
+
+    t = tensor.detach().to("cpu").contiguous()
+    if t.numel() == 0:
+        return hashlib.sha256(b"").hexdigest()
+    raw = t.view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)
+    return hashlib.sha256(raw.reshape(-1).numpy().tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and verification
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A verified checkpoint. ``config`` is a NeuralNetConfig when ``core.config`` is present."""
+
+    path: Path
+    model_state: dict[str, Any]
+    config: Any
+    config_dict: dict[str, Any]
+    tokenizer_path: Path
+    trainer_state: dict[str, Any]
+    optimizer_state_path: Path | None
+    manifest: dict[str, Any]
+    optimizer_state: dict[str, Any] | None = None
+    _tokenizer: Any = field(default=None, repr=False)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer (an ``AeronTokenizer``), loaded on first use."""
+        if self._tokenizer is None:
+            from core.tokenizer import AeronTokenizer
+
+            self._tokenizer = AeronTokenizer.load(self.tokenizer_path)
+        return self._tokenizer
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", ""))
+
+    @property
+    def global_step(self) -> int:
+        return int(self.trainer_state.get("global_step", self.manifest.get("global_step", 0)))
+
+    def load_optimizer_state(self, device: str = "cpu") -> dict[str, Any] | None:
+        if self.optimizer_state is None and self.optimizer_state_path is not None:
+            self.optimizer_state = load_optimizer_state(self.optimizer_state_path, device)
+        return self.optimizer_state
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of checkpoint ``path``; CheckpointError if it is missing or unreadable."""
+    ckpt = Path(path)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: not a checkpoint directory")
+    mf = ckpt / MANIFEST_FILE
+    if not mf.exists():
+        raise CheckpointError(
+            f"{ckpt}: incomplete checkpoint, {MANIFEST_FILE} is missing (the save was interrupted?)"
+        )
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{mf}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{mf}: not a checkpoint manifest (no 'files' table)")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{mf}: checkpoint format {version!r} is newer than this aeron-tui reads "
+            f"({FORMAT_VERSION}); upgrade aeron-tui"
+        )
+    return manifest
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check presence, size and SHA-256 of every file; return the manifest or raise."""
+    ckpt = Path(path)
+    manifest = read_manifest(ckpt)
+    files: dict[str, Any] = manifest["files"]
+    for name in (*REQUIRED_FILES, *files):
+        if not (ckpt / name).is_file():
+            raise CheckpointError(f"{ckpt / name}: file missing from checkpoint {ckpt.name}")
+        if name not in files:
+            raise CheckpointError(f"{ckpt / name}: not listed in {MANIFEST_FILE}")
+    for name, info in files.items():
+        f = ckpt / name
+        size = f.stat().st_size
+        if size != info.get("size"):
+            raise CheckpointError(
+                f"{f}: size {size} bytes, manifest says {info.get('size')} (truncated or modified)"
+            )
+        if file_sha256(f) != info.get("sha256"):
+            detail = _tensor_mismatch(f, manifest) if name == MODEL_FILE else ""
+            raise CheckpointError(f"{f}: checksum mismatch{detail}; the file is corrupted or modified")
+    return manifest
+
+
+def _tensor_mismatch(path: Path, manifest: dict[str, Any]) -> str:
+    """Name the tensors whose bytes differ from the manifest, when the file still parses."""
+    expected = manifest.get("tensors") or {}
+    try:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+    except Exception:  # noqa: BLE001 - the file is corrupt; the file-level message is enough
+        return ""
+    bad = [n for n, t in tensors.items() if expected.get(n) not in (None, tensor_sha256(t))]
+    return f" in tensor {', '.join(sorted(bad)[:3])}" if bad else ""
+
+
+def load_optimizer_state(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, Any]:
+    """Load ``optimizer.pt`` with ``weights_only=True``: a pickle that runs code is refused."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load the optimizer state: it is not a plain tensor file "
+            f"(possibly a pickle that runs code) — {first[:200]}"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: optimizer state is a {type(state).__name__}, not a dict")
+    return state
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    expect_config: Any = None,
+    load_optimizer: bool = True,
+) -> LoadedCheckpoint:
+    """Verify and load a checkpoint; every problem is a CheckpointError naming the file.
+
+    ``expect_config`` (a NeuralNetConfig or dict) makes a differing model config an error that
+    lists the differing fields. ``load_optimizer=False`` skips unpickling ``optimizer.pt``
+    (generation and merging do not need it; its checksum is still verified).
+    """
+    ckpt = Path(path)
+    manifest = verify_checkpoint(ckpt)
+    try:
+        config_dict = json.loads((ckpt / CONFIG_FILE).read_text(encoding="utf-8"))
+        trainer_state = json.loads((ckpt / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{ckpt}: unreadable JSON state ({exc})") from exc
+    if expect_config is not None:
+        diff = config_differences(config_dict, _config_dict(expect_config))
+        if diff:
+            raise CheckpointError(
+                f"{ckpt / CONFIG_FILE}: the checkpoint's model config differs from this run's: "
+                + "; ".join(diff[:6])
+                + " — use the checkpoint's profile or start a new run"
+            )
+    try:
+        from safetensors.torch import load_file
+
+        model_state = load_file(str(ckpt / MODEL_FILE), device=device)
+        meta = _safetensors_metadata(ckpt / MODEL_FILE)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: cannot read weights ({exc})") from exc
+    for alias, stored in json.loads(meta.get(ALIASES_KEY, "{}")).items():
+        if stored not in model_state:
+            raise CheckpointError(f"{ckpt / MODEL_FILE}: tied tensor {alias} points to missing {stored}")
+        model_state[alias] = model_state[stored]
+    config: Any = config_dict
+    try:
+        from core.config import NeuralNetConfig
+
+        config = NeuralNetConfig.from_dict(config_dict)
+    except ImportError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - config validation errors
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: invalid model config ({exc})") from exc
+    opt_path = ckpt / OPTIMIZER_FILE if OPTIMIZER_FILE in manifest["files"] else None
+    loaded = LoadedCheckpoint(
+        path=ckpt,
+        model_state=model_state,
+        config=config,
+        config_dict=config_dict,
+        tokenizer_path=ckpt / TOKENIZER_FILE,
+        trainer_state=trainer_state,
+        optimizer_state_path=opt_path,
+        manifest=manifest,
+    )
+    if load_optimizer and opt_path is not None:
+        loaded.load_optimizer_state(device)
+    return loaded
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Human-readable ``field: checkpoint X, this run Y`` for every differing field."""
+    out = []
+    for name in sorted(set(saved) | set(expected)):
+        a, b = saved.get(name, "<absent>"), expected.get(name, "<absent>")
+        if a != b:
+            out.append(f"{name}: checkpoint {a!r}, this run {b!r}")
+    return out
+
+
+def build_model_from_checkpoint(
+    path: str | os.PathLike[str], device: str = "cpu"
+) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, config)`` from a checkpoint, in eval mode (generation, merge, export)."""
+    from core.model import TransformerNeuralNetBackbone
+
+    loaded = load_checkpoint(path, device="cpu", load_optimizer=False)
+    model = TransformerNeuralNetBackbone(loaded.config)
+    load_model_state(model, loaded.model_state, loaded.path / MODEL_FILE)
+    model.to(device)
+    model.eval()
+    return model, loaded.tokenizer, loaded.config
+
+
+def load_model_state(model: Any, state: dict[str, Any], source: str | os.PathLike[str]) -> None:
+    """Load weights strictly; a missing or unexpected tensor is a CheckpointError naming it."""
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing tensors {', '.join(result.missing_keys[:5])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected tensors {', '.join(result.unexpected_keys[:5])}")
+    if problems:
+        raise CheckpointError(f"{source}: does not fit this model: {'; '.join(problems)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and pruning
+# --------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint directories of a run (no temp dirs), oldest first by step then time."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(found, key=_checkpoint_order)
+
+
+def _checkpoint_order(p: Path) -> tuple[int, float]:
+    step = -1
+    try:
+        step = int(json.loads((p / MANIFEST_FILE).read_text(encoding="utf-8")).get("global_step", -1))
+    except (OSError, ValueError, AttributeError):
+        m = STEP_NAME.match(p.name)
+        step = int(m.group(1)) if m else -1
+    try:
+        mtime = p.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    return step, mtime
+
+
+def latest_checkpoint(
+    run_dir: str | os.PathLike[str], on_skip: Callable[[str], None] | None = None
+) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that verifies; broken ones are reported and skipped."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(ckpt)
+        except (CheckpointError, OSError) as exc:
+            if on_skip is not None:
+                on_skip(f"skipping checkpoint {ckpt.name}: {exc}")
+            continue
+        return ckpt
+    return None
+
+
+def prune_checkpoints(
+    run_dir: str | os.PathLike[str], keep_last: int, protect: Iterable[str] = ()
+) -> list[Path]:
+    """Delete periodic ``step_*`` checkpoints beyond the newest ``keep_last`` (never ``protect``)."""
+    keep = set(protect)
+    periodic = [p for p in list_checkpoints(run_dir) if STEP_NAME.match(p.name)]
+    removed = []
+    for p in periodic[: max(0, len(periodic) - keep_last)]:
+        if p.name in keep:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    # Leftovers of interrupted saves (hidden temp/old dirs of a dead process) are garbage.
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    for p in root.glob(".*.tmp-*") if root.is_dir() else []:
+        pid = _pid_of_temp(p.name)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+    return removed
+
+
+def _pid_of_temp(name: str) -> int | None:
+    m = re.search(r"\.tmp-(\d+)-", name)
+    return int(m.group(1)) if m else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state (JSON-friendly)
+# --------------------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU, and CUDA when present) RNG states as JSON-safe lists."""
+    import numpy as np
+    import torch
+
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    if "python" in state:
+        version, values, gauss = state["python"]
+        random.setstate((version, tuple(values), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in state:
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        saved = [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+        if len(saved) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(saved)

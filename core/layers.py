@@ -1,0 +1,295 @@
+"""Transformer building blocks of the Aeron model (spec model.md §2).
+
+RMSNorm, rotary position embeddings, grouped-query attention on
+``torch.nn.functional.scaled_dot_product_attention``, SwiGLU and the pre-norm encoder/decoder
+layers. Attention masks are boolean with True = attend; every query always sees at least one key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+# (self_k, self_v, cross_k, cross_v) of one decoder layer; cross entries may be None.
+LayerCache = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+
+
+def init_linear(linear: nn.Linear, std: float) -> None:
+    """Normal(0, std) weights and zero bias (the spec's initialisation)."""
+    nn.init.normal_(linear.weight, mean=0.0, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+class AeronRMSNorm(nn.Module):
+    """``y = x / sqrt(mean(x^2) + eps) * weight`` with the statistic computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Low-precision input: normalise in fp32 so the mean of squares neither overflows
+        # nor loses precision, then return in the input dtype.
+        y = F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps)
+        return y.to(x.dtype)
+
+
+class RotaryEmbedding:
+    """Rotary position embedding tables: fp32 ``cos``/``sin`` of shape ``(L, head_dim)``.
+
+    The cache is built lazily and extended when a longer sequence (or cache offset) arrives.
+    Linear scaling divides positions by ``factor``. A plain object, not a module: it holds
+    no parameters and nothing that belongs in a checkpoint.
+    """
+
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None = None) -> None:
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
+        self.head_dim = head_dim
+        self.theta = float(theta)
+        self.factor = float(scaling["factor"]) if scaling else 1.0
+        self._cos: Tensor | None = None
+        self._sin: Tensor | None = None
+
+    def _build(self, length: int, device: torch.device) -> None:
+        half = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float64)
+        inv_freq = self.theta ** (-half / self.head_dim)
+        pos = torch.arange(length, device=device, dtype=torch.float64) / self.factor
+        freqs = torch.outer(pos, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self._cos = emb.cos().float()
+        self._sin = emb.sin().float()
+
+    def __call__(self, length: int, offset: int = 0, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """``cos``, ``sin`` for positions ``offset .. offset+length-1`` as ``(length, head_dim)``."""
+        device = device or torch.device("cpu")
+        end = offset + length
+        if self._cos is None or self._cos.shape[0] < end or self._cos.device != device:
+            # Grow geometrically so incremental decoding does not rebuild every step.
+            current = 0 if self._cos is None else self._cos.shape[0]
+            self._build(max(end, 2 * current, 64), device)
+        assert self._cos is not None and self._sin is not None
+        return self._cos[offset:end].to(dtype), self._sin[offset:end].to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x' = x*cos + rotate_half(x)*sin`` for ``x (B, T, heads, hd)`` and ``cos/sin (T, hd)``."""
+    cos = cos[:, None, :]
+    sin = sin[:, None, :]
+    return x * cos + rotate_half(x) * sin
+
+
+class AttentionMask(NamedTuple):
+    """How a layer masks attention: an explicit boolean mask and/or SDPA's causal flag."""
+
+    mask: Tensor | None  # bool, broadcastable to (B, H, Tq, Tk); True = attend
+    is_causal: bool = False
+
+
+NO_MASK = AttentionMask(None, False)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Grouped-query attention; query head ``h`` reads key/value head ``h // num_kv_groups``.
+
+    Self-attention (``kv_input`` None) may apply rotary embeddings; cross-attention never does.
+    ``past_kv`` / ``use_cache`` implement the decoder KV cache: for self-attention the new keys
+    are appended to the past ones; for cross-attention a given ``past_kv`` is used as is.
+    """
+
+    def __init__(self, d_model: int, nhead: int, num_kv_heads: int, dropout: float = 0.0,
+                 kv_input_dim: int | None = None) -> None:
+        super().__init__()
+        if d_model % nhead or nhead % num_kv_heads:
+            raise ValueError(
+                f"d_model ({d_model}) must be divisible by nhead ({nhead}) and nhead by "
+                f"num_kv_heads ({num_kv_heads})"
+            )
+        self.nhead = nhead
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = d_model // nhead
+        self.dropout = dropout
+        kv_in = kv_input_dim or d_model
+        self.q_proj = nn.Linear(d_model, nhead * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(kv_in, num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(kv_in, num_kv_heads * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(nhead * self.head_dim, d_model, bias=False)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def project_kv(self, kv_input: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``(B, G, S, hd)`` of a source sequence (no rotary)."""
+        b, s, _ = kv_input.shape
+        k = self.k_proj(kv_input).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(kv_input).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        kv_input: Tensor | None = None,
+        mask: AttentionMask = NO_MASK,
+        rope: tuple[Tensor, Tensor] | None = None,
+        past_kv: tuple[Tensor, Tensor] | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
+        """Returns ``(output (B,T,d), attention weights or None, (k, v) for the cache or None)``."""
+        b, t, _ = x.shape
+        hd = self.head_dim
+        q = self.q_proj(x).view(b, t, self.nhead, hd)
+        if kv_input is None:  # self-attention
+            k = self.k_proj(x).view(b, t, self.num_kv_heads, hd)
+            v = self.v_proj(x).view(b, t, self.num_kv_heads, hd)
+            if rope is not None:
+                cos, sin = rope
+                q = apply_rotary(q, cos.to(q.dtype), sin.to(q.dtype))
+                k = apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype))
+            k = k.transpose(1, 2)
+            v = v.transpose(1, 2)
+            if past_kv is not None:
+                k = torch.cat((past_kv[0].to(k.dtype), k), dim=2)
+                v = torch.cat((past_kv[1].to(v.dtype), v), dim=2)
+        elif past_kv is not None:  # cross-attention with cached source keys/values
+            k, v = past_kv
+        else:
+            k, v = self.project_kv(kv_input)
+        q = q.transpose(1, 2)
+        present = (k, v) if use_cache else None
+
+        dropout_p = self.dropout if self.training else 0.0
+        weights: Tensor | None = None
+        if output_attentions:
+            out, weights = self._manual_attention(q, k, v, mask, dropout_p)
+        else:
+            if v.dtype != q.dtype:  # e.g. cached fp32 K/V under autocast
+                k, v = k.to(q.dtype), v.to(q.dtype)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask.mask, dropout_p=dropout_p, is_causal=mask.is_causal,
+                enable_gqa=self.nhead != self.num_kv_heads,
+            )
+        out = out.transpose(1, 2).reshape(b, t, self.nhead * hd)
+        return self.resid_dropout(self.out_proj(out)), weights, present
+
+    def _manual_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask,
+                          dropout_p: float) -> tuple[Tensor, Tensor]:
+        groups = self.nhead // self.num_kv_heads
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
+        allowed = mask.mask
+        if mask.is_causal:
+            tq, tk = scores.shape[-2:]
+            causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+            allowed = causal if allowed is None else allowed & causal
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        attn = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+        out = torch.matmul(attn.to(v.dtype), v)
+        return out, weights
+
+
+class SwiGLU(nn.Module):
+    """``y = Dropout(down(silu(gate(x)) * up(x)))`` (bias-free)."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float = 0.0,
+                 activation: str = "silu") -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.act = F.silu if activation == "silu" else F.gelu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm encoder layer: ``x += SelfAttn(Norm x)``, ``x += FFN(Norm x)``."""
+
+    def __init__(self, d_model: int, nhead: int, num_kv_heads: int, ffn_hidden: int,
+                 dropout: float = 0.0, eps: float = 1e-6, activation: str = "silu") -> None:
+        super().__init__()
+        self.self_attn_norm = AeronRMSNorm(d_model, eps)
+        self.self_attn = GroupedQueryAttention(d_model, nhead, num_kv_heads, dropout)
+        self.ffn_norm = AeronRMSNorm(d_model, eps)
+        self.ffn = SwiGLU(d_model, ffn_hidden, dropout, activation)
+
+    def forward(self, x: Tensor, mask: AttentionMask = NO_MASK,
+                rope: tuple[Tensor, Tensor] | None = None,
+                output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        a, weights, _ = self.self_attn(self.self_attn_norm(x), mask=mask, rope=rope,
+                                       output_attentions=output_attentions)
+        x = x + a
+        x = x + self.ffn(self.ffn_norm(x))
+        return x, weights
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer: causal self-attention, cross-attention to memory, SwiGLU."""
+
+    def __init__(self, d_model: int, nhead: int, num_kv_heads: int, ffn_hidden: int,
+                 dropout: float = 0.0, eps: float = 1e-6, activation: str = "silu") -> None:
+        super().__init__()
+        self.self_attn_norm = AeronRMSNorm(d_model, eps)
+        self.self_attn = GroupedQueryAttention(d_model, nhead, num_kv_heads, dropout)
+        self.cross_attn_norm = AeronRMSNorm(d_model, eps)
+        self.cross_attn = GroupedQueryAttention(d_model, nhead, num_kv_heads, dropout)
+        self.ffn_norm = AeronRMSNorm(d_model, eps)
+        self.ffn = SwiGLU(d_model, ffn_hidden, dropout, activation)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        self_mask: AttentionMask = NO_MASK,
+        cross_mask: AttentionMask = NO_MASK,
+        rope: tuple[Tensor, Tensor] | None = None,
+        past: LayerCache | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, LayerCache | None]:
+        """Returns ``(x, self-attn weights, cross-attn weights, this layer's cache)``."""
+        past_self = (past[0], past[1]) if past is not None else None
+        past_cross = (past[2], past[3]) if past is not None and past[2] is not None else None
+        a, self_w, present_self = self.self_attn(
+            self.self_attn_norm(x), mask=self_mask, rope=rope, past_kv=past_self,
+            use_cache=use_cache, output_attentions=output_attentions,
+        )
+        x = x + a
+        if past_cross is None and memory is None:
+            raise ValueError("decoder cross-attention needs the encoder memory or cached K/V")
+        c, cross_w, present_cross = self.cross_attn(
+            self.cross_attn_norm(x), kv_input=memory, mask=cross_mask, past_kv=past_cross,
+            use_cache=use_cache, output_attentions=output_attentions,
+        )
+        x = x + c
+        x = x + self.ffn(self.ffn_norm(x))
+        cache: LayerCache | None = None
+        if use_cache:
+            assert present_self is not None and present_cross is not None
+            cache = (present_self[0], present_self[1], present_cross[0], present_cross[1])
+        return x, self_w, cross_w, cache
+
+
+def maybe_checkpoint(module: nn.Module, enabled: bool, *args: object, **kwargs: object):
+    """Run ``module(*args, **kwargs)``, through activation checkpointing when ``enabled``."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False, **kwargs)
+    return module(*args, **kwargs)

@@ -1,0 +1,544 @@
+"""The Aeron reasoning engine (spec model.md §5).
+
+Fixed order: complexity gate -> Tree of Thought (branches, cross-branch attention, critic,
+pruning, contradiction resolution, merge) -> scratchpad write -> scratchpad read -> synthesis ->
+straight-through skip mask. The engine never mutates its buffers inside ``forward``; a scratchpad
+write is returned as a ``pending_write`` that the backbone commits after the graph is built.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.config import NeuralNetConfig
+from core.layers import NO_MASK, AeronRMSNorm, EncoderLayer, init_linear
+
+
+class MemorySlotType(enum.IntEnum):
+    """What a scratchpad slot holds."""
+
+    EMPTY = 0
+    WORKING = 1
+    SHORT_TERM = 2
+    LONG_TERM = 3
+    EPISODIC = 4
+
+
+class MemoryPriority(enum.IntEnum):
+    """How important a scratchpad slot is."""
+
+    LOWEST = 0
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+    CRITICAL = 4
+
+
+def masked_pool(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``pool(x, m) = sum_s m*x / max(1, sum_s m)``: ``(B, S, d) -> (B, d)``."""
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def _mlp(d_in: int, d_hidden: int, std: float) -> nn.Sequential:
+    """``Linear(d_in, d_hidden) -> SiLU -> Linear(d_hidden, 1)`` with biases (last bias 0)."""
+    net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, 1))
+    for m in net:
+        if isinstance(m, nn.Linear):
+            init_linear(m, std)
+    return net
+
+
+def sinusoid(values: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding ``(..., dim)`` of real ``values`` (sin on even, cos on odd dims)."""
+    half = dim // 2
+    freq = torch.exp(
+        -math.log(10000.0) * torch.arange(half, device=values.device, dtype=torch.float32) / max(half, 1)
+    )
+    angles = values.float().unsqueeze(-1) * freq
+    emb = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+    if emb.shape[-1] < dim:
+        emb = F.pad(emb, (0, dim - emb.shape[-1]))
+    return emb
+
+
+def scratchpad_heads(d_model: int) -> int:
+    """``max(4, d//64)`` heads, lowered to the nearest count that divides ``d_model``."""
+    heads = max(4, d_model // 64)
+    while d_model % heads:
+        heads -= 1
+    return heads
+
+
+class BranchGenerator(nn.Module):
+    """One hypothesis: ``Linear(SiLU(Linear(Norm u)))`` (bias-free)."""
+
+    def __init__(self, d: int, eps: float, std: float) -> None:
+        super().__init__()
+        self.norm = AeronRMSNorm(d, eps)
+        self.fc_in = nn.Linear(d, d, bias=False)
+        self.fc_out = nn.Linear(d, d, bias=False)
+        init_linear(self.fc_in, std)
+        init_linear(self.fc_out, std)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.fc_out(F.silu(self.fc_in(self.norm(u))))
+
+
+@dataclass
+class TreeOfThoughtOutput:
+    """Result of one Tree-of-Thought pass."""
+
+    out: Tensor  # (B, S, d) merged states
+    summaries: Tensor  # (B, N, d) branch summaries after cross-branch attention
+    logits: Tensor  # (B, N) critic scores before the sigmoid
+    scores: Tensor  # (B, N) sigmoid critic scores
+    keep_mask: Tensor  # (B, N) bool
+    weights: Tensor  # (B, N) merge weights
+    contradiction_levels: Tensor  # (B, N, N)
+    resolved: Tensor  # () number of resolved pairs
+    confidence_gate: Tensor  # (B,)
+
+
+class AeronTreeOfThoughtProcessor(nn.Module):
+    """N hypotheses, cross-branch attention, critic, pruning, contradictions and merge."""
+
+    def __init__(self, config: NeuralNetConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        n = config.num_tot_branches
+        std = config.initializer_range
+        self.num_branches = n
+        self.keep_k = config.effective_tot_keep_k
+        self.contradiction_threshold = config.tot_contradiction_threshold
+        self.branch_embed = nn.Parameter(torch.empty(n, d))
+        nn.init.normal_(self.branch_embed, std=std)
+        self.generators = nn.ModuleList(
+            BranchGenerator(d, config.rms_norm_eps, std) for _ in range(n)
+        )
+        self.cross_branch = EncoderLayer(
+            d, config.nhead, config.num_kv_heads, config.swiglu_hidden, config.dropout,
+            config.rms_norm_eps, config.activation,
+        )
+        for mod in self.cross_branch.modules():
+            if isinstance(mod, nn.Linear):
+                init_linear(mod, std)
+        self.conf = _mlp(d, d // 4, std)
+        self.evid = _mlp(2 * d, d // 4, std)
+        self.contra = _mlp(3 * d, d // 4, std)
+        self.resolver = nn.Linear(2 * d, d, bias=False)
+        init_linear(self.resolver, std)
+        self.merge_gate = nn.Linear(2 * d, 1)
+        init_linear(self.merge_gate, std)
+
+    def forward(self, x: Tensor, u: Tensor, mask: Tensor | None) -> TreeOfThoughtOutput:
+        """``x`` the encoder states, ``u`` the conditioned states, ``mask (B,S)`` or None."""
+        pooled_x = masked_pool(x, mask)  # (B, d)
+        # Branches: h_i = u + b_i + gen_i(u)
+        branches = [u + self.branch_embed[i] + gen(u) for i, gen in enumerate(self.generators)]
+        summaries = torch.stack([masked_pool(h, mask) for h in branches], dim=1)  # (B, N, d)
+        refined, _ = self.cross_branch(summaries, mask=NO_MASK)  # (B, N, d)
+        shift = refined - summaries
+        branches = [h + shift[:, i, None, :] for i, h in enumerate(branches)]
+
+        # Critic
+        q = self.conf(refined).squeeze(-1) + self.evid(
+            torch.cat((refined, pooled_x[:, None, :].expand_as(refined)), dim=-1)
+        ).squeeze(-1)  # (B, N)
+        scores = torch.sigmoid(q)
+
+        # Pruning: keep the top-k by q.
+        top = q.detach().topk(self.keep_k, dim=-1).indices
+        keep = torch.zeros_like(q, dtype=torch.bool).scatter(1, top, True)
+
+        # Contradictions between kept pairs; the lower-scored branch moves towards a synthesis.
+        levels, resolved, deltas = self._contradictions(refined, q, keep)
+        if deltas is not None:
+            branches = [h + deltas[:, i, None, :] for i, h in enumerate(branches)]
+
+        # Quality-weighted merge of the kept branches.
+        weights = q.masked_fill(~keep, float("-inf")).float().softmax(dim=-1).to(q.dtype)
+        stacked = torch.stack(branches, dim=1)  # (B, N, S, d)
+        merged = (weights[:, :, None, None].to(stacked.dtype) * stacked).sum(dim=1)
+        gamma = torch.sigmoid(
+            self.merge_gate(torch.cat((masked_pool(merged, mask), pooled_x), dim=-1))
+        )  # (B, 1)
+        out = x + gamma[:, :, None] * (merged - x)
+        return TreeOfThoughtOutput(out, refined, q, scores, keep, weights, levels, resolved,
+                                   gamma.squeeze(-1))
+
+    def _contradictions(self, s: Tensor, q: Tensor, keep: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor | None]:
+        b, n, d = s.shape
+        if n < 2:
+            return s.new_zeros(b, n, n), torch.zeros((), dtype=torch.long, device=s.device), None
+        si = s[:, :, None, :].expand(b, n, n, d)
+        sj = s[:, None, :, :].expand(b, n, n, d)
+        raw = torch.sigmoid(self.contra(torch.cat((si, sj, si * sj), dim=-1)).squeeze(-1))
+        # One level per unordered pair: the (i<j) entry, mirrored.
+        upper = torch.ones(n, n, dtype=torch.bool, device=s.device).triu(1)
+        levels = torch.where(upper, raw, raw.transpose(1, 2))
+        levels = levels.masked_fill(torch.eye(n, dtype=torch.bool, device=s.device), 0.0)
+        pair_kept = keep[:, :, None] & keep[:, None, :]
+        active = pair_kept & (levels.detach() > self.contradiction_threshold)
+        # lose[b, a, h]: branch a is the lower-scored side of an active pair with h.
+        qd = q.detach()
+        idx = torch.arange(n, device=s.device)
+        lower = (qd[:, :, None] < qd[:, None, :]) | (
+            (qd[:, :, None] == qd[:, None, :]) & (idx[:, None] > idx[None, :])
+        )
+        lose = active & lower
+        resolved = lose.sum()
+        # resolver([s'_hi; s'_lo]) - s'_lo for every ordered (lo=a, hi=h) pair.
+        synth = self.resolver(torch.cat((sj, si), dim=-1)) - si  # (B, N, N, d)
+        coef = (levels * lose.to(levels.dtype))[..., None]
+        count = lose.sum(dim=2, keepdim=True).clamp_min(1).to(s.dtype)  # (B, N, 1)
+        deltas = (coef * synth).sum(dim=2) / count
+        return levels, resolved, deltas
+
+
+@dataclass
+class PendingWrite:
+    """A scratchpad write computed in ``forward`` and applied later by ``commit_write``."""
+
+    slots: Tensor  # (B, K) long, distinct per sample
+    values: Tensor  # (B, K, d) detached written slot values
+    active: Tensor  # (B, K) bool: the sample ran reasoning and this entry was written
+    slot_type: Tensor  # (B, K) long MemorySlotType
+    priority: Tensor  # (B, K) long MemoryPriority
+
+    def __repr__(self) -> str:
+        b, k = self.slots.shape
+        return f"PendingWrite(batch={b}, entries={k}, active={int(self.active.sum())})"
+
+
+class AeronInternalScratchpad(nn.Module):
+    """``P`` learned slots plus committed content and per-slot metadata (buffers)."""
+
+    def __init__(self, config: NeuralNetConfig) -> None:
+        super().__init__()
+        p, d = config.num_scratchpad_slots, config.d_model
+        std = config.initializer_range
+        self.num_slots = p
+        self.slot_keys = nn.Parameter(torch.empty(p, d))
+        self.slot_values = nn.Parameter(torch.empty(p, d))
+        nn.init.normal_(self.slot_keys, std=std)
+        nn.init.normal_(self.slot_values, std=std)
+        self.write_gate = nn.Linear(2 * d, 1)
+        init_linear(self.write_gate, std)
+        self.register_buffer("committed", torch.zeros(p, d))
+        self.register_buffer("committed_mask", torch.zeros(p, dtype=torch.bool))
+        self.register_buffer("slot_type", torch.full((p,), int(MemorySlotType.EMPTY)))
+        self.register_buffer("slot_priority", torch.full((p,), int(MemoryPriority.LOWEST)))
+        self.register_buffer("slot_timestamp", torch.zeros(p, dtype=torch.long))
+        self.register_buffer("step_counter", torch.zeros((), dtype=torch.long))
+
+    def current_values(self, batch: int) -> Tensor:
+        """``V = where(committed_mask, committed, slot_values)`` expanded to ``(B, P, d)``."""
+        v = torch.where(self.committed_mask[:, None], self.committed.to(self.slot_values.dtype),
+                        self.slot_values)
+        return v.unsqueeze(0).expand(batch, -1, -1)
+
+    def write(self, contents: Tensor, active: Tensor) -> tuple[Tensor, PendingWrite, Tensor]:
+        """Out-of-place write of ``contents (B, K, d)`` (best first) for ``active (B,)`` samples.
+
+        Returns ``(V (B,P,d) after the write, pending write, gate values (B,K))``; buffers are
+        untouched.
+        """
+        b, k, d = contents.shape
+        p = self.num_slots
+        k = min(k, p)
+        contents = contents[:, :k]
+        with torch.no_grad():  # slot choice: greedy by cosine with slot_keys, distinct per sample
+            sim = F.normalize(contents.float(), dim=-1) @ F.normalize(self.slot_keys.float(), dim=-1).T
+            taken = torch.zeros(b, p, dtype=torch.bool, device=contents.device)
+            chosen = []
+            for j in range(k):
+                pick = sim[:, j].masked_fill(taken, float("-inf")).argmax(dim=-1)
+                chosen.append(pick)
+                taken = taken.scatter(1, pick[:, None], True)
+            slots = torch.stack(chosen, dim=1)  # (B, K)
+        values = self.current_values(b)
+        idx = slots[:, :, None].expand(b, k, d)
+        old = values.gather(1, idx)
+        gate = torch.sigmoid(self.write_gate(torch.cat((old, contents.to(old.dtype)), dim=-1)))
+        new = (1 - gate) * old + gate * contents.to(old.dtype)
+        act = active[:, None].expand(b, k)
+        delta = (new - old) * act[:, :, None].to(new.dtype)
+        out = values.scatter_add(1, idx, delta)
+        slot_type = torch.full_like(slots, int(MemorySlotType.SHORT_TERM))
+        slot_type[:, 0] = int(MemorySlotType.WORKING)
+        priority = torch.full_like(slots, int(MemoryPriority.NORMAL))
+        priority[:, 0] = int(MemoryPriority.HIGH)
+        pending = PendingWrite(slots, new.detach(), act.clone(), slot_type, priority)
+        return out, pending, gate.squeeze(-1)
+
+    @torch.no_grad()
+    def commit_write(self, pending: PendingWrite | None) -> None:
+        """Persist a pending write: per-slot mean over writers, metadata, timestamp, step.
+
+        Buffers are replaced, not modified in place, so tensors saved for backward stay valid.
+        """
+        if pending is None:
+            return
+        p, d = self.committed.shape
+        active = pending.active.reshape(-1)
+        if not bool(active.any()):
+            return
+        slots = pending.slots.reshape(-1)[active]
+        values = pending.values.reshape(-1, d)[active].to(self.committed.dtype)
+        total = torch.zeros(p, d, device=values.device, dtype=values.dtype).index_add(0, slots, values)
+        count = torch.zeros(p, device=values.device, dtype=values.dtype).index_add(
+            0, slots, torch.ones_like(slots, dtype=values.dtype)
+        )
+        written = count > 0
+        mean = total / count.clamp_min(1)[:, None]
+        # Metadata of the highest-priority writer per slot.
+        prio = pending.priority.reshape(-1)[active]
+        typ = pending.slot_type.reshape(-1)[active]
+        best_prio = torch.full((p,), -1, dtype=torch.long, device=values.device).scatter_reduce(
+            0, slots, prio, reduce="amax"
+        )
+        key = prio * 16 + typ  # type of the highest-priority writer (ties: larger type id)
+        best_key = torch.full((p,), -1, dtype=torch.long, device=values.device).scatter_reduce(
+            0, slots, key, reduce="amax"
+        )
+        step = self.step_counter + 1
+        self.committed = torch.where(written[:, None], mean, self.committed)
+        self.committed_mask = self.committed_mask | written
+        self.slot_priority = torch.where(written, best_prio, self.slot_priority)
+        self.slot_type = torch.where(written, best_key % 16, self.slot_type)
+        self.slot_timestamp = torch.where(written, step.expand(p), self.slot_timestamp)
+        self.step_counter = step
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget all committed content and metadata."""
+        self.committed = torch.zeros_like(self.committed)
+        self.committed_mask = torch.zeros_like(self.committed_mask)
+        self.slot_type = torch.full_like(self.slot_type, int(MemorySlotType.EMPTY))
+        self.slot_priority = torch.full_like(self.slot_priority, int(MemoryPriority.LOWEST))
+        self.slot_timestamp = torch.zeros_like(self.slot_timestamp)
+        self.step_counter = torch.zeros_like(self.step_counter)
+
+    def metadata_after(self, pending: PendingWrite | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-sample slot ``(type, priority, age, written)`` as seen after ``pending``.
+
+        Shapes ``(B, P)``; slots written in this forward have age 0.
+        """
+        age = (self.step_counter - self.slot_timestamp).clamp_min(0)
+        base = (self.slot_type, self.slot_priority, age, self.committed_mask)
+        if pending is None:
+            return tuple(t.unsqueeze(0) for t in base)  # type: ignore[return-value]
+        b = pending.slots.shape[0]
+        typ, prio, age, written = (t.unsqueeze(0).expand(b, -1).clone() for t in base)
+        act = pending.active
+        slots = pending.slots
+        typ.scatter_(1, slots, torch.where(act, pending.slot_type, typ.gather(1, slots)))
+        prio.scatter_(1, slots, torch.where(act, pending.priority, prio.gather(1, slots)))
+        age.scatter_(1, slots, torch.where(act, torch.zeros_like(slots), age.gather(1, slots)))
+        written.scatter_(1, slots, act | written.gather(1, slots))
+        return typ, prio, age, written
+
+
+class ScratchpadAttention(nn.Module):
+    """Reads the scratchpad: queries from the merged states, keys from slot identity + metadata."""
+
+    def __init__(self, config: NeuralNetConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        std = config.initializer_range
+        self.heads = scratchpad_heads(d)
+        self.head_dim = d // self.heads
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            init_linear(lin, std)
+        self.type_emb = nn.Embedding(len(MemorySlotType), d)
+        self.priority_emb = nn.Embedding(len(MemoryPriority), d)
+        nn.init.normal_(self.type_emb.weight, std=std)
+        nn.init.normal_(self.priority_emb.weight, std=std)
+        self.importance = nn.Linear(d, 1)
+        init_linear(self.importance, std)
+        self.rho = nn.Parameter(torch.zeros(()))  # age decay, softplus(0) = ln 2
+
+    def forward(self, queries: Tensor, slot_keys: Tensor, values: Tensor, slot_type: Tensor,
+                priority: Tensor, age: Tensor) -> tuple[Tensor, Tensor]:
+        """``queries (B,S,d)``, ``values (B,P,d)``, metadata ``(B|1, P)``.
+
+        Returns ``(read (B,S,d), weights (B, heads, S, P))``.
+        """
+        b, s, d = queries.shape
+        p = values.shape[1]
+        keys = (slot_keys + self.type_emb(slot_type) + self.priority_emb(priority)
+                + sinusoid(age, d).to(slot_keys.dtype))  # (B|1, P, d)
+        keys = keys.expand(b, p, d)
+        bias = self.importance(values).squeeze(-1) - F.softplus(self.rho) * torch.log1p(age.float())
+        h, hd = self.heads, self.head_dim
+        q = self.q_proj(queries).view(b, s, h, hd).transpose(1, 2)
+        k = self.k_proj(keys).view(b, p, h, hd).transpose(1, 2)
+        v = self.v_proj(values).view(b, p, h, hd).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(hd)
+        scores = scores + bias.float()[:, None, None, :]
+        weights = scores.softmax(dim=-1)
+        out = torch.matmul(weights.to(v.dtype), v).transpose(1, 2).reshape(b, s, d)
+        return self.o_proj(out), weights
+
+
+@dataclass
+class ReasoningOutput:
+    """What the engine hands back to the backbone."""
+
+    hidden: Tensor  # (B, S, d)
+    tot_branch_scores: Tensor | None  # (B, N) or None when reasoning did not run
+    info: dict[str, Any]
+    pending_write: PendingWrite | None
+
+
+class AeronReasoningEngine(nn.Module):
+    """Complexity gate + Tree of Thought + scratchpad + synthesis (spec §5)."""
+
+    def __init__(self, config: NeuralNetConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        std = config.initializer_range
+        self.threshold = config.reasoning_complexity_threshold
+        self.memory_dim = config.memory_dim
+        self.max_reasoning_steps = config.max_reasoning_steps
+        self.complexity_gate = _mlp(d, d // 4, std)
+        self.memory_bridge = nn.Linear(config.memory_dim, d, bias=False)
+        self.task_proj = nn.Linear(d, d, bias=False)
+        init_linear(self.memory_bridge, std)
+        init_linear(self.task_proj, std)
+        self.tree_of_thought = AeronTreeOfThoughtProcessor(config)
+        self.scratchpad = AeronInternalScratchpad(config)
+        self.scratchpad_attention = ScratchpadAttention(config)
+        self.synth_proj = nn.Linear(2 * d, d, bias=False)
+        init_linear(self.synth_proj, std)
+
+    def complexity(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Per-sample complexity ``c in (0, 1)``, shape ``(B,)``."""
+        return torch.sigmoid(self.complexity_gate(masked_pool(x, mask))).squeeze(-1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, memory_recall: Tensor | None = None,
+                task_embedding: Tensor | None = None) -> ReasoningOutput:
+        """``x (B,S,d)`` enhanced encoder states; ``mask (B,S)`` bool (True = real) or None."""
+        b = x.shape[0]
+        c = self.complexity(x, mask)
+        run = c.detach() >= self.threshold
+        info = skipped_info("below_threshold", self.threshold, self.max_reasoning_steps)
+        info.update(complexity=c.detach(), complexity_mean=float(c.detach().float().mean()))
+        info["skip_mask"] = run.to(x.dtype)
+        if not bool(run.any()):
+            return ReasoningOutput(x, None, info, None)
+
+        # Conditioning on memory recall and task embedding (shape-guarded).
+        u = x
+        memory_used = (
+            memory_recall is not None
+            and memory_recall.dim() == x.dim()
+            and memory_recall.shape[-1] == self.memory_dim
+            and memory_recall.shape[:-1] == x.shape[:-1]
+        )
+        if memory_used:
+            assert memory_recall is not None
+            u = u + self.memory_bridge(memory_recall.to(x.dtype))
+        task_used = task_embedding is not None
+        if task_embedding is not None:
+            e = task_embedding if task_embedding.dim() == 2 else task_embedding.expand(b, -1)
+            u = u + self.task_proj(e)[:, None, :]
+
+        tot = self.tree_of_thought(x, u, mask)
+
+        # Scratchpad write: kept summaries, best first.
+        order = tot.logits.detach().masked_fill(~tot.keep_mask, float("-inf")).argsort(
+            dim=-1, descending=True)[:, : self.tree_of_thought.keep_k]
+        contents = tot.summaries.gather(1, order[:, :, None].expand(-1, -1, x.shape[-1]))
+        values, pending, write_gate = self.scratchpad.write(contents, run)
+
+        # Scratchpad read.
+        typ, prio, age, _ = self.scratchpad.metadata_after(pending)
+        read, read_weights = self.scratchpad_attention(
+            tot.out, self.scratchpad.slot_keys, values, typ, prio, age)
+        reasoned = tot.out + self.synth_proj(torch.cat((tot.out, read.to(tot.out.dtype)), dim=-1))
+
+        # Straight-through skip mask: forward value = run, gradient flows into the gate.
+        m = run.to(c.dtype) + c - c.detach()
+        y = x + m[:, None, None].to(x.dtype) * (reasoned - x)
+
+        token_w = read_weights.detach().float().mean(dim=1)  # (B, S, P)
+        if mask is not None:
+            mw = mask.to(token_w.dtype)[:, :, None]
+            slot_read = (token_w * mw).sum(dim=(0, 1)) / mw.sum().clamp_min(1.0)
+        else:
+            slot_read = token_w.mean(dim=(0, 1))
+        info.update(
+            skipped=False,
+            skip_reason=None,
+            branch_weights=tot.weights.detach(),
+            branch_keep_mask=tot.keep_mask,
+            best_branch=tot.logits.detach().argmax(dim=-1),
+            contradiction_levels=tot.contradiction_levels.detach(),
+            tot_resolved_contradictions=int(tot.resolved),
+            confidence_gate=tot.confidence_gate.detach(),
+            write_gate_mean=float(write_gate.detach().float()[run].mean()),
+            slot_read_weights=slot_read,
+            memory_context_used=bool(memory_used),
+            task_conditioned=task_used,
+            steps_taken=1,
+            pending_write=pending,
+        )
+        return ReasoningOutput(y, tot.scores, info, pending)
+
+    def reset_state(self) -> None:
+        """Clear the scratchpad's committed content."""
+        self.scratchpad.reset()
+
+    def scratchpad_stats(self, pending: PendingWrite | None) -> dict[str, Any]:
+        """``{used_slots, total_slots, step_counter, slot_types}`` including this forward's write."""
+        typ, _, _, written = self.scratchpad.metadata_after(pending)
+        used = written.any(dim=0)
+        # One type per slot over the batch (the highest type id any sample gives it).
+        types = typ.max(dim=0).values
+        return {
+            "used_slots": int(used.sum()),
+            "total_slots": self.scratchpad.num_slots,
+            "step_counter": int(self.scratchpad.step_counter),
+            "slot_types": [int(t) for t in types.tolist()],
+        }
+
+
+def skipped_info(reason: str | None, threshold: float, max_steps: int) -> dict[str, Any]:
+    """A ``reasoning_info`` dict with every key, for a pass where reasoning did not run."""
+    return {
+        "skipped": True,
+        "skip_reason": reason,
+        "complexity": None,
+        "complexity_mean": None,
+        "skip_mask": None,
+        "threshold": threshold,
+        "branch_weights": None,
+        "branch_keep_mask": None,
+        "best_branch": None,
+        "contradiction_levels": None,
+        "tot_resolved_contradictions": 0,
+        "confidence_gate": None,
+        "write_gate_mean": None,
+        "slot_read_weights": None,
+        "memory_context_used": False,
+        "task_conditioned": False,
+        "steps_taken": 0,
+        "max_reasoning_steps": max_steps,
+        "pending_write": None,
+    }

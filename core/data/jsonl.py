@@ -1,0 +1,103 @@
+"""Strict, streaming JSON-lines reading shared by the styles, preference and prompt readers.
+
+Lines are read with a bounded ``readline`` so a pathological 100 MB line is rejected after
+reading at most ``max_line_bytes`` of it, never loaded whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from core.errors import DataError
+
+MAX_LINE_BYTES = 4 * 1024 * 1024
+
+
+def iter_jsonl(
+    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_no, object)`` for each non-blank line; DataError names file and line.
+
+    Raises on: a missing/unreadable file, invalid UTF-8, bad JSON, a non-object line, a line
+    longer than ``max_line_bytes``, and a file with no objects at all.
+    """
+    p = Path(path)
+    try:
+        fh = open(p, "rb")  # noqa: SIM115 - closed in finally; binary so we control decoding
+    except OSError as exc:
+        raise DataError(f"{p}: cannot open ({exc.strerror or exc}); check the path") from exc
+    seen = 0
+    try:
+        line_no = 0
+        while True:
+            try:
+                raw = fh.readline(max_line_bytes + 1)
+            except OSError as exc:
+                raise DataError(f"{p}: read error after line {line_no} ({exc})") from exc
+            if not raw:
+                break
+            line_no += 1
+            if len(raw) > max_line_bytes:
+                raise DataError(
+                    f"{p}:{line_no}: line longer than {max_line_bytes // (1024 * 1024)} MB; "
+                    "each JSONL record must be on its own line — split or shorten it"
+                )
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{p}:{line_no}: invalid UTF-8 at byte {exc.start} of the line; "
+                    "re-save the file as UTF-8"
+                ) from exc
+            if line_no == 1 and text.startswith("\ufeff"):
+                text = text[1:]  # tolerate a UTF-8 byte-order mark
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{p}:{line_no}: bad JSON ({exc.msg} at column {exc.colno}); "
+                    "fix or remove the line"
+                ) from exc
+            if not isinstance(obj, dict):
+                raise DataError(
+                    f"{p}:{line_no}: expected a JSON object, got {type(obj).__name__}; "
+                    "each line must be one {...} record"
+                )
+            seen += 1
+            yield line_no, obj
+    finally:
+        fh.close()
+    if seen == 0:
+        raise DataError(f"{p}: file is empty (no JSON records); give a JSONL file with data")
+
+
+def require_str(
+    obj: dict[str, Any],
+    key: str,
+    path: str | os.PathLike[str],
+    line_no: int,
+    *,
+    non_empty: bool = True,
+) -> str:
+    """The string field ``key`` of ``obj``; DataError naming file, line and field otherwise."""
+    if key not in obj:
+        raise DataError(f"{path}:{line_no}: missing field {key!r}; add it to the record")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DataError(
+            f"{path}:{line_no}: field {key!r} must be a string, got {type(value).__name__}"
+        )
+    if non_empty and not value.strip():
+        raise DataError(f"{path}:{line_no}: field {key!r} is empty; give a non-empty string")
+    return value
+
+
+def canonical_json(obj: Any) -> str:
+    """Key-sorted, whitespace-free JSON (stable identity of a record)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

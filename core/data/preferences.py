@@ -1,0 +1,129 @@
+"""Preference pairs and prompt sets for reward modelling, DPO and PPO (rlhf.md §1).
+
+Preference JSONL: ``{"prompt", "chosen", "rejected"}`` plus optional ``id`` and ``source``.
+Prompt JSONL: ``{"prompt"}`` plus optional ``answer`` (for verifiable rewards) and ``id``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from core.data.jsonl import MAX_LINE_BYTES, canonical_json, iter_jsonl, require_str
+from core.data.styles import VAL_PERCENT, hash_is_validation
+from core.errors import DataError
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt with a preferred and a dispreferred response."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    id: str = ""
+    source: str = ""
+    line_no: int = 0
+
+
+@dataclass(frozen=True)
+class PromptSample:
+    """A prompt for rollouts; ``answer`` enables a verifiable reward."""
+
+    prompt: str
+    answer: str | None = None
+    id: str = ""
+    line_no: int = 0
+
+
+def _optional_str(obj: dict[str, Any], key: str, path: Any, line_no: int) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "answer":
+        return str(value)  # numeric answers are common in math prompt sets
+    if not isinstance(value, str):
+        raise DataError(
+            f"{path}:{line_no}: field {key!r} must be a string, got {type(value).__name__}"
+        )
+    return value
+
+
+def read_preferences(
+    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+) -> list[PreferencePair]:
+    """Read and validate a preference JSONL file; DataError names file and line."""
+    pairs: list[PreferencePair] = []
+    for line_no, obj in iter_jsonl(path, max_line_bytes):
+        prompt = require_str(obj, "prompt", path, line_no)
+        chosen = require_str(obj, "chosen", path, line_no)
+        rejected = require_str(obj, "rejected", path, line_no)
+        if chosen == rejected:
+            raise DataError(
+                f"{path}:{line_no}: 'chosen' and 'rejected' are identical; "
+                "a preference pair needs two different responses"
+            )
+        pair_id = _optional_str(obj, "id", path, line_no) or ""
+        source = _optional_str(obj, "source", path, line_no) or ""
+        pairs.append(PreferencePair(prompt, chosen, rejected, pair_id, source, line_no))
+    return pairs
+
+
+def read_prompts(
+    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+) -> list[PromptSample]:
+    """Read and validate a prompt JSONL file; DataError names file and line."""
+    prompts: list[PromptSample] = []
+    for line_no, obj in iter_jsonl(path, max_line_bytes):
+        prompt = require_str(obj, "prompt", path, line_no)
+        answer = _optional_str(obj, "answer", path, line_no)
+        if answer is not None and not answer.strip():
+            raise DataError(f"{path}:{line_no}: field 'answer' is empty; omit it or give a value")
+        pid = _optional_str(obj, "id", path, line_no) or ""
+        prompts.append(PromptSample(prompt, answer, pid, line_no))
+    return prompts
+
+
+def split_key(record: PreferencePair | PromptSample) -> str:
+    """The key hashed for the split: the record's id, else its canonical content."""
+    if record.id:
+        return record.id
+    if isinstance(record, PreferencePair):
+        return canonical_json([record.prompt, record.chosen, record.rejected])
+    return canonical_json([record.prompt, record.answer])
+
+
+_T = TypeVar("_T", PreferencePair, PromptSample)
+
+
+def split_records(
+    records: Iterable[_T], val_percent: int = VAL_PERCENT
+) -> tuple[list[_T], list[_T]]:
+    """(train, val) with the same salted-hash rule as styles.jsonl (stable under appends)."""
+    train: list[_T] = []
+    val: list[_T] = []
+    for r in records:
+        (val if hash_is_validation(split_key(r), val_percent) else train).append(r)
+    return train, val
+
+
+def preference_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
+    """Counts, split sizes, per-source counts and mean lengths (characters)."""
+    if not pairs:
+        raise DataError("no preference pairs to summarise")
+    train, val = split_records(pairs)
+    sources: dict[str, int] = {}
+    for p in pairs:
+        sources[p.source or "-"] = sources.get(p.source or "-", 0) + 1
+    n = len(pairs)
+    return {
+        "pairs": n,
+        "train": len(train),
+        "val": len(val),
+        "per_source": dict(sorted(sources.items())),
+        "mean_prompt_chars": sum(len(p.prompt) for p in pairs) / n,
+        "mean_chosen_chars": sum(len(p.chosen) for p in pairs) / n,
+        "mean_rejected_chars": sum(len(p.rejected) for p in pairs) / n,
+    }

@@ -1,0 +1,210 @@
+"""Neural episodic memory: a persistent bank of key/value slots the encoder states read from.
+
+``memory_slots`` (1000) slots of ``memory_dim`` (512, independent of ``d_model``) live in
+buffers (checkpointed, not trained): ``mem_keys``, ``mem_values``, ``usage``, ``written`` and
+``age``. Each forward (model.md §4.2):
+
+1. **Read.** ``q = q_proj(norm x)`` attends in ``memory_heads`` heads over the written slots plus
+   one *current* slot per sample, ``(write_key, write_value)(pool(norm x))`` — the differentiable
+   path through which ``write_key``/``write_value`` learn. The recall ``(B,S,memory_dim)`` is
+   projected back and gated in: ``x + σ(gate([x; o]))⊙o``. With no written slot the read is
+   skipped (``neural_memory_enhanced`` False) but the write below still happens.
+2. **Write** (after the graph is built, by the backbone, per ``memory_write_mode``): each
+   sample's detached current slot replaces the least-used slot — an unwritten one first, then the
+   lowest usage, then the oldest — and ``usage ← 0.99·usage + read mass``. Done in place on
+   buffers only after autograd no longer needs them, so it never breaks the backward pass.
+
+``write``/``read``/``reset`` are public for direct use; ``memory_statistics()`` summarises the
+bank for the console.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from core.layers import AeronRMSNorm
+
+USAGE_DECAY = 0.99
+
+
+def masked_mean_pool(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``Σ_s m·x / max(1, Σ_s m)``: ``(B,S,d) -> (B,d)``."""
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+@dataclass
+class PendingMemoryWrite:
+    """What one forward wants to store: detached current slots and the read mass per slot."""
+
+    keys: Tensor  # (B, memory_dim)
+    values: Tensor  # (B, memory_dim)
+    read_mass: Tensor | None  # (memory_slots,) or None when the read was skipped
+    read_entropy: float = 0.0  # mean entropy of this forward's read attention (nats)
+
+
+class NeuralMemoryNetwork(nn.Module):
+    """Attention-read, least-used-write episodic memory."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        d, m = config.d_model, config.memory_dim
+        self.num_slots = int(config.memory_slots)
+        self.memory_dim = int(m)
+        self.num_heads = int(config.memory_heads)
+        self.head_dim = m // self.num_heads
+        std = float(config.initializer_range)
+        self.norm = AeronRMSNorm(d, config.rms_norm_eps)
+        self.q_proj = nn.Linear(d, m, bias=False)
+        self.write_key = nn.Linear(d, m, bias=False)
+        self.write_value = nn.Linear(d, m, bias=False)
+        self.out_proj = nn.Linear(m, d, bias=False)
+        self.gate = nn.Linear(2 * d, d)
+        for lin in (self.q_proj, self.write_key, self.write_value, self.out_proj, self.gate):
+            nn.init.normal_(lin.weight, std=std)
+        nn.init.constant_(self.gate.bias, -2.0)
+        self.register_buffer("mem_keys", torch.zeros(self.num_slots, m))
+        self.register_buffer("mem_values", torch.zeros(self.num_slots, m))
+        self.register_buffer("usage", torch.zeros(self.num_slots))
+        self.register_buffer("written", torch.zeros(self.num_slots, dtype=torch.bool))
+        self.register_buffer("age", torch.zeros(self.num_slots, dtype=torch.long))
+        self.register_buffer("writes_total", torch.zeros((), dtype=torch.long))
+        self._last_read_entropy = 0.0
+
+    # ------------------------------------------------------------------ read
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Multi-head attention of ``q (B,S,m)`` over ``keys/values (B,K,m)``.
+
+        Returns the recall ``(B,S,m)`` and the weights ``(B,h,S,K)``.
+        """
+        b, s, _ = q.shape
+        k_len = keys.shape[1]
+        h, hd = self.num_heads, self.head_dim
+        qh = q.view(b, s, h, hd).transpose(1, 2)
+        kh = keys.view(b, k_len, h, hd).transpose(1, 2)
+        vh = values.view(b, k_len, h, hd).transpose(1, 2)
+        scores = torch.matmul(qh, kh.transpose(-1, -2)).float() / math.sqrt(hd)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        weights = scores.softmax(dim=-1)
+        out = torch.matmul(weights.to(vh.dtype), vh)
+        return out.transpose(1, 2).reshape(b, s, h * hd), weights
+
+    def read(self, query: Tensor) -> Tensor:
+        """Recall for ``query (..., memory_dim)`` over the written slots only (zeros if none)."""
+        if not bool(self.written.any()):
+            return torch.zeros_like(query)
+        flat = query.reshape(1, -1, self.memory_dim)
+        idx = self.written.nonzero().squeeze(1)
+        keys = self.mem_keys[idx].to(query.dtype).unsqueeze(0)
+        values = self.mem_values[idx].to(query.dtype).unsqueeze(0)
+        out, _ = self._attend(flat, keys, values, None)
+        return out.reshape(query.shape)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None, PendingMemoryWrite]:
+        """``(x', memory_recall or None, pending write)``; ``memory_recall`` is ``(B,S,memory_dim)``."""
+        b = x.shape[0]
+        normed = self.norm(x)
+        pooled = masked_mean_pool(normed, mask)
+        cur_key = self.write_key(pooled)  # (B, m), differentiable
+        cur_value = self.write_value(pooled)
+        pending = PendingMemoryWrite(cur_key.detach(), cur_value.detach(), None)
+        written_idx = self.written.nonzero().squeeze(1)
+        n_written = int(written_idx.numel())
+        if n_written == 0:
+            return x, None, pending
+        q = self.q_proj(normed)
+        bank_k = self.mem_keys[written_idx].to(q.dtype).unsqueeze(0).expand(b, -1, -1)
+        bank_v = self.mem_values[written_idx].to(q.dtype).unsqueeze(0).expand(b, -1, -1)
+        keys = torch.cat((bank_k, cur_key.to(q.dtype).unsqueeze(1)), dim=1)
+        values = torch.cat((bank_v, cur_value.to(q.dtype).unsqueeze(1)), dim=1)
+        recall, weights = self._attend(q, keys, values, None)
+        with torch.no_grad():
+            # Read mass per bank slot: attention averaged over heads and real positions,
+            # summed over the batch (each sample contributes at most 1).
+            w = weights[..., :n_written].mean(dim=1)  # (B,S,W)
+            if mask is not None:
+                m = mask.to(w.dtype).unsqueeze(-1)
+                per_sample = (w * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+            else:
+                per_sample = w.mean(dim=1)
+            read_mass = torch.zeros(self.num_slots, device=x.device, dtype=torch.float32)
+            read_mass.index_add_(0, written_idx, per_sample.sum(dim=0).float())
+            pending.read_mass = read_mass
+            ent = -(weights * weights.clamp_min(1e-12).log()).sum(dim=-1)  # (B,h,S)
+            pending.read_entropy = float(ent.mean())
+        o = self.out_proj(recall)
+        g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
+        return x + g * o, recall, pending
+
+    # ------------------------------------------------------------------ write
+    def _victims(self, n: int) -> Tensor:
+        """Indices of the ``n`` slots to replace: unwritten, then least used, then oldest."""
+        order = torch.argsort(self.age, descending=True, stable=True)
+        order = order[torch.argsort(self.usage[order], stable=True)]
+        order = order[torch.argsort(self.written[order].to(torch.uint8), stable=True)]
+        return order[:n]
+
+    @torch.no_grad()
+    def write(self, keys: Tensor, values: Tensor, read_mass: Tensor | None = None) -> Tensor:
+        """Store ``keys/values (n, memory_dim)`` in the least-used slots; returns the slot ids.
+
+        ``usage`` first decays and gains ``read_mass`` (the last read's attention per slot), so
+        the choice of victims reflects the read that produced these slots.
+        """
+        if keys.shape != values.shape or keys.dim() != 2 or keys.shape[1] != self.memory_dim:
+            raise ValueError(
+                f"write: keys and values must both be (n, {self.memory_dim}), "
+                f"got {tuple(keys.shape)} and {tuple(values.shape)}"
+            )
+        self.usage.mul_(USAGE_DECAY)
+        if read_mass is not None:
+            self.usage.add_(read_mass.to(self.usage.device, self.usage.dtype))
+        n = min(keys.shape[0], self.num_slots)
+        keys, values = keys[-n:], values[-n:]
+        slots = self._victims(n)
+        self.age.add_(self.written.long())
+        self.mem_keys[slots] = keys.to(self.mem_keys.dtype)
+        self.mem_values[slots] = values.to(self.mem_values.dtype)
+        self.written[slots] = True
+        self.usage[slots] = 0.0
+        self.age[slots] = 0
+        self.writes_total.add_(n)
+        return slots
+
+    def apply_write(self, pending: PendingMemoryWrite) -> Tensor:
+        """Apply a forward's pending write (the backbone calls this after the graph is built)."""
+        self._last_read_entropy = pending.read_entropy
+        return self.write(pending.keys, pending.values, pending.read_mass)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget everything: empty slots, zero usage and counters."""
+        for buf in (self.mem_keys, self.mem_values, self.usage, self.age, self.writes_total):
+            buf.zero_()
+        self.written.fill_(False)
+        self._last_read_entropy = 0.0
+
+    def memory_statistics(self, top: int = 5) -> dict[str, Any]:
+        """``{num_slots, memory_dim, slots_used, mean_usage, read_entropy, top_slots, writes_total}``."""
+        used = int(self.written.sum())
+        mean_usage = float(self.usage[self.written].mean()) if used else 0.0
+        k = min(top, used)
+        usage = self.usage.masked_fill(~self.written, -1.0)
+        top_slots = usage.topk(k).indices.tolist() if k else []
+        return {
+            "num_slots": self.num_slots,
+            "memory_dim": self.memory_dim,
+            "slots_used": used,
+            "mean_usage": mean_usage,
+            "read_entropy": self._last_read_entropy,
+            "top_slots": top_slots,
+            "writes_total": int(self.writes_total),
+        }

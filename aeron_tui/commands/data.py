@@ -1,9 +1,180 @@
-"""`aeron-tui` commands: data. (Filled in by the issue that owns it.)"""
+"""`aeron-tui data ...`: build the bundled sample corpus and summarise corpora.
+
+Another engineer adds `data select` to this group later (register it on ``data_app`` below).
+Heavy modules are imported inside the commands so `aeron-tui --help` stays fast.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+data_app = typer.Typer(
+    name="data",
+    help="Build the bundled sample corpus and inspect datasets.",
+    no_args_is_help=True,
+)
+
+
+@data_app.command("build-sample")
+def build_sample(
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory to write (default: $AERON_TUI_HOME/data/sample)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated samples."),
+) -> None:
+    """Build the sample corpus (styles.jsonl, preferences.jsonl, prompts.jsonl, manifest.json)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.data.sample import build_sample_corpus, sample_dir
+
+    corpus = build_sample_corpus(out if out is not None else sample_dir(), seed=seed)
+    table = Table(title=f"Sample corpus in {corpus.root}", title_justify="left")
+    table.add_column("file")
+    table.add_column("records", justify="right")
+    table.add_row(corpus.styles.name, str(corpus.n_styles))
+    table.add_row(corpus.preferences.name, str(corpus.n_preferences))
+    table.add_row(corpus.prompts.name, str(corpus.n_prompts))
+    console = Console()
+    console.print(table)
+    labels = ", ".join(f"{k} {v}" for k, v in corpus.style_counts.items())
+    console.print(f"style labels: {labels}", highlight=False)
+
+
+def _detect_kind(path: Path) -> str:
+    """styles | preferences | prompts | text, from the path and the first JSONL record."""
+    if path.is_dir() or path.suffix == ".txt":
+        return "text"
+    from core.data.jsonl import iter_jsonl
+
+    for _, obj in iter_jsonl(path):
+        if "chosen" in obj or "rejected" in obj:
+            return "preferences"
+        if "prompt" in obj and "user_input" not in obj:
+            return "prompts"
+        return "styles"
+    return "styles"  # unreachable: iter_jsonl raises on an empty file
+
+
+def _table(title: str, rows: list[tuple[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(
+            name,
+            f"{value:,.1f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value),
+        )
+    return table
+
+
+def collect_stats(path: Path) -> dict[str, Any]:
+    """The numbers `data stats` shows, as a plain dict (kind + figures)."""
+    kind = _detect_kind(path)
+    if kind == "styles":
+        from core.data.styles import read_styles, style_stats
+
+        return {"kind": kind, **style_stats(read_styles(path)).to_dict()}
+    if kind == "preferences":
+        from core.data.preferences import preference_stats, read_preferences
+
+        return {"kind": kind, **preference_stats(read_preferences(path))}
+    if kind == "prompts":
+        from core.data.preferences import read_prompts, split_records
+
+        prompts = read_prompts(path)
+        train, val = split_records(prompts)
+        return {
+            "kind": kind,
+            "prompts": len(prompts),
+            "train": len(train),
+            "val": len(val),
+            "with_answer": sum(p.answer is not None for p in prompts),
+            "mean_prompt_chars": sum(len(p.prompt) for p in prompts) / len(prompts),
+        }
+    from core.data.text import read_text_corpus
+
+    docs = read_text_corpus(path)
+    return {
+        "kind": kind,
+        "documents": len(docs),
+        "chars": sum(len(d) for d in docs),
+        "utf8_bytes": sum(len(d.encode("utf-8")) for d in docs),
+        "mean_document_chars": sum(len(d) for d in docs) / len(docs),
+        "max_document_chars": max(len(d) for d in docs),
+    }
+
+
+@data_app.command("stats")
+def stats(
+    path: Path = typer.Argument(
+        ...,
+        help="styles.jsonl, a preference/prompt JSONL, a .txt file or a directory of .txt files.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Count samples, split sizes, per-style counts and lengths of a dataset."""
+    import json
+
+    from rich.console import Console
+
+    figures = collect_stats(path)
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    kind = figures["kind"]
+    if kind == "styles":
+        console.print(
+            _table(
+                f"{path} (styles)",
+                [
+                    ("samples", figures["samples"]),
+                    ("train / val", f"{figures['train']:,} / {figures['val']:,}"),
+                    ("mean user chars", figures["mean_user_chars"]),
+                    ("mean reply chars", figures["mean_reply_chars"]),
+                    (
+                        "max user / reply chars",
+                        f"{figures['max_user_chars']:,} / {figures['max_reply_chars']:,}",
+                    ),
+                ],
+            )
+        )
+        from rich.table import Table
+
+        per = Table(title="per style", title_justify="left")
+        for col, justify in (
+            ("style", "left"),
+            ("samples", "right"),
+            ("train", "right"),
+            ("val", "right"),
+        ):
+            per.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for label, count in figures["per_style"].items():
+            tr, va = figures["per_style_split"][label]
+            per.add_row(label, f"{count:,}", f"{tr:,}", f"{va:,}")
+        console.print(per)
+        providers = ", ".join(f"{k} {v:,}" for k, v in figures["per_provider"].items())
+        console.print(f"providers: {providers}", highlight=False)
+    else:
+        rows = [
+            (k.replace("_", " "), v) for k, v in figures.items() if k not in ("kind", "per_source")
+        ]
+        console.print(_table(f"{path} ({kind})", rows))
+        if "per_source" in figures:
+            sources = ", ".join(f"{k} {v:,}" for k, v in figures["per_source"].items())
+            console.print(f"sources: {sources}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add the `data` group to the root app."""
+    app.add_typer(data_app, name="data")

@@ -1,9 +1,116 @@
-"""`aeron-tui` commands: tokenizer. (Filled in by the issue that owns it.)"""
+"""`aeron-tui tokenizer ...`: train and inspect byte-level BPE tokenizers.
+
+Another engineer adds `tokenizer upgrade` (continual.md §3) to this group later (register it on
+``tokenizer_app`` below). Heavy modules are imported inside the commands.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import typer
+
+tokenizer_app = typer.Typer(
+    name="tokenizer",
+    help="Train and inspect byte-level BPE tokenizers.",
+    no_args_is_help=True,
+)
+
+
+def corpus_texts(paths: list[Path]) -> Iterator[str]:
+    """Training texts: user inputs and replies of styles.jsonl files, documents of text corpora."""
+    from core.data.styles import read_styles
+    from core.data.text import read_text_corpus
+
+    for path in paths:
+        if path.suffix == ".jsonl":
+            for sample in read_styles(path):
+                yield sample.user_input
+                yield sample.assistant_reply
+        else:
+            yield from read_text_corpus(path)
+
+
+@tokenizer_app.command("train")
+def train(
+    corpus: list[Path] | None = typer.Option(
+        None,
+        "--corpus",
+        help="styles.jsonl or .txt file / directory; repeatable (default: the sample corpus).",
+    ),
+    vocab_size: int = typer.Option(
+        50000, "--vocab-size", help="Upper bound on the vocabulary size."
+    ),
+    min_frequency: int = typer.Option(
+        2, "--min-frequency", help="Stop when no pair occurs this often."
+    ),
+    max_context: int = typer.Option(
+        10000,
+        "--max-context",
+        help="Longest text in characters fed to the trainer; longer ones are chunked.",
+    ),
+    model_max_length: int = typer.Option(
+        896, "--model-max-length", help="Recorded in tokenizer_config.json."
+    ),
+    out: Path = typer.Option(
+        Path("tokenizer"), "--out", "--output-dir", help="Directory to write tokenizer.json into."
+    ),
+    progress: bool = typer.Option(False, "--progress", help="Show the trainer's progress bar."),
+) -> None:
+    """Train a byte-level BPE tokenizer and write tokenizer.json + tokenizer_config.json."""
+    import time
+
+    from rich.console import Console
+
+    from core.tokenizer import BASE_VOCAB_SIZE, AeronTokenizer
+
+    paths = list(corpus or [])
+    if not paths:
+        from core.data.sample import ensure_sample_corpus
+
+        paths = [ensure_sample_corpus().styles]
+    start = time.perf_counter()
+    tok = AeronTokenizer.train(
+        corpus_texts(paths),
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        max_context=max_context,
+        progress=progress,
+        model_max_length=model_max_length,
+    )
+    tok.save(out)
+    elapsed = time.perf_counter() - start
+    reached = (
+        "the requested size"
+        if tok.vocab_size >= vocab_size
+        else f"no pair left with frequency ≥ {min_frequency}"
+    )
+    Console().print(
+        f"tokenizer: {tok.vocab_size:,} entries ({tok.vocab_size - BASE_VOCAB_SIZE:,} merges; "
+        f"stopped at {reached}) in {elapsed:.1f}s → {out / 'tokenizer.json'}\nsha256 {tok.sha256}",
+        highlight=False,
+    )
+
+
+@tokenizer_app.command("info")
+def info(
+    path: Path = typer.Argument(..., help="tokenizer.json or a directory containing it."),
+) -> None:
+    """Show a tokenizer's size, special-token ids and SHA-256."""
+    from rich.console import Console
+
+    from core.tokenizer import SPECIAL_TOKENS, AeronTokenizer
+
+    tok = AeronTokenizer.load(path)
+    specials = " ".join(f"{t}={i}" for i, t in enumerate(SPECIAL_TOKENS))
+    Console().print(
+        f"vocab size {tok.vocab_size:,}  model_max_length {tok.model_max_length}\n"
+        f"specials {specials}\nsha256 {tok.sha256}",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add the `tokenizer` group to the root app."""
+    app.add_typer(tokenizer_app, name="tokenizer")

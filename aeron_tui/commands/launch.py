@@ -1,9 +1,74 @@
-"""`aeron-tui` commands: launch. (Filled in by the issue that owns it.)"""
+"""`aeron-tui launch` (the console) and `aeron-tui watch RUN_DIR` (the console on an existing run).
+
+Textual is imported inside the command functions only, so the CLI stays fast to start.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from core.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.command("launch")(launch)
+    app.command("watch")(watch)
+
+
+def launch(
+    trainer: str | None = typer.Option(
+        None, "--trainer", "-t", help="Trainer to run (default: lonpt when installed, else simple)."),
+    profile: str = typer.Option(
+        "auto", "--profile", "-p", help="Size profile name, or 'auto' to pick for this hardware."),
+    preset: str | None = typer.Option(None, "--preset", help="Trainer preset (LONPT: smoke, light, standard, heavy)."),
+    data: str | None = typer.Option(None, "--data", help="Training data (default: the bundled sample corpus)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (default: the trainer's/preset's)."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Directory for the run started here (default: a new one under the runs root)."),
+    runs_root: Path | None = typer.Option(None, "--runs-root", help="Where past runs are listed (default: $AERON_TUI_HOME/runs)."),
+    start: bool = typer.Option(False, "--start", help="Start the run immediately."),
+) -> None:
+    """Open the console; with --start, begin training at once (what `make run` does)."""
+    from aeron_tui.app.runsetup import RunSetup
+
+    if trainer is not None:
+        from aeron_tui.trainers import TRAINERS
+
+        if trainer not in TRAINERS:
+            raise ConfigError(
+                f"--trainer {trainer!r} is not a known trainer; choose one of {', '.join(TRAINERS)}")
+    setup = RunSetup(trainer=trainer, profile=profile, preset=preset, data=data, steps=steps,
+                     run_dir=str(run_dir) if run_dir else None)
+    if data is not None:
+        from aeron_tui.app.runsetup import validate_data_path
+
+        problem = validate_data_path(data)
+        if problem:
+            raise ConfigError(f"--data {problem}")
+    _run_console(mode="launch", setup=setup, start=start, runs_root=runs_root)
+
+
+def watch(
+    run_dir: Path = typer.Argument(..., help="A run directory (holds events.jsonl)."),
+    replay: bool = typer.Option(False, "--replay", help="Replay the recorded events instead of following the file."),
+    speed: float = typer.Option(10.0, "--speed", min=0.0, help="Replay speed (× recorded pace; 0 = at once)."),
+    runs_root: Path | None = typer.Option(None, "--runs-root", help="Where past runs are listed."),
+) -> None:
+    """Open the console on an existing run, live or finished, by following its events.jsonl."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
+    if replay and not (run_dir / "events.jsonl").is_file():
+        raise ConfigError(f"{run_dir}: no events.jsonl to replay")
+    _run_console(mode="watch", watch_dir=run_dir, replay_speed=speed if replay else None,
+                 runs_root=runs_root)
+
+
+def _run_console(**kwargs: object) -> None:
+    from aeron_tui.app.app import AeronConsole, ConsoleOptions
+
+    app = AeronConsole(ConsoleOptions(**kwargs))  # type: ignore[arg-type]
+    app.run()
+    if app.return_code not in (0, None):
+        raise typer.Exit(app.return_code)

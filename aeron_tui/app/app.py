@@ -1,0 +1,456 @@
+"""The Aeron TUI console: a Textual app that drives trainer child processes and shows them live.
+
+Threads and who does what:
+- a thread worker per event source (the child's stdout, a tailed events.jsonl, or a replay)
+  posts one coalesced :class:`EventsArrived` per ~150 ms;
+- the UI thread folds those batches into the session's :class:`RunState` (cheap) and a
+  ``set_interval`` renderer redraws changed widgets four times a second — never per step;
+- the hardware sampler thread posts replaceable :class:`HardwareSampled` messages;
+- anything slow (hardware probe, profile estimates, building the sample corpus, spawning the
+  trainer) runs in thread workers, so the first frame is never delayed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from aeron_tui.app import feeds
+from aeron_tui.app.messages import EventsArrived, HardwareProbed, HardwareSampled, TrainerExited
+from aeron_tui.app.runsetup import RunSetup, prepare_launch
+from aeron_tui.app.screens.confirm import ConfirmScreen
+from aeron_tui.app.screens.crash import CrashScreen
+from aeron_tui.app.screens.dashboard import DashboardScreen
+from aeron_tui.app.screens.help import HelpScreen
+from aeron_tui.app.screens.quit import QuitScreen
+from aeron_tui.app.session import RunSession
+from aeron_tui.launcher import STDERR_LOG, TrainerProcess
+from core.events import describe_event
+
+if TYPE_CHECKING:
+    from profiles.hardware import HardwareInfo
+    from profiles.sampler import HardwareSample, HardwareSampler
+
+RENDER_INTERVAL_S = 0.25
+HARDWARE_PERIOD_S = 1.0
+EVENTS_FILE = "events.jsonl"
+
+
+@dataclass
+class ConsoleOptions:
+    """How the console starts: ``launch`` (optionally starting a run) or ``watch`` a run dir."""
+
+    mode: str = "launch"
+    setup: RunSetup = field(default_factory=RunSetup)
+    start: bool = False
+    watch_dir: Path | None = None
+    replay_speed: float | None = None
+    runs_root: Path | None = None
+
+
+@dataclass(frozen=True)
+class FixedHardware:
+    """A fixed hardware view instead of the live sampler (deterministic tests and snapshots)."""
+
+    info: Any
+    sample: Any
+
+
+class AeronConsole(App[None]):
+    """The console. ``clock`` is injectable so tests and snapshots can freeze time."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "Aeron TUI"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+
+    BINDINGS = [
+        Binding("q", "quit_console", "Quit"),
+        Binding("ctrl+c,ctrl+q", "quit_console", "Quit", show=False, priority=True),
+        Binding("question_mark", "help", "Help"),
+        Binding("n", "setup", "Setup"),
+        Binding("w", "wizard", "Wizard"),
+        Binding("r", "runs", "Runs"),
+        Binding("d", "dashboard", "Dashboard", show=False),
+    ]
+
+    def __init__(
+        self,
+        options: ConsoleOptions | None = None,
+        clock: Callable[[], float] = time.time,
+        hardware: FixedHardware | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = options or ConsoleOptions()
+        self.clock = clock
+        self.setup_choice: RunSetup = self.options.setup
+        self.session: RunSession | None = None
+        self.hardware_info: HardwareInfo | None = hardware.info if hardware else None
+        self.hardware_sample: HardwareSample | None = hardware.sample if hardware else None
+        self._fixed_hardware = hardware is not None
+        self._sampler: HardwareSampler | None = None
+        self._rendered_version: tuple[int, int] = (-1, -1)
+        self._starting = False
+        self._quitting = False
+        self.first_frame_at: float | None = None
+        self.dashboard = DashboardScreen(clock)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_mount(self) -> None:
+        await self.push_screen(self.dashboard)
+        self.set_interval(RENDER_INTERVAL_S, self.render_tick)
+        self.call_after_refresh(self._first_frame)
+        if not self._fixed_hardware:
+            self._start_hardware()
+        else:
+            self.dashboard.render_hardware(self.hardware_info, self.hardware_sample)
+        opts = self.options
+        if opts.mode == "watch" and opts.watch_dir is not None:
+            self.watch_run(opts.watch_dir, replay_speed=opts.replay_speed)
+        elif opts.start:
+            self.action_start_run()
+        self.render_tick()
+
+    def _first_frame(self) -> None:
+        self.first_frame_at = time.perf_counter()
+
+    def on_unmount(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop(timeout=2.0)
+        session = self.session
+        # Leaving without an explicit detach: never orphan a trainer silently.
+        if session is not None and session.attached and session.process is not None:
+            session.process.shutdown(grace=30.0)
+
+    # -- hardware -------------------------------------------------------------------------------
+
+    @work(thread=True, group="hardware", exit_on_error=False)
+    def _start_hardware(self) -> None:
+        try:
+            from profiles.hardware import probe
+
+            info = probe(with_torch=False)
+            self.post_message(HardwareProbed(info))
+        except Exception as exc:  # noqa: BLE001 - the panel shows why, the console goes on
+            self.post_message(HardwareProbed(None, f"{type(exc).__name__}: {exc}"))
+        from profiles.sampler import HardwareSampler
+
+        sampler = HardwareSampler(period=HARDWARE_PERIOD_S,
+                                  callback=lambda s: self.post_message(HardwareSampled(s)))
+        if get_current_worker().is_cancelled:
+            return
+        self._sampler = sampler.start()
+
+    def on_hardware_probed(self, message: HardwareProbed) -> None:
+        self.hardware_info = message.info
+        if message.error:
+            self.notify(f"hardware probe failed: {message.error}", severity="warning")
+        self.dashboard.render_hardware(self.hardware_info, self.hardware_sample)
+
+    def on_hardware_sampled(self, message: HardwareSampled) -> None:
+        self.hardware_sample = message.sample
+        self.dashboard.render_hardware(self.hardware_info, self.hardware_sample)
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def render_tick(self) -> None:
+        """Redraw the dashboard from the session (each widget skips work when unchanged)."""
+        session = self.session
+        key = (session.id if session else 0, session.version if session else 0)
+        live = session is not None and session.live
+        if key == self._rendered_version and not live:
+            return
+        self._rendered_version = key
+        self.dashboard.render_session(session)
+
+    def render_now(self) -> None:
+        self._rendered_version = (-1, -1)
+        self.render_tick()
+
+    # -- sessions and event feeds ---------------------------------------------------------------
+
+    def _set_session(self, session: RunSession) -> None:
+        old = self.session
+        if old is not None and old.process is not None and old.attached:
+            old.process.detach()
+        self.session = session
+        self.render_now()
+
+    def watch_run(self, run_dir: Path, replay_speed: float | None = None) -> None:
+        """Show an existing run (live or finished) by following its events.jsonl."""
+        run_dir = Path(run_dir)
+        session = RunSession(source="replay" if replay_speed is not None else "watch",
+                             run_dir=run_dir)
+        self._set_session(session)
+        path = run_dir / EVENTS_FILE
+        if not path.exists():
+            self.notify(f"{path} does not exist yet — waiting for the run to write it",
+                        severity="warning", timeout=6)
+        if replay_speed is not None:
+            self._feed_replay(session, path, replay_speed)
+        else:
+            self._feed_tail(session, path)
+
+    def _post_batch(self, session: RunSession) -> Callable[[list[Any]], None]:
+        sid = session.id
+
+        def post(items: list[Any]) -> None:
+            self.post_message(EventsArrived(sid, items))
+        return post
+
+    @work(thread=True, group="events", exclusive=True, exit_on_error=False)
+    def _feed_tail(self, session: RunSession, path: Path) -> None:
+        worker = get_current_worker()
+        feeds.pump_tail(path, self._post_batch(session), lambda: worker.is_cancelled)
+
+    @work(thread=True, group="events", exclusive=True, exit_on_error=False)
+    def _feed_replay(self, session: RunSession, path: Path, speed: float) -> None:
+        worker = get_current_worker()
+        feeds.pump_replay(path, self._post_batch(session), lambda: worker.is_cancelled, speed)
+
+    @work(thread=True, group="events", exclusive=True, exit_on_error=False)
+    def _feed_child(self, session: RunSession, proc: TrainerProcess) -> None:
+        worker = get_current_worker()
+        code = feeds.pump_process(proc, self._post_batch(session), lambda: worker.is_cancelled)
+        if not worker.is_cancelled and not proc.detached:
+            self.post_message(TrainerExited(session.id, code, proc.stderr_tail(30)))
+
+    def on_events_arrived(self, message: EventsArrived) -> None:
+        session = self.session
+        if session is None or session.id != message.session_id:
+            return
+        session.apply(message.items)
+        if session.pending_command and session.state.status != session.status_before_command:
+            session.pending_command = None
+
+    def on_trainer_exited(self, message: TrainerExited) -> None:
+        session = self.session
+        if session is None or session.id != message.session_id:
+            return
+        session.exit_code = message.code
+        session.stderr_tail = message.stderr_tail
+        session.pending_command = None
+        self.render_now()
+        st = session.state
+        if message.code not in (0, None) or st.status == "failed":
+            lines: list[str] = []
+            for entry in st.log:
+                if entry["type"] == "error":
+                    lines.append(describe_event(entry))
+                    if entry.get("traceback"):
+                        lines += str(entry["traceback"]).rstrip().splitlines()[-12:]
+            if message.stderr_tail:
+                if lines:
+                    lines.append("")
+                lines.append("── trainer stderr (last lines) ──")
+                lines += message.stderr_tail
+            log = str(session.run_dir / STDERR_LOG) if session.run_dir else None
+            self.push_screen(CrashScreen(
+                f"The trainer failed (exit code {message.code})", lines[-40:], log))
+        elif st.status in ("stopped", "finished"):
+            self.notify(f"run {st.status} at step {st.global_step}", timeout=4)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.group in ("events", "hardware"):
+            self.notify(f"{event.worker.group} worker failed: {event.worker.error}",
+                        severity="error", timeout=8)
+
+    # -- starting a run -------------------------------------------------------------------------
+
+    def action_start_run(self) -> None:
+        """Start a run with the current setup choice (trainer, profile, preset, data, steps)."""
+        if self.session is not None and self.session.attached:
+            self.notify("a run is already going — stop it (x) before starting another",
+                        severity="warning")
+            return
+        if self._starting:
+            return
+        self._starting = True
+        self.notify(f"starting {self.setup_choice.describe()} …", timeout=3)
+        self._launch(self.setup_choice)
+
+    @work(thread=True, group="launch", exclusive=True, exit_on_error=False)
+    def _launch(self, setup: RunSetup) -> None:
+        try:
+            spec = prepare_launch(setup, self.hardware_info, self.options.runs_root)
+            proc = TrainerProcess.start(spec)
+        except Exception as exc:  # noqa: BLE001 - any failure to start is shown, not raised
+            self.call_from_thread(self._launch_failed, exc)
+            return
+        self.call_from_thread(self._launched, proc)
+
+    def _launched(self, proc: TrainerProcess) -> None:
+        self._starting = False
+        session = RunSession(source="child", run_dir=proc.run_dir, process=proc)
+        self._set_session(session)
+        self._feed_child(session, proc)
+
+    def _launch_failed(self, exc: BaseException) -> None:
+        self._starting = False
+        self.push_screen(CrashScreen("Could not start the run", [str(exc) or type(exc).__name__]))
+
+    # -- run control ----------------------------------------------------------------------------
+
+    def _controllable(self, what: str) -> RunSession | None:
+        session = self.session
+        if session is None or session.source == "none":
+            self.notify(f"no run to {what} — press s to start one", severity="warning")
+            return None
+        if not session.live:
+            self.notify(f"the run is {session.display_status}; nothing to {what}",
+                        severity="warning")
+            return None
+        return session
+
+    def action_pause_resume(self) -> None:
+        session = self._controllable("pause")
+        if session is None:
+            return
+        if not session.attached:
+            self.notify("pause/resume works for runs started from this console "
+                        "(this one is only watched)", severity="warning")
+            return
+        assert session.process is not None
+        cmd = "resume" if session.state.status == "paused" else "pause"
+        if session.process.send(cmd):
+            session.request(cmd)
+            self.render_now()
+        else:
+            self.notify(f"could not send {cmd}: the trainer is not listening", severity="error")
+
+    def action_checkpoint_now(self) -> None:
+        session = self._controllable("checkpoint")
+        if session is None:
+            return
+        if not session.attached:
+            self.notify("checkpoint-now works for runs started from this console",
+                        severity="warning")
+            return
+        assert session.process is not None
+        if session.process.checkpoint():
+            self.notify("checkpoint requested", timeout=2)
+
+    def action_stop_run(self) -> None:
+        session = self._controllable("stop")
+        if session is None:
+            return
+        pid = None if session.attached else session.watched_pid()
+        if not session.attached and pid is None:
+            self.notify("this run was not started here and its trainer pid is unknown; "
+                        "stop it where it runs (Ctrl-C)", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            if session.attached and session.process is not None:
+                if session.process.stop():
+                    session.request("stop")
+            elif pid is not None:
+                try:
+                    os.kill(pid, signal.SIGTERM)  # the trainer stops cleanly on SIGTERM
+                    session.request("stop")
+                except OSError as exc:
+                    self.notify(f"could not signal pid {pid}: {exc}", severity="error")
+            self.render_now()
+
+        self.push_screen(
+            ConfirmScreen("Stop the run? A final checkpoint is written.", yes="Stop", no="Keep"),
+            confirmed,
+        )
+
+    # -- navigation -----------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_dashboard(self) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+
+    def _open(self, screen_type: type, factory: Callable[[], Any]) -> None:
+        if isinstance(self.screen, screen_type):
+            return
+        self.action_dashboard()
+        self.push_screen(factory())
+
+    def action_setup(self) -> None:
+        from aeron_tui.app.screens.setup import SetupScreen
+
+        self._open(SetupScreen, lambda: SetupScreen(self.setup_choice))
+
+    def action_wizard(self) -> None:
+        from aeron_tui.app.screens.wizard import WizardScreen
+
+        self._open(WizardScreen, WizardScreen)
+
+    def action_runs(self) -> None:
+        from aeron_tui.app.screens.runs import RunsScreen
+
+        self._open(RunsScreen, lambda: RunsScreen(self.options.runs_root))
+
+    def use_setup(self, setup: RunSetup, start: bool = False) -> None:
+        """Called by the setup screen: remember the choice, and start it if asked."""
+        self.setup_choice = setup
+        self.action_dashboard()
+        if start:
+            self.action_start_run()
+
+    def open_run(self, run_dir: Path) -> None:
+        """Called by the runs screen: watch ``run_dir`` (asks before leaving an attached run)."""
+        current = self.session
+        if current is not None and current.run_dir == run_dir:
+            self.action_dashboard()
+            return
+        if current is not None and current.attached:
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self.action_dashboard()
+                    self.watch_run(run_dir)
+            self.push_screen(ConfirmScreen(
+                "The current run keeps going headless while you watch the other one. Switch?",
+                yes="Switch", no="Stay"), confirmed)
+            return
+        self.action_dashboard()
+        self.watch_run(run_dir)
+
+    # -- quitting -------------------------------------------------------------------------------
+
+    def action_quit_console(self) -> None:
+        if self._quitting:
+            return
+        session = self.session
+        if session is None or not session.attached or session.process is None:
+            self.exit()
+            return
+        proc = session.process
+
+        def chosen(choice: str | None) -> None:
+            if choice == "detach":
+                proc.detach()
+                self.exit(message=f"The run keeps going headless. Re-attach with: "
+                                  f"aeron-tui watch {proc.run_dir}")
+            elif choice == "stop":
+                self._quitting = True
+                self.notify("stopping the run (writing its final checkpoint) …", timeout=30)
+                self._stop_and_exit(proc)
+
+        self.push_screen(QuitScreen(str(proc.run_dir)), chosen)
+
+    @work(thread=True, group="quit", exit_on_error=False)
+    def _stop_and_exit(self, proc: TrainerProcess) -> None:
+        code = proc.shutdown(grace=60.0)
+        self.call_from_thread(self.exit, message=f"run stopped (trainer exit code {code})")

@@ -1,0 +1,91 @@
+"""The dashboard (home screen): hardware, run, loss chart, ToT branches, scratchpad, log, checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from aeron_tui.app.session import RunSession
+from aeron_tui.app.widgets.branch_scores import BranchScores
+from aeron_tui.app.widgets.checkpoints_table import CheckpointsTable
+from aeron_tui.app.widgets.event_log import EventLog
+from aeron_tui.app.widgets.hardware_panel import HardwarePanel
+from aeron_tui.app.widgets.loss_chart import LossChart
+from aeron_tui.app.widgets.run_panel import RunPanel
+from aeron_tui.app.widgets.scratchpad_grid import ScratchpadGrid
+
+if TYPE_CHECKING:
+    from profiles.hardware import HardwareInfo
+    from profiles.sampler import HardwareSample
+
+
+def _box(widget_id: str, title: str, *children: object, classes: str = "box") -> Container:
+    box = Container(*children, id=widget_id, classes=classes)  # type: ignore[arg-type]
+    box.border_title = title
+    return box
+
+
+class DashboardScreen(Screen[None]):
+    """Renders the current :class:`RunSession`; the app calls :meth:`render_session` on a timer."""
+
+    BINDINGS = [
+        Binding("s", "app.start_run", "Start"),
+        Binding("p,space", "app.pause_resume", "Pause/Resume"),
+        Binding("x", "app.stop_run", "Stop"),
+        Binding("c", "app.checkpoint_now", "Checkpoint"),
+        Binding("m", "toggle_smoothing", "Smooth", show=False),
+    ]
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(id="dashboard")
+        self._clock = clock
+        self._hw_key: tuple[object, ...] = ()
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dash"):
+            with Horizontal(id="top"):
+                yield _box("hw-box", "hardware", HardwarePanel(id="hardware"))
+                yield _box("run-box", "run", RunPanel(self._clock, id="run"))
+            with Horizontal(id="middle"):
+                yield _box("chart-box", "loss", LossChart(id="loss"))
+                with Vertical(id="side"):
+                    yield _box("branch-box", "ToT branches", BranchScores(id="branches"))
+                    yield _box("pad-box", "scratchpad", ScratchpadGrid(id="scratchpad"))
+            with Horizontal(id="bottom"):
+                yield _box("log-box", "events", EventLog(id="events"))
+                yield _box("ckpt-box", "checkpoints", CheckpointsTable(id="checkpoints"))
+        yield Footer()
+
+    def render_session(self, session: RunSession | None) -> None:
+        """Update every run widget from the session (cheap when nothing changed)."""
+        if not self.is_mounted:
+            return
+        self.query_one(RunPanel).show(session)
+        self.query_one(LossChart).show(session)
+        branches = self.query_one(BranchScores)
+        branches.show(session)
+        box = self.query_one("#branch-box")
+        box.border_title = "ToT branches" if branches.shown_scores or not branches.shown_metrics \
+            else "trainer metrics"
+        self.query_one(ScratchpadGrid).show(session)
+        self.query_one(EventLog).show(session)
+        self.query_one(CheckpointsTable).show(session)
+
+    def render_hardware(self, info: HardwareInfo | None, sample: HardwareSample | None) -> None:
+        if not self.is_mounted:
+            return
+        key = (id(info), id(sample))
+        if key == self._hw_key:
+            return
+        self._hw_key = key
+        self.query_one(HardwarePanel).show(info, sample)
+
+    def action_toggle_smoothing(self) -> None:
+        on = self.query_one(LossChart).toggle_smoothing()
+        self.notify(f"loss smoothing {'on (debiased EMA)' if on else 'off'}", timeout=1.5)

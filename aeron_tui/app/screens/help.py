@@ -1,0 +1,81 @@
+"""Help overlay: every key binding of the console, grouped by where it works."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static
+
+# (keys, what it does) per context; kept next to the bindings' actions in app.py and screens/.
+KEYS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("Everywhere", [
+        ("?", "this help"),
+        ("n", "run setup: trainer, profile, preset, data, steps"),
+        ("w", "hardware-profile wizard"),
+        ("r", "past runs (open one to watch it)"),
+        ("d", "back to the dashboard"),
+        ("q  ctrl+c", "quit (asks to stop or detach a running run)"),
+        ("escape", "close the current screen or dialog"),
+    ]),
+    ("Dashboard", [
+        ("s", "start a run with the current setup"),
+        ("p  space", "pause / resume the run"),
+        ("x", "stop the run (asks first; writes a final checkpoint)"),
+        ("c", "checkpoint now"),
+        ("m", "toggle loss smoothing (debiased EMA)"),
+        ("tab", "move focus (event log, checkpoints)"),
+    ]),
+    ("Run setup", [
+        ("tab / shift+tab", "next / previous field"),
+        ("enter", "pick the highlighted profile"),
+        ("ctrl+s", "save run.toml"),
+        ("ctrl+r", "save and start the run"),
+    ]),
+    ("Wizard", [
+        ("up / down", "choose"),
+        ("ctrl+s", "save the hardware choice"),
+    ]),
+    ("Runs", [
+        ("enter", "watch the highlighted run"),
+        ("f5", "refresh the list"),
+    ]),
+    ("Dialogs", [
+        ("y / n", "answer yes / no"),
+        ("s / d", "quit dialog: stop the run / leave it running headless"),
+    ]),
+]
+
+
+def help_table() -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for i, (section, rows) in enumerate(KEYS):
+        if i:
+            table.add_row("", "")
+        table.add_row(Text(section, style="bold underline"), "")
+        for keys, what in rows:
+            table.add_row(keys, what)
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    """Lists every binding; any of Escape, q or ? closes it."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+
+    def __init__(self) -> None:
+        super().__init__(classes="modal", id="help")
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label("Aeron TUI — keys", classes="question")
+            with VerticalScroll():
+                yield Static(help_table())
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,1 @@
+"""Dashboard widgets, one per module. Each renders a :class:`~aeron_tui.app.session.RunSession`."""

@@ -1,0 +1,130 @@
+"""Tree-of-Thought branch scores: one bar per branch for the latest step plus its history.
+
+A branch kept for fewer than half of the batch's samples at the latest step is marked pruned
+(✗, struck through, grey, keep fraction in red); the right column is the keep fraction.
+Runs without branch scores (RLHF trainers, reasoning off) show the trainer's headline
+``metrics`` here instead, with the same bars-and-sparkline treatment — no special screen per
+trainer.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from aeron_tui.app.format import bar, fmt_float, sparkline
+from aeron_tui.app.session import RunSession
+
+PRUNED_BELOW = 0.5
+BRANCH_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
+
+
+class BranchScores(Static):
+    """Bars for ``branch_scores_mean`` of the last step event, sparklines of their history."""
+
+    DEFAULT_CSS = """
+    BranchScores { height: auto; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("", **kwargs)  # type: ignore[arg-type]
+        self.shown_scores: list[float] = []
+        self.pruned: list[int] = []
+        self.shown_metrics: dict[str, float] = {}
+        self._key: tuple[object, ...] = ()
+
+    def show(self, session: RunSession | None) -> None:
+        key = (session.id if session else None, session.version if session else -1,
+               self.size.width)
+        if key == self._key:
+            return
+        self._key = key
+        self.update(self._render_body(session))
+
+    def _render_body(self, session: RunSession | None) -> Table | Text:
+        st = session.state if session else None
+        if st is not None and st.branch_scores:
+            return self._branches(session)  # type: ignore[arg-type]
+        if session is not None and session.headline_metrics():
+            return self._metrics(session)
+        self.shown_scores = []
+        self.shown_metrics = {}
+        return Text("no branch scores or metrics yet", style="dim")
+
+    def _widths(self) -> tuple[int, int]:
+        # label 3 + value 6 + keep 4 + four 1-column gaps = 17 fixed columns.
+        width = max(24, self.size.width - 2 if self.size.width else 40)
+        free = width - 17
+        spark_w = max(4, min(30, free // 2))
+        bar_w = max(4, free - spark_w)
+        return bar_w, spark_w
+
+    def _branches(self, session: RunSession) -> Table:
+        st = session.state
+        scores = [float(s) if isinstance(s, (int, float)) else math.nan
+                  for s in (st.branch_scores or [])]
+        keep = list(st.branch_keep or [])
+        self.shown_scores = scores
+        self.shown_metrics = {}
+        bar_w, spark_w = self._widths()
+        finite = [s for s in scores if math.isfinite(s)]
+        unit = bool(finite) and min(finite) >= 0.0 and max(finite) <= 1.0
+        scale = 1.0 if unit else max((abs(s) for s in finite), default=1.0) or 1.0
+        history = st.branch_history[-spark_w:]
+        self.pruned = []
+        table = Table.grid(padding=(0, 1))
+        table.add_column(no_wrap=True, width=3)
+        table.add_column(no_wrap=True, width=bar_w)
+        table.add_column(no_wrap=True, width=6, justify="right")
+        table.add_column(no_wrap=True, width=spark_w)
+        table.add_column(no_wrap=True, width=4, justify="right")
+        for i, score in enumerate(scores):
+            color = BRANCH_COLORS[i % len(BRANCH_COLORS)]
+            kept = keep[i] if i < len(keep) and isinstance(keep[i], (int, float)) else None
+            pruned = kept is not None and kept < PRUNED_BELOW
+            if pruned:
+                self.pruned.append(i)
+            filled, empty = bar(abs(score) / scale if math.isfinite(score) else 0.0, bar_w)
+            bar_txt = Text()
+            bar_txt.append(filled, "grey50" if pruned else color)
+            bar_txt.append(empty, "on grey15")
+            series = [row[i] for row in history if i < len(row)]
+            # Each branch on its own scale: the trend matters here, the level is in the number.
+            spark = Text(sparkline(series, spark_w), style="grey50" if pruned else color)
+            mark = Text()
+            if kept is not None:
+                mark.append(f"{kept * 100:3.0f}%", "bold red" if pruned else "dim")
+            label = Text()
+            if pruned:
+                label.append("✗", "bold red")
+                label.append(f"b{i}", "strike grey50")
+            else:
+                label.append(f" b{i}", f"bold {color}")
+            table.add_row(
+                label,
+                bar_txt,
+                Text(f"{score:6.3f}" if math.isfinite(score) else "     —",
+                     style="grey50" if pruned else "bold"),
+                spark,
+                mark,
+            )
+        return table
+
+    def _metrics(self, session: RunSession) -> Table:
+        metrics = session.headline_metrics()
+        self.shown_scores = []
+        self.shown_metrics = {k: float(v) for k, v in metrics.items()}
+        _, spark_w = self._widths()
+        table = Table.grid(padding=(0, 1))
+        table.add_column(no_wrap=True, style="bold")
+        table.add_column(no_wrap=True, justify="right")
+        table.add_column(no_wrap=True)
+        for i, (name, value) in enumerate(sorted(metrics.items())):
+            color = BRANCH_COLORS[i % len(BRANCH_COLORS)]
+            hist = session.metric_history.get(name, [])
+            table.add_row(Text(name, style=color), fmt_float(float(value), 4),
+                          Text(sparkline(hist, spark_w * 2), style=color))
+        return table

@@ -88,8 +88,9 @@ def quantize_blockwise(
     if bits == 32:
         return QTensor(x.detach().to(torch.float32).clone(), empty, 32, signed, shape, block_size)
     if bits == 16:
-        return QTensor(x.detach().to(torch.bfloat16).reshape(shape), empty, 16, signed, shape,
-                       block_size)
+        return QTensor(
+            x.detach().to(torch.bfloat16).reshape(shape), empty, 16, signed, shape, block_size
+        )
     blocks = _to_blocks(x, block_size)
     scales = blocks.abs().amax(dim=1)
     # An all-zero block keeps scale 0; dividing by 1 there gives codes 0 and decodes to 0.

@@ -41,9 +41,7 @@ def test_pack12_rejects_out_of_range() -> None:
         unpack12(torch.zeros(4, dtype=torch.uint8), 2)
 
 
-@pytest.mark.parametrize(
-    ("bits", "bound"), [(8, 0.03), (12, 0.004), (16, 0.01), (32, 0.0)]
-)
+@pytest.mark.parametrize(("bits", "bound"), [(8, 0.03), (12, 0.004), (16, 0.01), (32, 0.0)])
 def test_error_under_the_spec_bounds_for_adam_like_moments(bits: int, bound: float) -> None:
     m, v = _moments()
     qm = quantize_blockwise(m, bits, signed=True)

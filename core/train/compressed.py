@@ -1,0 +1,492 @@
+"""The compressed trainer: AdamW with block-quantised moments per model component (training.md §6).
+
+Parameters are sorted into component groups by module name (:func:`group_parameters`):
+
+========================  ==========================================  ==========================
+group                     parameters                                  moment storage
+========================  ==========================================  ==========================
+``protected``             norms, biases, gates, scalars (any < 2-D)   fp32, never quantised
+``memory``                ``neural_memory``, scratchpad, ``continual``  bf16 (16 bits)
+``knowledge_graph``       ``knowledge_graph``                         bf16 (16 bits)
+``reasoning``             ``reasoning_engine`` (minus the scratchpad)  12 bits, 2 values / 3 bytes
+``bulk``                  everything else                             8 bits, blockwise
+========================  ==========================================  ==========================
+
+Each step dequantises the moments to fp32, applies the AdamW update in fp32 and requantises.
+The first moment ``m`` is stored signed; the second as ``√v`` rounded *up*, so the update's
+denominator is never under-estimated (a ``√v`` rounded to 0 would make the step ``m/ε``).
+
+**Weights stay fp32 (a deliberate choice).** The spec's "memory and knowledge-graph state in
+16-bit" is applied to their optimizer moments, not to the module weights: bf16 weights with an
+fp32 master copy would cost 6 bytes per parameter instead of 4, and bf16 weights without a master
+copy silently drop every update smaller than 2⁻⁸ of the weight (a 3e-4 learning rate lives below
+that). The persistent memory buffers belong to the model and keep its dtype. Measured ratios,
+not the seed's, are what :meth:`CompressedAdamW.state_bytes` and the benchmark report.
+
+**Breath-safety** (:class:`BreathSafety`) runs every ``check_every`` steps and before each
+checkpoint: (1) all optimizer state finite, (2) each group's quantisation error under its bound
+(8-bit 0.03, 12-bit 0.004, 16-bit 0.01) — otherwise the group is promoted 8 → 12 → 16 → 32 bits,
+(3) the loss EMA under ``spike_factor`` × the best EMA. (1) or (3) failing rolls back to the last
+checkpoint.
+
+The quantisation error of a group is measured on the step it is requested for: the exact fp32
+moments computed in that step (``m`` and ``√v``) are the reference ``x`` and what the storage
+decodes back is ``x̂``; the group error is ``max(‖m−m̂‖/‖m‖, ‖√v−√v̂‖/‖√v‖)`` with the norms taken
+over every parameter of the group together.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.quant import (
+    BLOCK_SIZE,
+    QTensor,
+    dequantize_blockwise,
+    quantize_blockwise,
+    squared_error_parts,
+    storage_dtype,
+)
+
+# Component group → moment storage bits (training.md §6).
+GROUP_BITS: dict[str, int] = {
+    "protected": 32,
+    "memory": 16,
+    "knowledge_graph": 16,
+    "reasoning": 12,
+    "bulk": 8,
+}
+GROUP_ORDER = tuple(GROUP_BITS)
+# Relative quantisation error bound per storage width; 32 bits is lossless.
+ERROR_BOUNDS: dict[int, float] = {8: 0.03, 12: 0.004, 16: 0.01, 32: 0.0}
+PROMOTION: dict[int, int] = {8: 12, 12: 16, 16: 32}
+
+_NORM = re.compile(r"(^|\.)(\w*_norm|norm|norm_\w*|\w*norms?)(\.|$)")
+# A gate: a module called `gate`, `*_gate` or `gate_*` — but not SwiGLU's `gate_proj`, a bulk weight.
+_GATE = re.compile(r"(^|\.)(gate|\w+_gate|gate_(?!proj)\w+)(\.|$)")
+_SCRATCHPAD = re.compile(r"(^|\.)scratchpad(\.|$)|(^|\.)\w*scratchpad\w*(\.|$)")
+
+
+def component_of(name: str, param: torch.Tensor) -> str:
+    """The compressed-trainer group of a parameter, from its qualified name and shape."""
+    if param.ndim < 2 or name.endswith("bias") or _NORM.search(name) or _GATE.search(name):
+        return "protected"
+    if _SCRATCHPAD.search(name):
+        return "memory"
+    top = name.split(".", 1)[0]
+    if top in ("neural_memory", "continual_learning"):
+        return "memory"
+    if top == "knowledge_graph":
+        return "knowledge_graph"
+    if top == "reasoning_engine":
+        return "reasoning"
+    return "bulk"
+
+
+def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Trainable parameters by component group (all groups present, possibly empty).
+
+    Tied weights appear once (``named_parameters`` deduplicates them).
+    """
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in GROUP_ORDER}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups[component_of(name, param)].append((name, param))
+    return groups
+
+
+def compressed_param_groups(
+    model: nn.Module, bits: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """Optimizer param groups, one per non-empty component, with its storage ``bits``."""
+    chosen = {**GROUP_BITS, **(bits or {})}
+    return [
+        {"params": [p for _, p in named], "component": comp, "bits": chosen[comp]}
+        for comp, named in group_parameters(model).items()
+        if named
+    ]
+
+
+_MOMENTS = (("exp_avg", True), ("exp_avg_sq", False))  # (state name, signed)
+
+
+class CompressedAdamW(torch.optim.Optimizer):
+    """AdamW whose moments are stored quantised per param group (``bits`` 8, 12, 16 or 32).
+
+    Accepts parameters or param groups; a group may carry ``component`` (a name for reports)
+    and ``bits``. Weight decay is decoupled and applies to ≥ 2-D parameters only (training.md §3),
+    so norms, biases and scalars are never decayed whatever group they are in.
+
+    State per parameter: ``step`` (fp32 scalar) and, per moment, ``<name>_codes`` and
+    ``<name>_scales`` (``exp_avg`` = m, signed; ``exp_avg_sq`` = √v, unsigned, rounded up). Only
+    tensors, so ``state_dict()`` saved with ``torch.save`` loads with ``weights_only=True``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        bits: int = 8,
+        block_size: int = BLOCK_SIZE,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        if bits not in ERROR_BOUNDS:
+            raise ValueError(f"bits must be one of {tuple(ERROR_BOUNDS)}, got {bits}")
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "bits": bits,
+            "component": "default",
+            "block_size": block_size,
+        }
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["bits"] not in ERROR_BOUNDS:
+                raise ValueError(
+                    f"param group {group['component']!r}: bits must be one of "
+                    f"{tuple(ERROR_BOUNDS)}, got {group['bits']}"
+                )
+        # Set by request_error_measurement(); filled by the next step().
+        self._measure = False
+        self.last_errors: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- storage helpers
+    def _encode(self, x: torch.Tensor, group: dict[str, Any], signed: bool) -> QTensor:
+        return quantize_blockwise(
+            x, group["bits"], signed=signed, block_size=group["block_size"], round_up=not signed
+        )
+
+    def _decode(
+        self,
+        state: dict[str, torch.Tensor],
+        name: str,
+        p: torch.Tensor,
+        group: dict[str, Any],
+        signed: bool,
+    ) -> torch.Tensor:
+        q = QTensor(
+            state[f"{name}_codes"],
+            state[f"{name}_scales"],
+            group["bits"],
+            signed,
+            tuple(p.shape),
+            group["block_size"],
+        )
+        return dequantize_blockwise(q)
+
+    def _store(self, state: dict[str, torch.Tensor], name: str, q: QTensor) -> None:
+        state[f"{name}_codes"] = q.codes
+        state[f"{name}_scales"] = q.scales
+
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        state = self.state[p]
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        zeros = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        for name, signed in _MOMENTS:
+            self._store(state, name, self._encode(zeros, group, signed))
+        return state
+
+    # ----------------------------------------------------------------------- the update
+    def request_error_measurement(self) -> None:
+        """Measure each group's quantisation error during the next :meth:`step`."""
+        self._measure = True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        measure = self._measure
+        self._measure = False
+        # component → [Σ‖m−m̂‖², Σ‖m‖², Σ‖√v−√v̂‖², Σ‖√v‖²]
+        sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("CompressedAdamW does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state = self._init_state(p, group)
+                grad = p.grad.to(torch.float32)
+                m = self._decode(state, "exp_avg", p, group, signed=True)
+                v = self._decode(state, "exp_avg_sq", p, group, signed=False).square_()
+                state["step"] += 1
+                step = float(state["step"].item())
+                m.lerp_(grad, 1.0 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                bias1 = 1.0 - beta1**step
+                bias2 = 1.0 - beta2**step
+                sqrt_v = v.sqrt_()  # v is not needed any more: reuse its memory for √v
+                denom = (sqrt_v / math.sqrt(bias2)).add_(eps)
+                if wd != 0.0 and p.ndim >= 2:
+                    p.mul_(1.0 - lr * wd)
+                update = m / denom
+                p.add_(update.to(p.dtype), alpha=-lr / bias1)
+                qm = self._encode(m, group, signed=True)
+                qv = self._encode(sqrt_v, group, signed=False)
+                if measure:
+                    acc = sums[group["component"]]
+                    dm, rm = squared_error_parts(m, dequantize_blockwise(qm))
+                    dv, rv = squared_error_parts(sqrt_v, dequantize_blockwise(qv))
+                    acc[0] += dm
+                    acc[1] += rm
+                    acc[2] += dv
+                    acc[3] += rv
+                self._store(state, "exp_avg", qm)
+                self._store(state, "exp_avg_sq", qv)
+        if measure:
+            self.last_errors = {
+                comp: max(_ratio(a[0], a[1]), _ratio(a[2], a[3])) for comp, a in sums.items()
+            }
+        return loss
+
+    # ------------------------------------------------------------- breath-safety helpers
+    def components(self) -> dict[str, int]:
+        """Component name → current storage bits."""
+        return {g["component"]: g["bits"] for g in self.param_groups}
+
+    def nonfinite_components(self) -> list[str]:
+        """Components holding any non-finite state value (scales or float codes)."""
+        bad: list[str] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state:
+                    continue
+                if any(
+                    t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+                    for t in state.values()
+                ):
+                    bad.append(group["component"])
+                    break
+        return bad
+
+    def promote(self, component: str) -> int:
+        """Move a component to the next wider storage (8 → 12 → 16 → 32); return the new bits.
+
+        The stored moments are decoded at the old width and re-encoded at the new one.
+        """
+        new_bits = 0
+        for group in self.param_groups:
+            if group["component"] != component:
+                continue
+            old = group["bits"]
+            if old not in PROMOTION:
+                return old
+            decoded = {}
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state:
+                    decoded[p] = [self._decode(state, n, p, group, s) for n, s in _MOMENTS]
+            group["bits"] = new_bits = PROMOTION[old]
+            for p, moments in decoded.items():
+                for (name, signed), x in zip(_MOMENTS, moments, strict=True):
+                    self._store(self.state[p], name, self._encode(x, group, signed))
+        if not new_bits:
+            raise KeyError(f"no param group has component {component!r}")
+        return new_bits
+
+    def state_bytes(self) -> dict[str, int]:
+        """Actual bytes of optimizer state per component (codes, scales and step counters)."""
+        out: dict[str, int] = {}
+        for group in self.param_groups:
+            total = out.get(group["component"], 0)
+            for p in group["params"]:
+                for t in self.state.get(p, {}).values():
+                    total += t.numel() * t.element_size()
+            out[group["component"]] = total
+        return out
+
+    # ------------------------------------------------------------------ save and load
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict` keeping the stored dtypes (no float casting of codes).
+
+        Raises ValueError naming the group or parameter when the saved state does not fit.
+        """
+        saved_groups = state_dict.get("param_groups")
+        saved_state = state_dict.get("state")
+        if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
+            raise ValueError("optimizer state must have 'state' and 'param_groups'")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"optimizer state has {len(saved_groups)} param groups, this model has "
+                f"{len(self.param_groups)}"
+            )
+        id_map: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"param group {group['component']!r}: saved state has "
+                    f"{len(saved['params'])} parameters, the model has {len(group['params'])}"
+                )
+            if saved.get("bits") not in ERROR_BOUNDS:
+                raise ValueError(
+                    f"param group {group['component']!r}: bad bits {saved.get('bits')!r}"
+                )
+            for idx, p in zip(saved["params"], group["params"], strict=True):
+                id_map[idx] = (p, saved)
+        new_state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+        for idx, entry in saved_state.items():
+            if idx not in id_map:
+                raise ValueError(
+                    f"optimizer state names parameter index {idx}, which no group holds"
+                )
+            p, saved = id_map[idx]
+            new_state[p] = self._checked_entry(idx, entry, p, saved)
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            for key, value in saved.items():
+                if key != "params":
+                    group[key] = tuple(value) if key == "betas" else value
+        self.state = new_state
+
+    def _checked_entry(
+        self, idx: int, entry: dict[str, Any], p: torch.Tensor, group: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        step = entry.get("step")
+        if not isinstance(step, torch.Tensor):
+            raise ValueError(f"optimizer state of parameter {idx}: 'step' is missing")
+        out["step"] = step.to(torch.float32).reshape(())
+        for name, signed in _MOMENTS:
+            codes, scales = entry.get(f"{name}_codes"), entry.get(f"{name}_scales")
+            if not isinstance(codes, torch.Tensor) or not isinstance(scales, torch.Tensor):
+                raise ValueError(f"optimizer state of parameter {idx}: {name!r} is missing")
+            want = storage_dtype(group["bits"], signed)
+            if codes.dtype != want:
+                raise ValueError(
+                    f"optimizer state of parameter {idx}: {name} codes are {codes.dtype}, "
+                    f"{group['bits']}-bit storage needs {want}"
+                )
+            q = QTensor(
+                codes.to(p.device),
+                scales.to(p.device, torch.float32),
+                group["bits"],
+                signed,
+                tuple(p.shape),
+                group.get("block_size", BLOCK_SIZE),
+            )
+            try:
+                dequantize_blockwise(q)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(
+                    f"optimizer state of parameter {idx}: {name} does not fit shape "
+                    f"{tuple(p.shape)} ({exc})"
+                ) from exc
+            out[f"{name}_codes"], out[f"{name}_scales"] = q.codes, q.scales
+        return out
+
+
+def _ratio(diff: float, ref: float) -> float:
+    if ref == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return math.sqrt(diff / ref)
+
+
+def fp32_adamw_state_bytes(params: Iterable[torch.Tensor]) -> int:
+    """Bytes torch's AdamW keeps for these parameters: fp32 m and v plus a step scalar each."""
+    return sum(2 * p.numel() * 4 + 4 for p in params)
+
+
+@dataclass
+class BreathCheck:
+    """The outcome of one breath-safety check."""
+
+    errors: dict[str, float] = field(default_factory=dict)
+    promoted: dict[str, tuple[int, int]] = field(default_factory=dict)  # component → (old, new)
+    nonfinite: list[str] = field(default_factory=list)
+    loss_spike: bool = False
+
+    @property
+    def rollback(self) -> bool:
+        return bool(self.nonfinite) or self.loss_spike
+
+
+class BreathSafety:
+    """Periodic health check of the compressed optimizer and the loss (training.md §6, §5.7).
+
+    Feed every step's loss to :meth:`observe_loss`; call :meth:`check` right after a step
+    whose error measurement was requested (``CompressedAdamW.request_error_measurement``).
+    ``bounds`` overrides the per-bit error bounds (tests force promotion with a tight bound).
+    """
+
+    def __init__(
+        self,
+        check_every: int = 100,
+        spike_factor: float = 3.0,
+        ema_alpha: float = 0.05,
+        arm_after: int = 20,
+        bounds: dict[int, float] | None = None,
+    ) -> None:
+        self.check_every = check_every
+        self.spike_factor = spike_factor
+        self.ema_alpha = ema_alpha
+        self.arm_after = arm_after
+        self.bounds = {**ERROR_BOUNDS, **(bounds or {})}
+        self.loss_ema: float | None = None
+        self.best_ema: float | None = None
+        self.observed = 0
+
+    def observe_loss(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            return  # non-finite losses are the rails' business (skipped steps)
+        self.observed += 1
+        a = self.ema_alpha
+        self.loss_ema = loss if self.loss_ema is None else (1 - a) * self.loss_ema + a * loss
+        if self.observed >= self.arm_after and (
+            self.best_ema is None or self.loss_ema < self.best_ema
+        ):
+            self.best_ema = self.loss_ema
+
+    def spiking(self) -> bool:
+        return (
+            self.best_ema is not None
+            and self.loss_ema is not None
+            and self.loss_ema > self.spike_factor * self.best_ema
+        )
+
+    def check(self, optimizer: CompressedAdamW) -> BreathCheck:
+        """Run the three checks; promotes groups over their bound in place."""
+        result = BreathCheck(errors=dict(optimizer.last_errors))
+        result.nonfinite = optimizer.nonfinite_components()
+        bits = optimizer.components()
+        for component, error in result.errors.items():
+            old = bits.get(component, 32)
+            bound = self.bounds.get(old, 0.0)
+            if old in PROMOTION and not error <= bound:  # `not <=` also catches NaN
+                result.promoted[component] = (old, optimizer.promote(component))
+        result.loss_spike = self.spiking()
+        return result
+
+    def reset_loss_tracking(self) -> None:
+        """After a rollback: forget the EMA so the restored run re-arms from scratch."""
+        self.loss_ema = None
+        self.observed = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"loss_ema": self.loss_ema, "best_ema": self.best_ema, "observed": self.observed}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.loss_ema = state.get("loss_ema")
+        self.best_ema = state.get("best_ema")
+        self.observed = int(state.get("observed", 0))

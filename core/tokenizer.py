@@ -248,10 +248,21 @@ class AeronTokenizer:
         return tok
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write tokenizer.json and tokenizer_config.json atomically; returns the directory."""
+        """Write tokenizer.json, tokenizer_config.json and the GPT-2 style vocab.json/merges.txt
+        (each atomically); returns the directory."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{out}: cannot create tokenizer directory ({exc.strerror or exc})"
+            ) from exc
+        model = json.loads(self._json)["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         _atomic_write(out / TOKENIZER_FILE, self._json)
+        _atomic_write(out / "vocab.json", json.dumps(model["vocab"], ensure_ascii=False) + "\n")
+        _atomic_write(out / "merges.txt", "#version: 0.2\n" + "".join(m + "\n" for m in merges))
+        # the config (with the SHA-256) goes last: its presence marks a complete save
         _atomic_write(out / CONFIG_FILE, json.dumps(self.config(), indent=2) + "\n")
         return out
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data import synth
-from core.data.stdlib_docs import DocEntry, collect_doc_entries
+from core.data.stdlib_docs import DocEntry, collect_doc_entries_isolated
 from core.errors import DataError
 from core.paths import aeron_home, default_data_dir
 
@@ -129,7 +129,7 @@ def _synth_styles(
 
 def build_styles(seed: int = 0, entries: list[DocEntry] | None = None) -> list[dict[str, str]]:
     """All styles records in file order (docs first, then generated kinds)."""
-    entries = collect_doc_entries() if entries is None else entries
+    entries = collect_doc_entries_isolated() if entries is None else entries
     rows = _doc_styles(entries)
     rows += _synth_styles(random.Random(f"{seed}:math"), "math", synth.MATH, N_MATH)
     rows += _synth_styles(random.Random(f"{seed}:code"), "code", synth._code_task, N_CODE_TASKS)
@@ -211,7 +211,7 @@ def _pairs_from_docs(rng: random.Random, entries: list[DocEntry], n: int) -> lis
 
 def build_preferences(seed: int = 0, entries: list[DocEntry] | None = None) -> list[dict[str, str]]:
     """Preference records: computed-correct vs. slipped chains, right vs. wrong docs and code."""
-    entries = collect_doc_entries() if entries is None else entries
+    entries = collect_doc_entries_isolated() if entries is None else entries
     rows = _pairs_from_problems(
         random.Random(f"{seed}:pref:reasoning"), synth.REASONING, N_PREF_REASONING, "reasoning"
     )
@@ -321,7 +321,7 @@ def build_sample_corpus(out_dir: str | os.PathLike[str], seed: int = 0) -> Sampl
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{out}: cannot create the data directory ({exc.strerror or exc})") from exc
-    entries = collect_doc_entries()
+    entries = collect_doc_entries_isolated()
     styles = build_styles(seed, entries)
     prefs = build_preferences(seed, entries)
     prompts = build_prompts(seed)

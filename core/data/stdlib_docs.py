@@ -3,16 +3,22 @@
 Every Python installation carries docstrings and signatures; reading them (no network, no files
 outside the interpreter) gives the sample corpus real English and real code. Modules are visited
 in sorted order and attributes by sorted name, so the result is the same on every run of the
-same Python build.
+same Python build. The scan runs in a fresh interpreter (``python -I``) because libraries loaded
+in the caller may monkeypatch stdlib functions (torch, for one, replaces ``inspect.getfile``).
+
+This file only imports the standard library so it can run as a script.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
+import subprocess
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 # Pure-library modules present on every CPython build; import failures are skipped.
 STDLIB_MODULES: tuple[str, ...] = tuple(
@@ -126,3 +132,25 @@ def collect_doc_entries(modules: tuple[str, ...] = STDLIB_MODULES) -> list[DocEn
                 else:
                     add(full, "function", obj)
     return entries
+
+
+def collect_doc_entries_isolated(timeout: float = 120.0) -> list[DocEntry]:
+    """:func:`collect_doc_entries` in a clean ``python -I`` child, immune to monkeypatching by
+    modules the caller has loaded; falls back to the in-process scan if no child can run."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", __file__],
+            capture_output=True,
+            timeout=timeout,
+            check=True,
+        )
+        rows = json.loads(proc.stdout.decode("utf-8"))
+        return [DocEntry(**row) for row in rows]
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError):
+        return collect_doc_entries()
+
+
+if __name__ == "__main__":
+    sys.stdout.buffer.write(
+        json.dumps([asdict(e) for e in collect_doc_entries()], ensure_ascii=False).encode("utf-8")
+    )

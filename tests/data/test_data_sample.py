@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +30,21 @@ def test_build_is_byte_identical(sample_corpus_dir: Path, tmp_path: Path) -> Non
         assert (tmp_path / name).read_bytes() == (sample_corpus_dir / name).read_bytes(), name
     other = build_sample_corpus(tmp_path / "seed1", seed=1)
     assert other.styles.read_bytes() != (sample_corpus_dir / "styles.jsonl").read_bytes()
+
+
+def test_build_ignores_monkeypatching_by_loaded_libraries(
+    sample_corpus_dir: Path, tmp_path: Path
+) -> None:
+    # torch replaces inspect.getfile when imported; the corpus must not depend on that
+    code = (
+        "import torch, sys; from core.data.sample import build_sample_corpus;"
+        f"build_sample_corpus({str(tmp_path)!r})"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2]
+    )
+    for name in FILES:
+        assert (tmp_path / name).read_bytes() == (sample_corpus_dir / name).read_bytes(), name
 
 
 def test_size_labels_and_lengths(sample_corpus_dir: Path) -> None:

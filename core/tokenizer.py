@@ -249,14 +249,9 @@ class AeronTokenizer:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write tokenizer.json, tokenizer_config.json and the GPT-2 style vocab.json/merges.txt
-        (each atomically); returns the directory."""
+        (each atomically); returns the directory. Raises OSError if it cannot be written."""
         out = Path(directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CheckpointError(
-                f"{out}: cannot create tokenizer directory ({exc.strerror or exc})"
-            ) from exc
+        out.mkdir(parents=True, exist_ok=True)  # OSError propagates: callers decide how to report
         model = json.loads(self._json)["model"]
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         _atomic_write(out / TOKENIZER_FILE, self._json)

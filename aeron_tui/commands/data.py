@@ -79,6 +79,8 @@ def _table(title: str, rows: list[tuple[str, Any]]) -> Any:
 
 def collect_stats(path: Path) -> dict[str, Any]:
     """The numbers `data stats` shows, as a plain dict (kind + figures)."""
+    if path.is_dir() and (path / "styles.jsonl").is_file():
+        path = path / "styles.jsonl"  # a corpus directory such as the sample corpus
     kind = _detect_kind(path)
     if kind == "styles":
         from core.data.styles import read_styles, style_stats

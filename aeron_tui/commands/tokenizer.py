@@ -79,7 +79,14 @@ def train(
         progress=progress,
         model_max_length=model_max_length,
     )
-    tok.save(out)
+    try:
+        tok.save(out)
+    except OSError as exc:
+        from core.errors import CheckpointError
+
+        raise CheckpointError(
+            f"{out}: cannot write the tokenizer ({exc.strerror or exc}); choose a writable --out"
+        ) from exc
     elapsed = time.perf_counter() - start
     reached = (
         "the requested size"

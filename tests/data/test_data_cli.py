@@ -115,3 +115,36 @@ def test_help_does_not_import_heavy_modules() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_stats_on_corpus_directory(sample_corpus_dir: Path) -> None:
+    result = runner.invoke(app, ["data", "stats", str(sample_corpus_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["kind"] == "styles"
+
+
+def test_tokenizer_train_unwritable_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    text = tmp_path / "t.txt"
+    text.write_text("hello hello world")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aeron_tui",
+            "tokenizer",
+            "train",
+            "--corpus",
+            str(text),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(blocker / "tok"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode != 0
+    assert "cannot write the tokenizer" in proc.stderr and "Traceback" not in proc.stderr

@@ -32,7 +32,7 @@ class EventLog(RichLog):
     """
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=500, wrap=False, markup=False, highlight=False,
+        super().__init__(max_lines=500, wrap=True, markup=False, highlight=False,
                          auto_scroll=True, **kwargs)  # type: ignore[arg-type]
         self.session_id: int | None = None
         self.lines_written = 0
@@ -52,14 +52,16 @@ class EventLog(RichLog):
 
 def format_line(line: LogLine, started_at: float | None) -> Text:
     """One styled log line."""
-    text = Text(no_wrap=True, overflow="ellipsis")
     if line.problem is not None:
+        # Problems wrap: what is wrong with the input must be readable in full.
         p = line.problem
-        text.append("  !    ", "yellow")
+        text = Text()
+        text.append("       ! ", "bold yellow")
         text.append(f"events line {p.line_no}: {p.message}", "yellow")
         if p.text:
             text.append(f"  {p.text[:80]}", "dim")
         return text
+    text = Text(no_wrap=True, overflow="ellipsis")
     assert line.event is not None
     if line.time is not None and started_at is not None:
         text.append(f"{fmt_clock(line.time - started_at):>8} ", "dim")

@@ -279,8 +279,9 @@ def tensor_sha256(tensor: Any) -> str:
     t = tensor.detach().to("cpu").contiguous()
     if t.numel() == 0:
         return hashlib.sha256(b"").hexdigest()
-    raw = t.view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)
-    return hashlib.sha256(raw.reshape(-1).numpy().tobytes()).hexdigest()
+    flat = t.reshape(-1)
+    raw = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
+    return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

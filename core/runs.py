@@ -1,0 +1,219 @@
+"""Run directories: naming, the trainer's pid file, listing runs with their status.
+
+A run directory holds ``run.toml`` (the RunConfig), ``events.jsonl`` (the event stream),
+``checkpoints/`` and, while the trainer lives, ``trainer.pid``. The status of a run comes from
+its events; a run whose events stop without ``run_finished`` and whose trainer process is gone
+is ``crashed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.events import ParseProblem, RunState, read_events
+from core.paths import aeron_home
+
+RUN_CONFIG_FILE = "run.toml"
+EVENTS_FILE = "events.jsonl"
+PID_FILE = "trainer.pid"
+
+
+def default_runs_root() -> Path:
+    """``$AERON_TUI_HOME/runs``."""
+    return aeron_home() / "runs"
+
+
+def run_dir_name(trainer: str, profile: str | None, when: float | None = None) -> str:
+    """``<trainer>-<profile>-<YYYYmmdd-HHMMSS>`` (local time)."""
+    stamp = time.strftime(
+        "%Y%m%d-%H%M%S", time.localtime(when if when is not None else time.time())
+    )
+    safe = re.sub(r"[^A-Za-z0-9_.]+", "_", profile or "custom")
+    return f"{trainer}-{safe}-{stamp}"
+
+
+def new_run_dir(root: str | os.PathLike[str], trainer: str, profile: str | None) -> Path:
+    """A fresh, not yet existing run directory path under ``root`` (suffix ``-2``… on clashes)."""
+    root = Path(root)
+    base = run_dir_name(trainer, profile)
+    candidate = root / base
+    n = 2
+    while candidate.exists():
+        candidate = root / f"{base}-{n}"
+        n += 1
+    return candidate
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return (p / RUN_CONFIG_FILE).is_file() or (p / EVENTS_FILE).is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# pid file: lets `runs list` tell a live run from a crashed one
+# --------------------------------------------------------------------------------------------
+
+
+def write_pid_file(run_dir: str | os.PathLike[str]) -> Path:
+    path = Path(run_dir) / PID_FILE
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": _process_start(os.getpid()),
+    }
+    tmp = path.with_name(f".{PID_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(info), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_pid_file(run_dir: str | os.PathLike[str]) -> None:
+    path = Path(run_dir) / PID_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if info.get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def trainer_alive(run_dir: str | os.PathLike[str]) -> bool | None:
+    """True/False when the pid file says; None when unknown (no pid file, other host)."""
+    try:
+        info = json.loads((Path(run_dir) / PID_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("host") != socket.gethostname():
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return None
+    started = _process_start(pid)
+    if started is None:
+        return False
+    # A recycled pid belongs to a process that started later than ours.
+    saved = info.get("started")
+    return not (isinstance(saved, (int, float)) and abs(started - saved) > 1.0)
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess, AccessDenied, ImportError
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 0.0
+        return 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """One row of ``aeron-tui runs list``."""
+
+    path: Path
+    run_id: str
+    trainer: str
+    profile: str
+    status: str
+    global_step: int
+    total_steps: int
+    best_val_loss: float | None
+    last_loss: float | None
+    started_at: float | None
+    last_time: float | None
+    error: str | None
+    state: RunState
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "run_id": self.run_id,
+            "trainer": self.trainer,
+            "profile": self.profile,
+            "status": self.status,
+            "global_step": self.global_step,
+            "total_steps": self.total_steps,
+            "best_val_loss": self.best_val_loss,
+            "last_loss": self.last_loss,
+            "started_at": self.started_at,
+            "last_time": self.last_time,
+            "error": self.error,
+        }
+
+
+def run_state(run_dir: str | os.PathLike[str]) -> RunState:
+    """Fold a run's ``events.jsonl`` (missing file → an empty state)."""
+    state = RunState()
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.exists():
+        return state
+    for event in read_events(path):
+        # An incomplete last line of a live run is expected; skip it quietly.
+        if isinstance(event, ParseProblem) and event.message.startswith("incomplete"):
+            continue
+        state.apply(event)
+    return state
+
+
+def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary:
+    """Status from the events: running / paused / finished / stopped / failed / crashed."""
+    path = Path(run_dir)
+    state = run_state(path)
+    status = state.status
+    if not state.finished:
+        alive = trainer_alive(path)
+        if alive is False or (
+            alive is None and state.events_seen > 0 and not (path / PID_FILE).exists()
+        ):
+            status = "crashed"
+    return RunSummary(
+        path=path,
+        run_id=state.run_id or path.name,
+        trainer=state.trainer or state.config.get("trainer", "") or "?",
+        profile=state.profile or str(state.config.get("profile") or "") or "?",
+        status=status if state.events_seen else "empty",
+        global_step=state.global_step,
+        total_steps=state.total_steps,
+        best_val_loss=state.best_val_loss,
+        last_loss=state.loss,
+        started_at=state.started_at,
+        last_time=state.last_time,
+        error=state.last_error,
+        state=state,
+    )
+
+
+def list_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
+    """Every run directory directly under ``root`` (default runs root), newest first."""
+    base = Path(root) if root is not None else default_runs_root()
+    if not base.is_dir():
+        return []
+    runs = [summarize_run(p) for p in base.iterdir() if p.is_dir() and is_run_dir(p)]
+    return sorted(runs, key=lambda r: r.started_at or 0.0, reverse=True)
+
+
+def latest_run(
+    root: str | os.PathLike[str] | None = None, trainer: str | None = None
+) -> Path | None:
+    """The most recently started run (optionally of one trainer), or None."""
+    for run in list_runs(root):
+        if trainer is None or run.trainer == trainer:
+            return run.path
+    return None

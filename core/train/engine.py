@@ -1,0 +1,1158 @@
+"""The training engine every trainer shares: setup, the loop, evaluation, checkpoints, events.
+
+A run reads like a recipe::
+
+    trainer = SimpleTrainer(run_config, model_config)
+    trainer.run()          # setup() → train() → cleanup(), events all the way
+
+Everything a user sees comes from the events this engine emits (``core.events``); everything a
+resumed run needs comes from the checkpoints it writes (``core.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from core.checkpoint import (
+    CHECKPOINTS_DIR,
+    LoadedCheckpoint,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+    step_checkpoint_name,
+)
+from core.errors import AeronError, CheckpointError, ConfigError, DataError
+from core.events import EventWriter
+from core.runs import (
+    EVENTS_FILE,
+    RUN_CONFIG_FILE,
+    default_runs_root,
+    new_run_dir,
+    remove_pid_file,
+    write_pid_file,
+)
+from core.train.config import RunConfig
+from core.train.control import ControlChannel
+from core.train.metrics import StepMetrics, memory_stats
+from core.train.schedule import default_warmup_steps, warmup_cosine_scale
+
+TRAINER_STATE_VERSION = 1
+
+
+class StopTraining(Exception):
+    """Raised inside the loop to end the run early (status ``stopped``) after a checkpoint."""
+
+
+class Trainer:
+    """Base trainer: the shared loop. Subclasses change behaviour through these extension points.
+
+    Construction and setup
+        ``build_tokenizer()``, ``build_data()``, ``build_model()``, ``build_optimizer()`` —
+        each called once by :meth:`setup`, in that order (resume restores state afterwards).
+        ``default_learning_rate()`` gives the lr when neither the config nor the profile does.
+    The step
+        ``compute_loss(batch) -> (loss, outputs, n_tokens)`` — the loss of one micro-batch
+        (mean over its target tokens), the model outputs (for the step-event statistics, may be
+        ``None``) and the number of target tokens (weights the validation loss).
+        ``lr_at(step) -> float`` — the learning rate of optimizer step ``step`` (0-based);
+        ``lr_scale`` in events is ``lr / base_lr``. ``apply_lr(lr)`` writes it to the groups.
+        ``optimizer_step()`` — clip, check finiteness, step; returns (grad_norm, applied).
+        ``on_step_end(step, loss)`` — after every optimizer step (controllers, safety rails).
+        ``step_event_extra()`` — extra fields for step events (``phase``, ``domain``, ...).
+        ``handle_oom(exc) -> bool`` — ``torch.OutOfMemoryError`` during a step; return True to
+        retry the step (after e.g. :meth:`set_micro_batch`), the default re-raises.
+    State
+        ``extra_state() -> dict`` / ``load_extra_state(dict)`` — controller states, saved in
+        ``trainer_state.json`` under ``"controllers"``.
+        ``save_checkpoint(name=None, best=False, val_loss=None) -> Path`` and
+        ``restore_checkpoint(path)`` (model, optimizer, RNG, data position, step; used by resume
+        and by rollback rails).
+        ``set_micro_batch(micro_batch, grad_accum, reason)`` — change the batch shape mid-run.
+        ``model_state_for_checkpoint()`` / ``optimizer_state_for_checkpoint()`` — what is saved
+        (distributed runs gather full states here).
+    Events
+        ``self.events`` is the run's :class:`core.events.EventWriter`; ``self.emit(type, ...)``
+        adds ``global_step`` where the schema wants it. Only the main rank writes.
+    """
+
+    name = "base"
+    description = "the shared training loop"
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model_config: Any = None,
+        *,
+        events: EventWriter | None = None,
+        events_stdout: bool = False,
+        listeners: Iterable[Callable[[dict[str, Any]], None]] = (),
+        control: ControlChannel | None = None,
+        dist: Any = None,
+    ) -> None:
+        self.config = config
+        self.base_model_config = model_config
+        self.model_config: Any = None
+        self.dist = dist
+        self.rank = int(getattr(dist, "rank", 0))
+        self.world_size = int(getattr(dist, "world_size", 1))
+        self.is_main = bool(getattr(dist, "is_main", True))
+        self.control = control or ControlChannel()
+        self._events_given = events
+        self._events_stdout = events_stdout
+        self._listeners = list(listeners)
+        self.events: EventWriter = events or EventWriter(None, enabled=False)
+        self.run_dir: Path = Path(config.run_dir) if config.run_dir else Path()
+        self.run_id = ""
+        self.device = torch.device("cpu")
+        self.precision = "fp32"
+        self.autocast_dtype: torch.dtype | None = None
+        self.scaler: Any = None
+        self.tokenizer: Any = None
+        self.model: nn.Module = nn.Module()
+        self.train_model: nn.Module = nn.Module()  # what forward runs on (compiled / wrapped)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.train_loader: Any = None
+        self.val_pairs: list[Any] = []
+        self._val_batches: list[dict[str, Tensor]] | None = None
+        self.corpus: dict[str, Any] = {}
+        self.data_path = ""
+        self.global_step = 0
+        self.total_steps = config.steps
+        self.micro_batch = config.micro_batch or 1
+        self.grad_accum = config.grad_accum or 1
+        self.seq_len = config.seq_len or 256
+        self.base_lr = config.learning_rate or 0.0
+        self.warmup_steps = 0
+        self.nonfinite_skipped = 0
+        self.consecutive_nonfinite = 0
+        self.best_val_loss: float | None = None
+        self.best_checkpoint: str | None = None
+        self.last_val_loss: float | None = None
+        self.last_eval_step = -1
+        self.last_checkpoint_step = -1
+        self.last_checkpoint: Path | None = None
+        self.lineage_parents: list[dict[str, str]] = []
+        self.resumed_from: LoadedCheckpoint | None = None
+        self.metrics: StepMetrics = StepMetrics()
+        self.elapsed_before = 0.0
+        self._t_start = time.time()
+        self._paused_s = 0.0
+        self._last_lr = 0.0
+        self._last_step_loss: Tensor | None = None
+        self._warned_stages: set[str] = set()
+        self._batch_iter: Iterator[dict[str, Tensor]] | None = None
+        self._pre_step_data_state: dict[str, Any] | None = None
+        self._status = "starting"
+        self._setup_done = False
+
+    # ==========================================================================================
+    # The recipe
+    # ==========================================================================================
+
+    def run(self) -> str:
+        """setup → train → cleanup. Returns the final status; project errors propagate."""
+        status = "failed"
+        try:
+            self.setup()
+            status = self.train()
+            return status
+        except KeyboardInterrupt:
+            self._fail("aborted by a second interrupt (no final checkpoint)", None)
+            raise
+        except BaseException as exc:
+            self._fail(str(exc) or type(exc).__name__, exc)
+            raise
+        finally:
+            self.cleanup()
+
+    def setup(self) -> None:
+        """Everything before the first step; emits ``run_started`` at the end."""
+        cfg = self.config
+        self._prepare_run_dir()
+        self._open_events()
+        resume = self._find_resume()
+        self.device = self.resolve_device()
+        self.seed_everything(cfg.seed)
+        self.tokenizer = resume.tokenizer if resume is not None else self.build_tokenizer()
+        self._resolve_sizes()
+        self.build_data()
+        self.model_config = self.resolve_model_config(resume)
+        self.model = self.build_model().to(self.device)
+        self.precision = self.resolve_precision()
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if self.precision == "fp16":
+            self.scaler = torch.amp.GradScaler(self.device.type)
+        self.optimizer = self.build_optimizer()
+        self.train_model = self.wrap_model(self.model)
+        if resume is not None:
+            self._restore(resume)
+        self.metrics = StepMetrics(self.device)
+        self.config = self.resolved_config()
+        if self.is_main:
+            self.config.save(self.run_dir / RUN_CONFIG_FILE)
+        self._setup_done = True
+        self._status = "running"
+        self.emit(
+            "run_started",
+            run_id=self.run_id,
+            trainer=self.name,
+            total_steps=self.total_steps,
+            config=self.config.to_dict(),
+            model_params=sum(p.numel() for p in self.model.parameters()),
+            device=str(self.device),
+            precision=self.precision,
+            profile=self.config.profile,
+            preset=self.config.preset,
+            data=self.data_path,
+            elapsed_s=self.elapsed_before,
+            step=self.global_step,
+            global_step=self.global_step,
+        )
+        if resume is not None:
+            self.emit(
+                "warning",
+                message=f"resumed from {resume.path} at step {self.global_step}",
+                global_step=self.global_step,
+            )
+
+    def train(self) -> str:
+        """The loop. Returns ``finished`` or ``stopped``."""
+        self.control.install_signal_handlers()
+        stopped = False
+        try:
+            while self.global_step < self.total_steps:
+                if self._handle_control():
+                    stopped = True
+                    break
+                self._one_step()
+                self._after_step()
+        except StopTraining:
+            stopped = True
+        finally:
+            self.control.restore_signal_handlers()
+        return self._finish(stopped)
+
+    def cleanup(self) -> None:
+        """Close the event stream and remove the pid file (always runs)."""
+        if self.is_main and self.run_dir != Path():
+            remove_pid_file(self.run_dir)
+        if self._events_given is None:
+            self.events.close()
+
+    # ==========================================================================================
+    # Setup pieces (override points)
+    # ==========================================================================================
+
+    def resolve_device(self) -> torch.device:
+        if self.dist is not None and getattr(self.dist, "device", None) is not None:
+            return torch.device(self.dist.device)
+        wanted = self.config.device
+        if wanted == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' was requested but no CUDA device is available")
+        return torch.device(wanted)
+
+    def seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
+
+    def default_learning_rate(self) -> float:
+        return 3e-4
+
+    def build_tokenizer(self) -> Any:
+        """The run's tokenizer: ``config.tokenizer`` if given, else one trained on the corpus
+        (cached by corpus hash and vocabulary size under ``$AERON_TUI_HOME/cache/tokenizers``)."""
+        from core.tokenizer import AeronTokenizer
+
+        if self.config.tokenizer:
+            return AeronTokenizer.load(self.config.tokenizer)
+        return cached_corpus_tokenizer(self.resolve_data_path(), self.config.tokenizer_vocab_size)
+
+    def resolve_data_path(self) -> Path:
+        """``config.data``, or the bundled sample corpus's styles.jsonl (built on first use)."""
+        if self.config.data:
+            path = Path(self.config.data).expanduser()
+            if not path.exists():
+                raise DataError(f"{path}: data file not found (check --data)")
+            if path.is_dir():
+                styles = path / "styles.jsonl"
+                if styles.is_file():
+                    return styles
+                if not any(path.rglob("*.txt")):
+                    raise DataError(
+                        f"{path}: the directory holds no styles.jsonl and no .txt files"
+                    )
+            return path
+        from core.data.sample import ensure_sample_corpus
+
+        return ensure_sample_corpus().styles
+
+    def build_data(self) -> None:
+        """Pre-tokenize the corpus once: ``self.train_loader`` (a resumable BatchLoader over the
+        training split) and ``self.val_pairs`` (the validation split)."""
+        from core.data.loader import BatchLoader
+
+        path = self.resolve_data_path()
+        self.data_path = str(path)
+        train_pairs, val_pairs = load_pairs(
+            path, self.tokenizer, self.seq_len, self.config.max_samples
+        )
+        if not train_pairs:
+            raise DataError(f"{path}: no training samples after the train/validation split")
+        if not val_pairs:
+            raise DataError(f"{path}: no validation samples (the corpus is too small to split)")
+        self.val_pairs = val_pairs
+        self.train_loader = BatchLoader(
+            train_pairs,
+            self.micro_batch,
+            seed=self.config.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        from core.data.sample import corpus_manifest
+
+        self.corpus = corpus_manifest([path])
+        self.corpus["train_samples"] = len(train_pairs)
+        self.corpus["val_samples"] = len(val_pairs)
+
+    def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
+        """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the
+        ``[model]`` overrides; a resumed run must match its checkpoint's config."""
+        from core.config import NeuralNetConfig
+
+        base = self.base_model_config
+        if base is None:
+            if resume is None:
+                raise ConfigError("no model config: give a --profile (or resume a checkpoint)")
+            base = resume.config
+        if isinstance(base, dict):
+            base = NeuralNetConfig.from_dict(base)
+        changes: dict[str, Any] = {"vocab_size": int(self.tokenizer.vocab_size)}
+        if base.max_position_embeddings < self.seq_len + 2:
+            changes["max_position_embeddings"] = self.seq_len + 2
+        if self.config.gradient_checkpointing is not None:
+            changes["use_gradient_checkpointing"] = bool(self.config.gradient_checkpointing)
+        try:
+            model_config = base.replace(**{**changes, **self.config.model})
+        except ConfigError as exc:
+            raise ConfigError(f"run config [model]: {exc}") from exc
+        if resume is not None:
+            from core.checkpoint import config_differences
+
+            saved = resume.config_dict
+            diff = config_differences(
+                {k: v for k, v in saved.items() if k != "use_gradient_checkpointing"},
+                {
+                    k: v
+                    for k, v in model_config.to_dict().items()
+                    if k != "use_gradient_checkpointing"
+                },
+            )
+            if diff:
+                raise CheckpointError(
+                    f"{resume.path / 'config.json'}: the checkpoint's model config differs from "
+                    f"this run's: {'; '.join(diff[:6])} — resume with the checkpoint's profile"
+                )
+        return model_config
+
+    def build_model(self) -> nn.Module:
+        from core.model import TransformerNeuralNetBackbone
+
+        return TransformerNeuralNetBackbone(self.model_config)
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module forward runs on: DDP/FSDP wrapping (distributed) and ``torch.compile``."""
+        wrapped = model
+        if self.dist is not None and self.world_size > 1:
+            from core.train.distributed import wrap_model
+
+            wrapped = wrap_model(model, self.dist, bool(self.config.options.get("shard", False)))
+        if self.config.compile:
+            wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+        return wrapped
+
+    def resolve_precision(self) -> str:
+        """``auto`` → bf16 on CUDA ≥ sm80, fp16 on older CUDA, CPU per ``default_precision``."""
+        wanted = self.config.precision
+        dev = self.device
+        if wanted == "auto":
+            if dev.type == "cuda":
+                return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            try:
+                from core.precision import default_precision
+
+                return str(default_precision(dev))
+            except ImportError:
+                return "fp32"
+        if wanted == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(
+                "precision bf16 needs a CUDA GPU with compute capability >= 8.0; "
+                "use --precision fp16 or fp32"
+            )
+        return wanted
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on ≥2-D weights only (norms, biases and scalars are not decayed)."""
+        decay, no_decay = [], []
+        for _, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW, β (0.9, 0.95), ε 1e-8, fused when the device supports it."""
+        groups = [g for g in self.parameter_groups() if g["params"]]
+        kwargs: dict[str, Any] = {"lr": self.base_lr, "betas": (0.9, 0.95), "eps": 1e-8}
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.AdamW(groups, **kwargs)
+
+    # ==========================================================================================
+    # The step
+    # ==========================================================================================
+
+    def compute_loss(
+        self, batch: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Any] | None, Tensor]:
+        """Mean token cross-entropy of one micro-batch (the model's own loss)."""
+        outputs = self.train_model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+            decoder_attention_mask=batch["decoder_attention_mask"],
+            labels=batch["labels"],
+        )
+        n_tokens = (batch["labels"] != -100).sum()
+        return outputs["loss"], outputs, n_tokens
+
+    def lr_at(self, step: int) -> float:
+        return self.base_lr * warmup_cosine_scale(
+            step, self.total_steps, self.warmup_steps, self.config.min_lr_ratio
+        )
+
+    def apply_lr(self, lr: float) -> None:
+        assert self.optimizer is not None
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * float(group.get("lr_mult", 1.0))
+
+    def next_batch(self) -> dict[str, Tensor]:
+        """The next training micro-batch (on the CPU; the engine moves it to the device)."""
+        return next(self.train_loader)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self) -> None:
+        """One optimizer step: ``grad_accum`` micro-batches, clip, finiteness check, update."""
+        assert self.optimizer is not None
+        self.train_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum: Tensor | None = None
+        for _ in range(self.grad_accum):
+            cpu_batch = self.next_batch()
+            # Counted on the CPU copy: no device sync.
+            tokens = int(cpu_batch["attention_mask"].sum()) + int(
+                cpu_batch["decoder_attention_mask"].sum()
+            )
+            samples = int(cpu_batch["input_ids"].shape[0])
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
+            with self.autocast():
+                loss, outputs, _ = self.compute_loss(batch)
+            scaled = loss / self.grad_accum
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+            self.metrics.add_micro_batch(loss, outputs, tokens, samples)
+            self._warn_enhancement_errors(outputs)
+            loss_sum = (
+                loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
+            )
+        assert loss_sum is not None
+        lr = self.lr_at(self.global_step)
+        self.apply_lr(lr)
+        self._last_lr = lr
+        grad_norm, applied = self.optimizer_step(loss_sum)
+        self.metrics.add_optimizer_step(grad_norm)
+        self._last_step_loss = loss_sum / self.grad_accum
+        if applied:
+            self.consecutive_nonfinite = 0
+        else:
+            self.nonfinite_skipped += 1
+            self.consecutive_nonfinite += 1
+            self.emit(
+                "warning",
+                message=f"non-finite loss or gradients at step "
+                f"{self.global_step + 1}: update skipped ({self.nonfinite_skipped} so far)",
+                global_step=self.global_step + 1,
+                code="nonfinite",
+            )
+
+    def optimizer_step(self, loss_sum: Tensor) -> tuple[Tensor, bool]:
+        """Clip to ``grad_clip`` (global norm) and step unless loss or gradients are non-finite.
+
+        One host sync per optimizer step (the finiteness flag) — needed to skip the update.
+        """
+        assert self.optimizer is not None
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        finite = bool(torch.isfinite(grad_norm.detach().float() + loss_sum).item())
+        if self.scaler is not None:
+            # With fp16 the scaler also lowers its scale after inf gradients.
+            if finite:
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return grad_norm, finite
+        if finite:
+            self.optimizer.step()
+        return grad_norm, finite
+
+    def on_step_end(self, step: int, loss: Tensor | None) -> None:
+        """After each optimizer step (``step`` = the new global step). Controllers go here."""
+
+    def step_event_extra(self) -> dict[str, Any]:
+        """Extra fields for step events (LONPT: ``phase``, ``domain``, ``lr_scale``, ...)."""
+        return {}
+
+    def handle_oom(self, exc: BaseException) -> bool:
+        """Out of memory in a step. Return True to retry the step; the default re-raises."""
+        raise exc
+
+    # ==========================================================================================
+    # Evaluation
+    # ==========================================================================================
+
+    def validation_batches(self) -> list[dict[str, Tensor]]:
+        """Fixed validation batches (length-sorted, collated once, kept on the CPU)."""
+        if self._val_batches is None:
+            from core.data.loader import collate
+
+            pairs = sorted(self.val_pairs, key=len)
+            limit = self.config.eval_max_batches * self.micro_batch
+            # Spread the capped subset over the whole length range instead of the shortest.
+            if len(pairs) > limit:
+                stride = len(pairs) / limit
+                pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
+            self._val_batches = [
+                collate(pairs[i : i + self.micro_batch])
+                for i in range(0, len(pairs), self.micro_batch)
+            ]
+        return self._val_batches
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[dict[str, Tensor]] | None = None) -> dict[str, float]:
+        """Token-weighted cross-entropy over the validation batches; perplexity = exp(loss).
+
+        Runs with a forked RNG so evaluating never changes the training random stream.
+        """
+        batches = self.validation_batches() if batches is None else batches
+        was_training = self.train_model.training
+        self.train_model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for cpu_batch in batches:
+                batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
+                with self.autocast():
+                    loss, _, n_tokens = self.compute_loss(batch)
+                total += loss.detach().double() * n_tokens
+                count += n_tokens
+        if was_training:
+            self.train_model.train()
+        if self.dist is not None and self.world_size > 1:
+            import torch.distributed as tdist
+
+            both = torch.stack([total, count])
+            tdist.all_reduce(both)
+            total, count = both[0], both[1]
+        n = float(count.item())
+        loss_value = float(total.item()) / n if n else float("nan")
+        return {"loss": loss_value, "perplexity": _safe_exp(loss_value), "tokens": n}
+
+    # ==========================================================================================
+    # Checkpoints
+    # ==========================================================================================
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything besides weights and optimizer that an exact resume needs."""
+        return {
+            "version": TRAINER_STATE_VERSION,
+            "trainer": self.name,
+            "run_id": self.run_id,
+            "global_step": self.global_step,
+            "total_steps": self.total_steps,
+            "scheduler": {
+                "type": "warmup_cosine",
+                "base_lr": self.base_lr,
+                "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps,
+                "min_lr_ratio": self.config.min_lr_ratio,
+                "last_lr": self._last_lr,
+            },
+            "rng": capture_rng_state(),
+            "data": self.train_loader.state_dict() if self.train_loader is not None else None,
+            "controllers": self.extra_state(),
+            "best": {"val_loss": self.best_val_loss, "checkpoint": self.best_checkpoint},
+            "last_val_loss": self.last_val_loss,
+            "last_eval_step": self.last_eval_step,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.grad_accum,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "elapsed_s": self.elapsed_s(),
+            "run_config": self.config.to_dict(),
+        }
+
+    def extra_state(self) -> dict[str, Any]:
+        """Controller states to save (JSON-serialisable)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def model_state_for_checkpoint(self) -> Any:
+        if self.dist is not None and self.world_size > 1:
+            from core.train.distributed import full_state_dict
+
+            return full_state_dict(self.model, self.dist)
+        return self.model
+
+    def optimizer_state_for_checkpoint(self) -> dict[str, Any] | None:
+        assert self.optimizer is not None
+        return self.optimizer.state_dict()
+
+    def save_checkpoint(
+        self, name: str | None = None, best: bool = False, val_loss: float | None = None
+    ) -> Path:
+        """Write ``RUN_DIR/checkpoints/<name>`` (default ``step_NNNNNN``); emit ``checkpoint``."""
+        name = name or step_checkpoint_name(self.global_step)
+        path = self.run_dir / CHECKPOINTS_DIR / name
+        model_state = self.model_state_for_checkpoint()
+        optim_state = self.optimizer_state_for_checkpoint()
+        if best:
+            self.best_checkpoint = name
+        if self.is_main:
+            save_checkpoint(
+                path,
+                model=model_state,
+                config=self.model_config,
+                tokenizer=self.tokenizer,
+                trainer_state=self.trainer_state(),
+                optimizer_state=optim_state,
+                parents=self.lineage_parents,
+                corpus=self.corpus,
+                extra={
+                    "global_step": self.global_step,
+                    "run_id": self.run_id,
+                    "trainer": self.name,
+                    "val_loss": val_loss,
+                    "best": best,
+                },
+            )
+            size = sum(f.stat().st_size for f in path.iterdir())
+            self.emit(
+                "checkpoint",
+                path=str(path),
+                name=name,
+                size_bytes=size,
+                val_loss=val_loss,
+                best=best,
+                global_step=self.global_step,
+            )
+            protect = {self.best_checkpoint} if self.best_checkpoint else set()
+            prune_checkpoints(self.run_dir, self.config.keep_last, protect)
+        self._barrier()
+        self.last_checkpoint = path
+        self.last_checkpoint_step = self.global_step
+        return path
+
+    def restore_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Load model, optimizer, RNG, data position and counters from a checkpoint (rollback)."""
+        loaded = load_checkpoint(path, device="cpu", expect_config=self.model_config)
+        self._restore(loaded)
+
+    def _restore(self, loaded: LoadedCheckpoint) -> None:
+        assert self.optimizer is not None
+        load_model_state(self.model, loaded.model_state, loaded.path / "model.safetensors")
+        opt_state = loaded.load_optimizer_state("cpu")
+        if opt_state is not None:
+            try:
+                self.optimizer.load_state_dict(opt_state)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"{loaded.path / 'optimizer.pt'}: does not fit this optimizer ({exc})"
+                ) from exc
+        state = loaded.trainer_state
+        self.global_step = int(state.get("global_step", 0))
+        if state.get("data") is not None and self.train_loader is not None:
+            self.train_loader.load_state_dict(state["data"])
+            self._batch_iter = None
+        self.best_val_loss = (state.get("best") or {}).get("val_loss")
+        self.best_checkpoint = (state.get("best") or {}).get("checkpoint")
+        self.last_val_loss = state.get("last_val_loss")
+        self.last_eval_step = int(state.get("last_eval_step", -1))
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        mb, ga = state.get("micro_batch"), state.get("grad_accum")
+        if (
+            isinstance(mb, int)
+            and isinstance(ga, int)
+            and (mb, ga) != (self.micro_batch, self.grad_accum)
+        ):
+            self.micro_batch, self.grad_accum = mb, ga
+            if self.train_loader is not None:
+                self.train_loader.set_batch_size(mb)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.load_extra_state(state.get("controllers") or {})
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.last_checkpoint = loaded.path
+        self.last_checkpoint_step = self.global_step
+        self.resumed_from = loaded
+        version = loaded.version
+        if version:
+            self.lineage_parents = [{"id": version, "relation": "resumed"}]
+
+    # ==========================================================================================
+    # Batch shape
+    # ==========================================================================================
+
+    def set_micro_batch(self, micro_batch: int, grad_accum: int, reason: str = "") -> None:
+        """Change micro-batch and accumulation from the next step on (emits ``batch_change``)."""
+        if micro_batch < 1 or grad_accum < 1:
+            raise ConfigError(f"micro-batch {micro_batch} / grad-accum {grad_accum} must be >= 1")
+        if (micro_batch, grad_accum) == (self.micro_batch, self.grad_accum):
+            return
+        self.micro_batch, self.grad_accum = micro_batch, grad_accum
+        if self.train_loader is not None:
+            self.train_loader.set_batch_size(micro_batch)
+        self.emit(
+            "batch_change",
+            micro_batch=micro_batch,
+            grad_accum=grad_accum,
+            reason=reason or None,
+            global_step=self.global_step,
+        )
+
+    # ==========================================================================================
+    # Events
+    # ==========================================================================================
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any] | None:
+        """Emit an event (main rank only); ``None`` values are dropped."""
+        if not self.is_main:
+            return None
+        clean = {k: v for k, v in fields.items() if v is not None}
+        return self.events.emit(type, **clean)
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before + (time.time() - self._t_start) - self._paused_s
+
+    # ==========================================================================================
+    # Internals
+    # ==========================================================================================
+
+    def _prepare_run_dir(self) -> None:
+        cfg = self.config
+        if cfg.run_dir is None:
+            self.run_dir = new_run_dir(default_runs_root(), self.name, cfg.profile)
+            self.config = cfg.with_overrides(source="run", run_dir=str(self.run_dir))
+        else:
+            self.run_dir = Path(cfg.run_dir).expanduser()
+        self.run_id = self.run_dir.name
+        if not self.is_main:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(
+                f"run directory {self.run_dir} is not writable ({exc.strerror or exc}); "
+                "choose another --run-dir"
+            ) from exc
+        write_pid_file(self.run_dir)
+
+    def _open_events(self) -> None:
+        if self._events_given is None:
+            self.events = EventWriter(
+                self.run_dir / EVENTS_FILE,
+                stdout=self._events_stdout,
+                enabled=self.is_main,
+                listeners=self._listeners,
+            )
+        else:
+            self.events.listeners.extend(self._listeners)
+
+    def _find_resume(self) -> LoadedCheckpoint | None:
+        spec = self.config.resume
+        if not spec:
+            return None
+
+        def skipped(message: str) -> None:
+            self.emit("warning", message=message, code="checkpoint_skipped")
+
+        if spec == "latest":
+            path = latest_checkpoint(self.run_dir, on_skip=skipped)
+            if path is None:
+                raise CheckpointError(
+                    f"{self.run_dir}: no complete checkpoint to resume from "
+                    "(start without --resume, or give --resume PATH)"
+                )
+        else:
+            path = Path(spec).expanduser()
+            if not path.exists():
+                raise CheckpointError(f"{path}: checkpoint not found")
+            if not (path / "manifest.json").exists() and (path / CHECKPOINTS_DIR).is_dir():
+                found = latest_checkpoint(path, on_skip=skipped)
+                if found is None:
+                    raise CheckpointError(f"{path}: no complete checkpoint in this run directory")
+                path = found
+        return load_checkpoint(path, device="cpu", load_optimizer=True)
+
+    def _resolve_sizes(self) -> None:
+        cfg = self.config
+        self.micro_batch = cfg.micro_batch or 8
+        self.grad_accum = cfg.grad_accum or 1
+        self.seq_len = cfg.seq_len or 256
+        self.base_lr = cfg.learning_rate or self.default_learning_rate()
+        self.total_steps = cfg.steps
+        self.warmup_steps = (
+            cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup_steps(cfg.steps)
+        )
+
+    def resolved_config(self) -> RunConfig:
+        """The config with every value this run actually uses (saved as run.toml).
+
+        ``resume`` is cleared: running the saved file again starts the same run afresh.
+        """
+        data = self.config.to_dict()
+        data.update(
+            run_dir=str(self.run_dir),
+            micro_batch=self.micro_batch,
+            grad_accum=self.grad_accum,
+            seq_len=self.seq_len,
+            learning_rate=self.base_lr,
+            warmup_steps=self.warmup_steps,
+            data=self.data_path or data["data"],
+            resume=None,
+        )
+        return RunConfig.from_dict(data, "resolved run config")
+
+    def _one_step(self) -> None:
+        while True:
+            if self.train_loader is not None:
+                self._pre_step_data_state = self.train_loader.state_dict()
+            try:
+                self.train_step()
+                return
+            except torch.OutOfMemoryError as exc:
+                if self.optimizer is not None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                if not self.handle_oom(exc):
+                    raise
+                # Retry the same step on the same samples.
+                if self.train_loader is not None and self._pre_step_data_state is not None:
+                    self.train_loader.load_state_dict(self._pre_step_data_state)
+                    self.train_loader.set_batch_size(self.micro_batch)
+
+    def _after_step(self) -> None:
+        cfg = self.config
+        self.global_step += 1
+        step = self.global_step
+        last = step >= self.total_steps
+        self.on_step_end(step, self._last_step_loss)
+        if step % cfg.log_every == 0 or last:
+            self._emit_step()
+        if step % cfg.eval_every == 0:
+            self._run_eval()
+        if step % cfg.checkpoint_every == 0 and self.last_checkpoint_step != step:
+            self.save_checkpoint(
+                best=self.best_checkpoint == step_checkpoint_name(step),
+                val_loss=self.last_val_loss if self.last_eval_step == step else None,
+            )
+
+    def _emit_step(self) -> None:
+        fields = self.metrics.flush()
+        fields.pop("elapsed_s", None)
+        lr = self._last_lr
+        extra = self.step_event_extra()
+        event = {
+            "step": self.global_step,
+            "global_step": self.global_step,
+            "lr": lr,
+            "lr_scale": lr / self.base_lr if self.base_lr else None,
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.grad_accum,
+            "memory": memory_stats(self.device),
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "elapsed_s": self.elapsed_s(),
+            **fields,
+            **extra,
+        }
+        if event.get("loss") is None:
+            # Every update of the interval was skipped: no finite loss to report (JSON has no
+            # NaN); the per-step warnings already say why.
+            self.emit(
+                "warning",
+                message=f"no finite loss in the steps up to {self.global_step}",
+                code="nonfinite",
+                global_step=self.global_step,
+            )
+            return
+        self.emit("step", **event)
+
+    def _run_eval(self) -> dict[str, float]:
+        result = self.evaluate()
+        loss = result["loss"]
+        self.last_val_loss = loss
+        self.last_eval_step = self.global_step
+        best = math.isfinite(loss) and (self.best_val_loss is None or loss < self.best_val_loss)
+        if best:
+            self.best_val_loss = loss
+        self.emit(
+            "eval",
+            loss=loss,
+            perplexity=result["perplexity"],
+            best=best,
+            global_step=self.global_step,
+            metrics={"tokens": result["tokens"]},
+            **{k: v for k, v in self.step_event_extra().items() if k in ("phase", "domain")},
+        )
+        if best:
+            self.save_checkpoint(best=True, val_loss=loss)
+        return result
+
+    def _handle_control(self) -> bool:
+        """Apply pending commands; True means stop now."""
+        for command in self.control.poll():
+            if self._apply_command(command.cmd, command.detail, command.source):
+                return True
+        return False
+
+    def _apply_command(self, cmd: str, detail: str = "", source: str = "stdin") -> bool:
+        if cmd == "invalid":
+            self.emit("warning", message=detail, code="control", global_step=self.global_step)
+        elif cmd == "checkpoint":
+            if self.last_checkpoint_step != self.global_step:
+                self.save_checkpoint()
+        elif cmd == "stop":
+            if source == "signal":
+                self.emit(
+                    "warning",
+                    message="signal received: stopping after a checkpoint",
+                    code="signal",
+                    global_step=self.global_step,
+                )
+            return True
+        elif cmd == "pause":
+            return self._pause()
+        return False
+
+    def _pause(self) -> bool:
+        self._status = "paused"
+        self.emit("status", status="paused", global_step=self.global_step)
+        t0 = time.time()
+        try:
+            while True:
+                for command in self.control.wait(0.25):
+                    if command.cmd == "resume":
+                        self._status = "running"
+                        self.emit("status", status="running", global_step=self.global_step)
+                        return False
+                    if command.cmd in ("stop", "checkpoint", "invalid"):
+                        if self._apply_command(command.cmd, command.detail, command.source):
+                            return True
+        finally:
+            paused = time.time() - t0
+            self._paused_s += paused
+            self.metrics._t0 += paused  # tokens/s counts training time only
+
+    def _finish(self, stopped: bool) -> str:
+        if stopped:
+            self._status = "stopping"
+            self.emit("status", status="stopping", global_step=self.global_step)
+        if self.last_eval_step != self.global_step and not stopped and self.global_step > 0:
+            self._run_eval()
+        if self.last_checkpoint_step != self.global_step:
+            self.save_checkpoint(
+                val_loss=self.last_val_loss if self.last_eval_step == self.global_step else None
+            )
+        status = "stopped" if stopped else "finished"
+        self._status = status
+        self.emit(
+            "run_finished",
+            status=status,
+            global_step=self.global_step,
+            val_loss=self.best_val_loss,
+            elapsed_s=self.elapsed_s(),
+        )
+        return status
+
+    def _fail(self, message: str, exc: BaseException | None) -> None:
+        if not self.is_main:
+            return
+        tb = None
+        if exc is not None:
+            lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+            tb = "".join(lines[-6:])[-4000:]
+        code = type(exc).__name__ if exc is not None else "KeyboardInterrupt"
+        if self.events.enabled:
+            self.emit(
+                "error",
+                message=message[:2000],
+                traceback=tb,
+                code=code,
+                global_step=self.global_step,
+            )
+            self.emit(
+                "run_finished",
+                status="failed",
+                global_step=self.global_step,
+                reason=message[:500],
+                elapsed_s=self.elapsed_s(),
+            )
+
+    def _warn_enhancement_errors(self, outputs: dict[str, Any] | None) -> None:
+        errors = (outputs or {}).get("enhancement_errors") or {}
+        for stage, message in errors.items():
+            if stage not in self._warned_stages:
+                self._warned_stages.add(stage)
+                self.emit(
+                    "warning",
+                    message=f"model stage {stage} failed and was bypassed: {message}",
+                    code="enhancement_error",
+                    global_step=self.global_step,
+                )
+
+    def _barrier(self) -> None:
+        if self.dist is not None and self.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+
+
+# ==============================================================================================
+# Data helpers
+# ==============================================================================================
+
+
+def load_pairs(
+    path: Path, tokenizer: Any, seq_len: int, max_samples: int | None = None
+) -> tuple[list[Any], list[Any]]:
+    """Encode a corpus once: styles.jsonl → (train, val) pairs by the stable hash split; a
+    ``.txt`` file or directory → continuation windows, split by document hash."""
+    from core.data.formatting import encode_styles_sample, encode_text_windows
+
+    if path.suffix == ".jsonl":
+        from core.data.styles import read_styles, split_samples
+
+        samples = read_styles(path)
+        if not samples:
+            raise DataError(f"{path}: the corpus is empty (no samples)")
+        if max_samples is not None:
+            samples = samples[:max_samples]
+        train, val = split_samples(samples)
+        return (
+            [encode_styles_sample(s, tokenizer, seq_len) for s in train],
+            [encode_styles_sample(s, tokenizer, seq_len) for s in val],
+        )
+    from core.data.styles import hash_is_validation
+    from core.data.text import read_text_corpus
+
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    docs = [doc for f in files for doc in read_text_corpus(f)]
+    if not docs:
+        raise DataError(f"{path}: the corpus is empty (no documents)")
+    if max_samples is not None:
+        docs = docs[:max_samples]
+    train_pairs: list[Any] = []
+    val_pairs: list[Any] = []
+    for i, doc in enumerate(docs):
+        target = val_pairs if hash_is_validation(f"doc:{i}:{doc[:200]}") else train_pairs
+        target.extend(encode_text_windows(doc, tokenizer, seq_len))
+    return train_pairs, val_pairs
+
+
+def corpus_texts(path: Path) -> Iterator[str]:
+    """The texts a tokenizer is trained on (both sides of styles samples, or documents)."""
+    if path.suffix == ".jsonl":
+        from core.data.styles import read_styles
+
+        for s in read_styles(path):
+            yield s.user_input
+            yield s.assistant_reply
+        return
+    from core.data.text import read_text_corpus
+
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    for f in files:
+        yield from read_text_corpus(f)
+
+
+def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
+    """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
+    from core.checkpoint import file_sha256
+    from core.paths import aeron_home
+    from core.tokenizer import AeronTokenizer
+
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    import hashlib
+
+    key = hashlib.sha256()
+    for f in files:
+        key.update(file_sha256(f).encode())
+    key.update(f":v{vocab_size}:aeron-bpe-1".encode())
+    cache = aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
+    if (cache / "tokenizer.json").exists():
+        try:
+            return AeronTokenizer.load(cache)
+        except AeronError:
+            pass  # a damaged cache entry is rebuilt below
+    texts = list(corpus_texts(path))
+    if not any(t.strip() for t in texts):
+        raise DataError(f"{path}: the corpus is empty (nothing to train a tokenizer on)")
+    tok = AeronTokenizer.train(texts, vocab_size=vocab_size)
+    try:
+        tok.save(cache)
+    except OSError:
+        pass  # caching is an optimisation; an unwritable cache is not an error
+    return tok
+
+
+def _safe_exp(x: float) -> float:
+    try:
+        return math.exp(x) if math.isfinite(x) else float("nan")
+    except OverflowError:
+        return float("inf")

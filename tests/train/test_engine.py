@@ -1,0 +1,175 @@
+"""The engine end to end with a very small model: resume, events, control, bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from train_helpers import run_config, tiny_model_config
+
+from core.errors import ConfigError, DataError
+from core.events import ParseProblem, fold, read_events
+
+
+def _trainer(cfg: Any, **kwargs: Any) -> Any:
+    from core.train.simple import SimpleTrainer
+
+    return SimpleTrainer(cfg, tiny_model_config(), **kwargs)
+
+
+def _events(run_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for e in read_events(run_dir / "events.jsonl"):
+        assert not isinstance(e, ParseProblem), e  # every line parses and validates
+        out.append(e)
+    return out
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """Per-step loss from events.jsonl; a re-run step after a resume replaces the earlier one."""
+    return {e["global_step"]: e["loss"] for e in _events(run_dir) if e["type"] == "step"}
+
+
+class Recording:
+    """Wraps a trainer class to record the losses it computes (the ground truth)."""
+
+    @staticmethod
+    def make() -> type:
+        from core.train.simple import SimpleTrainer
+
+        class RecordingTrainer(SimpleTrainer):
+            def on_step_end(self, step: int, loss: Any) -> None:
+                self.recorded = getattr(self, "recorded", {})
+                self.recorded[step] = float(loss)
+
+        return RecordingTrainer
+
+
+def test_stop_then_resume_equals_uninterrupted(tmp_path: Path, small_corpus: Path) -> None:
+    full_dir = tmp_path / "full"
+    assert _trainer(run_config(full_dir, small_corpus)).run() == "finished"
+    full = step_losses(full_dir)
+    assert sorted(full) == list(range(1, 13))
+
+    part_dir = tmp_path / "part"
+    stopper: dict[str, Any] = {}
+
+    def stop_at_7(event: dict[str, Any]) -> None:
+        if event["type"] == "step" and event["global_step"] == 7:
+            stopper["trainer"].control.put("stop")
+
+    first = _trainer(run_config(part_dir, small_corpus), listeners=[stop_at_7])
+    stopper["trainer"] = first
+    assert first.run() == "stopped"
+    assert (part_dir / "checkpoints" / "step_000007").is_dir()
+    second = _trainer(run_config(part_dir, small_corpus, resume="latest"))
+    assert second.run() == "finished"
+    resumed = step_losses(part_dir)
+    assert sorted(resumed) == list(range(1, 13))
+    for step in range(1, 13):
+        assert abs(resumed[step] - full[step]) <= 1e-6, (step, resumed[step], full[step])
+    # The final checkpoint records its lineage: resumed from the step-7 checkpoint.
+    import json
+
+    manifest = json.loads((part_dir / "checkpoints" / "step_000012" / "manifest.json").read_text())
+    assert manifest["parents"] and manifest["parents"][0]["relation"] == "resumed"
+
+
+def test_events_redraw_the_loss_curve(tmp_path: Path, small_corpus: Path) -> None:
+    cls = Recording.make()
+    trainer = cls(run_config(tmp_path / "r", small_corpus, steps=8), tiny_model_config())
+    trainer.run()
+    state = fold(read_events(tmp_path / "r" / "events.jsonl"))
+    assert state.status == "finished" and state.global_step == 8 and state.total_steps == 8
+    curve = dict(state.train_losses)
+    assert curve.keys() == trainer.recorded.keys()
+    for step, loss in trainer.recorded.items():
+        assert abs(curve[step] - loss) < 1e-6
+    assert state.val_losses and state.best_val_loss is not None
+    events = _events(tmp_path / "r")
+    step_event = next(e for e in events if e["type"] == "step")
+    for key in ("lr", "lr_scale", "grad_norm", "tokens_per_s", "samples_per_s", "micro_batch",
+                "grad_accum", "memory", "nonfinite_skipped", "branch_scores_mean",
+                "scratchpad", "complexity_mean"):
+        assert key in step_event, key
+    assert len(step_event["branch_scores_mean"]) == 2
+    assert set(step_event["memory"]) >= {"allocated", "reserved", "peak"}
+    started = events[0]
+    assert started["type"] == "run_started" and started["model_params"] > 0
+    assert started["config"]["steps"] == 8
+
+
+def test_control_pause_checkpoint_stop(tmp_path: Path, small_corpus: Path) -> None:
+    import threading
+    import time
+
+    run_dir = tmp_path / "ctl"
+    trainer = _trainer(run_config(run_dir, small_corpus, steps=1000, checkpoint_every=1000,
+                                  eval_every=1000))
+    seen: dict[str, Any] = {}
+
+    def driver(event: dict[str, Any]) -> None:
+        if event["type"] == "step" and event["global_step"] == 3 and "paused" not in seen:
+            seen["paused"] = True
+            trainer.control.put("pause")
+
+            def later() -> None:
+                time.sleep(0.6)
+                seen["step_during_pause"] = trainer.global_step
+                trainer.control.put("checkpoint")
+                time.sleep(0.3)
+                trainer.control.put("resume")
+            threading.Thread(target=later, daemon=True).start()
+        if event["type"] == "step" and event["global_step"] == 6:
+            trainer.control.put("stop")
+
+    trainer.events_listeners = None
+    trainer._listeners.append(driver)
+    assert trainer.run() == "stopped"
+    assert seen["step_during_pause"] == 3  # pause held the step count
+    events = _events(run_dir)
+    statuses = [e["status"] for e in events if e["type"] == "status"]
+    assert statuses[:2] == ["paused", "running"] and statuses[-1] == "stopping"
+    ckpts = [e["name"] for e in events if e["type"] == "checkpoint"]
+    assert ckpts == ["step_000003", "step_000006"]  # checkpoint-now, then the final one
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "stopped"
+    from core.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(run_dir).name == "step_000006"
+
+
+def test_malformed_data_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"provider": "x", "style_label": "qa", "user_input": "hi"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:1"):
+        _trainer(run_config(tmp_path / "r", bad)).run()
+    events = _events(tmp_path / "r")
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
+
+
+def test_empty_corpus(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="empty"):
+        _trainer(run_config(tmp_path / "r", empty)).run()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_run_dir(tmp_path: Path, small_corpus: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="not writable"):
+            _trainer(run_config(locked / "run", small_corpus)).run()
+    finally:
+        locked.chmod(0o700)
+
+
+def test_run_dir_that_is_a_file(tmp_path: Path, small_corpus: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="not writable"):
+        _trainer(run_config(blocker / "run", small_corpus)).run()

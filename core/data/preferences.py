@@ -1,7 +1,8 @@
 """Preference pairs and prompt sets for reward modelling, DPO and PPO (rlhf.md §1).
 
 Preference JSONL: ``{"prompt", "chosen", "rejected"}`` plus optional ``id`` and ``source``.
-Prompt JSONL: ``{"prompt"}`` plus optional ``answer`` (for verifiable rewards) and ``id``.
+Prompt JSONL: ``{"prompt"}`` plus optional ``answer`` (for verifiable rewards), ``id`` and
+``style_label``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class PromptSample:
     answer: str | None = None
     id: str = ""
     line_no: int = 0
+    style_label: str = ""  # optional; lets encode_prompt use the training layout
 
 
 def _optional_str(obj: dict[str, Any], key: str, path: Any, line_no: int) -> str | None:
@@ -82,7 +84,8 @@ def read_prompts(
         if answer is not None and not answer.strip():
             raise DataError(f"{path}:{line_no}: field 'answer' is empty; omit it or give a value")
         pid = _optional_str(obj, "id", path, line_no) or ""
-        prompts.append(PromptSample(prompt, answer, pid, line_no))
+        style = _optional_str(obj, "style_label", path, line_no) or ""
+        prompts.append(PromptSample(prompt, answer, pid, line_no, style))
     return prompts
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,16 +62,20 @@ def is_validation(sample: StyleSample, val_percent: int = VAL_PERCENT) -> bool:
     return hash_is_validation(_sample_key(sample), val_percent)
 
 
+def iter_styles(
+    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[StyleSample]:
+    """Stream validated samples of a styles.jsonl file; DataError names file and line."""
+    seen_ids: set[str] = set()
+    for line_no, obj in iter_jsonl(path, max_line_bytes):
+        yield parse_style_record(obj, path, line_no, seen_ids)
+
+
 def read_styles(
     path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
 ) -> list[StyleSample]:
-    """Read and validate a styles.jsonl file line by line; DataError names file and line."""
-    samples: list[StyleSample] = []
-    seen_ids: set[str] = set()
-    for line_no, obj in iter_jsonl(path, max_line_bytes):
-        sample = parse_style_record(obj, path, line_no, seen_ids)
-        samples.append(sample)
-    return samples
+    """Read and validate a whole styles.jsonl file (see :func:`iter_styles`)."""
+    return list(iter_styles(path, max_line_bytes))
 
 
 def parse_style_record(

@@ -122,6 +122,7 @@ def test_preferences_and_prompts(sample_corpus_dir: Path) -> None:
             _check_chain(p.chosen)
     prompts = read_prompts(sample_corpus_dir / "prompts.jsonl")
     assert len(prompts) >= 500 and all(p.answer for p in prompts)
+    assert {p.style_label for p in prompts} == {"reasoning", "math"}
 
 
 def test_manifest_and_corpus_manifest(sample_corpus_dir: Path) -> None:

@@ -80,6 +80,14 @@ class ActiveLearningManager(nn.Module):
         self.position.zero_()
         self.count.zero_()
 
+    def reset_state(self) -> None:
+        """Alias of :meth:`reset` (the backbone's ``reset_state`` calls it)."""
+        self.reset()
+
+    def select(self, embeddings: Tensor, k: int, seed: int | None = None) -> list[int]:
+        """BADGE pick of ``k`` pool indices from :meth:`gradient_embeddings` (see :func:`select`)."""
+        return select(embeddings, k, self.seed if seed is None else seed)
+
     def statistics(self) -> dict[str, float | int]:
         """Buffered sample count and mean epistemic score (for step events)."""
         _, scores = self.buffered()

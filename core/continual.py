@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+EWC_STATE_KEY = "ewc_state"
 
 
 def validate_task_id(task_id: Any, num_tasks: int, batch_size: int) -> None:
@@ -82,6 +83,24 @@ class ContinualLearningModule(nn.Module):
         gamma, beta = self.film(e).unsqueeze(1).chunk(2, dim=-1)
         return x * (1.0 + gamma) + beta, e
 
+    # The EWC state travels in the model's state dict as ``<prefix>ewc_state.{fisher,anchor}.<name>``
+    # and ``<prefix>ewc_state.meta.*`` tensors, so every checkpoint that saves the weights also
+    # saves the consolidation; an unconsolidated module adds nothing.
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.ewc.active:
+            for key, value in self.ewc.state_dict().items():
+                destination[f"{prefix}{EWC_STATE_KEY}.{key}"] = value
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        marker = f"{prefix}{EWC_STATE_KEY}."
+        keys = [k for k in state_dict if k.startswith(marker)]
+        if keys:
+            self.ewc.load_state_dict({k[len(marker) :]: state_dict.pop(k) for k in keys})
+        else:
+            self.ewc = ElasticWeightConsolidation(self.ewc.ewc_lambda, self.ewc.storage_device)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     # EWC conveniences: the module is where a checkpoint finds the model's consolidation state.
     def consolidate(self, model: nn.Module, batches: Iterable[Any], **kwargs: Any) -> int:
         """See :meth:`ElasticWeightConsolidation.consolidate`."""
@@ -95,9 +114,11 @@ class ContinualLearningModule(nn.Module):
 def split_batch(batch: Any) -> list[Any]:
     """Single-sample batches: every tensor with the batch's leading size is sliced along axis 0.
 
-    Works for a mapping of tensors (``{"input_ids": ..., "labels": ...}``) or a tuple/list of
-    them; other values (None, ints, dicts of tensors with another leading size) are passed as is.
+    Works for a tensor, a mapping of tensors (``{"input_ids": ..., "labels": ...}``) or a
+    tuple/list of them; other values (None, ints, dicts of tensors with another leading size) are passed as is.
     """
+    if isinstance(batch, Tensor):
+        return [batch[i : i + 1] for i in range(batch.shape[0])] if batch.dim() else [batch]
     values = list(batch.values()) if isinstance(batch, Mapping) else list(batch)
     sizes = [v.shape[0] for v in values if isinstance(v, Tensor) and v.dim() > 0]
     if not sizes:

@@ -159,6 +159,10 @@ class KnowledgeGraphAttention(nn.Module):
         nn.init.constant_(self.gate.bias, -2.0)
         self.cache = EntityCache(config.kg_cache_size)
 
+    def reset_state(self) -> None:
+        """Drop the cached entity vectors (the backbone's ``reset_state`` calls it)."""
+        self.cache.clear()
+
     def get_stats(self) -> dict[str, float | int]:
         """Entity-cache statistics ``{hits, misses, hit_rate, size}``."""
         return self.cache.get_stats()

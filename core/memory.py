@@ -192,6 +192,10 @@ class NeuralMemoryNetwork(nn.Module):
         self.written.fill_(False)
         self._last_read_entropy = 0.0
 
+    def reset_state(self) -> None:
+        """Alias of :meth:`reset` (the backbone's ``reset_state`` calls it)."""
+        self.reset()
+
     def memory_statistics(self, top: int = 5) -> dict[str, Any]:
         """``{num_slots, memory_dim, slots_used, mean_usage, read_entropy, top_slots, writes_total}``."""
         used = int(self.written.sum())

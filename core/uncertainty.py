@@ -194,3 +194,14 @@ def expected_calibration_error(probs: Tensor, targets: Tensor, num_bins: int = 1
     nonzero = counts > 0
     gap = (acc[nonzero] - conf[nonzero]).abs()
     return float(gap.sum() / n)
+
+
+def auxiliary_loss(outputs: dict[str, Any], labels: Tensor | None, step: int) -> Tensor | None:
+    """The trainer's UQ term for one forward: :func:`uncertainty_loss` against the bins of this
+    batch's own per-sequence NLL, or None when the stage did not run or there are no labels."""
+    est = outputs.get("uncertainty_estimates") or {}
+    logits = outputs.get("logits")
+    if "alpha" not in est or labels is None or logits is None:
+        return None
+    targets = uncertainty_targets(logits, labels, est["alpha"].shape[-1])
+    return uncertainty_loss(est, targets, step)

@@ -183,3 +183,32 @@ def test_task_id_out_of_range_or_malformed_raises(task_id, needle) -> None:
         cl(torch.randn(2, 3, 32), task_id=task_id)
     assert needle in str(err.value)
     assert "[0, 3)" in str(err.value)
+
+
+def test_ewc_state_travels_in_the_module_state_dict() -> None:
+    torch.manual_seed(0)
+    host = nn.Module()
+    host.continual_learning = ContinualLearningModule(tiny_config())
+    host.head = nn.Linear(4, 1)
+    assert not any("ewc_state" in k for k in host.state_dict())
+
+    def loss_fn(model: nn.Module, batch: Tensor) -> Tensor:
+        e = model.continual_learning.task_embedding.weight[:1, :4]
+        return model.head(batch * e).square().mean()
+
+    host.continual_learning.consolidate(host, [torch.randn(3, 4) for _ in range(2)], loss_fn=loss_fn)
+    state = host.state_dict()
+    assert "continual_learning.ewc_state.fisher.head.weight" in state
+    assert "continual_learning.ewc_state.anchor.continual_learning.film.bias" in state
+    copy = nn.Module()
+    copy.continual_learning = ContinualLearningModule(tiny_config())
+    copy.head = nn.Linear(4, 1)
+    copy.load_state_dict(state)  # strict: the EWC keys are consumed, not "unexpected"
+    restored = copy.continual_learning.ewc
+    assert restored.num_consolidations == 1
+    assert torch.equal(restored.fisher["head.weight"], host.continual_learning.ewc.fisher["head.weight"])
+    with torch.no_grad():
+        copy.head.weight.add_(0.1)
+        host.head.weight.add_(0.1)
+    assert float(copy.continual_learning.penalty(copy).detach()) == pytest.approx(
+        float(host.continual_learning.penalty().detach()), rel=1e-6)

@@ -17,6 +17,7 @@ never changes the hidden states. ``aeron-tui data select`` is the user-facing en
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -166,3 +167,41 @@ def mean_pairwise_distance(points: Tensor) -> float:
     dist = torch.cdist(points.double(), points.double())
     n = points.shape[0]
     return float(dist.sum() / (n * (n - 1)))
+
+
+@torch.no_grad()
+def pool_embeddings(
+    model: nn.Module,
+    batches: Iterable[dict[str, Tensor]],
+    manager: ActiveLearningManager | None = None,
+) -> Tensor:
+    """BADGE embeddings ``(n, k·k)`` of every sample in ``batches`` (collated encoder/decoder
+    batches), from the model's final decoder states and its own predicted labels.
+
+    Uses the model's ``active_learning`` manager when it has one (same seeded projections),
+    else a fresh one built from ``model.config``. The model's train/eval mode is restored.
+    """
+    manager = manager or getattr(model, "active_learning", None)
+    if manager is None:
+        manager = ActiveLearningManager(model.config)  # type: ignore[attr-defined]
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for batch in batches:
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=batch["decoder_input_ids"],
+                decoder_attention_mask=batch.get("decoder_attention_mask"),
+                output_hidden_states=True,
+            )
+            hidden = out["decoder_last_hidden_state"]
+            chunks.append(
+                manager.gradient_embeddings(out["logits"], hidden, batch.get("decoder_attention_mask")).cpu()
+            )
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("pool_embeddings: the pool is empty")
+    return torch.cat(chunks)

@@ -177,6 +177,78 @@ def stats(
             console.print(f"sources: {sources}", highlight=False)
 
 
+@data_app.command("select")
+def select_samples(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory to score with."),
+    pool: Path = typer.Option(..., "--pool", help="styles.jsonl pool to choose from."),
+    k: int = typer.Option(..., "-k", "--k", help="How many samples to choose."),
+    out: Path = typer.Option(..., "--out", help="JSONL file to write the chosen samples to."),
+    max_length: int = typer.Option(256, "--max-length", help="Token limit per side."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the k-means++ draw."),
+    device: str = typer.Option("cpu", "--device", help="Device to run the model on."),
+) -> None:
+    """Choose the k most informative, diverse samples of a pool (BADGE active learning).
+
+    Each sample is embedded by the output-layer gradient for the model's own predictions
+    (projected to 256 dimensions); k-means++ seeding then picks uncertain and mutually distant
+    samples. The chosen lines are copied unchanged to --out, in pick order.
+    """
+    import os
+    import tempfile
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.active_learning import pool_embeddings, select
+    from core.checkpoint import build_model_from_checkpoint
+    from core.data.formatting import encode_styles_sample
+    from core.data.loader import collate
+    from core.data.styles import read_styles
+    from core.errors import ConfigError
+
+    samples = read_styles(pool)
+    if not 1 <= k <= len(samples):
+        raise ConfigError(f"-k must be between 1 and the pool size {len(samples)} ({pool}), got {k}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    model, tokenizer, config = build_model_from_checkpoint(checkpoint, device=device)
+    if max_length > config.max_position_embeddings - 1:
+        raise ConfigError(
+            f"--max-length {max_length} exceeds the model's max_position_embeddings - 1 "
+            f"({config.max_position_embeddings - 1})"
+        )
+    pairs = [encode_styles_sample(s, tokenizer, max_length) for s in samples]
+    batches = (
+        {key: t.to(device) for key, t in collate(pairs[i : i + batch_size], config.pad_token_id).items()}
+        for i in range(0, len(pairs), batch_size)
+    )
+    embeddings = pool_embeddings(model, batches)
+    chosen = select(embeddings, k, seed=seed)
+
+    lines = pool.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    body = b"".join(lines[samples[i].line_no - 1].rstrip(b"\r") + b"\n" for i in chosen)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+    norms = embeddings.norm(dim=1)
+    table = Table(title=f"BADGE picked {k} of {len(samples)} samples -> {out}", title_justify="left")
+    for col in ("pick", "line", "style", "provider", "gradient norm"):
+        table.add_column(col, justify="left" if col in ("style", "provider") else "right")
+    for rank, i in enumerate(chosen, 1):
+        s = samples[i]
+        table.add_row(str(rank), str(s.line_no), s.style_label, s.provider, f"{float(norms[i]):.4g}")
+    Console().print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `data` group to the root app."""
     app.add_typer(data_app, name="data")

@@ -141,7 +141,7 @@ def test_state_round_trips_through_a_file(tmp_path) -> None:
     restored = ElasticWeightConsolidation(1.0)
     restored.load(str(path))
     assert restored.ewc_lambda == 7.0 and restored.num_consolidations == 1
-    assert float(restored.penalty(model)) == pytest.approx(float(ewc.penalty()), rel=1e-6)
+    assert float(restored.penalty(model).detach()) == pytest.approx(float(ewc.penalty().detach()), rel=1e-6)
     bad = {k: v for k, v in ewc.state_dict().items() if not k.startswith("anchor.net.0.bias")}
     with pytest.raises(ValueError, match="net.0.bias"):
         ElasticWeightConsolidation(1.0).load_state_dict(bad)

@@ -1,0 +1,122 @@
+"""Vocabulary upgrade: move a model to a new tokenizer by transferring embeddings by byte string.
+
+For each token of the new tokenizer B (spec ``continual.md`` §3):
+
+* **copied** — a token of the old tokenizer A stands for the same bytes (or, for special tokens,
+  has the same name): its row is copied bit for bit;
+* **composed** — otherwise the token's bytes are split into A's tokens and the mean of those rows
+  is used (A's own BPE when the bytes are valid UTF-8, else a greedy longest match over A's byte
+  strings; every single byte is in A, so this always succeeds);
+* **random** — a special token A does not have: ``N(0, init_std)``.
+
+The tied output projection follows the embedding automatically (one shared matrix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from core.tokenizer import NUM_SPECIAL, AeronTokenizer
+
+EMBEDDING_KEY = "token_embedding.weight"
+
+
+@dataclass
+class VocabTransferReport:
+    old_vocab_size: int
+    new_vocab_size: int
+    copied: int = 0
+    composed: int = 0
+    random: int = 0
+    examples: list[tuple[str, list[int]]] = field(default_factory=list)  # a few composed tokens
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "old_vocab_size": self.old_vocab_size,
+            "new_vocab_size": self.new_vocab_size,
+            "copied": self.copied,
+            "composed": self.composed,
+            "random": self.random,
+            "examples": [{"token": t, "old_ids": ids} for t, ids in self.examples],
+        }
+
+
+def _greedy_split(data: bytes, by_bytes: Mapping[bytes, int], max_len: int) -> list[int]:
+    ids: list[int] = []
+    i = 0
+    while i < len(data):
+        for length in range(min(max_len, len(data) - i), 0, -1):
+            token = by_bytes.get(data[i : i + length])
+            if token is not None:
+                ids.append(token)
+                i += length
+                break
+        else:  # unreachable for Aeron tokenizers: every single byte is a token
+            raise ValueError(f"byte {data[i]!r} has no token in the old tokenizer")
+    return ids
+
+
+def old_pieces(data: bytes, old: AeronTokenizer, by_bytes: Mapping[bytes, int], max_len: int) -> list[int]:
+    """Ids of the old tokenizer that spell ``data`` (its own BPE where the bytes are text)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _greedy_split(data, by_bytes, max_len)
+    ids = old.encode(text)
+    if b"".join(old.token_bytes(i) for i in ids) != data:  # defensive: fall back to bytes
+        return _greedy_split(data, by_bytes, max_len)
+    return ids
+
+
+def transfer_embedding(
+    old: AeronTokenizer,
+    new: AeronTokenizer,
+    old_embedding: torch.Tensor,
+    seed: int = 0,
+    init_std: float = 0.02,
+) -> tuple[torch.Tensor, VocabTransferReport]:
+    """Build the embedding matrix for ``new`` from ``old_embedding`` (rows indexed by ``old`` ids)."""
+    if old_embedding.dim() != 2 or old_embedding.shape[0] != old.vocab_size:
+        raise ValueError(
+            f"old embedding has shape {tuple(old_embedding.shape)}, expected ({old.vocab_size}, d) "
+            "for the old tokenizer; is this the checkpoint's own tokenizer?"
+        )
+    by_bytes: dict[bytes, int] = {}
+    for i in range(NUM_SPECIAL, old.vocab_size):
+        by_bytes.setdefault(old.token_bytes(i), i)
+    max_len = max(len(b) for b in by_bytes)
+    src = old_embedding.detach().to(torch.float32)
+    out = torch.empty(new.vocab_size, src.shape[1], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    report = VocabTransferReport(old.vocab_size, new.vocab_size)
+    for j in range(new.vocab_size):
+        if j < NUM_SPECIAL:
+            name = new.id_to_token(j)
+            i = old.token_to_id(name) if name is not None else None
+            if i is not None and i < NUM_SPECIAL:
+                out[j] = src[i]
+                report.copied += 1
+            else:
+                out[j] = torch.randn(src.shape[1], generator=gen) * init_std
+                report.random += 1
+            continue
+        data = new.token_bytes(j)
+        i = by_bytes.get(data)
+        if i is not None:
+            out[j] = src[i]
+            report.copied += 1
+            continue
+        pieces = old_pieces(data, old, by_bytes, max_len)
+        out[j] = src[pieces].mean(dim=0)
+        report.composed += 1
+        if len(report.examples) < 5:
+            report.examples.append((data.decode("utf-8", errors="replace"), pieces))
+    return out.to(old_embedding.dtype), report
+
+
+def random_embedding(vocab_size: int, dim: int, seed: int = 0, init_std: float = 0.02) -> torch.Tensor:
+    """The baseline the upgrade is compared with: a freshly initialised embedding."""
+    return torch.randn(vocab_size, dim, generator=torch.Generator().manual_seed(seed)) * init_std

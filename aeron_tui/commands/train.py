@@ -1,9 +1,304 @@
-"""`aeron-tui` commands: train. (Filled in by the issue that owns it.)"""
+"""`aeron-tui train <trainer>`: headless training, one sub-command per registry entry.
+
+Every trainer shares the same options; trainer-specific settings go through ``--set key=value``
+or the ``[options]`` table of ``--config run.toml``. Precedence, lowest first: RunConfig
+defaults → the profile's ``[train]`` settings (and the wizard's saved batch choice) → the
+trainer's registry defaults → ``--config`` (or the resumed run's ``run.toml``) → flags → ``--set``.
+Heavy imports (torch, the engine) happen inside the command only.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+from typer.core import TyperCommand
+
+RUN_FIELDS_FROM_PROFILE = {
+    "seq_len": "seq_len", "micro_batch": "micro_batch", "grad_accum": "grad_accum",
+    "precision": "precision", "gradient_checkpointing": "gradient_checkpointing",
+    "learning_rate": "learning_rate", "weight_decay": "weight_decay", "grad_clip": "grad_clip",
+    "max_steps": "steps", "eval_every": "eval_every",
+}
+
+
+class _OptionalResumeCommand(TyperCommand):
+    """Lets ``--resume`` stand alone (= latest checkpoint) or take a PATH."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        fixed: list[str] = []
+        for i, arg in enumerate(args):
+            fixed.append(arg)
+            if arg == "--resume" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                fixed.append("latest")
+        return super().parse_args(ctx, fixed)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``train`` with one sub-command per trainer in :mod:`aeron_tui.trainers`."""
+    from aeron_tui.trainers import TRAINERS
+
+    train_app = typer.Typer(
+        help="Train headless with a Rich progress display (one sub-command per trainer).",
+        no_args_is_help=True,
+    )
+    for entry in TRAINERS.values():
+        train_app.command(entry.name, help=entry.description, cls=_OptionalResumeCommand)(
+            _make_command(entry.name)
+        )
+    app.add_typer(train_app, name="train")
+
+
+def _make_command(trainer: str) -> Any:
+    def command(
+        profile: str | None = typer.Option(
+            None, "--profile", help="Size profile name, or 'auto' to pick for this hardware "
+            "(default: the wizard's saved choice, else auto)."),
+        config: Path | None = typer.Option(None, "--config", help="A run.toml to start from."),
+        data: str | None = typer.Option(
+            None, "--data", help="styles.jsonl, .txt file or directory (default: sample corpus)."),
+        run_dir: Path | None = typer.Option(
+            None, "--run-dir", help="Run directory (default: $AERON_TUI_HOME/runs/<name>)."),
+        steps: int | None = typer.Option(None, "--steps", help="Optimizer steps in total."),
+        seed: int | None = typer.Option(None, "--seed"),
+        resume: str | None = typer.Option(
+            None, "--resume", metavar="[PATH]",
+            help="Resume: alone = the latest valid checkpoint of --run-dir (or of the newest run "
+            "of this trainer); PATH = a checkpoint or run directory."),
+        micro_batch: int | None = typer.Option(None, "--micro-batch"),
+        grad_accum: int | None = typer.Option(None, "--grad-accum"),
+        seq_len: int | None = typer.Option(None, "--seq-len"),
+        lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+        precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32."),
+        device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+        shard: bool = typer.Option(
+            False, "--shard", help="Under torchrun: shard parameters/optimizer with FSDP."),
+        sets: list[str] = typer.Option(
+            [], "--set", help="key=value (repeatable): a run-config key, model.KEY or an option."),
+        events_stdout: bool = typer.Option(
+            False, "--events-stdout", help="Write the JSON-lines events to stdout."),
+        control_stdin: bool = typer.Option(
+            False, "--control-stdin", help="Read JSON control commands from stdin."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    ) -> None:
+        flags = {
+            "data": data, "run_dir": str(run_dir) if run_dir else None, "steps": steps,
+            "seed": seed, "micro_batch": micro_batch, "grad_accum": grad_accum,
+            "seq_len": seq_len, "learning_rate": lr, "precision": precision, "device": device,
+        }
+        run_config, model_config = build_run_config(
+            trainer, profile=profile, config_path=config, resume=resume, flags=flags,
+            sets=list(sets), shard=shard,
+        )
+        status = execute(trainer, run_config, model_config, events_stdout=events_stdout,
+                         control_stdin=control_stdin, quiet=quiet)
+        if status not in ("finished", "stopped"):
+            raise typer.Exit(1)
+
+    command.__doc__ = f"Train with the {trainer!r} trainer."
+    return command
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the run config
+# ----------------------------------------------------------------------------------------------
+
+
+def build_run_config(
+    trainer: str,
+    *,
+    profile: str | None = None,
+    config_path: Path | None = None,
+    resume: str | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    shard: bool = False,
+) -> tuple[Any, Any]:
+    """(RunConfig, the profile's NeuralNetConfig) from the layers described in the module doc."""
+    from aeron_tui.trainers import get_trainer
+    from core.errors import ConfigError
+    from core.train.config import RunConfig, parse_set_option
+
+    entry = get_trainer(trainer)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_values: dict[str, Any] = {}
+    source = "run config"
+    run_dir = flags.get("run_dir")
+    if config_path is not None:
+        file_values = _read_toml_table(config_path)
+        source = str(config_path)
+    elif resume:
+        run_dir = run_dir or _resume_run_dir(resume, trainer)
+        if run_dir and (Path(run_dir) / "run.toml").is_file():
+            file_values = _read_toml_table(Path(run_dir) / "run.toml")
+            source = str(Path(run_dir) / "run.toml")
+    if run_dir:
+        flags["run_dir"] = str(run_dir)
+
+    profile_name, saved = _choose_profile(profile or file_values.get("profile"), trainer)
+    size = _load_size_profile(profile_name)
+
+    layered: dict[str, Any] = {}
+    for src, dst in RUN_FIELDS_FROM_PROFILE.items():
+        layered[dst] = getattr(size.train, src)
+    if saved is not None:
+        layered.update(micro_batch=saved.micro_batch, grad_accum=saved.grad_accum,
+                       gradient_checkpointing=saved.gradient_checkpointing,
+                       precision=saved.precision)
+    layered.update(entry.defaults)
+    layered["options"] = dict(entry.options)
+    layered.update({k: v for k, v in file_values.items() if k not in ("model", "options")})
+    layered["model"] = dict(file_values.get("model") or {})
+    layered["options"].update(file_values.get("options") or {})
+    layered.update(flags)
+    layered["trainer"] = trainer
+    layered["profile"] = profile_name
+    if resume:
+        layered["resume"] = resume
+    else:
+        layered.pop("resume", None)
+    if shard:
+        layered["options"]["shard"] = True
+    fields = set(RunConfig.__dataclass_fields__)
+    for item in sets or []:
+        key, value = parse_set_option(item)
+        if key.startswith("model."):
+            layered["model"][key[len("model."):]] = value
+        elif key.startswith("options."):
+            layered["options"][key[len("options."):]] = value
+        elif key in fields and key not in ("model", "options"):
+            layered[key] = value
+        else:
+            layered["options"][key] = value
+    try:
+        run_config = RunConfig.from_dict(layered, source)
+    except ConfigError:
+        raise
+    return run_config, size.model
+
+
+def _read_toml_table(path: Path) -> dict[str, Any]:
+    """The raw TOML table, validated as a RunConfig (errors name the file and the key)."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    from core.errors import ConfigError
+    from core.train.config import RunConfig
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: run config file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read run config ({exc})") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    RunConfig.from_dict(data, str(path))  # full validation with the file's name
+    return data
+
+
+def _resume_run_dir(resume: str, trainer: str) -> str | None:
+    """The run a bare ``--resume`` (or ``--resume PATH``) refers to."""
+    from core.errors import CheckpointError
+    from core.runs import is_run_dir, latest_run
+
+    if resume == "latest":
+        found = latest_run(trainer=trainer)
+        if found is None:
+            raise CheckpointError(
+                f"--resume: no earlier {trainer} run found; give --run-dir or --resume PATH")
+        return str(found)
+    path = Path(resume).expanduser()
+    if is_run_dir(path):
+        return str(path)
+    # RUN_DIR/checkpoints/<name>
+    if path.parent.name == "checkpoints" and is_run_dir(path.parent.parent):
+        return str(path.parent.parent)
+    return None
+
+
+def _choose_profile(requested: str | None, trainer: str) -> tuple[str, Any]:
+    """(profile name, the saved choice when it supplied the profile)."""
+    if requested and requested != "auto":
+        return requested, None
+    if requested is None:
+        from profiles.settings import load_saved_choice
+
+        saved = load_saved_choice()
+        if saved is not None:
+            return saved.profile, saved
+    return _auto_profile(trainer), None
+
+
+def _auto_profile(trainer: str) -> str:
+    import importlib
+
+    from profiles.hardware import probe
+
+    try:
+        pick_profile = importlib.import_module("profiles.pick").pick_profile
+    except (ImportError, AttributeError):
+        return "tiny"  # no picker installed: the smallest profile always fits
+    pick = pick_profile(probe(), mode="compressed" if trainer == "compressed" else "train")
+    return str(getattr(pick, "profile", pick))
+
+
+def _load_size_profile(name: str) -> Any:
+    from profiles.catalog import load_profile
+
+    return load_profile(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+def execute(
+    trainer: str,
+    run_config: Any,
+    model_config: Any,
+    *,
+    events_stdout: bool = False,
+    control_stdin: bool = False,
+    quiet: bool = False,
+) -> str:
+    """Run the trainer in this process with the headless display; returns the final status."""
+    from aeron_tui.headless import HeadlessDisplay, choose_mode
+    from aeron_tui.trainers import get_trainer
+    from core.train.control import ControlChannel
+
+    cls = get_trainer(trainer).load()
+    mode, stream = choose_mode(events_stdout, quiet)
+    display = HeadlessDisplay(mode, stream)
+    control = ControlChannel()
+    if control_stdin:
+        control.start_stdin_reader()
+    dist = _distributed_context(run_config)
+    try:
+        instance = cls(run_config, model_config, events_stdout=events_stdout and
+                       (dist is None or dist.is_main), listeners=[display], control=control,
+                       dist=dist)
+        return str(instance.run())
+    finally:
+        display.close()
+        if dist is not None:
+            from core.train.distributed import cleanup
+
+            cleanup()
+
+
+def _distributed_context(run_config: Any) -> Any:
+    """A DistContext under torchrun, else None (single process)."""
+    from core.train.distributed import launched_by_torchrun, setup_distributed
+
+    if not launched_by_torchrun():
+        return None
+    return setup_distributed(run_config.device)

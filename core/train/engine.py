@@ -198,8 +198,9 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         if self.precision == "fp16":
             self.scaler = torch.amp.GradScaler(self.device.type)
-        self.optimizer = self.build_optimizer()
+        # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
         self.train_model = self.wrap_model(self.model)
+        self.optimizer = self.build_optimizer()
         if resume is not None:
             self._restore(resume)
         self.metrics = StepMetrics(self.device)
@@ -473,7 +474,7 @@ class Trainer:
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum: Tensor | None = None
-        for _ in range(self.grad_accum):
+        for micro in range(self.grad_accum):
             cpu_batch = self.next_batch()
             # Counted on the CPU copy: no device sync.
             tokens = int(cpu_batch["attention_mask"].sum()) + int(
@@ -481,13 +482,16 @@ class Trainer:
             )
             samples = int(cpu_batch["input_ids"].shape[0])
             batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
-            with self.autocast():
-                loss, outputs, _ = self.compute_loss(batch)
-            scaled = loss / self.grad_accum
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
+            # DDP: all-reduce gradients only on the last micro-batch of the step.
+            sync = micro == self.grad_accum - 1 or not hasattr(self.train_model, "no_sync")
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                with self.autocast():
+                    loss, outputs, _ = self.compute_loss(batch)
+                scaled = loss / self.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
             self.metrics.add_micro_batch(loss, outputs, tokens, samples)
             self._warn_enhancement_errors(outputs)
             loss_sum = (
@@ -640,15 +644,41 @@ class Trainer:
         """Restore what :meth:`extra_state` returned."""
 
     def model_state_for_checkpoint(self) -> Any:
+        """The full model state (gathered from all ranks in a distributed run; call on all)."""
         if self.dist is not None and self.world_size > 1:
             from core.train.distributed import full_state_dict
 
-            return full_state_dict(self.model, self.dist)
+            return full_state_dict(self.train_model, self.dist)
         return self.model
 
     def optimizer_state_for_checkpoint(self) -> dict[str, Any] | None:
+        """The optimizer state to save (sharded runs gather every rank's piece; call on all)."""
         assert self.optimizer is not None
+        if self.dist is not None and self.world_size > 1:
+            from core.train.distributed import gather_optimizer_state
+
+            return gather_optimizer_state(self.optimizer, self.train_model, self.dist)
         return self.optimizer.state_dict()
+
+    def load_model_state(self, state: dict[str, Any], source: Path) -> None:
+        """Load a full single-process-layout state into the (possibly wrapped) model."""
+        if self.dist is not None and self.world_size > 1:
+            from core.train.distributed import load_full_state_dict
+
+            load_full_state_dict(self.train_model, state, str(source))
+        else:
+            load_model_state(self.model, state, source)
+
+    def load_optimizer_state(self, state: dict[str, Any], source: Path) -> None:
+        assert self.optimizer is not None
+        if self.dist is not None and self.world_size > 1:
+            from core.train.distributed import scatter_optimizer_state
+
+            state = scatter_optimizer_state(state, self.optimizer, self.dist, str(source))
+        try:
+            self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{source}: does not fit this optimizer ({exc})") from exc
 
     def save_checkpoint(
         self, name: str | None = None, best: bool = False, val_loss: float | None = None
@@ -701,16 +731,10 @@ class Trainer:
         self._restore(loaded)
 
     def _restore(self, loaded: LoadedCheckpoint) -> None:
-        assert self.optimizer is not None
-        load_model_state(self.model, loaded.model_state, loaded.path / "model.safetensors")
+        self.load_model_state(loaded.model_state, loaded.path / "model.safetensors")
         opt_state = loaded.load_optimizer_state("cpu")
         if opt_state is not None:
-            try:
-                self.optimizer.load_state_dict(opt_state)
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise CheckpointError(
-                    f"{loaded.path / 'optimizer.pt'}: does not fit this optimizer ({exc})"
-                ) from exc
+            self.load_optimizer_state(opt_state, loaded.path / "optimizer.pt")
         state = loaded.trainer_state
         self.global_step = int(state.get("global_step", 0))
         if state.get("data") is not None and self.train_loader is not None:

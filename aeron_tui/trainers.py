@@ -1,0 +1,62 @@
+"""The trainer registry: every trainer the CLI and the console can start, one entry each.
+
+``aeron-tui train <name>`` gets one sub-command per entry (sharing the common options), and the
+console's setup screen lists the same table. A new trainer is one line here — never a new CLI
+code path. Entries name their class by import path so listing them stays free of torch.
+(``core`` must not import ``lonpt``; that is why the table lives on the ``aeron_tui`` side.)
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainerEntry:
+    """One trainer: ``target`` is ``"module:Class"`` (a :class:`core.train.engine.Trainer`).
+
+    ``defaults`` are RunConfig values this trainer prefers (applied after the profile's training
+    settings, before the user's TOML and flags); ``options`` go to ``RunConfig.options``.
+    """
+
+    name: str
+    target: str
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> type:
+        """Import and return the trainer class."""
+        module_name, _, attr = self.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"trainer {self.name!r} is not available: cannot import {module_name} ({exc})"
+            ) from exc
+        try:
+            return getattr(module, attr)  # type: ignore[no-any-return]
+        except AttributeError as exc:
+            raise ConfigError(f"trainer {self.name!r}: {module_name} has no {attr}") from exc
+
+
+_ENTRIES = (
+    TrainerEntry("simple", "core.train.simple:SimpleTrainer",
+                 "AdamW with warmup + cosine decay: plain supervised training"),
+)
+
+TRAINERS: dict[str, TrainerEntry] = {entry.name: entry for entry in _ENTRIES}
+
+
+def get_trainer(name: str) -> TrainerEntry:
+    """The registry entry for ``name``; ConfigError listing the known trainers otherwise."""
+    try:
+        return TRAINERS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown trainer {name!r}; choose one of {', '.join(TRAINERS)}"
+        ) from None

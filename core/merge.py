@@ -47,6 +47,7 @@ _STATE_PATTERNS = (
     r"(^|\.)num_batches_tracked$",
 )
 _STATE_RE = re.compile("|".join(_STATE_PATTERNS))
+EWC_PREFIX = "ewc_state."  # core.continual stores Fishers as continual_learning.ewc_state.*
 _LAYER_RE = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.")
 
 
@@ -366,7 +367,10 @@ def merge_sources(
     if base_keys is not None:
         key_sets = [list(base_keys), *key_sets]
         all_labels = ["base", *labels]
-    names = check_compatible(key_sets, all_labels)
+    # EWC state (Fishers and anchors) is per model and may exist in some inputs only: it is
+    # not merged, but carried over from the base (or first) model when that one has it.
+    names = check_compatible([[k for k in ks if not is_ewc_key(k)] for ks in key_sets], all_labels)
+    carried = [k for k in key_sets[0] if is_ewc_key(k)]
     num_layers = count_layers(names)
     report = MergeReport(
         method=params.method,
@@ -389,7 +393,20 @@ def merge_sources(
         merged, stats = merge_tensor(name, tensors, base_t, params, fisher_ts, num_layers)
         out[name] = merged
         report.tensors.append(stats)
+    first_get = base_get if base_get is not None else model_gets[0]
+    for name in carried:
+        out[name] = first_get(name).clone()
+        report.tensors.append(TensorStats(name=name, shape=list(out[name].shape), copied=True))
     return out, report
+
+
+def is_ewc_key(name: str) -> bool:
+    return f".{EWC_PREFIX}" in f".{name}"
+
+
+def fisher_key(name: str) -> str:
+    """Where a parameter's EWC Fisher lives in a saved state dict."""
+    return f"continual_learning.{EWC_PREFIX}fisher.{name}"
 
 
 def merge_safetensors(
@@ -397,12 +414,12 @@ def merge_safetensors(
     params: MergeParams,
     out_file: str | os.PathLike[str],
     base_file: str | os.PathLike[str] | None = None,
-    fisher_files: Sequence[str | os.PathLike[str]] | None = None,
 ) -> MergeReport:
     """Streaming merge of ``model.safetensors`` files into ``out_file`` (written atomically).
 
     Input tensors are memory-mapped and read one at a time, so peak memory stays near the size of
-    the merged model. Nothing is written when the inputs are incompatible.
+    the merged model. Nothing is written when the inputs are incompatible. Fisher merging reads
+    each model's EWC Fisher from its own file (``continual_learning.ewc_state.fisher.*``).
     """
     from contextlib import ExitStack
 
@@ -423,11 +440,10 @@ def merge_safetensors(
 
         handles = [open_(p) for p in model_files]
         base = open_(base_file) if base_file is not None else None
-        fishers = [open_(p) for p in fisher_files] if fisher_files is not None else None
 
         def fisher_getter(h: Any) -> Callable[[str], torch.Tensor | None]:
             keys = set(h.keys())
-            return lambda name: h.get_tensor(name) if name in keys else None
+            return lambda name: h.get_tensor(fisher_key(name)) if fisher_key(name) in keys else None
 
         merged, report = merge_sources(
             [list(h.keys()) for h in handles],
@@ -435,7 +451,7 @@ def merge_safetensors(
             params,
             base_keys=list(base.keys()) if base is not None else None,
             base_get=base.get_tensor if base is not None else None,
-            fisher_gets=[fisher_getter(h) for h in fishers] if fishers is not None else None,
+            fisher_gets=[fisher_getter(h) for h in handles] if params.method == "fisher" else None,
             labels=[str(p) for p in model_files],
         )
         report.base = str(base_file) if base_file is not None else None

@@ -204,3 +204,19 @@ def test_streaming_merge_writes_nothing_on_mismatch(tmp_path) -> None:
     assert not out.exists()
     with pytest.raises(MergeError, match="no such"):
         merge_safetensors([tmp_path / "missing.safetensors"], MergeParams("soup"), out)
+
+
+def test_ewc_state_is_carried_not_merged_and_feeds_fisher_merge(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from core.merge import fisher_key, merge_safetensors
+
+    a = {"w": t(0, 10), fisher_key("w"): t(3, 1), "continual_learning.ewc_state.anchor.w": t(0, 10)}
+    b = {"w": t(10, 0), fisher_key("w"): t(1, 1)}  # only the first model has an anchor
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+    out = tmp_path / "m.safetensors"
+    merge_safetensors([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], MergeParams("fisher"), out)
+    got = load_file(str(out))
+    assert torch.allclose(got["w"], t(2.5, 5.0), atol=1e-5)
+    assert torch.equal(got["continual_learning.ewc_state.anchor.w"], t(0, 10))

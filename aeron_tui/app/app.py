@@ -390,7 +390,7 @@ class AeronConsole(App[None]):
     def action_setup(self) -> None:
         from aeron_tui.app.screens.setup import SetupScreen
 
-        self._open(SetupScreen, lambda: SetupScreen(self.setup_choice))
+        self._open(SetupScreen, lambda: SetupScreen(self.setup_choice, self.hardware_info))
 
     def action_wizard(self) -> None:
         from aeron_tui.app.screens.wizard import WizardScreen
@@ -402,9 +402,11 @@ class AeronConsole(App[None]):
 
         self._open(RunsScreen, lambda: RunsScreen(self.options.runs_root))
 
-    def use_setup(self, setup: RunSetup, start: bool = False) -> None:
+    def use_setup(self, setup: RunSetup, start: bool = False, stay: bool = False) -> None:
         """Called by the setup screen: remember the choice, and start it if asked."""
         self.setup_choice = setup
+        if stay:
+            return
         self.action_dashboard()
         if start:
             self.action_start_run()

@@ -7,7 +7,8 @@ No Textual here. :func:`prepare_launch` resolves what "auto" and defaults mean (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ class RunSetup:
     steps: int | None = None
     seed: int | None = None
     run_dir: str | None = None
+    # Extra RunConfig keys (e.g. {"model": {"d_model": 64}, "log_every": 1}) — tests, power users.
+    overrides: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def describe(self) -> str:
         parts = [self.trainer or "default trainer", f"profile {self.profile}"]
@@ -48,6 +51,83 @@ def default_trainer_and_preset() -> tuple[str, str | None]:
     if "lonpt" in TRAINERS:
         return "lonpt", "smoke"
     return "simple", None
+
+
+def trainer_presets(trainer: str) -> list[str]:
+    """Presets the registry entry offers (``presets`` attribute or ``options["presets"]``)."""
+    from aeron_tui.trainers import TRAINERS
+
+    entry = TRAINERS.get(trainer)
+    if entry is None:
+        return []
+    presets = getattr(entry, "presets", None) or entry.options.get("presets") or ()
+    return [str(p) for p in presets]
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """One line of the setup screen's profile picker."""
+
+    name: str
+    params: int | None
+    estimate_bytes: int | None
+    fits: bool
+    detail: str
+
+
+def _estimate_bytes(estimate: Any) -> int | None:
+    if estimate is None:
+        return None
+    if isinstance(estimate, (int, float)):
+        return int(estimate)
+    for attr in ("total_bytes", "total", "bytes"):
+        value = getattr(estimate, attr, None)
+        if isinstance(value, (int, float)):
+            return int(value)
+    return None
+
+
+def profile_rows(hardware: Any, trainer: str) -> tuple[str | None, list[ProfileRow]]:
+    """(auto choice, one row per catalog profile) from ``pick_profile``'s verdicts.
+
+    Imports torch (parameter counts, estimates): the console runs it via ``offload.in_child``.
+    """
+    from profiles.pick import pick_profile
+
+    from profiles.catalog import list_profiles
+
+    if hardware is None:
+        from profiles.hardware import probe
+
+        hardware = probe(with_torch=False)
+    pick = pick_profile(hardware, mode=pick_mode(trainer))
+    verdicts = {v.name: v for v in getattr(pick, "reasons", [])}
+    rows = []
+    for profile in list_profiles():
+        verdict = verdicts.get(profile.name)
+        rows.append(ProfileRow(
+            name=profile.name,
+            params=profile.parameter_count,
+            estimate_bytes=_estimate_bytes(getattr(verdict, "estimate", None)),
+            fits=bool(getattr(verdict, "fits", False)),
+            detail=str(getattr(verdict, "detail", "") or ("not estimated" if verdict is None else "")),
+        ))
+    return _picked_name(pick), rows
+
+
+def _picked_name(pick: Any) -> str | None:
+    for attr in ("profile", "name"):
+        value = getattr(pick, attr, None)
+        if isinstance(value, str):
+            return value
+        if value is not None and isinstance(getattr(value, "name", None), str):
+            return str(value.name)
+    return None
+
+
+def pick_mode(trainer: str) -> str:
+    """The pick_profile mode for a trainer: the compressed trainer's memory rules differ."""
+    return "compressed" if trainer == "compressed" else "train"
 
 
 def validate_data_path(text: str | None) -> str | None:
@@ -81,13 +161,26 @@ def resolve_profile(profile: str, hardware: Any, trainer: str) -> tuple[str, str
         from profiles.hardware import probe
 
         hardware = probe(with_torch=False)
-    pick = pick_profile(hardware, mode="compressed" if trainer == "compressed" else "train")
-    return pick.profile, getattr(pick, "reason", "") or "picked for this hardware"
+    pick = pick_profile(hardware, mode=pick_mode(trainer))
+    name = _picked_name(pick)
+    if name is None:
+        raise ConfigError("no size profile fits this hardware; choose one in the setup screen (n)")
+    return name, "picked for this hardware"
 
 
 def prepare_launch(setup: RunSetup, hardware: Any = None,
                    runs_root: Path | None = None) -> LaunchSpec:
     """Resolve defaults, create the run directory with its run.toml, and return the command."""
+    config_path = write_run_config(setup, hardware, runs_root)
+    from core.train.config import RunConfig
+
+    trainer = RunConfig.load(config_path).trainer
+    return LaunchSpec(trainer=trainer, run_dir=config_path.parent, config=config_path)
+
+
+def write_run_config(setup: RunSetup, hardware: Any = None,
+                     runs_root: Path | None = None) -> Path:
+    """Resolve the setup and write RUN_DIR/run.toml (a new run dir unless one is set)."""
     from core.data.sample import ensure_sample_corpus
     from core.runs import RUN_CONFIG_FILE, default_runs_root, new_run_dir
     from core.train.config import RunConfig
@@ -100,7 +193,12 @@ def prepare_launch(setup: RunSetup, hardware: Any = None,
     if problem:
         raise DataError(f"data path {problem}")
     data = str(Path(setup.data).expanduser()) if setup.data else str(ensure_sample_corpus().styles)
-    profile, _why = resolve_profile(setup.profile, hardware, trainer)
+    if setup.profile == AUTO:
+        from aeron_tui.app.offload import in_child
+
+        profile, _why = in_child(resolve_profile, setup.profile, hardware, trainer)
+    else:
+        profile = setup.profile
     run_dir = Path(setup.run_dir) if setup.run_dir else new_run_dir(
         runs_root or default_runs_root(), trainer, profile)
     fields: dict[str, Any] = {"trainer": trainer, "profile": profile, "data": data,
@@ -111,10 +209,20 @@ def prepare_launch(setup: RunSetup, hardware: Any = None,
         fields["steps"] = setup.steps
     if setup.seed is not None:
         fields["seed"] = setup.seed
-    try:
-        config = RunConfig.from_dict(fields, "run setup")
-    except ConfigError:
-        raise
+    fields.update(setup.overrides)
+    RunConfig.from_dict(fields, "run setup")  # validate now: errors name the key
+    # Only the chosen keys are written: everything left out keeps the profile's / preset's /
+    # trainer's default (a full dump would pin e.g. steps=1000 over a preset's own length).
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = config.save(run_dir / RUN_CONFIG_FILE)
-    return LaunchSpec(trainer=trainer, run_dir=run_dir, config=config_path)
+    return _write_toml(run_dir / RUN_CONFIG_FILE, fields)
+
+
+def _write_toml(path: Path, data: dict[str, Any]) -> Path:
+    import tomli_w
+
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(tomli_w.dumps({**scalars, **tables}), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

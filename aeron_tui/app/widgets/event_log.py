@@ -28,7 +28,7 @@ class EventLog(RichLog):
     """Appends new log lines from the session; timestamps are offsets from the run start."""
 
     DEFAULT_CSS = """
-    EventLog { height: 1fr; min-height: 3; }
+    EventLog { height: 1fr; min-height: 3; overflow-x: hidden; }
     """
 
     def __init__(self, **kwargs: object) -> None:

@@ -11,7 +11,7 @@ from textual_plotext import PlotextPlot
 from aeron_tui.app.format import debiased_ema, downsample
 from aeron_tui.app.session import RunSession
 
-SMOOTHING_WEIGHT = 0.9
+SMOOTHING_WEIGHT = 0.8
 TRAIN_COLOR = (90, 170, 255)
 TRAIN_RAW_COLOR = (70, 90, 120)
 VAL_COLOR = (255, 170, 60)

@@ -1,0 +1,298 @@
+"""Run setup: trainer (from the registry), size profile with memory estimate and fit, preset,
+data path (validated as you type), steps. Saving writes the run's run.toml; Start launches it.
+
+The trainer list is :data:`aeron_tui.trainers.TRAINERS`, so a new trainer is one registry entry.
+Profiles and their estimates come from ``profiles.pick.pick_profile`` in a worker (estimates
+may import torch; the screen is up before they are).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Select
+
+from aeron_tui.app.format import fmt_bytes, fmt_count
+from aeron_tui.app.runsetup import AUTO, RunSetup, trainer_presets, validate_data_path
+
+if TYPE_CHECKING:
+    from aeron_tui.app.runsetup import ProfileRow
+
+NO_PRESET = "(none)"
+
+
+class SetupScreen(Screen[None]):
+    """Edits a :class:`RunSetup`; ``ctrl+s`` saves run.toml, ``ctrl+r`` saves and starts."""
+
+    BINDINGS = [
+        Binding("escape", "app.dashboard", "Back"),
+        Binding("ctrl+s", "save", "Save run.toml"),
+        Binding("ctrl+r", "start", "Start run"),
+    ]
+
+    def __init__(self, setup: RunSetup, hardware: Any = None) -> None:
+        super().__init__(id="setup")
+        self.setup = setup
+        self.hardware = hardware
+        self.profile_rows: list[ProfileRow] = []
+        self.auto_choice: str | None = None
+        self.chosen_profile = setup.profile
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        from aeron_tui.trainers import TRAINERS
+
+        trainer = self.setup.trainer or _default_trainer()
+        with VerticalScroll(classes="form-screen"):
+            yield Label("Run setup", classes="screen-title")
+            with Horizontal(classes="form-row"):
+                yield Label("trainer")
+                yield Select([(f"{name} — {entry.description}", name)
+                              for name, entry in TRAINERS.items()],
+                             value=trainer if trainer in TRAINERS else Select.BLANK,
+                             allow_blank=False, id="trainer")
+            with Horizontal(classes="form-row"):
+                yield Label("preset")
+                yield Select([], id="preset", allow_blank=False)
+            yield Label("", id="preset-help", classes="field-help")
+            with Horizontal(classes="form-row"):
+                yield Label("data")
+                yield Input(self.setup.data or "", placeholder="blank: the bundled sample corpus",
+                            id="data")
+            yield Label("", id="data-status", classes="field-help")
+            with Horizontal(classes="form-row"):
+                yield Label("steps")
+                yield Input(str(self.setup.steps or ""), type="integer",
+                            placeholder="blank: the trainer's / preset's default", id="steps")
+            yield Label("", id="steps-status", classes="field-help")
+            yield Label("profile  (enter picks; auto = the largest that fits this hardware)",
+                        classes="screen-title")
+            table: DataTable[Text | str] = DataTable(id="profiles", cursor_type="row",
+                                                     zebra_stripes=True)
+            yield table
+            yield Label("estimating memory per profile…", id="profile-status",
+                        classes="field-help")
+            with Horizontal(classes="form-row buttons-row"):
+                yield Button("Save run.toml [ctrl+s]", id="save")
+                yield Button("Start [ctrl+r]", variant="success", id="start")
+                yield Button("Back [esc]", id="back")
+            yield Label("", id="save-status", classes="field-help")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#profiles", DataTable)
+        for name in ("", "profile", "params", "est. memory", "fits", "detail"):
+            table.add_column(name, key=name or "mark")
+        self._refresh_presets(self._trainer())
+        self._check_data(self.query_one("#data", Input).value)
+        self._check_steps(self.query_one("#steps", Input).value)
+        self._load_profiles(self._trainer())
+        self.query_one("#trainer", Select).focus()
+
+    # -- fields ---------------------------------------------------------------------------------
+
+    def _trainer(self) -> str:
+        value = self.query_one("#trainer", Select).value
+        return str(value) if value is not Select.BLANK else _default_trainer()
+
+    def _refresh_presets(self, trainer: str) -> None:
+        presets = trainer_presets(trainer)
+        select = self.query_one("#preset", Select)
+        help_label = self.query_one("#preset-help", Label)
+        if presets:
+            options = [(p, p) for p in presets]
+            select.set_options(options)
+            wanted = self.setup.preset if self.setup.preset in presets else presets[0]
+            select.value = wanted
+            select.disabled = False
+            help_label.update(f"{trainer} presets: {', '.join(presets)}")
+        else:
+            select.set_options([(NO_PRESET, NO_PRESET)])
+            select.value = NO_PRESET
+            select.disabled = True
+            help_label.update(f"{trainer} has no presets")
+
+    @on(Select.Changed, "#trainer")
+    def _trainer_changed(self, event: Select.Changed) -> None:
+        trainer = self._trainer()
+        self._refresh_presets(trainer)
+        self._load_profiles(trainer)
+
+    @on(Input.Changed, "#data")
+    def _data_changed(self, event: Input.Changed) -> None:
+        self._check_data(event.value)
+
+    @on(Input.Changed, "#steps")
+    def _steps_changed(self, event: Input.Changed) -> None:
+        self._check_steps(event.value)
+
+    def _check_data(self, value: str) -> bool:
+        label = self.query_one("#data-status", Label)
+        problem = validate_data_path(value)
+        if problem:
+            label.update(Text(f"✗ {problem}", style="bold red"))
+            label.set_classes("field-error")
+            return False
+        label.set_classes("field-help")
+        if not value.strip():
+            label.update(Text("✓ the bundled sample corpus (built on first use)", style="green"))
+        else:
+            path = Path(value).expanduser()
+            size = path.stat().st_size if path.is_file() else None
+            label.update(Text(f"✓ {path.name}" + (f" · {fmt_bytes(size)}" if size else " (dir)"),
+                              style="green"))
+        return True
+
+    def _check_steps(self, value: str) -> bool:
+        label = self.query_one("#steps-status", Label)
+        text = value.strip()
+        if not text:
+            label.update("")
+            return True
+        try:
+            ok = int(text) >= 1
+        except ValueError:
+            ok = False
+        label.update(Text("" if ok else "✗ steps must be a whole number ≥ 1", style="bold red"))
+        return ok
+
+    # -- profiles -------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="profiles", exit_on_error=False)
+    def _load_profiles(self, trainer: str) -> None:
+        from aeron_tui.app.offload import in_child
+        from aeron_tui.app.runsetup import profile_rows
+
+        try:
+            auto, rows = in_child(profile_rows, self.hardware, trainer)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - shown in place; the form stays usable
+            auto, rows, error = None, [], f"{type(exc).__name__}: {exc}"
+        self.app.call_from_thread(self._show_profiles, auto, rows, error)
+
+    def _show_profiles(self, auto: str | None, rows: list[ProfileRow], error: str | None) -> None:
+        self.profile_rows = rows
+        self.auto_choice = auto
+        table = self.query_one("#profiles", DataTable)
+        table.clear()
+        status = self.query_one("#profile-status", Label)
+        if error:
+            status.update(Text(f"✗ could not estimate profiles: {error}", style="red"))
+        table.add_row(self._mark(AUTO), Text("auto", style="bold"), "", "", "",
+                      f"→ {auto}" if auto else "no profile fits this hardware", key=AUTO)
+        for row in rows:
+            fits = Text("✓ fits", style="green") if row.fits else Text("✗ too big", style="red")
+            table.add_row(self._mark(row.name), row.name, fmt_count(row.params),
+                          fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
+                          Text(row.detail, overflow="ellipsis"), key=row.name)
+        if not error:
+            status.update(self._profile_summary())
+        names = [AUTO] + [r.name for r in rows]
+        if self.chosen_profile in names:
+            table.move_cursor(row=names.index(self.chosen_profile))
+
+    def _mark(self, name: str) -> Text:
+        return Text("●", style="bold green") if name == self.chosen_profile else Text(" ")
+
+    def _profile_summary(self) -> Text:
+        chosen = self.chosen_profile
+        if chosen == AUTO:
+            return Text(f"profile: auto → {self.auto_choice or '—'}", style="bold")
+        row = next((r for r in self.profile_rows if r.name == chosen), None)
+        text = Text(f"profile: {chosen}", style="bold")
+        if row is not None and not row.fits:
+            text.append("  (estimated not to fit this hardware)", style="bold yellow")
+        return text
+
+    @on(DataTable.RowSelected, "#profiles")
+    def _profile_picked(self, event: DataTable.RowSelected) -> None:
+        key = event.row_key.value
+        if key is None:
+            return
+        self.chosen_profile = str(key)
+        table = self.query_one("#profiles", DataTable)
+        for row_key in list(table.rows):
+            table.update_cell(row_key, "mark", self._mark(str(row_key.value)))
+        self.query_one("#profile-status", Label).update(self._profile_summary())
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def current_setup(self) -> RunSetup | None:
+        """The form as a RunSetup, or None (with the problem shown) when a field is invalid."""
+        data = self.query_one("#data", Input).value.strip()
+        steps_txt = self.query_one("#steps", Input).value.strip()
+        if not self._check_data(data) or not self._check_steps(steps_txt):
+            self.notify("fix the fields marked ✗ first", severity="error")
+            return None
+        preset = self.query_one("#preset", Select).value
+        return self.setup.with_(
+            trainer=self._trainer(),
+            profile=self.chosen_profile,
+            preset=None if preset in (NO_PRESET, Select.BLANK) else str(preset),
+            data=data or None,
+            steps=int(steps_txt) if steps_txt else None,
+            run_dir=None,
+        )
+
+    def action_save(self) -> None:
+        setup = self.current_setup()
+        if setup is not None:
+            self.query_one("#save-status", Label).update("saving…")
+            self._save(setup)
+
+    @work(thread=True, exclusive=True, group="save", exit_on_error=False)
+    def _save(self, setup: RunSetup) -> None:
+        from aeron_tui.app.runsetup import write_run_config
+
+        try:
+            runs_root = self.app.options.runs_root  # type: ignore[attr-defined]
+            path = write_run_config(setup, self.hardware, runs_root)
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            self.app.call_from_thread(self._saved, setup, None, str(exc))
+            return
+        self.app.call_from_thread(self._saved, setup, path, None)
+
+    def _saved(self, setup: RunSetup, path: Path | None, error: str | None) -> None:
+        label = self.query_one("#save-status", Label)
+        if error or path is None:
+            label.update(Text(f"✗ {error}", style="bold red"))
+            return
+        label.update(Text(f"✓ saved {path} — ctrl+r starts it", style="green"))
+        self.setup = setup.with_(run_dir=str(path.parent))
+        self.app.use_setup(self.setup, start=False, stay=True)  # type: ignore[attr-defined]
+
+    def action_start(self) -> None:
+        setup = self.current_setup()
+        if setup is None:
+            return
+        if self.setup.run_dir and setup.with_(run_dir=self.setup.run_dir) == self.setup:
+            setup = self.setup  # start exactly what was saved
+        self.app.use_setup(setup, start=True)  # type: ignore[attr-defined]
+
+    @on(Button.Pressed, "#save")
+    def _save_pressed(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#start")
+    def _start_pressed(self) -> None:
+        self.action_start()
+
+    @on(Button.Pressed, "#back")
+    def _back_pressed(self) -> None:
+        self.app.action_dashboard()  # type: ignore[attr-defined]
+
+
+def _default_trainer() -> str:
+    from aeron_tui.app.runsetup import default_trainer_and_preset
+
+    return default_trainer_and_preset()[0]
+
+

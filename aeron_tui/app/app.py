@@ -66,6 +66,11 @@ class FixedHardware:
     sample: Any
 
 
+def default_spawn(setup: RunSetup, hardware: Any, runs_root: Path | None) -> TrainerProcess:
+    """Write the run's run.toml and start ``aeron-tui train ... --events-stdout --control-stdin``."""
+    return TrainerProcess.start(prepare_launch(setup, hardware, runs_root))
+
+
 class AeronConsole(App[None]):
     """The console. ``clock`` is injectable so tests and snapshots can freeze time."""
 
@@ -90,8 +95,11 @@ class AeronConsole(App[None]):
         options: ConsoleOptions | None = None,
         clock: Callable[[], float] = time.time,
         hardware: FixedHardware | None = None,
+        spawn: Callable[[RunSetup, Any, Path | None], TrainerProcess] | None = None,
     ) -> None:
         super().__init__()
+        # How a run is started: resolve + write run.toml + spawn the headless trainer.
+        self.spawn = spawn or default_spawn
         self.options = options or ConsoleOptions()
         self.clock = clock
         self.setup_choice: RunSetup = self.options.setup
@@ -284,8 +292,7 @@ class AeronConsole(App[None]):
     @work(thread=True, group="launch", exclusive=True, exit_on_error=False)
     def _launch(self, setup: RunSetup) -> None:
         try:
-            spec = prepare_launch(setup, self.hardware_info, self.options.runs_root)
-            proc = TrainerProcess.start(spec)
+            proc = self.spawn(setup, self.hardware_info, self.options.runs_root)
         except Exception as exc:  # noqa: BLE001 - any failure to start is shown, not raised
             self.call_from_thread(self._launch_failed, exc)
             return

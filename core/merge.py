@@ -463,3 +463,199 @@ def merge_safetensors(
     finally:
         tmp.unlink(missing_ok=True)
     return report
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def check_checkpoints_mergeable(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Verify every checkpoint and require the same model config and tokenizer; return the config.
+
+    Refuses with an explanation naming the checkpoints and the differing fields — mergekit's
+    "completes but produces garbage" failure mode is a mismatched vocabulary.
+    """
+    import json
+
+    from core.checkpoint import CONFIG_FILE, config_differences, verify_checkpoint
+
+    first = Path(paths[0])
+    manifests = [verify_checkpoint(p) for p in paths]
+    configs = [json.loads((Path(p) / CONFIG_FILE).read_text(encoding="utf-8")) for p in paths]
+    for p, m, c in zip(paths[1:], manifests[1:], configs[1:], strict=True):
+        diff = config_differences(c, configs[0])
+        if diff:
+            raise MergeError(
+                f"{p} and {first} have different model configs ({'; '.join(diff[:4])}); "
+                "only checkpoints of the same profile can be merged"
+            )
+        if m.get("tokenizer_sha256") != manifests[0].get("tokenizer_sha256"):
+            raise MergeError(
+                f"{p} and {first} use different tokenizers; merged weights would read tokens "
+                "differently. Run `aeron-tui tokenizer upgrade` on one of them first"
+            )
+    return configs[0]
+
+
+@dataclass
+class CheckpointMergeResult:
+    path: Path
+    report: MergeReport
+    sanity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def merge_checkpoints(
+    models: Sequence[str | os.PathLike[str]],
+    params: MergeParams,
+    out: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None = None,
+    sanity_data: str | os.PathLike[str] | None = None,
+    sanity_samples: int = 128,
+    report_params: dict[str, Any] | None = None,
+) -> CheckpointMergeResult:
+    """Merge checkpoint directories into a new checkpoint with lineage and a merge report.
+
+    Everything is checked before anything is written; the output directory appears atomically.
+    With ``sanity_data`` (a styles.jsonl) the validation loss and bits per byte of every input
+    and of the result are measured and stored in the report.
+    """
+    import json
+    import tempfile
+
+    from core.checkpoint import (
+        ALIASES_KEY,
+        MODEL_FILE,
+        TOKENIZER_FILE,
+        read_manifest,
+        save_checkpoint,
+    )
+
+    out_path = Path(out)
+    if out_path.exists():
+        raise MergeError(f"{out_path} already exists; choose a new --out directory (nothing is overwritten)")
+    inputs = ([base] if base is not None else []) + list(models)
+    config = check_checkpoints_mergeable(inputs)
+    params.validate(len(models), base is not None)
+    with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as tmp:
+        merged_file = Path(tmp) / MODEL_FILE
+        report = merge_safetensors(
+            [Path(m) / MODEL_FILE for m in models], params, merged_file,
+            base_file=Path(base) / MODEL_FILE if base is not None else None,
+        )
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(Path(inputs[0]) / MODEL_FILE), framework="pt") as fh:
+            aliases = json.loads((fh.metadata() or {}).get(ALIASES_KEY, "{}"))
+        state = load_file(str(merged_file))
+        for alias, stored in aliases.items():
+            state[alias] = state[stored]  # shared storage: saved once again with its alias
+        manifests = [read_manifest(p) for p in inputs]
+        report.models = [str(m) for m in models]
+        report.base = str(base) if base is not None else None
+        report.params.update(report_params or {})
+        path = save_checkpoint(
+            out_path,
+            model=state,
+            config=config,
+            tokenizer=Path(inputs[0]) / TOKENIZER_FILE,
+            trainer_state={"global_step": 0, "merge": {"method": params.method}},
+            parents=[{"id": m["version"], "relation": "merged"} for m in manifests],
+            extra={"merge": {"method": params.method, "params": report.params, **report.summary()}},
+        )
+    result = CheckpointMergeResult(path=path, report=report)
+    if sanity_data is not None:
+        result.sanity = sanity_check([*inputs, path], sanity_data, sanity_samples)
+    _write_json_atomic(path / "merge_report.json", {**report.to_dict(), "sanity": result.sanity})
+    return result
+
+
+def sanity_check(
+    checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathLike[str], samples: int = 128
+) -> dict[str, dict[str, float]]:
+    """Validation loss / perplexity / bits per byte of each checkpoint on ``data``'s val split."""
+    from core.checkpoint import build_model_from_checkpoint
+    from core.evaluation import evaluate_pairs
+
+    results: dict[str, dict[str, float]] = {}
+    encoded: dict[str, list[Any]] = {}  # mergeable checkpoints share a tokenizer: encode once
+    for ckpt in checkpoints:
+        model, tok, cfg = build_model_from_checkpoint(ckpt)
+        if tok.sha256 not in encoded:
+            encoded[tok.sha256] = _validation_pairs(data, tok, cfg)
+        results[str(ckpt)] = evaluate_pairs(model, encoded[tok.sha256], max_samples=samples).to_dict()
+    return results
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    import json
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=float), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def greedy_soup_checkpoints(
+    models: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    samples: int = 128,
+) -> CheckpointMergeResult:
+    """Greedy soup: add models best-first, keeping each only if the soup's validation loss does
+    not get worse. Holds a running sum plus one candidate in memory."""
+    from safetensors.torch import load_file
+
+    from core.checkpoint import MODEL_FILE, build_model_from_checkpoint, load_model_state
+
+    out_path = Path(out)
+    if out_path.exists():
+        raise MergeError(f"{out_path} already exists; choose a new --out directory (nothing is overwritten)")
+    check_checkpoints_mergeable(models)
+    scores = sanity_check(models, data, samples)
+    order = sorted(models, key=lambda m: scores[str(m)]["loss"])
+    model, tok, cfg = build_model_from_checkpoint(order[0])
+    pairs = _validation_pairs(data, tok, cfg)
+
+    def score(state: Mapping[str, torch.Tensor]) -> float:
+        from core.evaluation import evaluate_pairs
+
+        load_model_state(model, dict(state), "greedy soup")
+        return evaluate_pairs(model, pairs, max_samples=samples).loss
+
+    total = {k: v.to(torch.float32) for k, v in load_file(str(Path(order[0]) / MODEL_FILE)).items()}
+    kept = [order[0]]
+    best = scores[str(order[0])]["loss"]
+    for candidate in order[1:]:
+        cand = load_file(str(Path(candidate) / MODEL_FILE))
+        trial = {
+            k: (v if is_state_tensor(k, cand[k]) or is_ewc_key(k) else (v + cand[k].float()) / (len(kept) + 1))
+            for k, v in total.items()
+        }
+        loss = score(_restore_dtypes(trial, cand))
+        if loss <= best:
+            best = loss
+            kept.append(candidate)
+            for k in total:
+                if not (is_state_tensor(k, cand[k]) or is_ewc_key(k)):
+                    total[k] = total[k] + cand[k].float()
+    greedy = {
+        "considered": [str(m) for m in order],
+        "scores": {str(m): scores[str(m)]["loss"] for m in order},
+        "kept": [str(m) for m in kept],
+    }
+    return merge_checkpoints(
+        kept, MergeParams("soup"), out_path, sanity_data=data, sanity_samples=samples,
+        report_params={"greedy": greedy},
+    )
+
+
+def _restore_dtypes(trial: Mapping[str, torch.Tensor], like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(like[k].dtype) for k, v in trial.items()}
+
+
+def _validation_pairs(data: str | os.PathLike[str], tok: Any, cfg: Any) -> list[Any]:
+    from core.data.formatting import encode_styles_sample
+    from core.data.styles import read_styles, split_samples
+
+    _, val = split_samples(read_styles(data))
+    max_len = min(256, int(getattr(cfg, "max_position_embeddings", 256)) - 1)
+    return [encode_styles_sample(s, tok, max_len) for s in val]

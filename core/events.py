@@ -79,6 +79,14 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "code": (str,),
     "traceback": (str,),
     "reason": (str,),
+    # LONPT curriculum context (domain_change / eval / run_finished; see lonpt/log.py).
+    "cycles": (int,),
+    "cycle_start": (bool,),
+    "tokens": (int,),
+    "epoch": (int,),
+    "epochs": (int,),
+    "best_loss": _OPT_NUM,
+    "checkpoint_dir": (str,),
 }
 
 RUN_STATUSES = ("starting", "running", "paused", "stopping", "stopped", "finished", "failed")

@@ -75,11 +75,12 @@ class LonptConfig:
     val_max_batches: int = 50
     checkpoint_dir: str | None = None  # None: RUN_DIR/checkpoints
     keep_per_domain: int | None = None  # None: keep every best checkpoint of every domain
+    init_from: str | None = None  # start from a checkpoint's weights (HPF: SVD of dense ones)
     # -- HPF -----------------------------------------------------------------------------------
     hpf_enable: bool = True
     hpf_lowrank_ratio: float = 0.15
     hpf_targets: list[str] = field(default_factory=lambda: list(DEFAULT_HPF_TARGETS))
-    hpf_init: str = "auto"  # auto: SVD of loaded weights, fresh factors for a new model
+    hpf_init: str = "auto"  # auto: SVD when init_from gives weights, else fresh factors
     # -- PNCEC ---------------------------------------------------------------------------------
     pncec_enable: bool = True
     pncec_cycle_length: int = 100

@@ -116,10 +116,14 @@ def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
 
 
 class UpdateMonitor:
-    """Relative update ``‖Δθ‖/‖θ‖`` per tensor; call :meth:`before` then :meth:`after`."""
+    """Relative update ``‖Δθ‖/‖θ‖`` per weight matrix; call :meth:`before` then :meth:`after`.
+
+    Only tensors with two or more dimensions are watched: a bias or gate scalar starts near zero,
+    so its relative update is large by construction and says nothing about instability.
+    """
 
     def __init__(self, named_parameters: Iterable[tuple[str, torch.nn.Parameter]], limit: float) -> None:
-        self.params = [(n, p) for n, p in named_parameters if p.requires_grad]
+        self.params = [(n, p) for n, p in named_parameters if p.requires_grad and p.dim() >= 2]
         self.limit = limit
         self._before: list[torch.Tensor] = []
 

@@ -128,7 +128,10 @@ class CompressedAdamW(torch.optim.Optimizer):
     State per parameter: ``step`` (fp32 scalar) and, per moment, ``<name>_codes`` and
     ``<name>_scales`` (``exp_avg`` = m, signed; ``exp_avg_sq`` = √v, unsigned, rounded up). Only
     tensors, so ``state_dict()`` saved with ``torch.save`` loads with ``weights_only=True``.
+    Under FSDP the state belongs to this rank's shard and stays a plain tensor.
     """
+
+    shard_local_state = True
 
     def __init__(
         self,
@@ -185,7 +188,7 @@ class CompressedAdamW(torch.optim.Optimizer):
             state[f"{name}_scales"],
             group["bits"],
             signed,
-            tuple(p.shape),
+            tuple(_local(p).shape),
             group["block_size"],
         )
         return dequantize_blockwise(q)
@@ -197,7 +200,8 @@ class CompressedAdamW(torch.optim.Optimizer):
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         state = self.state[p]
         state["step"] = torch.zeros((), dtype=torch.float32)
-        zeros = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        local = _local(p)
+        zeros = torch.zeros(local.shape, dtype=torch.float32, device=local.device)
         for name, signed in _MOMENTS:
             self._store(state, name, self._encode(zeros, group, signed))
         return state
@@ -217,21 +221,25 @@ class CompressedAdamW(torch.optim.Optimizer):
         self._measure = False
         # component → [Σ‖m−m̂‖², Σ‖m‖², Σ‖√v−√v̂‖², Σ‖√v‖²]
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+        sharded = False
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
+            for param in group["params"]:
+                if param.grad is None:
                     continue
-                if p.grad.is_sparse:
+                if param.grad.is_sparse:
                     raise RuntimeError("CompressedAdamW does not support sparse gradients")
-                state = self.state[p]
+                state = self.state[param]
                 if not state:
-                    state = self._init_state(p, group)
-                grad = p.grad.to(torch.float32)
+                    state = self._init_state(param, group)
+                # FSDP: update this rank's shard; its state is quantised shard-locally.
+                p = _local(param)
+                sharded = sharded or p is not param
+                grad = _local(param.grad).to(torch.float32)
                 m = self._decode(state, "exp_avg", p, group, signed=True)
                 v = self._decode(state, "exp_avg_sq", p, group, signed=False).square_()
-                state["step"] += 1
+                state["step"] = state["step"] + 1  # not in place: a loaded state may be shared
                 step = float(state["step"].item())
                 m.lerp_(grad, 1.0 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
@@ -256,6 +264,8 @@ class CompressedAdamW(torch.optim.Optimizer):
                 self._store(state, "exp_avg", qm)
                 self._store(state, "exp_avg_sq", qv)
         if measure:
+            if sharded:
+                sums = _all_reduce_sums(sums, self.components())
             self.last_errors = {
                 comp: max(_ratio(a[0], a[1]), _ratio(a[2], a[3])) for comp, a in sums.items()
             }
@@ -268,9 +278,11 @@ class CompressedAdamW(torch.optim.Optimizer):
 
     def nonfinite_components(self) -> list[str]:
         """Components holding any non-finite state value (scales or float codes)."""
-        bad: list[str] = []
+        bad: set[str] = set()
+        sharded = False
         for group in self.param_groups:
             for p in group["params"]:
+                sharded = sharded or _local(p) is not p
                 state = self.state.get(p)
                 if not state:
                     continue
@@ -278,9 +290,13 @@ class CompressedAdamW(torch.optim.Optimizer):
                     t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
                     for t in state.values()
                 ):
-                    bad.append(group["component"])
+                    bad.add(group["component"])
                     break
-        return bad
+        if sharded:  # every rank must agree, or only some would roll back
+            flags = {c: [1.0 if c in bad else 0.0] * 4 for c in self.components()}
+            summed = _all_reduce_sums(flags, self.components())
+            bad = {c for c, v in summed.items() if v[0] > 0}
+        return sorted(bad)
 
     def promote(self, component: str) -> int:
         """Move a component to the next wider storage (8 → 12 → 16 → 32); return the new bits.
@@ -373,6 +389,7 @@ class CompressedAdamW(torch.optim.Optimizer):
             if not isinstance(codes, torch.Tensor) or not isinstance(scales, torch.Tensor):
                 raise ValueError(f"optimizer state of parameter {idx}: {name!r} is missing")
             want = storage_dtype(group["bits"], signed)
+            shape = tuple(_local(p).shape)
             if codes.dtype != want:
                 raise ValueError(
                     f"optimizer state of parameter {idx}: {name} codes are {codes.dtype}, "
@@ -383,18 +400,37 @@ class CompressedAdamW(torch.optim.Optimizer):
                 scales.to(p.device, torch.float32),
                 group["bits"],
                 signed,
-                tuple(p.shape),
+                shape,
                 group.get("block_size", BLOCK_SIZE),
             )
             try:
                 dequantize_blockwise(q)
             except (RuntimeError, ValueError) as exc:
                 raise ValueError(
-                    f"optimizer state of parameter {idx}: {name} does not fit shape "
-                    f"{tuple(p.shape)} ({exc})"
+                    f"optimizer state of parameter {idx}: {name} does not fit shape {shape} ({exc})"
                 ) from exc
             out[f"{name}_codes"], out[f"{name}_scales"] = q.codes, q.scales
         return out
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (the tensor itself otherwise); in-place updates reach the DTensor."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def _all_reduce_sums(
+    sums: dict[str, list[float]], components: dict[str, int]
+) -> dict[str, list[float]]:
+    """Sum the per-shard error parts over ranks so every rank decides on the same errors."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums
+    names = sorted(components)
+    t = torch.tensor([sums[n] if n in sums else [0.0] * 4 for n in names], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {n: [float(x) for x in row] for n, row in zip(names, t.tolist(), strict=True)}
 
 
 def _ratio(diff: float, ref: float) -> float:

@@ -1,0 +1,204 @@
+"""Distributed training helpers: contexts, wrapping, gathering, and 2-process gloo runs on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from core.errors import CheckpointError, ConfigError
+from core.train.compressed import CompressedAdamW
+from core.train.distributed import (
+    SHARDED_OPTIMIZER_KEY,
+    DistContext,
+    _add_to_output,
+    all_reduce_mean,
+    full_state_dict,
+    gather_optimizer_state,
+    launched_by_torchrun,
+    load_full_state_dict,
+    scatter_optimizer_state,
+    setup_distributed,
+    shard_units,
+    tied_parameter_names,
+    unwrap_model,
+    wrap_model,
+)
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def _clear_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_single_process_context_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_torchrun_env(monkeypatch)
+    ctx = setup_distributed("cpu")
+    assert ctx == DistContext()
+    assert ctx.is_main and not ctx.distributed and ctx.backend is None
+    assert not launched_by_torchrun()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: still single
+    assert setup_distributed("cpu").world_size == 1
+
+
+def test_bad_torchrun_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_torchrun_env(monkeypatch)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE"):
+        setup_distributed("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(ConfigError, match="RANK=5"):
+        setup_distributed("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            setup_distributed("cuda")
+
+
+def _dist_worker_module() -> Any:
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import dist_worker
+    finally:
+        sys.path.remove(str(WORKER.parent))
+    return dist_worker
+
+
+def test_single_process_helpers_are_identity() -> None:
+    w = _dist_worker_module()
+    model = w.make_model()
+    ctx = DistContext()
+    assert wrap_model(model, ctx, shard=True) is model
+    assert unwrap_model(model) is model
+    assert all_reduce_mean(2.5, ctx) == 2.5 and all_reduce_mean(2.5, None) == 2.5
+    assert [type(u).__name__ for u in shard_units(model)] == ["Block", "Block"]
+    assert tied_parameter_names(model) == {"output_projection.weight": "token_embedding.weight"}
+    state = full_state_dict(model, ctx)
+    assert state.keys() == model.state_dict().keys()
+    opt = CompressedAdamW(model.parameters(), lr=1e-3)
+    saved = gather_optimizer_state(opt, model, ctx)
+    assert saved is not None and SHARDED_OPTIMIZER_KEY not in saved
+    assert scatter_optimizer_state(saved, opt, ctx) is saved
+    with pytest.raises(CheckpointError, match="missing tensors norm.weight"):
+        load_full_state_dict(model, {k: v for k, v in state.items() if k != "norm.weight"})
+
+
+def test_sharded_optimizer_state_needs_the_same_world_size() -> None:
+    opt = CompressedAdamW([nn.Parameter(torch.zeros(3))], lr=1e-3)
+    saved = {SHARDED_OPTIMIZER_KEY: {"world_size": 4, "ranks": [{}, {}, {}, {}]}}
+    with pytest.raises(CheckpointError, match="--nproc_per_node 4"):
+        scatter_optimizer_state(saved, opt, DistContext(world_size=2, rank=1, is_main=False))
+    with pytest.raises(CheckpointError, match="sharded over 4 ranks"):
+        scatter_optimizer_state(saved, opt, None)
+
+
+def test_zero_dependency_reaches_every_output_shape() -> None:
+    from core.reasoning import ReasoningOutput
+
+    z = torch.zeros((), requires_grad=True)
+    x = torch.ones(2, 3)
+    assert torch.equal(_add_to_output(x, z), x)
+    out = _add_to_output(ReasoningOutput(x, None, {}, None), z)
+    assert isinstance(out, ReasoningOutput) and out.hidden.grad_fn is not None
+    assert _add_to_output((x, 1), z)[1] == 1
+    assert _add_to_output({"loss": x.sum()}, z)["loss"].grad_fn is not None
+    assert _add_to_output("not a tensor", z) is None
+
+
+def run_torchrun(script: Path, args: list[str], nproc: int = 2, timeout: float = 240) -> str:
+    """Run ``script`` under torchrun (standalone rendezvous on a free local port)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(script),
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    out = tmp_path_factory.mktemp("dist")
+    run_torchrun(WORKER, [str(out)])
+    return (
+        torch.load(out / "rank0.pt", weights_only=True),
+        torch.load(out / "rank1.pt", weights_only=True),
+    )
+
+
+def _single_process(kind: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    w = _dist_worker_module()
+    model = w.make_model()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    w.train(model, w.make_optimizer(kind, model), range(w.STEPS), rank=0, world=1)
+    return init, model.state_dict()
+
+
+def _maxdiff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_identify_themselves(two_rank_results: tuple[dict, dict]) -> None:
+    r0, r1 = two_rank_results
+    assert (r0["rank"], r1["rank"]) == (0, 1)
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["backend"] == r1["backend"] == "gloo"
+    assert r0["is_main"] and not r1["is_main"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "tol"), [("adamw", 1e-5), ("compressed", 1e-3)])
+def test_ddp_ranks_identical_and_equal_to_one_process(
+    two_rank_results: tuple[dict, dict], kind: str, tol: float
+) -> None:
+    r0, r1 = two_rank_results
+    init, single = _single_process(kind)
+    p0, p1 = r0[f"ddp_{kind}_params"], r1[f"ddp_{kind}_params"]
+    assert _maxdiff(p0, p1) == 0.0  # every rank holds the same parameters
+    assert _maxdiff(p0, single) < tol  # same global batch in one process
+    assert _maxdiff(init, single) > 10 * tol  # ... and the parameters did move
+    assert r0[f"ddp_{kind}_resume_maxdiff"] == r1[f"ddp_{kind}_resume_maxdiff"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "tol"), [("adamw", 1e-5), ("compressed", 1e-3)])
+def test_fsdp_gathers_to_rank0_and_equals_one_process(
+    two_rank_results: tuple[dict, dict], kind: str, tol: float
+) -> None:
+    r0, r1 = two_rank_results
+    _, single = _single_process(kind)
+    gathered = r0[f"fsdp_{kind}_params"]
+    assert r1[f"fsdp_{kind}_params"] == {}  # only rank 0 receives the full state
+    assert _maxdiff(gathered, single) < tol
+    # The tied weight comes back as one tensor, so a checkpoint stores it once.
+    assert r0[f"fsdp_{kind}_tied_shared"] and r0[f"ddp_{kind}_tied_shared"]
+    # Resuming from the gathered weights + per-rank optimizer state continues identically.
+    assert r0[f"fsdp_{kind}_resume_maxdiff"] == r1[f"fsdp_{kind}_resume_maxdiff"] == 0.0
+
+
+@pytest.mark.slow
+def test_fsdp_splits_compressed_optimizer_state(two_rank_results: tuple[dict, dict]) -> None:
+    r0, r1 = two_rank_results
+    ddp, fsdp = r0["ddp_compressed_state_bytes"], r0["fsdp_compressed_state_bytes"]
+    # Each rank holds about half of the sharded state (plus per-block scales and counters).
+    assert sum(fsdp.values()) < 0.7 * sum(ddp.values())
+    assert r1["fsdp_compressed_state_bytes"] == fsdp

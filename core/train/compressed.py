@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from core.quant import (
     BLOCK_SIZE,
@@ -323,6 +323,13 @@ class CompressedAdamW(torch.optim.Optimizer):
             raise KeyError(f"no param group has component {component!r}")
         return new_bits
 
+    def reset_state(self, component: str) -> None:
+        """Forget the moments of a component (they restart from zero at the next step)."""
+        for group in self.param_groups:
+            if group["component"] == component:
+                for p in group["params"]:
+                    self.state.pop(p, None)
+
     def state_bytes(self) -> dict[str, int]:
         """Actual bytes of optimizer state per component (codes, scales and step counters)."""
         out: dict[str, int] = {}
@@ -526,3 +533,208 @@ class BreathSafety:
         self.loss_ema = state.get("loss_ema")
         self.best_ema = state.get("best_ema")
         self.observed = int(state.get("observed", 0))
+
+
+# ============================================================================================
+# The trainer
+# ============================================================================================
+
+from core.train.simple import SimpleTrainer  # noqa: E402  (the optimizer above needs no engine)
+
+
+class CompressedTrainer(SimpleTrainer):
+    """The simple trainer's recipe with :class:`CompressedAdamW` and breath-safety.
+
+    Options (``RunConfig.options``, ``--set KEY=VALUE``): ``check_every`` (100),
+    ``rail_spike_factor`` (3.0), ``rail_max_nonfinite`` (3), ``bound_8``/``bound_12``/
+    ``bound_16`` (override the error bounds), ``bits_<group>`` (start a group at other bits).
+
+    Events: a ``warning`` with ``code="precision_promoted"`` when a group is promoted, and
+    ``code="rollback"`` when non-finite state, a loss spike or repeated non-finite steps restore
+    the last checkpoint (the rail LR multiplier is halved each time). Step events carry
+    ``metrics.optimizer_state_bytes`` and ``metrics.optimizer_state_ratio`` (vs fp32 AdamW).
+    """
+
+    name = "compressed"
+    description = (
+        "AdamW with block-quantised moments per component (8/12/16-bit) and breath-safety checks"
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        opts = self.config.options
+        bounds = {b: float(opts[f"bound_{b}"]) for b in (8, 12, 16) if f"bound_{b}" in opts}
+        self.safety = BreathSafety(
+            check_every=int(opts.get("check_every", 100)),
+            spike_factor=float(opts.get("rail_spike_factor", 3.0)),
+            bounds=bounds,
+        )
+        self.max_nonfinite = int(opts.get("rail_max_nonfinite", 3))
+        self.lr_multiplier = 1.0
+        self.rollbacks = 0
+        self.promotions: list[dict[str, Any]] = []
+        self._measuring = False
+        self._just_rolled_back = False
+
+    @property
+    def compressed_optimizer(self) -> CompressedAdamW:
+        assert isinstance(self.optimizer, CompressedAdamW)
+        return self.optimizer
+
+    # ---------------------------------------------------------------------------- setup
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        opts = self.config.options
+        bits = {g: int(opts[f"bits_{g}"]) for g in GROUP_BITS if f"bits_{g}" in opts}
+        return CompressedAdamW(
+            compressed_param_groups(self.model, bits),
+            lr=self.base_lr,
+            betas=(0.9, 0.95),
+            eps=1e-8,
+            weight_decay=self.config.weight_decay,
+        )
+
+    def lr_at(self, step: int) -> float:
+        return super().lr_at(step) * self.lr_multiplier
+
+    # ----------------------------------------------------------------------------- step
+    def _check_due(self, step: int) -> bool:
+        """Breath-safety runs every ``check_every`` steps and on steps that may checkpoint."""
+        cfg = self.config
+        return (
+            step % self.safety.check_every == 0
+            or step % cfg.checkpoint_every == 0
+            or step % cfg.eval_every == 0  # a new best validation loss saves a checkpoint
+            or step >= self.total_steps
+        )
+
+    def train_step(self) -> None:
+        self._just_rolled_back = False
+        super().train_step()
+
+    def optimizer_step(self, loss_sum: Tensor) -> tuple[Tensor, bool]:
+        self._measuring = self._check_due(self.global_step + 1)
+        if self._measuring:
+            self.compressed_optimizer.request_error_measurement()
+        return super().optimizer_step(loss_sum)
+
+    def on_step_end(self, step: int, loss: Tensor | None) -> None:
+        super().on_step_end(step, loss)
+        if loss is not None:
+            self.safety.observe_loss(float(loss))
+        if self.consecutive_nonfinite >= self.max_nonfinite:
+            self.rollback(f"{self.consecutive_nonfinite} consecutive non-finite steps")
+            return
+        if not self._measuring:
+            return
+        self._measuring = False
+        opt = self.compressed_optimizer
+        if not opt.last_errors:  # the update was skipped (non-finite): nothing measured
+            return
+        result = self.safety.check(opt)
+        for component, (old, new) in result.promoted.items():
+            error = result.errors[component]
+            self.promotions.append(
+                {"step": step, "component": component, "from": old, "to": new, "error": error}
+            )
+            self.emit(
+                "warning",
+                message=(
+                    f"{component}: quantisation error {error:.4g} over the {old}-bit bound "
+                    f"{self.safety.bounds[old]:g}; moments now stored at {new} bits"
+                ),
+                code="precision_promoted",
+                global_step=step,
+            )
+        opt.last_errors = {}
+        if result.nonfinite:
+            self.rollback(f"non-finite optimizer state in {', '.join(result.nonfinite)}")
+        elif result.loss_spike:
+            self.rollback(
+                f"loss EMA {self.safety.loss_ema:.4f} above {self.safety.spike_factor:g} x "
+                f"best {self.safety.best_ema:.4f}"
+            )
+
+    def step_event_extra(self) -> dict[str, Any]:
+        extra = dict(super().step_event_extra())
+        if isinstance(self.optimizer, CompressedAdamW):
+            used = [
+                p
+                for g in self.optimizer.param_groups
+                for p in g["params"]
+                if p in self.optimizer.state
+            ]
+            total = sum(self.optimizer.state_bytes().values())
+            metrics = dict(extra.get("metrics") or {})
+            metrics["optimizer_state_bytes"] = total
+            if total:
+                metrics["optimizer_state_ratio"] = fp32_adamw_state_bytes(used) / total
+            extra["metrics"] = metrics
+        return extra
+
+    # ------------------------------------------------------------------------- rollback
+    def rollback(self, reason: str) -> None:
+        """Restore the last checkpoint, keep promotions, halve the rail LR multiplier (§5.7)."""
+        opt = self.compressed_optimizer
+        bits_before = opt.components()
+        multiplier = self.lr_multiplier * 0.5
+        rollbacks = self.rollbacks + 1
+        promotions = list(self.promotions)
+        from_step = self.global_step
+        target = self.last_checkpoint
+        if target is not None and target.is_dir():
+            self.restore_checkpoint(target)
+            where = f"restored {target.name} (step {self.global_step})"
+        else:
+            # No checkpoint yet: the damaged moments are the one thing we can repair.
+            for component in opt.nonfinite_components():
+                opt.reset_state(component)
+            where = "no checkpoint yet: reset the non-finite optimizer state"
+        for component, bits in bits_before.items():
+            while opt.components().get(component, bits) < bits:
+                opt.promote(component)
+        self.lr_multiplier = multiplier
+        self.rollbacks = rollbacks
+        self.promotions = promotions
+        self.consecutive_nonfinite = 0
+        self.safety.reset_loss_tracking()
+        self._just_rolled_back = True
+        self.emit(
+            "warning",
+            message=f"breath-safety rollback at step {from_step}: {reason}; {where}; "
+            f"lr multiplier now {multiplier:g}",
+            code="rollback",
+            reason=reason,
+            global_step=self.global_step,
+        )
+
+    def save_checkpoint(
+        self, name: str | None = None, best: bool = False, val_loss: float | None = None
+    ) -> Any:
+        if self._just_rolled_back and self.last_checkpoint is not None:
+            return self.last_checkpoint  # this state *is* the last checkpoint
+        # Never save poisoned state as the new "last good" checkpoint.
+        bad = self.compressed_optimizer.nonfinite_components()
+        if bad:
+            self.rollback(f"non-finite optimizer state in {', '.join(bad)} before a checkpoint")
+            if self.last_checkpoint is not None:
+                return self.last_checkpoint
+        return super().save_checkpoint(name=name, best=best, val_loss=val_loss)
+
+    # ---------------------------------------------------------------------------- state
+    def extra_state(self) -> dict[str, Any]:
+        state = dict(super().extra_state())
+        state["compressed"] = {
+            "breath": self.safety.state(),
+            "lr_multiplier": self.lr_multiplier,
+            "rollbacks": self.rollbacks,
+            "promotions": self.promotions,
+        }
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        mine = state.get("compressed") or {}
+        self.safety.load_state(mine.get("breath") or {})
+        self.lr_multiplier = float(mine.get("lr_multiplier", 1.0))
+        self.rollbacks = int(mine.get("rollbacks", 0))
+        self.promotions = list(mine.get("promotions") or [])

@@ -1,0 +1,812 @@
+"""Memory estimates for training and inference, calibrated against measurement.
+
+``estimate = weights + gradients + optimizer + activations + logits + overhead`` (training.md §4).
+
+* **Parameters** are exact: the model is built on the ``meta`` device (``core.model``). Text-only
+  training gives gradients (and optimizer state) only to the components a text batch reaches;
+  the multimodal path, the knowledge-graph tables and the continual-learning FiLM never see a
+  gradient without images, entities or task ids (:data:`INACTIVE_IN_TEXT_TRAINING`).
+* **Optimizer.** Simple trainer: ``torch.optim.AdamW`` with fp32 moments, 8 bytes/parameter.
+  Compressed trainer (``core.train.compressed``): its own per-component storage — computed
+  exactly from ``component_of`` for every parameter: 8-bit bulk moments (2 bytes + block scales),
+  12-bit reasoning moments (3 bytes), bf16 memory/KG moments (4 bytes), fp32 protected (8 bytes);
+  weights and gradients stay fp32 in that trainer (a documented choice there), plus its step's fp32
+  temporaries for the largest tensor.
+* **Activations** are not guessed. Bytes autograd saves per block were measured on CPU with
+  ``torch.autograd.graph.saved_tensors_hooks`` (deduplicated by storage) for a set of small
+  configurations chosen so d, SwiGLU width, KV width and heads vary independently, and fitted
+  per block as bytes per sample: ``Σ coef·feature`` (features such as ``S·d``, ``S·hidden``,
+  ``T·kv``; :data:`ACTIVATION_COEFFS`). :func:`calibrate` re-runs that fit and prints the table.
+* **Logits.** The ``B·T·V`` tensors (the logits, the fp32 log-softmax autograd keeps, and the two
+  gradients alive when the backward pass starts) are fitted from the measured peak of live tensor
+  bytes (``torch.distributed._tools.mem_tracker.MemTracker`` on CPU): :data:`LOGITS_BYTES`.
+* **Checkpointing** (the model's ``use_gradient_checkpointing``): each encoder/decoder layer keeps
+  only its fp32 input; one layer's full activations are rebuilt during the backward pass.
+* **Overhead.** CUDA: context + cuBLAS workspaces (:data:`CUDA_CONTEXT_BYTES`) and allocator
+  slack (:data:`CUDA_ALLOCATOR_SLACK` of tensor bytes). CPU: the torch runtime
+  (:data:`CPU_RUNTIME_BYTES`).
+
+The estimate is conservative for gradient accumulation: gradients from earlier micro-batches are
+assumed alive during the next forward pass (true whenever ``grad_accum > 1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from core.config import NeuralNetConfig
+
+GiB = 1024**3
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+OPTIMIZERS = ("adamw", "compressed")
+
+# Components with no gradient in text-only training (no images, entities or task ids).
+INACTIVE_IN_TEXT_TRAINING = (
+    "vision_patch_embedding",
+    "multimodal_fusion",
+    "knowledge_graph",
+    "continual_learning",
+)
+
+# ---------------------------------------------------------------------------- calibration
+# Saved-activation bytes per sample, per block, as Σ coefficient × feature. Measured with
+# `calibrate()` (saved_tensors_hooks, dedup by storage, attributed to the block whose forward
+# was running) on 6 configurations × 2 shapes, torch 2.13 CPU, SDPA attention; "bf16" is CPU
+# autocast (fp16 and the compressed trainer use the same table). Features: S/T encoder/decoder
+# length, d model width, hid SwiGLU width, kv key/value width, H heads, N branches, P scratchpad
+# slots, Hs scratchpad heads, m memory_dim, K memory slots + 1, Hm memory heads.
+ACTIVATION_COEFFS: dict[str, dict[str, dict[str, float]]] = {
+    "fp32": {
+        "encoder_layer": {"S*d": 32.0, "S*hid": 16.0, "S*kv": 8.0, "S*H": 5.0, "shared:S*hd": 0.5},
+        "decoder_layer": {
+            "T*d": 56.0, "T*hid": 16.0, "T*kv": 8.0, "T*H": 6.0, "S*kv": 8.0, "shared:T*hd": -3.0,
+        },
+        "reasoning": {
+            "S*d": 15.0, "S*N*d": 24.5, "N*d": 201.0, "S*Hs*P": 35.5, "P*d": -4.0, "shared:P*d": 25.0,
+        },
+        # Not in the model yet when calibrated (enhancement stages unwired): starting points.
+        "memory": {"S*d": 16.0, "S*m": 16.0, "S*Hm*K": 8.0, "K*m": 8.0},
+        "enhancements": {"S*d": 8.0},
+        "head": {"S*d": 10.0, "T*d": 10.0},
+    },
+    "bf16": {
+        "encoder_layer": {"S*d": 30.0, "S*hid": 8.0, "S*kv": 4.0, "S*H": 5.0, "shared:S*hd": 8.5},
+        "decoder_layer": {
+            "T*d": 48.0, "T*hid": 8.0, "T*kv": 4.0, "T*H": 9.5, "S*kv": 4.0, "shared:T*hd": 8.5,
+        },
+        "reasoning": {
+            "S*d": 13.0, "S*N*d": 16.5, "N*d": 128.5, "S*Hs*P": 22.0, "P*d": 0.0, "shared:P*d": 14.0,
+        },
+        "memory": {"S*d": 12.0, "S*m": 8.0, "S*Hm*K": 8.0, "K*m": 4.0},
+        "enhancements": {"S*d": 6.0},
+        "head": {"S*d": 9.0, "T*d": 9.0},
+    },
+}
+# Bytes per logit element (B·T·V) at the peak: logits + saved fp32 log-softmax + the gradients
+# alive when the backward pass starts. Fitted from MemTracker peaks (see `calibrate`).
+LOGITS_BYTES: dict[str, float] = {"fp32": 16.0, "bf16": 14.0}
+# Autocast keeps a low-precision copy of each matrix weight from the forward until backward.
+AUTOCAST_COPY_BYTES = 2
+CUDA_CONTEXT_BYTES = 600 * 1024**2  # CUDA context + cuBLAS/cuDNN workspaces (300 MiB-2 GiB seen)
+CUDA_ALLOCATOR_SLACK = 0.05  # caching-allocator rounding/fragmentation on top of tensor bytes
+CPU_RUNTIME_BYTES = 400 * 1024**2  # resident torch runtime (libraries, thread pools)
+# The compressed trainer decodes both moments to fp32 and builds fp32 denom/update per tensor.
+COMPRESSED_STEP_TEMP_BYTES = 20
+
+
+# ------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A memory estimate in bytes, with the assumptions in ``notes``."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+    total: int
+    notes: tuple[str, ...] = ()
+    params: int = 0
+    trainable_params: int = 0
+    mode: str = "train"
+    device: str = "cpu"
+    precision: str = "fp32"
+    trainer: str = "simple"
+    micro_batch: int = 1
+    seq_len: int = 0
+    checkpointing: bool = False
+    kv_cache: int = 0
+
+    @property
+    def total_gib(self) -> float:
+        """Total in GiB."""
+        return self.total / GiB
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Total without the runtime overhead (what a tensor-level measurement sees)."""
+        return self.total - self.overhead
+
+    def rows(self) -> list[tuple[str, int]]:
+        """(label, bytes) rows for display, ending with the total."""
+        rows = [
+            ("weights", self.weights),
+            ("gradients", self.gradients),
+            ("optimizer state", self.optimizer),
+            ("activations", self.activations),
+        ]
+        if self.kv_cache:
+            rows.append(("KV cache", self.kv_cache))
+        rows += [("logits", self.logits), ("overhead", self.overhead), ("total", self.total)]
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (plus ``total_gib``)."""
+        data = dataclasses.asdict(self)
+        data["notes"] = list(self.notes)
+        data["total_gib"] = round(self.total_gib, 3)
+        return data
+
+
+def _make(notes: list[str], **parts: Any) -> MemoryEstimate:
+    keys = ("weights", "gradients", "optimizer", "activations", "logits", "overhead", "kv_cache")
+    total = sum(int(parts.get(k, 0)) for k in keys)
+    ints = {k: int(parts.get(k, 0)) for k in keys}
+    rest = {k: v for k, v in parts.items() if k not in keys}
+    return MemoryEstimate(total=total, notes=tuple(notes), **ints, **rest)
+
+
+# -------------------------------------------------------------------------- parameter facts
+@dataclass(frozen=True)
+class ParameterFacts:
+    """Exact parameter figures of a configuration, from a ``meta``-device model."""
+
+    total: int
+    by_component: dict[str, int]
+    trainable_text: int  # parameters that receive a gradient in text-only training
+    matrix_text: int  # of those, ≥2-D (autocast keeps low-precision copies of these)
+    largest_tensor: int
+    largest_layer: int  # largest encoder/decoder layer (FSDP gathers one at a time)
+    compressed_state: int  # CompressedAdamW state bytes for the trainable parameters
+
+
+def parameter_facts(config: NeuralNetConfig) -> ParameterFacts:
+    """Exact parameter figures for ``config`` (cached by configuration)."""
+    return _facts_cached(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str))
+
+
+_FACTS: dict[str, ParameterFacts] = {}
+
+
+def _facts_cached(key: str) -> ParameterFacts:
+    if key in _FACTS:
+        return _FACTS[key]
+    import torch
+
+    from core.config import NeuralNetConfig
+    from core.model import TransformerNeuralNetBackbone
+
+    config = NeuralNetConfig(**json.loads(key))
+    with torch.device("meta"):
+        model = TransformerNeuralNetBackbone(config)
+    counts = model.num_parameters(by_component=True)
+    assert isinstance(counts, dict)
+    trainable = matrix = largest = 0
+    compressed = 0
+    component_of = _compressed_component_fn()
+    for name, p in model.named_parameters():
+        top = name.split(".", 1)[0]
+        if top in INACTIVE_IN_TEXT_TRAINING:
+            continue
+        n = p.numel()
+        trainable += n
+        largest = max(largest, n)
+        if p.ndim >= 2:
+            matrix += n
+        compressed += _compressed_state_bytes(component_of(name, p) if component_of else "bulk", n)
+    layer_sizes = [
+        sum(p.numel() for p in layer.parameters())
+        for stack in (model.encoder, model.decoder)
+        for layer in stack.layers
+    ]
+    facts = ParameterFacts(
+        total=int(counts["total"]),
+        by_component={k: int(v) for k, v in counts.items() if k != "total"},
+        trainable_text=trainable,
+        matrix_text=matrix,
+        largest_tensor=largest,
+        largest_layer=max(layer_sizes, default=0),
+        compressed_state=compressed,
+    )
+    _FACTS[key] = facts
+    return facts
+
+
+def _compressed_component_fn() -> Callable[[str, Any], str] | None:
+    try:
+        from core.train.compressed import component_of
+    except ImportError:  # pragma: no cover - the compressed trainer ships with core
+        return None
+    return component_of
+
+
+# Moment storage per compressed-trainer group: (bits, blockwise scales?) — training.md §6.
+_COMPRESSED_BITS = {"protected": 32, "memory": 16, "knowledge_graph": 16, "reasoning": 12, "bulk": 8}
+
+
+def _compressed_state_bytes(group: str, n: int) -> int:
+    """CompressedAdamW bytes for one tensor of ``n`` values: two moments + step counter."""
+    bits = _COMPRESSED_BITS.get(group, 8)
+    if bits >= 16:
+        return 2 * n * bits // 8 + 4
+    blocks = math.ceil(n / 256)
+    padded = blocks * 256
+    codes = padded if bits == 8 else (padded * 3 + 1) // 2
+    return 2 * (codes + 4 * blocks) + 4
+
+
+# --------------------------------------------------------------------------- activations
+def _features(config: NeuralNetConfig, s: int, t: int) -> dict[str, float]:
+    d = config.d_model
+    return {
+        "S*d": s * d,
+        "T*d": t * d,
+        "S*hid": s * config.swiglu_hidden,
+        "T*hid": t * config.swiglu_hidden,
+        "S*kv": s * config.kv_dim,
+        "T*kv": t * config.kv_dim,
+        "S*H": s * config.nhead,
+        "T*H": t * config.nhead,
+        "S*N*d": s * config.num_tot_branches * d,
+        "N*d": config.num_tot_branches * d,
+        "S*hd": s * config.head_dim,
+        "T*hd": t * config.head_dim,
+        "S*Hs*P": s * max(4, d // 64) * config.num_scratchpad_slots,
+        "P*d": config.num_scratchpad_slots * d,
+        "S*m": s * config.memory_dim,
+        "S*Hm*K": s * config.memory_heads * (config.memory_slots + 1),
+        "K*m": (config.memory_slots + 1) * config.memory_dim,
+    }
+
+
+def _present_blocks(config: NeuralNetConfig) -> dict[str, int]:
+    """Block -> how many of it run in a text-only training forward."""
+    facts = parameter_facts(config)
+    comps = facts.by_component
+    blocks = {
+        "encoder_layer": config.num_encoder_layers,
+        "decoder_layer": config.num_decoder_layers,
+        "head": 1,
+        "reasoning": 1 if comps.get("reasoning_engine") else 0,
+        "memory": 1 if comps.get("neural_memory") else 0,
+        "enhancements": 1 if comps.get("uncertainty") else 0,
+    }
+    return blocks
+
+
+def block_activation_bytes(
+    config: NeuralNetConfig, block: str, micro_batch: int, seq_len: int, dec_len: int,
+    precision: str,
+) -> float:
+    """Saved-activation bytes of one block for a micro-batch (calibrated coefficients).
+
+    Features named ``shared:...`` (e.g. rotary tables, scratchpad slot keys) do not scale with
+    the batch.
+    """
+    table = ACTIVATION_COEFFS["fp32" if precision == "fp32" else "bf16"][block]
+    feats = _features(config, seq_len, dec_len)
+    total = 0.0
+    for name, coef in table.items():
+        if name.startswith("shared:"):
+            total += coef * feats[name.removeprefix("shared:")]
+        else:
+            total += coef * micro_batch * feats[name]
+    return total
+
+
+def activation_bytes(
+    config: NeuralNetConfig,
+    micro_batch: int,
+    seq_len: int,
+    precision: str = "fp32",
+    checkpointing: bool = False,
+    dec_len: int | None = None,
+) -> int:
+    """Activation bytes autograd holds for one micro-batch (without the B·T·V logits terms)."""
+    t = seq_len if dec_len is None else dec_len
+    blocks = _present_blocks(config)
+    per = {
+        b: block_activation_bytes(config, b, micro_batch, seq_len, t, precision) for b in blocks
+    }
+    if checkpointing:
+        d = config.d_model
+        # Each checkpointed layer keeps its fp32 input; one layer is rebuilt at a time.
+        kept = 4 * d * micro_batch * (seq_len * blocks["encoder_layer"] + t * blocks["decoder_layer"])
+        layers = kept + max(per["encoder_layer"], per["decoder_layer"])
+    else:
+        layers = per["encoder_layer"] * blocks["encoder_layer"] + per["decoder_layer"] * blocks[
+            "decoder_layer"
+        ]
+    rest = sum(per[b] * n for b, n in blocks.items() if b not in ("encoder_layer", "decoder_layer"))
+    return int(layers + rest)
+
+
+# ------------------------------------------------------------------------------ estimates
+def _config_of(profile_or_config: Any, vocab_size: int | None) -> NeuralNetConfig:
+    config = getattr(profile_or_config, "model", profile_or_config)
+    if vocab_size is not None and vocab_size != config.vocab_size:
+        config = dataclasses.replace(config, vocab_size=int(vocab_size))
+    return config
+
+
+def _resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "bf16" if device == "cuda" else "fp32"
+    if precision not in PRECISION_BYTES:
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    return precision
+
+
+def estimate_training_memory(
+    profile_or_config: Any,
+    micro_batch: int,
+    seq_len: int,
+    precision: str = "fp32",
+    optimizer: str = "adamw",
+    checkpointing: bool = False,
+    vocab_size: int | None = None,
+    device: str = "cpu",
+    trainer: str = "simple",
+) -> MemoryEstimate:
+    """Peak memory of one training step (bytes) for a profile or a NeuralNetConfig.
+
+    ``seq_len`` is both the encoder and the decoder length. ``optimizer`` "adamw" (fp32 moments)
+    or "compressed" (``trainer="compressed"`` implies it). ``precision`` "fp32", "bf16", "fp16"
+    (mixed precision: fp32 master weights plus autocast copies) or "auto" (bf16 on CUDA, fp32 on
+    CPU). ``device`` "cpu" or "cuda" decides the overhead term.
+    """
+    if micro_batch < 1 or seq_len < 1:
+        raise ConfigError("micro_batch and seq_len must be >= 1")
+    if trainer == "compressed":
+        optimizer = "compressed"
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    config = _config_of(profile_or_config, vocab_size)
+    precision = _resolve_precision(precision, device)
+    facts = parameter_facts(config)
+    notes: list[str] = []
+
+    weights = 4 * facts.total
+    if precision != "fp32":
+        weights += AUTOCAST_COPY_BYTES * facts.matrix_text
+        notes.append(f"{precision} autocast: fp32 master weights plus {precision} copies")
+    gradients = 4 * facts.trainable_text
+    if optimizer == "adamw":
+        opt = 8 * facts.trainable_text
+        notes.append("AdamW: two fp32 moments per trainable parameter")
+    else:
+        opt = facts.compressed_state + COMPRESSED_STEP_TEMP_BYTES * facts.largest_tensor
+        notes.append("compressed trainer: 8/12/16-bit moments per component, fp32 weights/grads")
+    frozen = facts.total - facts.trainable_text
+    if frozen:
+        notes.append(
+            f"{frozen / 1e6:.1f} M parameters (multimodal, knowledge graph, continual) get no "
+            "gradient in text-only training"
+        )
+    acts = activation_bytes(config, micro_batch, seq_len, precision, checkpointing)
+    if checkpointing:
+        notes.append("gradient checkpointing: layer inputs kept, one layer rebuilt at a time")
+    logits = int(LOGITS_BYTES["fp32" if precision == "fp32" else "bf16"] * micro_batch * seq_len * config.vocab_size)
+    overhead = _overhead(device, weights + gradients + opt + acts + logits)
+    return _make(
+        notes,
+        weights=weights,
+        gradients=gradients,
+        optimizer=opt,
+        activations=acts,
+        logits=logits,
+        overhead=overhead,
+        params=facts.total,
+        trainable_params=facts.trainable_text,
+        mode="train",
+        device=device,
+        precision=precision,
+        trainer=trainer if trainer == "compressed" or optimizer != "compressed" else "compressed",
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        checkpointing=checkpointing,
+    )
+
+
+def estimate_inference_memory(
+    profile_or_config: Any,
+    batch: int = 1,
+    prompt_len: int = 512,
+    new_tokens: int = 256,
+    precision: str = "bf16",
+    vocab_size: int | None = None,
+    device: str = "cpu",
+) -> MemoryEstimate:
+    """Memory for generation: weights + KV cache ``2·L_dec·2·G·hd·(T+S)·B`` + working set.
+
+    The KV cache holds, per decoder layer, self-attention K/V for the ``T = new_tokens`` generated
+    positions and cross-attention K/V for the ``S = prompt_len`` encoder positions, in the
+    compute precision. The working set is the encoder forward over the prompt (one block's
+    activations) and one step's logits.
+    """
+    config = _config_of(profile_or_config, vocab_size)
+    precision = _resolve_precision(precision, device)
+    nbytes = PRECISION_BYTES[precision]
+    facts = parameter_facts(config)
+    weights = nbytes * facts.total
+    kv = 2 * config.num_decoder_layers * config.kv_dim * (new_tokens + prompt_len) * batch * nbytes
+    # No autograd: only one block's tensors are alive at a time, about its saved set.
+    scale = nbytes / 4
+    working = max(
+        block_activation_bytes(config, "encoder_layer", batch, prompt_len, 1, "fp32"),
+        block_activation_bytes(config, "reasoning", batch, prompt_len, 1, "fp32")
+        if _present_blocks(config)["reasoning"] else 0.0,
+    ) * scale
+    logits = 4 * batch * config.vocab_size * 2  # fp32 logits + sampling probabilities
+    overhead = _overhead(device, weights + kv + int(working) + logits)
+    notes = [f"{precision} weights, KV cache for {prompt_len}+{new_tokens} tokens × batch {batch}"]
+    return _make(
+        notes,
+        weights=weights,
+        kv_cache=kv,
+        activations=int(working),
+        logits=logits,
+        overhead=overhead,
+        params=facts.total,
+        trainable_params=0,
+        mode="infer",
+        device=device,
+        precision=precision,
+        trainer="none",
+        micro_batch=batch,
+        seq_len=prompt_len,
+    )
+
+
+def _overhead(device: str, tensor_bytes: int) -> int:
+    if device == "cuda":
+        return int(CUDA_CONTEXT_BYTES + CUDA_ALLOCATOR_SLACK * tensor_bytes)
+    return CPU_RUNTIME_BYTES
+
+
+def shard_estimate(estimate: MemoryEstimate, num_devices: int, config: NeuralNetConfig) -> MemoryEstimate:
+    """Per-device memory when weights, gradients and optimizer state are sharded (FSDP).
+
+    Each device holds ``1/N`` of the model state plus the unsharded parameters of the largest
+    layer (gathered for compute, twice for prefetch), and its own full activations and logits.
+    """
+    n = max(1, num_devices)
+    facts = parameter_facts(config)
+    gathered = 2 * 4 * facts.largest_layer
+    weights = estimate.weights // n + gathered
+    note = f"FSDP over {n} devices: model state split {n} ways, one layer gathered at a time"
+    tensor = weights + estimate.gradients // n + estimate.optimizer // n + estimate.activations + estimate.logits
+    return dataclasses.replace(
+        estimate,
+        weights=weights,
+        gradients=estimate.gradients // n,
+        optimizer=estimate.optimizer // n,
+        overhead=_overhead(estimate.device, tensor),
+        total=tensor + _overhead(estimate.device, tensor),
+        notes=estimate.notes + (note,),
+    )
+
+
+# ---------------------------------------------------------------------------- measurement
+@dataclass(frozen=True)
+class MeasuredMemory:
+    """What one real training step used (bytes).
+
+    ``saved_activations``: bytes autograd saved during the last micro-batch's forward
+    (deduplicated by storage, autocast weight copies counted in ``autocast_copies``), per block
+    in ``by_block``. ``peak``: the step's peak — live tensor bytes tracked by ``MemTracker`` on
+    CPU (``track_peak=True``) or ``torch.cuda.max_memory_allocated`` on CUDA; None when not tracked.
+    """
+
+    weights: int
+    gradients: int
+    optimizer: int
+    saved_activations: int
+    autocast_copies: int
+    peak: int | None
+    device: str
+    method: str
+    by_block: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def saved_total(self) -> int:
+        """weights + gradients + optimizer + saved activations (+ autocast copies)."""
+        return self.weights + self.gradients + self.optimizer + self.saved_activations + self.autocast_copies
+
+    @property
+    def total(self) -> int:
+        """The peak when it was tracked, else :attr:`saved_total`."""
+        return self.peak if self.peak is not None else self.saved_total
+
+
+def _block_of(module_name: str) -> str | None:
+    parts = module_name.split(".")
+    if len(parts) == 3 and parts[1] == "layers" and parts[0] in ("encoder", "decoder"):
+        return f"{parts[0]}_layer"
+    if module_name == "reasoning_engine":
+        return "reasoning"
+    if module_name == "neural_memory":
+        return "memory"
+    if module_name in ("knowledge_graph", "continual_learning", "uncertainty", "active_learning"):
+        return "enhancements"
+    return None
+
+
+class _SavedTensorCounter:
+    """Counts bytes autograd saves, deduplicated by storage, attributed to the running block."""
+
+    def __init__(self, model: Any) -> None:
+        self.stack = ["head"]
+        self.seen: set[tuple[int, int]] = set()
+        self.by_block: dict[str, int] = {}
+        self.autocast_copies = 0
+        # Parameters and persistent state (rotary cos/sin caches) are not activations.
+        self.param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        for t in vars(getattr(model, "rotary", object())).values():
+            if hasattr(t, "untyped_storage"):
+                self.param_ptrs.add(t.untyped_storage().data_ptr())
+        self.handles: list[Any] = []
+        for name, module in model.named_modules():
+            block = _block_of(name)
+            if block is not None:
+                self.handles.append(module.register_forward_pre_hook(self._enter(block)))
+                self.handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, block: str) -> Callable[..., None]:
+        def hook(module: Any, args: Any) -> None:
+            self.stack.append(block)
+
+        return hook
+
+    def _leave(self, module: Any, args: Any, output: Any) -> None:
+        self.stack.pop()
+
+    def pack(self, t: Any) -> Any:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        key = (ptr, storage.nbytes())
+        if ptr in self.param_ptrs or key in self.seen or storage.nbytes() == 0:
+            return t
+        self.seen.add(key)
+        if _is_param_cast(t):
+            self.autocast_copies += storage.nbytes()
+        else:
+            block = self.stack[-1]
+            self.by_block[block] = self.by_block.get(block, 0) + storage.nbytes()
+        return t
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+_VIEW_FUNCTIONS = {
+    "TBackward0", "ViewBackward0", "TransposeBackward0", "PermuteBackward0", "ExpandBackward0",
+    "UnsqueezeBackward0", "SliceBackward0", "AliasBackward0", "SelectBackward0",
+}
+
+
+def _is_param_cast(t: Any) -> bool:
+    """True for autocast's low-precision copy of a parameter (or a view of it)."""
+    fn = getattr(t, "grad_fn", None)
+    for _ in range(4):
+        if fn is None:
+            return False
+        name = type(fn).__name__
+        nxt = fn.next_functions[0][0] if fn.next_functions else None
+        if name == "ToCopyBackward0":
+            return nxt is not None and type(nxt).__name__ == "AccumulateGrad"
+        if name not in _VIEW_FUNCTIONS:
+            return False
+        fn = nxt
+    return False
+
+
+def measure_training_memory(
+    config: NeuralNetConfig,
+    micro_batch: int,
+    seq_len: int,
+    precision: str = "fp32",
+    checkpointing: bool = False,
+    *,
+    optimizer: str = "adamw",
+    vocab_size: int | None = None,
+    device: str = "cpu",
+    track_peak: bool = False,
+    cuda: Any = None,
+    seed: int = 0,
+) -> MeasuredMemory:
+    """Run one real training step (warm-up step first) and measure its memory.
+
+    Two micro-batches are accumulated before the optimizer step, so gradients are alive during
+    the measured forward (as in every run with ``grad_accum > 1``). On CPU the saved activations
+    are counted with ``saved_tensors_hooks``; ``track_peak=True`` also tracks the peak of live
+    tensor bytes with ``MemTracker`` (slow: a dispatch mode sees every op). On CUDA the peak is
+    ``cuda.max_memory_allocated()`` after ``cuda.reset_peak_memory_stats()`` (``cuda`` defaults to
+    ``torch.cuda``; tests pass a fake with the same methods, whose ``tensor_device`` says where
+    the tensors live).
+    """
+    import torch
+
+    precision = _resolve_precision(precision, device)
+    config = dataclasses.replace(
+        _config_of(config, vocab_size), use_gradient_checkpointing=bool(checkpointing)
+    )
+    cuda_api = cuda if cuda is not None else (torch.cuda if device == "cuda" else None)
+    tensor_device = torch.device(getattr(cuda, "tensor_device", device) if cuda is not None else device)
+    from core.model import TransformerNeuralNetBackbone
+
+    torch.manual_seed(seed)
+    model = TransformerNeuralNetBackbone(config).to(tensor_device).train()
+    if optimizer == "compressed":
+        from core.train.compressed import CompressedAdamW, compressed_param_groups
+
+        opt: Any = CompressedAdamW(compressed_param_groups(model), lr=1e-4)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=tensor_device.type in ("cpu", "cuda"))
+    gen = torch.Generator().manual_seed(seed)
+
+    def batch() -> tuple[Any, Any]:
+        shape = (micro_batch, seq_len)
+        ids = torch.randint(3, config.vocab_size, shape, generator=gen).to(tensor_device)
+        dec = torch.randint(3, config.vocab_size, shape, generator=gen).to(tensor_device)
+        return ids, dec
+
+    def autocast() -> Any:
+        if precision == "fp32":
+            return torch.autocast(tensor_device.type, enabled=False)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(tensor_device.type, dtype=dtype)
+
+    def micro(ids: Any, dec: Any, counter: _SavedTensorCounter | None = None) -> None:
+        with autocast():
+            if counter is None:
+                out = model(input_ids=ids, decoder_input_ids=dec, labels=dec)
+            else:
+                with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+                    out = model(input_ids=ids, decoder_input_ids=dec, labels=dec)
+        out["loss"].backward()
+
+    # Warm-up step: optimizer state exists and persistent buffers are written, as in a run.
+    micro(*batch())
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    first, second = batch(), batch()
+    counter = _SavedTensorCounter(model)
+    peak: int | None = None
+    try:
+        if cuda_api is not None:
+            cuda_api.synchronize()
+            cuda_api.reset_peak_memory_stats()
+            micro(*first)
+            micro(*second, counter)
+            opt.step()
+            cuda_api.synchronize()
+            peak = int(cuda_api.max_memory_allocated())
+            method = "torch.cuda.max_memory_allocated"
+        elif track_peak:
+            from torch.distributed._tools.mem_tracker import MemTracker
+
+            tracker = MemTracker()
+            tracker.track_external(model, opt)
+            with tracker:
+                micro(*first)
+                tracker.reset_mod_stats()
+                micro(*second, counter)
+                opt.step()
+            snap = tracker.get_tracker_snapshot("peak")
+            peak = int(sum(v.get("Total", 0) for v in snap.values()))
+            method = "MemTracker peak of live tensors"
+        else:
+            micro(*first)
+            micro(*second, counter)
+            opt.step()
+            method = "saved_tensors_hooks + exact parameter/gradient/optimizer bytes"
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    finally:
+        counter.close()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    state = sum(
+        t.numel() * t.element_size()
+        for s in opt.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
+    return MeasuredMemory(
+        weights=weights,
+        gradients=grads,
+        optimizer=state,
+        saved_activations=sum(counter.by_block.values()),
+        autocast_copies=counter.autocast_copies,
+        peak=peak,
+        device=device,
+        method=method,
+        by_block=dict(counter.by_block),
+    )
+
+
+# ---------------------------------------------------------------------------- calibration
+# Small configurations where d, SwiGLU width, KV width, heads, branches and slots vary
+# independently, so the per-block fit is well determined.
+CALIBRATION_CONFIGS: tuple[dict[str, int], ...] = (
+    dict(d_model=128, nhead=4, num_kv_heads=2, dim_feedforward=256, num_tot_branches=2, num_scratchpad_slots=8),
+    dict(d_model=128, nhead=8, num_kv_heads=8, dim_feedforward=512, num_tot_branches=3, num_scratchpad_slots=4),
+    dict(d_model=192, nhead=6, num_kv_heads=1, dim_feedforward=384, num_tot_branches=2, num_scratchpad_slots=16),
+    dict(d_model=256, nhead=4, num_kv_heads=4, dim_feedforward=1024, num_tot_branches=4, num_scratchpad_slots=8),
+    dict(d_model=256, nhead=8, num_kv_heads=2, dim_feedforward=512, num_tot_branches=2, num_scratchpad_slots=32),
+    dict(d_model=320, nhead=10, num_kv_heads=5, dim_feedforward=640, num_tot_branches=3, num_scratchpad_slots=8),
+)
+CALIBRATION_SHAPES = ((2, 24), (3, 40))  # (micro_batch, seq_len)
+
+
+def calibrate(
+    precisions: Iterable[str] = ("fp32", "bf16"),
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Re-measure saved activations on the calibration configs and fit per-block coefficients.
+
+    Returns a table shaped like :data:`ACTIVATION_COEFFS` (rounded to 0.5 byte) and logs it.
+    """
+    import torch
+
+    from core.config import NeuralNetConfig
+
+    base = dict(
+        vocab_size=512, num_encoder_layers=1, num_decoder_layers=1, max_position_embeddings=256,
+        memory_slots=64,
+    )
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for precision in precisions:
+        rows: dict[str, list[tuple[list[float], float]]] = {}
+        for overrides in CALIBRATION_CONFIGS:
+            config = NeuralNetConfig(**{**base, **overrides})
+            for b, s in CALIBRATION_SHAPES:
+                measured = measure_training_memory(config, b, s, precision)
+                feats = _features(config, s, s)
+                for block, n in _present_blocks(config).items():
+                    if n == 0:
+                        continue
+                    value = measured.by_block.get(block, 0)
+                    if block == "head":  # the B·T·V log-softmax is modelled by LOGITS_BYTES
+                        value -= 4 * b * s * config.vocab_size
+                    names = list(ACTIVATION_COEFFS["fp32"][block])
+                    row = [
+                        feats[name.removeprefix("shared:")] * (1 if name.startswith("shared:") else b)
+                        for name in names
+                    ]
+                    rows.setdefault(block, []).append((row, value / n))
+        table: dict[str, dict[str, float]] = {}
+        for block, samples in rows.items():
+            names = list(ACTIVATION_COEFFS["fp32"][block])
+            a = torch.tensor([r for r, _ in samples], dtype=torch.float64)
+            y = torch.tensor([v for _, v in samples], dtype=torch.float64)
+            coef = torch.linalg.lstsq(a, y.unsqueeze(1)).solution.squeeze(1)
+            table[block] = {n: round(float(c) * 2) / 2 for n, c in zip(names, coef, strict=True)}
+            fit = a @ coef
+            worst = float(((fit - y).abs() / y.clamp_min(1)).max()) if len(y) else 0.0
+            log(f"{precision} {block}: {table[block]}  (worst relative residual {worst:.3%})")
+        result[precision] = table
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m profiles.estimate` re-calibrates
+    calibrate()

@@ -1,0 +1,193 @@
+"""The reasoning engine: gate, Tree of Thought, scratchpad (spec model.md §5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_common import batch, build, small_config
+
+from core.reasoning import (
+    AeronInternalScratchpad,
+    AeronReasoningEngine,
+    AeronTreeOfThoughtProcessor,
+    MemoryPriority,
+    MemorySlotType,
+    masked_pool,
+    scratchpad_heads,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _engine(seed: int = 0, **overrides) -> AeronReasoningEngine:
+    torch.manual_seed(seed)
+    return AeronReasoningEngine(small_config(**overrides))
+
+
+def test_enums_match_the_spec() -> None:
+    assert [m.name for m in MemorySlotType] == ["EMPTY", "WORKING", "SHORT_TERM", "LONG_TERM",
+                                               "EPISODIC"]
+    assert [m.name for m in MemoryPriority] == ["LOWEST", "LOW", "NORMAL", "HIGH", "CRITICAL"]
+
+
+def test_masked_pool() -> None:
+    x = torch.arange(12.0).view(1, 4, 3)
+    mask = torch.tensor([[True, True, False, False]])
+    torch.testing.assert_close(masked_pool(x, mask), x[:, :2].mean(1))
+    torch.testing.assert_close(masked_pool(x, None), x.mean(1))
+
+
+def test_scratchpad_heads_divide_d_model() -> None:
+    assert scratchpad_heads(2048) == 32 and scratchpad_heads(512) == 8
+    assert scratchpad_heads(32) == 4 and 130 % scratchpad_heads(130) == 0
+
+
+def test_branch_scores_and_scratchpad_stats_respond_to_input() -> None:
+    model = build(num_scratchpad_slots=16).eval()
+    a = model(**batch(seed=1))
+    b = model(**batch(seed=2))
+    assert not torch.allclose(a["tot_branch_scores"], b["tot_branch_scores"])
+    assert not torch.allclose(a["tot_branch_scores"][0], a["tot_branch_scores"][1])
+    assert not torch.allclose(a["reasoning_info"]["complexity"], b["reasoning_info"]["complexity"])
+    # Committed inference passes fill the scratchpad and advance the step counter.
+    stats = []
+    with torch.no_grad():
+        for seed in range(4):
+            stats.append(model(**batch(seed=seed, b=1), commit_scratchpad=True)["scratchpad_stats"])
+    assert [s["step_counter"] for s in stats] == [1, 2, 3, 4]
+    assert stats[-1]["used_slots"] > stats[0]["used_slots"] > 0
+    assert any(t != MemorySlotType.EMPTY for t in stats[-1]["slot_types"])
+    model.reset_state()
+    fresh = model(**batch(seed=1), commit_scratchpad=False)["scratchpad_stats"]
+    assert fresh["step_counter"] == 0
+
+
+def test_training_forward_never_commits() -> None:
+    model = build().train()
+    sp = model.reasoning_engine.scratchpad
+    before = {k: v.clone() for k, v in sp.named_buffers()}
+    out = model(**batch(), commit_scratchpad=True)
+    out["loss"].backward()
+    for name, value in sp.named_buffers():
+        assert torch.equal(value, before[name]), name
+    assert out["scratchpad_stats"]["used_slots"] > 0  # written in this forward, not committed
+    assert out["scratchpad_stats"]["step_counter"] == 0
+
+
+def test_commit_after_graph_keeps_backward_valid() -> None:
+    """Eval mode with grad: the commit replaces buffers, so backward still works."""
+    model = build().eval()
+    out = model(**batch(), commit_scratchpad=True)
+    out["loss"].backward()
+    assert model.reasoning_engine.scratchpad.committed_mask.any()
+
+
+def test_complexity_gate_skips_below_threshold() -> None:
+    eng = _engine(reasoning_complexity_threshold=1.0)  # sigmoid never reaches 1
+    x = torch.randn(2, 5, 32)
+    res = eng(x, None)
+    assert res.tot_branch_scores is None and res.pending_write is None
+    assert res.info["skipped"] and res.info["skip_reason"] == "below_threshold"
+    assert torch.equal(res.hidden, x)
+    assert res.info["complexity"].shape == (2,)
+
+
+def test_gate_starts_near_one_half_and_partial_skip_is_per_sample() -> None:
+    eng = _engine()
+    x = torch.randn(4, 5, 32)
+    c = eng.complexity(x, None).detach()
+    assert torch.all((c - 0.5).abs() < 0.05)
+    eng.threshold = float(c.sort().values[2])  # samples with c below it skip
+    res = eng(x, None)
+    run = c >= eng.threshold
+    assert run.sum() == 2
+    torch.testing.assert_close(res.hidden[~run], x[~run])  # skipped samples pass through
+    assert not torch.allclose(res.hidden[run], x[run])
+    assert res.pending_write.active[~run].sum() == 0
+    torch.testing.assert_close(res.info["skip_mask"], run.float())
+
+
+def test_straight_through_mask_trains_the_gate() -> None:
+    eng = _engine()
+    x = torch.randn(2, 5, 32)
+    eng(x, None).hidden.square().sum().backward()
+    gate_grads = [p.grad for p in eng.complexity_gate.parameters()]
+    assert all(g is not None and torch.any(g != 0) for g in gate_grads)
+
+
+def test_pruning_keeps_top_k_and_merge_ignores_pruned() -> None:
+    torch.manual_seed(0)
+    tot = AeronTreeOfThoughtProcessor(small_config(num_tot_branches=4, tot_keep_k=2))
+    x = torch.randn(3, 6, 32)
+    out = tot(x, x, None)
+    assert out.keep_mask.sum(-1).eq(2).all()
+    top2 = out.logits.topk(2, dim=-1).indices
+    assert torch.all(out.keep_mask.gather(1, top2))
+    assert torch.all(out.weights[~out.keep_mask] == 0)
+    torch.testing.assert_close(out.weights.sum(-1), torch.ones(3))
+    torch.testing.assert_close(out.scores, torch.sigmoid(out.logits))
+    lv = out.contradiction_levels
+    torch.testing.assert_close(lv, lv.transpose(1, 2))
+
+
+def test_contradictions_are_counted_and_resolved() -> None:
+    torch.manual_seed(0)
+    cfg = small_config(num_tot_branches=4, tot_keep_k=4, tot_contradiction_threshold=0.0)
+    tot = AeronTreeOfThoughtProcessor(cfg)
+    x = torch.randn(2, 6, 32)
+    out = tot(x, x, None)
+    assert int(out.resolved) == 2 * 6  # every kept pair (4 choose 2) in both samples
+    tot.contradiction_threshold = 1.0
+    none = tot(x, x, None)
+    assert int(none.resolved) == 0
+    assert not torch.allclose(out.out, none.out)
+
+
+def test_scratchpad_write_is_out_of_place_and_commit_persists() -> None:
+    torch.manual_seed(0)
+    sp = AeronInternalScratchpad(small_config(num_scratchpad_slots=8))
+    contents = torch.randn(2, 3, 32)
+    before = sp.committed.clone()
+    values, pending, gate = sp.write(contents, torch.tensor([True, False]))
+    assert torch.equal(sp.committed, before) and not sp.committed_mask.any()
+    assert values.shape == (2, 8, 32) and gate.shape == (2, 3)
+    assert pending.slots[0].unique().numel() == 3  # distinct slots per sample
+    torch.testing.assert_close(values[1], sp.slot_values.detach())  # inactive sample: unchanged
+    assert pending.slot_type[0, 0] == MemorySlotType.WORKING
+    assert pending.priority[0, 0] == MemoryPriority.HIGH
+    assert torch.all(pending.slot_type[0, 1:] == MemorySlotType.SHORT_TERM)
+    sp.commit_write(pending)
+    written = pending.slots[0]
+    assert sp.committed_mask[written].all() and sp.committed_mask.sum() == 3
+    torch.testing.assert_close(sp.committed[written], pending.values[0])
+    assert sp.step_counter.item() == 1 and torch.all(sp.slot_timestamp[written] == 1)
+    again = sp.current_values(1)[0]
+    torch.testing.assert_close(again[written], pending.values[0])
+    sp.reset()
+    assert not sp.committed_mask.any() and sp.step_counter.item() == 0
+
+
+def test_commit_averages_writers_of_the_same_slot() -> None:
+    torch.manual_seed(0)
+    sp = AeronInternalScratchpad(small_config(num_scratchpad_slots=4))
+    same = torch.randn(1, 1, 32).expand(2, 1, 32).contiguous()
+    same = same + torch.randn(2, 1, 32) * 1e-3  # same slot choice, slightly different content
+    _, pending, _ = sp.write(same, torch.tensor([True, True]))
+    assert pending.slots[0, 0] == pending.slots[1, 0]
+    sp.commit_write(pending)
+    slot = pending.slots[0, 0]
+    torch.testing.assert_close(sp.committed[slot], pending.values[:, 0].mean(0))
+
+
+def test_reasoning_info_is_detached() -> None:
+    eng = _engine()
+    res = eng(torch.randn(2, 5, 32), None)
+    for key, value in res.info.items():
+        if isinstance(value, torch.Tensor):
+            assert not value.requires_grad, key

@@ -179,6 +179,7 @@ def wrap_model(
             module = _find_submodule(model, name)
             if module is not None:
                 module.register_forward_hook(_touch_all_parameters)
+        _scalars_to_vectors(model)
         for unit in shard_units(model):
             fully_shard(unit)
         fully_shard(model)
@@ -190,7 +191,7 @@ def wrap_model(
         model,
         device_ids=device_ids,
         find_unused_parameters=find_unused_parameters,
-        broadcast_buffers=False,
+        forward_sync_buffers=False,  # each rank keeps its own memory writes (module docstring)
         gradient_as_bucket_view=True,
     )
 
@@ -240,6 +241,28 @@ def _add_to_output(output: Any, zero: torch.Tensor) -> Any:
     return None
 
 
+_SCALARS_ATTR = "_aeron_fsdp_scalar_params"
+
+
+def _scalars_to_vectors(model: nn.Module) -> None:
+    """FSDP cannot shard 0-d parameters: store each as shape (1,) (it broadcasts the same).
+
+    The names are remembered so full state dicts keep the single-process shape ``()``.
+    """
+    names: set[str] = set()
+    for name, param in list(model.named_parameters()):
+        if param.ndim == 0:
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            setattr(
+                owner,
+                attr,
+                nn.Parameter(param.detach().reshape(1), requires_grad=param.requires_grad),
+            )
+            names.add(name)
+    setattr(model, _SCALARS_ATTR, names)
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The user's module under DDP and ``torch.compile`` wrappers (FSDP2 wraps in place)."""
     inner: Any = model
@@ -278,6 +301,9 @@ def full_state_dict(model: nn.Module, ctx: DistContext | None) -> dict[str, torc
     state = get_model_state_dict(
         inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+    for name in getattr(inner, _SCALARS_ATTR, ()):
+        if name in state:
+            state[name] = state[name].reshape(())
     if state:
         for alias, name in tied_parameter_names(inner).items():
             if alias in state and name in state:
@@ -309,6 +335,8 @@ def load_full_state_dict(
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    scalars = getattr(inner, _SCALARS_ATTR, ())
+    state = {k: (v.reshape(1) if k in scalars else v) for k, v in state.items()}
     set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True))
 
 

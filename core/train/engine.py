@@ -528,6 +528,8 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor → a plain tensor
+            grad_norm = grad_norm.full_tensor()
         finite = bool(torch.isfinite(grad_norm.detach().float() + loss_sum).item())
         if self.scaler is not None:
             # With fp16 the scaler also lowers its scale after inf gradients.

@@ -120,9 +120,7 @@ class AeronConsole(App[None]):
         await self.push_screen(self.dashboard)
         self.set_interval(RENDER_INTERVAL_S, self.render_tick)
         self.call_after_refresh(self._first_frame)
-        if not self._fixed_hardware:
-            self._start_hardware()
-        else:
+        if self._fixed_hardware:
             self.dashboard.render_hardware(self.hardware_info, self.hardware_sample)
         opts = self.options
         if opts.mode == "watch" and opts.watch_dir is not None:
@@ -133,6 +131,10 @@ class AeronConsole(App[None]):
 
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
+        # The probe and the sampler thread start after the first frame is on screen: they
+        # compete for the GIL and are not needed to draw it.
+        if not self._fixed_hardware:
+            self._start_hardware()
 
     def on_unmount(self) -> None:
         if self._sampler is not None:

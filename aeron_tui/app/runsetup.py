@@ -1,7 +1,7 @@
 """The run the console will start: the setup choice, and turning it into a launched command.
 
 No Textual here. :func:`prepare_launch` resolves what "auto" and defaults mean (profile from
-``pick_profile``, data from the bundled sample corpus, a fresh run directory), writes the run's
+``pick_profile``, a fresh run directory; data left out means the trainer's default sample data), writes the run's
 ``run.toml`` and returns the :class:`~aeron_tui.launcher.LaunchSpec` for the headless command.
 """
 
@@ -181,7 +181,6 @@ def prepare_launch(setup: RunSetup, hardware: Any = None,
 def write_run_config(setup: RunSetup, hardware: Any = None,
                      runs_root: Path | None = None) -> Path:
     """Resolve the setup and write RUN_DIR/run.toml (a new run dir unless one is set)."""
-    from core.data.sample import ensure_sample_corpus
     from core.runs import RUN_CONFIG_FILE, default_runs_root, new_run_dir
     from core.train.config import RunConfig
 
@@ -192,7 +191,6 @@ def write_run_config(setup: RunSetup, hardware: Any = None,
     problem = validate_data_path(setup.data)
     if problem:
         raise DataError(f"data path {problem}")
-    data = str(Path(setup.data).expanduser()) if setup.data else str(ensure_sample_corpus().styles)
     if setup.profile == AUTO:
         from aeron_tui.app.offload import in_child
 
@@ -201,8 +199,11 @@ def write_run_config(setup: RunSetup, hardware: Any = None,
         profile = setup.profile
     run_dir = Path(setup.run_dir) if setup.run_dir else new_run_dir(
         runs_root or default_runs_root(), trainer, profile)
-    fields: dict[str, Any] = {"trainer": trainer, "profile": profile, "data": data,
-                              "run_dir": str(run_dir)}
+    fields: dict[str, Any] = {"trainer": trainer, "profile": profile, "run_dir": str(run_dir)}
+    if setup.data:
+        # Left out, the trainer picks its own default data (the bundled sample corpus file
+        # that fits it: styles for supervised trainers, preferences for RLHF ones).
+        fields["data"] = str(Path(setup.data).expanduser().resolve())
     if preset:
         fields["preset"] = preset
     if setup.steps is not None:

@@ -17,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
+from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select
 
 from aeron_tui.app.format import fmt_bytes, fmt_count
@@ -24,9 +25,6 @@ from aeron_tui.app.runsetup import AUTO, RunSetup, trainer_presets, validate_dat
 
 if TYPE_CHECKING:
     from aeron_tui.app.runsetup import ProfileRow
-
-NO_PRESET = "(none)"
-
 
 class SetupScreen(Screen[None]):
     """Edits a :class:`RunSetup`; ``ctrl+s`` saves run.toml, ``ctrl+r`` saves and starts."""
@@ -61,7 +59,8 @@ class SetupScreen(Screen[None]):
                              allow_blank=False, id="trainer")
             with Horizontal(classes="form-row"):
                 yield Label("preset")
-                yield Select([], id="preset", allow_blank=False)
+                yield Input(self.setup.preset or "", id="preset",
+                            placeholder="blank: the trainer's default preset")
             yield Label("", id="preset-help", classes="field-help")
             with Horizontal(classes="form-row"):
                 yield Label("data")
@@ -105,20 +104,31 @@ class SetupScreen(Screen[None]):
 
     def _refresh_presets(self, trainer: str) -> None:
         presets = trainer_presets(trainer)
-        select = self.query_one("#preset", Select)
-        help_label = self.query_one("#preset-help", Label)
-        if presets:
-            options = [(p, p) for p in presets]
-            select.set_options(options)
-            wanted = self.setup.preset if self.setup.preset in presets else presets[0]
-            select.value = wanted
-            select.disabled = False
-            help_label.update(f"{trainer} presets: {', '.join(presets)}")
-        else:
-            select.set_options([(NO_PRESET, NO_PRESET)])
-            select.value = NO_PRESET
-            select.disabled = True
-            help_label.update(f"{trainer} has no presets")
+        field = self.query_one("#preset", Input)
+        field.suggester = SuggestFromList(presets, case_sensitive=False) if presets else None
+        if presets and not field.value and trainer == self.setup.trainer and self.setup.preset:
+            field.value = self.setup.preset
+        self._check_preset(field.value)
+
+    @on(Input.Changed, "#preset")
+    def _preset_changed(self, event: Input.Changed) -> None:
+        self._check_preset(event.value)
+
+    def _check_preset(self, value: str) -> bool:
+        trainer = self._trainer()
+        presets = trainer_presets(trainer)
+        label = self.query_one("#preset-help", Label)
+        text = value.strip()
+        known = f"known: {', '.join(presets)}" if presets else "a name or a TOML path"
+        if text and presets and text not in presets and not (
+                text.endswith(".toml") and Path(text).expanduser().is_file()):
+            label.update(Text(f"✗ {trainer} has no preset {text!r} ({known})", style="bold red"))
+            return False
+        if text.endswith(".toml") and not Path(text).expanduser().is_file():
+            label.update(Text(f"✗ {text}: no such preset file", style="bold red"))
+            return False
+        label.update(f"{trainer} presets — {known}; blank: the trainer's default")
+        return True
 
     @on(Select.Changed, "#trainer")
     def _trainer_changed(self, event: Select.Changed) -> None:
@@ -229,14 +239,15 @@ class SetupScreen(Screen[None]):
         """The form as a RunSetup, or None (with the problem shown) when a field is invalid."""
         data = self.query_one("#data", Input).value.strip()
         steps_txt = self.query_one("#steps", Input).value.strip()
-        if not self._check_data(data) or not self._check_steps(steps_txt):
+        preset = self.query_one("#preset", Input).value.strip()
+        valid = [self._check_data(data), self._check_steps(steps_txt), self._check_preset(preset)]
+        if not all(valid):
             self.notify("fix the fields marked ✗ first", severity="error")
             return None
-        preset = self.query_one("#preset", Select).value
         return self.setup.with_(
             trainer=self._trainer(),
             profile=self.chosen_profile,
-            preset=None if preset in (NO_PRESET, Select.BLANK) else str(preset),
+            preset=preset or None,
             data=data or None,
             steps=int(steps_txt) if steps_txt else None,
             run_dir=None,

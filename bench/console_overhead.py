@@ -1,0 +1,294 @@
+"""Console overhead: what watching a run in the console costs the run, and how snappy it is.
+
+    .venv/bin/python bench/console_overhead.py [--steps 40] [--rounds 2] [--profile tiny]
+
+Measures, on the same run configuration (the simple trainer, a size profile, the sample corpus):
+1. trainer tokens/s with the console attached (``aeron-tui launch --start`` in a pseudo-terminal,
+   drawing for real) vs. headless (``aeron-tui train ... --quiet``), rounds interleaved A/B;
+   ratio = attached / headless (target ≥ 0.95);
+2. the console process's own CPU use while it watches that run (children excluded);
+3. key press → screen update latency while training, with the Textual Pilot (target < 100 ms);
+4. time from starting ``aeron-tui launch`` to its first complete frame (target < 1.5 s).
+
+Every figure comes from the run's own events.jsonl or from the OS (psutil); nothing is assumed.
+The machine is shared: run it when it is quiet, or read the figures as noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import pty
+import select
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+AERON = [sys.executable, "-m", "aeron_tui"]
+FIRST_FRAME_MARK = b"Checkpoint"  # footer text: present once the first full frame is drawn
+
+
+# ------------------------------------------------------------------------------ pty helpers
+
+
+def _spawn_pty(argv: list[str], env: dict[str, str], cols: int = 120, rows: int = 40
+               ) -> tuple[subprocess.Popen[bytes], int]:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                            cwd=ROOT, start_new_session=True, close_fds=True)
+    os.close(slave)
+    return proc, master
+
+
+def _read_until(master: int, mark: bytes, timeout: float, buf: bytearray) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([master], [], [], 0.02)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return False
+            buf += chunk
+            if mark in buf:
+                return True
+    return False
+
+
+def _drain(master: int) -> None:
+    """Keep reading the console's output so it never blocks on a full pty buffer."""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0)
+        if not ready:
+            return
+        try:
+            if not os.read(master, 65536):
+                return
+        except OSError:
+            return
+
+
+def _quit(proc: subprocess.Popen[bytes], master: int, keys: bytes = b"q") -> None:
+    try:
+        os.write(master, keys)
+    except OSError:
+        pass
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    os.close(master)
+
+
+# ------------------------------------------------------------------------------ measurements
+
+
+def first_frame_times(env: dict[str, str], rounds: int) -> list[float]:
+    """Seconds from exec of ``aeron-tui launch`` to the first complete frame on the terminal."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        proc, master = _spawn_pty([*AERON, "launch"], env)
+        buf = bytearray()
+        ok = _read_until(master, FIRST_FRAME_MARK, 30, buf)
+        t1 = time.perf_counter()
+        _quit(proc, master)
+        if not ok:
+            raise RuntimeError(f"no first frame; output: {bytes(buf[-500:])!r}")
+        times.append(t1 - t0)
+    return times
+
+
+def _tokens_per_s(run_dir: Path) -> float:
+    """Mean tokens/s over the run's step events, skipping the first (warm-up) one."""
+    rates = []
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "step" and event.get("tokens_per_s"):
+            rates.append(float(event["tokens_per_s"]))
+    if len(rates) < 2:
+        raise RuntimeError(f"{run_dir}: too few step events ({len(rates)})")
+    return statistics.mean(rates[1:])
+
+
+def headless_run(env: dict[str, str], args: list[str], run_dir: Path) -> float:
+    from aeron_tui.launcher import trainer_env
+
+    subprocess.run([*AERON, "train", "simple", *args, "--run-dir", str(run_dir), "--quiet"],
+                   env=trainer_env(env), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return _tokens_per_s(run_dir)
+
+
+def attached_run(env: dict[str, str], args: list[str], runs_root: Path) -> tuple[float, float]:
+    """(tokens/s, console CPU %) for a run started by ``aeron-tui launch --start`` in a pty."""
+    import psutil
+
+    before = set(runs_root.glob("*")) if runs_root.exists() else set()
+    proc, master = _spawn_pty([*AERON, "launch", "--start", "--trainer", "simple", *args,
+                               "--runs-root", str(runs_root)], env)
+    console = psutil.Process(proc.pid)
+    cpu0 = wall0 = None
+    run_dir = None
+    deadline = time.monotonic() + 1800
+    try:
+        while time.monotonic() < deadline:
+            _drain(master)
+            time.sleep(0.05)
+            if run_dir is None:
+                new = [p for p in runs_root.glob("*") if p not in before]
+                run_dir = new[0] if new else None
+                continue
+            events = run_dir / "events.jsonl"
+            text = events.read_text() if events.exists() else ""
+            if cpu0 is None and '"type":"step"' in text:
+                t = console.cpu_times()
+                cpu0, wall0 = t.user + t.system, time.monotonic()
+            if '"type":"run_finished"' in text:
+                break
+        else:
+            raise RuntimeError("attached run did not finish")
+        t = console.cpu_times()
+        cpu_pct = 100.0 * (t.user + t.system - (cpu0 or 0.0)) / max(1e-9, time.monotonic()
+                                                                  - (wall0 or 0.0))
+    finally:
+        _quit(proc, master, b"q")
+    assert run_dir is not None
+    return _tokens_per_s(run_dir), cpu_pct
+
+
+def key_latency(env: dict[str, str], data: str, presses: int = 20) -> dict[str, float]:
+    """Pilot: key → visible change while a real run trains (smoothing toggle, pause request)."""
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AERON_TUI")})
+    from aeron_tui.app.app import AeronConsole, ConsoleOptions
+    from aeron_tui.app.runsetup import RunSetup
+    from aeron_tui.app.widgets.loss_chart import LossChart
+    from aeron_tui.app.widgets.run_panel import RunPanel
+
+    setup = RunSetup(trainer="simple", profile="tiny", data=data, steps=100000)
+
+    async def run() -> dict[str, float]:
+        app = AeronConsole(ConsoleOptions(setup=setup, runs_root=Path(env["AERON_TUI_HOME"])
+                                          / "latency-runs"))
+        toggles: list[float] = []
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("s")
+            end = time.monotonic() + 600
+            while time.monotonic() < end and (app.session is None
+                                              or app.session.state.global_step < 3):
+                await pilot.pause(0.1)
+            box = app.dashboard.query_one("#chart-box")
+            assert app.dashboard.query_one(LossChart).train_points > 0
+            for _ in range(presses):
+                before = str(box.border_title)
+                t0 = time.perf_counter()
+                await pilot.press("m")
+                while str(box.border_title) == before:
+                    await pilot.pause(0)
+                await pilot.pause(0)  # the refresh the change scheduled
+                toggles.append(time.perf_counter() - t0)
+                await pilot.pause(0.15)
+            t0 = time.perf_counter()
+            await pilot.press("p")
+            panel = app.dashboard.query_one(RunPanel)
+            while "pause requested" not in str(_plain(panel)):
+                await pilot.pause(0)
+            pause_shown = time.perf_counter() - t0
+            while app.session.state.status != "paused":
+                await pilot.pause(0.01)
+            paused = time.perf_counter() - t0
+            if app.session.process is not None:
+                app.session.process.shutdown(grace=60)
+        toggles.sort()
+        return {
+            "toggle_median_ms": 1000 * statistics.median(toggles),
+            "toggle_p95_ms": 1000 * toggles[int(0.95 * (len(toggles) - 1))],
+            "pause_shown_ms": 1000 * pause_shown,
+            "paused_confirmed_ms": 1000 * paused,
+        }
+
+    return asyncio.run(run())
+
+
+def _plain(widget: Any) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=120, file=io.StringIO(), color_system=None)
+    with console.capture() as cap:
+        console.print(widget.content)
+    return cap.get()
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--skip-runs", action="store_true", help="only startup and latency")
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="aeron-bench-console-"))
+    env = dict(os.environ, AERON_TUI_HOME=str(home), TERM="xterm-256color")
+    from core.data.sample import ensure_sample_corpus
+
+    os.environ["AERON_TUI_HOME"] = str(home)
+    data = str(ensure_sample_corpus().styles)
+    run_args = ["--profile", args.profile, "--steps", str(args.steps), "--data", data]
+    rows: list[tuple[str, str, str]] = []
+    try:
+        frames = first_frame_times(env, rounds=5)
+        rows.append(("launch → first frame (median of 5)", f"{statistics.median(frames):.2f} s",
+                     "target < 1.5 s"))
+        if not args.skip_runs:
+            headless, attached, cpu = [], [], []
+            for r in range(args.rounds):
+                headless.append(headless_run(env, run_args, home / f"headless-{r}"))
+                tps, pct = attached_run(env, run_args, home / "console-runs")
+                attached.append(tps)
+                cpu.append(pct)
+                print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s, console-attached "
+                      f"{attached[-1]:.0f} tok/s, console CPU {cpu[-1]:.1f} %", flush=True)
+            h, a = statistics.mean(headless), statistics.mean(attached)
+            rows.append(("tokens/s headless (mean)", f"{h:,.0f}", "reference"))
+            rows.append(("tokens/s console attached (mean)", f"{a:,.0f}",
+                         f"ratio {a / h:.3f} (target ≥ 0.95)"))
+            rows.append(("console CPU while watching (mean)", f"{statistics.mean(cpu):.1f} %",
+                         "of one core"))
+        lat = key_latency(env, data)
+        rows.append(("key → screen update, smoothing toggle (median)",
+                     f"{lat['toggle_median_ms']:.1f} ms", "target < 100 ms"))
+        rows.append(("key → screen update, smoothing toggle (p95)",
+                     f"{lat['toggle_p95_ms']:.1f} ms", "target < 100 ms"))
+        rows.append(("key p → 'pause requested' shown", f"{lat['pause_shown_ms']:.1f} ms",
+                     "target < 100 ms"))
+        rows.append(("key p → trainer confirms paused", f"{lat['paused_confirmed_ms']:.0f} ms",
+                     "one optimizer step at most"))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    width = max(len(r[0]) for r in rows)
+    print(f"\nconsole_overhead (profile {args.profile}, {args.steps} steps, "
+          f"{args.rounds} round(s), {os.cpu_count()} CPUs; shared machine — noisy)")
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>12}  {note}")
+
+
+if __name__ == "__main__":
+    main()

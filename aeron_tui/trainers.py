@@ -50,6 +50,12 @@ _ENTRIES = (
     TrainerEntry("compressed", "core.train.compressed:CompressedTrainer",
                  "AdamW with 8/12/16-bit block-quantised moments per component, breath-safety",
                  options={"check_every": 100, "rail_spike_factor": 3.0, "rail_max_nonfinite": 3}),
+    TrainerEntry("reward", "core.train.rlhf.reward:RewardTrainer",
+                 "RLHF reward model: Bradley-Terry on preference pairs (accuracy, margin)"),
+    TrainerEntry("dpo", "core.train.rlhf.dpo:DPOTrainer",
+                 "RLHF DPO on preference pairs (--set loss=hinge|ipo|simpo, beta, reference)"),
+    TrainerEntry("ppo", "core.train.rlhf.ppo:PPOTrainer",
+                 "RLHF PPO on prompts: reward model or verifiable reward (--set grpo=true)"),
 )
 
 TRAINERS: dict[str, TrainerEntry] = {entry.name: entry for entry in _ENTRIES}

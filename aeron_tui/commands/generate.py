@@ -1,9 +1,184 @@
-"""`aeron-tui` commands: generate. (Filled in by the issue that owns it.)"""
+"""`aeron-tui generate` and `aeron-tui chat`: text from a checkpoint, streamed as it is produced.
+
+``generate`` answers one ``--prompt`` (plain sampling, ``--best-of N --reward CKPT`` or
+speculative decoding with ``--draft CKPT``); ``chat`` is a small REPL that streams each reply.
+The reply text goes to stdout; everything else (finish reason, speed, truncation warnings,
+best-of-N scores, acceptance rate) goes to stderr, so ``generate ... > out.txt`` keeps only text.
+Heavy imports happen inside the commands.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+_CKPT = typer.Option(..., "--checkpoint", help="Checkpoint or run directory of the model.")
+_MAX_NEW = typer.Option(128, "--max-new-tokens", help="Most tokens to generate.")
+_TEMP = typer.Option(0.8, "--temperature", help="Sampling temperature; 0 = greedy.")
+_TOP_K = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0 = off).")
+_TOP_P = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1.0 = off).")
+_REP = typer.Option(1.0, "--repetition-penalty", help="> 1 discourages repeats (1.0 = off).")
+_STOP = typer.Option([], "--stop", help="Stop string (repeatable).")
+_SEED = typer.Option(None, "--seed", help="Seed for reproducible sampling.")
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+_STRICT = typer.Option(
+    False, "--no-truncate", help="Refuse prompts longer than the context instead of keeping "
+    "their end (left truncation, reported on stderr).")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``generate`` and ``chat``."""
+    app.command("generate")(generate_command)
+    app.command("chat")(chat_command)
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    from core.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+            repetition_penalty: float, stop: list[str], strict: bool) -> Any:
+    from core.generation import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, stop_strings=tuple(stop),
+        overflow="error" if strict else "truncate",
+    )
+
+
+def _note(message: str, style: str = "dim") -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[{style}]{message}[/]")
+
+
+def _report(gen: Any, seconds: float) -> None:
+    if gen.prompt_truncated:
+        _note(f"warning: the prompt was longer than the context; its first "
+              f"{gen.prompt_tokens_dropped} tokens were dropped", "yellow")
+    n = len(gen.token_ids)
+    rate = n / seconds if seconds > 0 else 0.0
+    _note(f"[{gen.finish_reason}, {n} tokens, {rate:.1f} tokens/s]")
+
+
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def generate_command(
+    checkpoint: Path = _CKPT,
+    prompt: str = typer.Option(..., "--prompt", help="The prompt text."),
+    max_new_tokens: int = _MAX_NEW, temperature: float = _TEMP, top_k: int = _TOP_K,
+    top_p: float = _TOP_P, repetition_penalty: float = _REP, stop: list[str] = _STOP,
+    best_of: int = typer.Option(1, "--best-of", help="Sample N replies, keep the best (--reward)."),
+    reward: Path | None = typer.Option(None, "--reward", help="Reward-model checkpoint for --best-of."),
+    draft: Path | None = typer.Option(
+        None, "--draft", help="Smaller draft model (same tokenizer) for speculative decoding."),
+    gamma: int = typer.Option(4, "--gamma", help="Draft tokens per speculative step."),
+    seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
+) -> None:
+    """Generate a reply to one prompt, streaming it to stdout."""
+    import time
+
+    from core.errors import ConfigError
+    from core.generation import generate
+    from core.inference import load_policy
+
+    cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict)
+    if best_of > 1 and reward is None:
+        raise ConfigError("--best-of needs a reward-model checkpoint: add --reward CKPT")
+    if reward is not None and best_of < 2:
+        raise ConfigError("--reward is used with --best-of N (N >= 2)")
+    if draft is not None and best_of > 1:
+        raise ConfigError("--draft and --best-of cannot be combined")
+    dev = _device(device)
+    model, tokenizer, _ = load_policy(checkpoint, dev)
+    t0 = time.perf_counter()
+    if draft is not None:
+        from core.inference import SpeculativeDecoder, check_shared_tokenizer
+
+        draft_model, draft_tok, draft_path = load_policy(draft, dev)
+        check_shared_tokenizer(tokenizer, draft_tok, "draft model", draft_path)
+        decoder = SpeculativeDecoder(model, draft_model, gamma=gamma)
+        gen, stats = decoder.generate_text(tokenizer, prompt, cfg, seed=seed, on_text=_write)
+        _write("\n")
+        _report(gen, time.perf_counter() - t0)
+        _note(f"speculative: acceptance rate {stats.acceptance_rate:.1%} "
+              f"({stats.accepted}/{stats.drafted} drafted tokens), "
+              f"{stats.target_passes} target passes")
+        return
+    if best_of > 1:
+        from core.inference import BestOfNSampler, check_shared_tokenizer
+        from core.train.rlhf.reward import load_reward_model
+
+        assert reward is not None
+        rm, rm_tok, loaded = load_reward_model(reward, dev)
+        check_shared_tokenizer(tokenizer, rm_tok, "reward model", loaded.path)
+        sampler = BestOfNSampler(model, rm, tokenizer, n=best_of, temperature=temperature or 0.8,
+                                 top_p=top_p if top_p < 1.0 else 0.95)
+        result = sampler.sample(prompt, cfg, seed=seed)
+        _write(result.best.text + "\n")
+        _report(result.best, time.perf_counter() - t0)
+        for i, (cand, score) in enumerate(zip(result.candidates, result.scores, strict=True)):
+            mark = "*" if i == result.best_index else " "
+            preview = cand.text.replace("\n", " ")[:60]
+            _note(f"{mark} {i}: reward {score:+.3f}  {preview}")
+        return
+    [gen] = generate(model, tokenizer, [prompt], cfg, seed=seed,
+                     on_text=lambda _row, piece: _write(piece))
+    _write("\n")
+    _report(gen, time.perf_counter() - t0)
+
+
+def chat_command(
+    checkpoint: Path = _CKPT,
+    max_new_tokens: int = _MAX_NEW, temperature: float = _TEMP, top_k: int = _TOP_K,
+    top_p: float = _TOP_P, repetition_penalty: float = _REP, stop: list[str] = _STOP,
+    seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
+) -> None:
+    """A simple REPL: each line you type is answered, streamed token by token.
+
+    One prompt per turn (the model is an encoder-decoder trained on single turns, so earlier
+    turns are not fed back). Empty line or EOF (Ctrl-D) ends; Ctrl-C stops a reply.
+    """
+    import time
+
+    from core.generation import generate
+    from core.inference import load_policy
+
+    cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict)
+    model, tokenizer, path = load_policy(checkpoint, _device(device))
+    _note(f"chatting with {path} — empty line or Ctrl-D to quit")
+    turn = 0
+    while True:
+        try:
+            line = input("> ") if sys.stdin.isatty() else sys.stdin.readline()
+        except EOFError:
+            break
+        if not line or not line.strip():
+            break
+        t0 = time.perf_counter()
+        try:
+            [gen] = generate(model, tokenizer, [line.strip()], cfg,
+                             seed=None if seed is None else seed + turn,
+                             on_text=lambda _row, piece: _write(piece))
+        except KeyboardInterrupt:
+            _write("\n")
+            _note("(interrupted)")
+            continue
+        _write("\n")
+        _report(gen, time.perf_counter() - t0)
+        turn += 1

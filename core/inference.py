@@ -1,0 +1,391 @@
+"""Inference on top of :mod:`core.generation` (spec rlhf.md §6): loading a policy checkpoint,
+best-of-N sampling with a reward model, and speculative decoding with a smaller draft model.
+
+* :class:`BestOfNSampler` — N samples (temperature 0.8, top-p 0.95), scored by a reward-model
+  checkpoint, optionally plus ``λ·mean normalised edit distance`` to the other candidates;
+  returns the best and every score.
+* :class:`SpeculativeDecoder` — the draft proposes γ (4) tokens with its KV cache, the target
+  checks them in one cached pass, each is accepted with probability ``min(1, p/q)``, the first
+  rejection is resampled from ``norm(max(0, p − q))`` and a fully accepted run gets a bonus token
+  from ``p_{γ+1}`` — so samples follow the target's distribution exactly, and greedy speculative
+  output is the target's greedy output. Batch size 1. Reports the acceptance rate.
+
+Not implemented here (honestly): the paged KV cache and MCTS generation of rlhf.md §6; batched
+generation uses the contiguous per-layer cache of ``model.decode``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from core.errors import CheckpointError, ConfigError
+from core.generation import (
+    DECODER_PREFIX,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    FINISH_STOP_STRING,
+    Generation,
+    GenerationConfig,
+    check_tokenizer_fits,
+    crop_cache,
+    encode_prompt_ids,
+    eval_mode,
+    generate,
+    next_token_probs,
+    pad_batch,
+)
+from core.tokenizer import ASSISTANT_ID, BOS_ID
+
+# --------------------------------------------------------------------------------- loading
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory's newest complete checkpoint."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    if (p / "manifest.json").exists():
+        return p
+    if (p / "checkpoints").is_dir():
+        from core.checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(p)
+        if found is None:
+            raise CheckpointError(f"{p}: no complete checkpoint in this run directory")
+        return found
+    raise CheckpointError(f"{p}: not a checkpoint or run directory (no manifest.json)")
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, Path]:
+    """``(model, tokenizer, checkpoint path)`` of a generating model, in eval mode.
+
+    A reward-model checkpoint is refused with a message saying what it is.
+    """
+    from core.checkpoint import build_model_from_checkpoint, read_manifest
+
+    ckpt = resolve_checkpoint(path)
+    manifest = read_manifest(ckpt)
+    if manifest.get("trainer") == "reward":
+        raise CheckpointError(
+            f"{ckpt}: is a reward-model checkpoint; generate from a policy checkpoint "
+            "(and pass this one as --reward)"
+        )
+    model, tokenizer, _ = build_model_from_checkpoint(ckpt, str(device))
+    check_tokenizer_fits(model, tokenizer)
+    return model, tokenizer, ckpt
+
+
+def check_shared_tokenizer(a: Any, b: Any, what: str, path: str | Path) -> None:
+    """ConfigError unless two tokenizers are identical (SHA-256 of their tokenizer.json)."""
+    if a.sha256 != b.sha256:
+        raise ConfigError(
+            f"{path}: the {what} uses a different tokenizer (sha256 {b.sha256[:12]} vs "
+            f"{a.sha256[:12]}, vocabulary {b.vocab_size} vs {a.vocab_size}); both models must "
+            "share one tokenizer"
+        )
+
+
+# --------------------------------------------------------------------------------- best-of-N
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance between two token sequences."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i]
+        for j, y in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def diversity_bonus(candidates: Sequence[Sequence[int]]) -> list[float]:
+    """Mean normalised edit distance of each candidate to the others (0 = all identical)."""
+    n = len(candidates)
+    if n < 2:
+        return [0.0] * n
+    out = []
+    for i, a in enumerate(candidates):
+        dists = [
+            edit_distance(a, b) / max(1, len(a), len(b))
+            for j, b in enumerate(candidates) if j != i
+        ]
+        out.append(sum(dists) / len(dists))
+    return out
+
+
+@dataclass
+class BestOfNResult:
+    """The chosen generation, every candidate, and their scores (reward + bonus)."""
+
+    best: Generation
+    candidates: list[Generation]
+    rewards: list[float]
+    bonuses: list[float]
+    scores: list[float]
+    best_index: int
+
+
+class BestOfNSampler:
+    """Best-of-N with a reward model (spec: N 8, temperature 0.8, top-p 0.95)."""
+
+    def __init__(
+        self,
+        policy: Any,
+        reward_model: Any,
+        tokenizer: Any,
+        n: int = 8,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        diversity_weight: float = 0.0,
+    ) -> None:
+        if n < 1:
+            raise ConfigError(f"--best-of must be >= 1, got {n}")
+        self.policy = policy
+        self.reward_model = reward_model
+        self.tokenizer = tokenizer
+        self.n = n
+        self.temperature = temperature
+        self.top_p = top_p
+        self.diversity_weight = diversity_weight
+
+    @torch.no_grad()
+    def score(self, prompt: str, replies: Sequence[Sequence[int]]) -> list[float]:
+        """Reward-model scores of replies (token ids after the prefix) to ``prompt``."""
+        device = next(self.reward_model.parameters()).device
+        limit = int(self.reward_model.config.max_position_embeddings)
+        enc = encode_prompt_ids(self.tokenizer, prompt, limit).ids
+        ids, mask = pad_batch([enc] * len(replies), device)
+        seqs = [[BOS_ID, ASSISTANT_ID, *list(r)][:limit] for r in replies]
+        dec, dec_mask = pad_batch(seqs, device)
+        with eval_mode(self.reward_model):
+            rewards, _ = self.reward_model.score(ids, mask, dec, dec_mask)
+        return [float(r) for r in rewards]
+
+    def sample(
+        self, prompt: str, config: GenerationConfig | None = None, seed: int | None = None
+    ) -> BestOfNResult:
+        """N samples of one prompt in one batch; the highest score wins (first on ties)."""
+        base = config or GenerationConfig()
+        cfg = GenerationConfig(**{**base.__dict__, "temperature": self.temperature,
+                                  "top_p": self.top_p, "do_sample": True})
+        candidates = generate(self.policy, self.tokenizer, [prompt] * self.n, cfg, seed=seed)
+        rewards = self.score(prompt, [c.token_ids for c in candidates])
+        bonuses = (
+            diversity_bonus([c.token_ids for c in candidates])
+            if self.diversity_weight else [0.0] * self.n
+        )
+        scores = [r + self.diversity_weight * b for r, b in zip(rewards, bonuses, strict=True)]
+        best = max(range(self.n), key=lambda i: (scores[i], -i))
+        return BestOfNResult(candidates[best], candidates, rewards, bonuses, scores, best)
+
+
+# --------------------------------------------------------------------------------- speculative
+
+
+@dataclass
+class SpeculativeStats:
+    """Counters of one speculative generation."""
+
+    drafted: int = 0
+    accepted: int = 0
+    target_passes: int = 0
+    draft_passes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class SpeculativeOutput:
+    """Generated ids (after the prefix), how it ended, and the counters."""
+
+    tokens: list[int]
+    finish_reason: str
+    stats: SpeculativeStats = field(default_factory=SpeculativeStats)
+
+
+class SpeculativeDecoder:
+    """Speculative decoding (Leviathan et al. 2023 / Chen et al. 2023) with a draft model.
+
+    Both models must share the tokenizer (checked by the caller with
+    :func:`check_shared_tokenizer`) and read the same prompt ids through their own encoders.
+    """
+
+    def __init__(self, target: Any, draft: Any, gamma: int = 4) -> None:
+        if gamma < 1:
+            raise ConfigError(f"gamma must be >= 1, got {gamma}")
+        if int(target.config.vocab_size) != int(draft.config.vocab_size):
+            raise ConfigError(
+                f"draft vocabulary {draft.config.vocab_size} differs from the target's "
+                f"{target.config.vocab_size}; the draft must use the target's tokenizer"
+            )
+        self.target = target
+        self.draft = draft
+        self.gamma = gamma
+
+    def _probs(self, logits: Tensor, seen: Tensor, config: GenerationConfig) -> Tensor:
+        return next_token_probs(logits[None], seen[None], config)[0]
+
+    @staticmethod
+    def _draw(probs: Tensor, generator: torch.Generator | None) -> int:
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        config: GenerationConfig | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+        prefix: Sequence[int] = DECODER_PREFIX,
+    ) -> SpeculativeOutput:
+        """Generate for one prompt ``(1,S)``; ``on_tokens`` receives each round's new tokens."""
+        config = config or GenerationConfig()
+        if input_ids.shape[0] != 1:
+            raise ConfigError("speculative decoding runs one prompt at a time (batch size 1)")
+        limit = min(int(self.target.config.max_position_embeddings),
+                    int(self.draft.config.max_position_embeddings)) - len(prefix)
+        if config.max_new_tokens > limit:
+            raise ConfigError(
+                f"--max-new-tokens {config.max_new_tokens} exceeds the context; use at most {limit}"
+            )
+        stats = SpeculativeStats()
+        t0 = time.perf_counter()
+        vocab = int(self.target.config.vocab_size)
+        device = input_ids.device
+        stop_ids = set(config.stop_ids)
+        with eval_mode(self.target), eval_mode(self.draft):
+            enc_t = self.target.encode(input_ids, attention_mask)
+            enc_d = self.draft.encode(input_ids, attention_mask)
+            seq = list(prefix)  # committed decoder tokens
+            out: list[int] = []
+            seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            t_past = d_past = None
+            t_len = d_len = 0
+            finish = FINISH_LENGTH
+            while len(out) < config.max_new_tokens:
+                remaining = config.max_new_tokens - len(out)
+                k = min(self.gamma, remaining - 1)
+                drafted: list[int] = []
+                qs: list[Tensor] = []
+                d_seen = seen.clone()
+                for _ in range(k):
+                    full = seq + drafted
+                    step = torch.tensor([full[d_len:]], device=device)
+                    dec = self.draft.decode(step, enc_d, past_key_values=d_past, use_cache=True)
+                    d_past, d_len = dec["past_key_values"], len(full)
+                    stats.draft_passes += 1
+                    q = self._probs(dec["logits"][0, -1], d_seen, config)
+                    x = int(q.argmax()) if config.greedy else self._draw(q, generator)
+                    drafted.append(x)
+                    qs.append(q)
+                    d_seen[x] = True
+                full = seq + drafted
+                step = torch.tensor([full[t_len:]], device=device)
+                dec = self.target.decode(step, enc_t, past_key_values=t_past, use_cache=True)
+                t_past = dec["past_key_values"]
+                stats.target_passes += 1
+                logits = dec["logits"][0, -(k + 1):]
+                p_seen = seen.clone()
+                ps = []
+                for i in range(k + 1):
+                    ps.append(self._probs(logits[i], p_seen, config))
+                    if i < k:
+                        p_seen[drafted[i]] = True
+                n = 0
+                for i in range(k):
+                    x = drafted[i]
+                    if config.greedy:
+                        ok = int(ps[i].argmax()) == x
+                    else:
+                        ratio = float(ps[i][x]) / max(float(qs[i][x]), 1e-20)
+                        u = float(torch.rand((), generator=generator, device=device))
+                        ok = u < min(1.0, ratio)
+                    if not ok:
+                        break
+                    n += 1
+                stats.drafted += k
+                stats.accepted += n
+                if n < k:
+                    if config.greedy:
+                        t = int(ps[n].argmax())
+                    else:
+                        residual = torch.clamp(ps[n] - qs[n], min=0.0)
+                        total = float(residual.sum())
+                        t = self._draw(residual / total if total > 0 else ps[n], generator)
+                else:
+                    t = int(ps[k].argmax()) if config.greedy else self._draw(ps[k], generator)
+                new = drafted[:n] + [t]
+                # Roll both caches back to the accepted prefix (seq + accepted drafts).
+                t_len = len(seq) + n
+                t_past = crop_cache(t_past, t_len)
+                d_len = min(d_len, len(seq) + n)
+                if d_past is not None:
+                    d_past = crop_cache(d_past, d_len)
+                for j, tok in enumerate(new):
+                    if tok in stop_ids:
+                        new = new[: j + 1]
+                        finish = FINISH_STOP
+                        break
+                seq.extend(new)
+                out.extend(new)
+                for tok in new:
+                    seen[tok] = True
+                if on_tokens is not None:
+                    on_tokens(new)
+                if finish == FINISH_STOP:
+                    break
+        stats.seconds = time.perf_counter() - t0
+        return SpeculativeOutput(out, finish, stats)
+
+    def generate_text(
+        self, tokenizer: Any, prompt: str, config: GenerationConfig | None = None,
+        seed: int | None = None, on_text: Callable[[str], None] | None = None,
+    ) -> tuple[Generation, SpeculativeStats]:
+        """Text in, :class:`Generation` out (stop strings cut the text afterwards)."""
+        config = config or GenerationConfig()
+        device = next(self.target.parameters()).device
+        limit = config.max_prompt_tokens or min(
+            int(self.target.config.max_position_embeddings),
+            int(self.draft.config.max_position_embeddings),
+        )
+        enc = encode_prompt_ids(tokenizer, prompt, limit, config.overflow)
+        ids, mask = pad_batch([enc.ids], device)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+        from core.generation import TextStreamer
+
+        streamer = TextStreamer(tokenizer, config.stop_ids)
+
+        def push(tokens: list[int]) -> None:
+            if on_text is None:
+                return
+            piece = "".join(streamer.push(t) for t in tokens)
+            if piece:
+                on_text(piece)
+
+        result = self.generate(ids, mask, config, generator=generator, on_tokens=push)
+        text = tokenizer.decode([t for t in result.tokens if t not in config.stop_ids])
+        finish = result.finish_reason
+        cuts = [text.find(s) for s in config.stop_strings if s in text]
+        if cuts:
+            text, finish = text[: min(cuts)], FINISH_STOP_STRING
+        gen = Generation(prompt, text, result.tokens, finish, len(enc.ids), enc.truncated,
+                         enc.dropped, extra={"acceptance_rate": result.stats.acceptance_rate})
+        return gen, result.stats

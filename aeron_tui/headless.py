@@ -19,6 +19,20 @@ from core.events import RunState, describe_event
 MODES = ("rich", "plain", "off")
 NOTABLE = ("eval", "checkpoint", "warning", "error", "status", "phase_change", "domain_change",
            "batch_change", "run_finished")
+# Per-trainer log styles ("module:function", event -> line or None): a trainer whose users know
+# a particular run log (LONPT's seed log) gets those lines instead of the generic ones.
+LOG_STYLES = {"lonpt": "lonpt.log:format_lonpt_event"}
+
+
+def log_style(trainer: str) -> Any:
+    """The trainer's line formatter, or None for the generic display."""
+    target = LOG_STYLES.get(trainer)
+    if target is None:
+        return None
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def choose_mode(events_stdout: bool, quiet: bool,
@@ -88,12 +102,18 @@ class HeadlessDisplay:
         self._live: Any = None
         self._console: Any = None
         self._bar: Any = None
+        self._style: Any = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.state.apply(event)
         if self.mode == "off":
             return
         kind = event["type"]
+        if kind == "run_started":
+            self._style = log_style(self.state.trainer)
+        if self._style is not None:
+            self._styled(event)
+            return
         if self.mode == "plain":
             if kind == "step":
                 self._write(status_line(self.state))
@@ -105,6 +125,20 @@ class HeadlessDisplay:
         if kind in NOTABLE and self._console is not None:
             self._console.print(describe_event(event), highlight=False, markup=False)
         if kind == "run_finished":
+            self.close()
+
+    def _styled(self, event: dict[str, Any]) -> None:
+        """The trainer's own log lines (plain: lines only; rich: lines above the live bar)."""
+        line = self._style(event)
+        if self.mode == "plain":
+            if line:
+                self._write(line)
+            return
+        if event["type"] == "run_started" and self._live is None:
+            self._start_live()
+        if line and self._console is not None:
+            self._console.print(line, highlight=False, markup=False)
+        if event["type"] == "run_finished":
             self.close()
 
     def _write(self, line: str) -> None:

@@ -56,6 +56,14 @@ _ENTRIES = (
                  "RLHF DPO on preference pairs (--set loss=hinge|ipo|simpo, beta, reference)"),
     TrainerEntry("ppo", "core.train.rlhf.ppo:PPOTrainer",
                  "RLHF PPO on prompts: reward model or verifiable reward (--set grpo=true)"),
+    # LONPT owns batch, length and learning rate through its presets (lonpt/presets/*.toml):
+    # the profile's [train] values are reset here so only the user's flags/--set override them.
+    TrainerEntry("lonpt", "lonpt.trainer:LonptTrainer",
+                 "LONPT: AKAP domain curriculum, PNCEC LR phases, ACT batch control, HPF "
+                 "low-rank FFN, safety rails (--set preset=smoke|light|standard|heavy|PATH)",
+                 defaults={"seq_len": None, "micro_batch": None, "grad_accum": None,
+                           "learning_rate": None, "weight_decay": 0.01, "grad_clip": 1.0,
+                           "steps": 1000}),
 )
 
 TRAINERS: dict[str, TrainerEntry] = {entry.name: entry for entry in _ENTRIES}

@@ -29,8 +29,18 @@ def format_lonpt_event(event: dict[str, Any]) -> str | None:
     if kind == "run_started":
         preset = f", preset {event['preset']}" if event.get("preset") else ""
         params = f", {event['model_params']:,} parameters" if event.get("model_params") else ""
-        return (f"=== LONPT run {event.get('run_id', '')}{preset}{params}, "
-                f"{event.get('total_steps', 0)} steps ===")
+        lines = [f"=== LONPT run {event.get('run_id', '')}{preset}{params}, "
+                 f"{event.get('total_steps', 0)} steps ==="]
+        summary = event.get("metrics") or {}
+        domains = summary.get("domains") or {}
+        if domains:
+            parts = [f"{name} {d['samples']:,} ({d['train']:,} train / {d['val']:,} val)"
+                     for name, d in domains.items()]
+            lines.append("[AKAP] Domains: " + ", ".join(parts))
+        hpf = summary.get("hpf")
+        if hpf:
+            lines.append(format_hpf(hpf))
+        return "\n".join(lines)
     if kind == "domain_change":
         domain = event["domain"]
         lines = []
@@ -89,6 +99,22 @@ def format_lonpt_event(event: dict[str, Any]) -> str | None:
             return f"Done! Checkpoints saved to: {where}"
         return f"Run {event['status']} at step {event['global_step']}. Checkpoints saved to: {where}"
     return None
+
+
+def format_hpf(hpf: dict[str, Any]) -> str:
+    """The HPF rewrite report of ``run_started`` (the parameter saving, §5.6)."""
+    if hpf.get("resumed"):
+        return f"[HPF] {len(hpf.get('structure') or {})} low-rank projections restored from the checkpoint"
+    if not hpf.get("replaced"):
+        return f"[HPF] no projection replaced at ratio {hpf.get('ratio')} (no parameter saving)"
+    before, after = hpf["params_before"], hpf["params_after"]
+    pct = 100.0 * hpf["saved"] / before if before else 0.0
+    line = (f"[HPF] {hpf['replaced']} projections low-rank at ratio {hpf['ratio']:g} "
+            f"({hpf['init']}): {before:,} -> {after:,} parameters (saved {hpf['saved']:,}, "
+            f"{pct:.1f} %)")
+    if hpf.get("max_rel_error") is not None:
+        line += f"; max SVD relative error {hpf['max_rel_error']:.4f}"
+    return line
 
 
 def format_token_count(n: int) -> str:

@@ -210,3 +210,21 @@ def test_log_lines_match_the_seed_format() -> None:
             "checkpoint_dir": "checkpoints/lonpt"}
     assert format_lonpt_event(done) == "Done! Checkpoints saved to: checkpoints/lonpt"
     assert format_lonpt_event({**act, "reason": "domain start"}) is None
+
+
+def test_run_started_line_reports_domains_and_hpf_saving() -> None:
+    event = {
+        "type": "run_started", "run_id": "r1", "trainer": "lonpt", "total_steps": 2700,
+        "preset": "heavy", "model_params": 1000,
+        "metrics": {
+            "domains": {"semantic": {"samples": 1568, "train": 1254, "val": 314, "tokens": 1}},
+            "hpf": {"replaced": 6, "ratio": 0.15, "init": "fresh", "params_before": 2000,
+                    "params_after": 1000, "saved": 1000, "max_rel_error": None},
+        },
+    }
+    assert format_lonpt_event(event) == (
+        "=== LONPT run r1, preset heavy, 1,000 parameters, 2700 steps ===\n"
+        "[AKAP] Domains: semantic 1,568 (1,254 train / 314 val)\n"
+        "[HPF] 6 projections low-rank at ratio 0.15 (fresh): 2,000 -> 1,000 parameters "
+        "(saved 1,000, 50.0 %)"
+    )

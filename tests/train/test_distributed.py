@@ -151,9 +151,12 @@ def _single_process(kind: str) -> tuple[dict[str, torch.Tensor], dict[str, torch
     return init, model.state_dict()
 
 
-def _maxdiff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
+def _maxdiff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: Any = None) -> float:
+    """Largest absolute difference over ``keys`` (default: all; both must hold the same)."""
+    if keys is None:
+        assert a.keys() == b.keys()
+        keys = a.keys()
+    return max(float((a[k].detach() - b[k].detach()).abs().max()) for k in keys)
 
 
 @pytest.mark.slow
@@ -202,3 +205,182 @@ def test_fsdp_splits_compressed_optimizer_state(two_rank_results: tuple[dict, di
     # Each rank holds about half of the sharded state (plus per-block scales and counters).
     assert sum(fsdp.values()) < 0.7 * sum(ddp.values())
     assert r1["fsdp_compressed_state_bytes"] == fsdp
+
+
+# ----------------------------------------------------------------- the real engine under torchrun
+ENGINE_WORKER = Path(__file__).with_name("engine_dist_worker.py")
+
+
+def _equal_length_styles(path: Path, n: int = 64) -> Path:
+    """Every sample the same length in (byte) tokens, so each rank averages as many tokens as
+    the single process's half-batch: DDP's mean of rank means then equals the global mean."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        rows.append(
+            {
+                "provider": "synthetic",
+                "style_label": ("qa", "math")[i % 2],
+                "user_input": f"Add {a} and {b}",
+                "assistant_reply": f"{a + b:03d}",
+                "turn_id": f"t{i:04d}",
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _engine_sets() -> list[str]:
+    from train_helpers import TINY_MODEL_SETS
+
+    # Byte-level vocabulary (268) keeps every sample the same length; the episodic memory is
+    # off because each rank would write its own samples' slots (see core/train/distributed.py).
+    return [
+        *TINY_MODEL_SETS,
+        "model.enable_memory=false",
+        "tokenizer_vocab_size=268",
+        "log_every=1",
+        "eval_every=1000",
+        "checkpoint_every=2",
+        "eval_max_batches=1",
+        "precision='fp32'",
+        "device='cpu'",
+        "seq_len=32",
+        "seed=3",
+        "keep_last=5",
+    ]
+
+
+def _run_engine_ranks(
+    out: Path,
+    trainer: str,
+    run_dir: Path,
+    data: Path,
+    steps: int,
+    shard: bool = False,
+    resume: Path | None = None,
+) -> tuple[dict, dict]:
+    args = [
+        str(out),
+        trainer,
+        "--run-dir",
+        str(run_dir),
+        "--data",
+        str(data),
+        "--steps",
+        str(steps),
+        "--micro-batch",
+        "4",
+    ]
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    if shard:
+        args.append("--shard")
+    for item in _engine_sets():
+        args += ["--set", item]
+    run_torchrun(ENGINE_WORKER, args)
+    return (
+        torch.load(out / "rank0.pt", weights_only=True),
+        torch.load(out / "rank1.pt", weights_only=True),
+    )
+
+
+def _single_engine_run(trainer: str, run_dir: Path, data: Path, steps: int) -> Any:
+    """The same run in one process with the same global batch (micro-batch 8 = 2 ranks x 4)."""
+    from aeron_tui.commands.train import build_run_config
+    from aeron_tui.trainers import get_trainer
+
+    flags = {"run_dir": str(run_dir), "data": str(data), "steps": steps, "micro_batch": 8}
+    cfg, model_cfg = build_run_config(trainer, profile="tiny", flags=flags, sets=_engine_sets())
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        instance = get_trainer(trainer).load()(cfg, model_cfg)
+        instance.setup()
+        instance.initial_params = {
+            k: v.detach().clone() for k, v in instance.model.named_parameters()
+        }
+        try:
+            assert instance.train() == "finished"
+        finally:
+            instance.cleanup()
+    finally:
+        torch.set_num_threads(before)
+    return instance
+
+
+def _checkpoint_layout(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+
+
+def _event_types(run_dir: Path) -> list[str]:
+    from core.events import ParseProblem, read_events
+
+    events = list(read_events(run_dir / "events.jsonl"))
+    assert not any(isinstance(e, ParseProblem) for e in events)
+    assert [e["seq"] for e in events] == list(range(len(events)))  # one writer: rank 0
+    return [e["type"] for e in events]
+
+
+@pytest.mark.slow
+def test_engine_ddp_two_ranks_equal_one_process(tmp_path: Path) -> None:
+    data = _equal_length_styles(tmp_path / "styles.jsonl")
+    (tmp_path / "out").mkdir()
+    r0, r1 = _run_engine_ranks(tmp_path / "out", "simple", tmp_path / "ddp", data, steps=4)
+    assert r0["status"] == r1["status"] == "finished" and r0["global_step"] == 4
+    single = _single_engine_run("simple", tmp_path / "single", data, steps=4)
+    params = dict(single.model.named_parameters())
+    assert r0["params"].keys() == single.model.state_dict().keys()
+    # Parameters identical on both ranks (buffers such as the scratchpad are rank-local).
+    assert _maxdiff(r0["params"], r1["params"], params) == 0.0
+    assert _maxdiff(r0["params"], params, params) < 1e-5
+    assert _maxdiff(r0["params"], single.initial_params, params) > 1e-4  # they did train
+    # Only rank 0 wrote: one event stream, checkpoints in the single-process layout.
+    types = _event_types(tmp_path / "ddp")
+    assert types.count("run_started") == 1 and types.count("step") == 4
+    ckpt = tmp_path / "ddp" / "checkpoints" / "step_000004"
+    assert _checkpoint_layout(ckpt) == _checkpoint_layout(
+        tmp_path / "single" / "checkpoints" / "step_000004"
+    )
+
+
+@pytest.mark.slow
+def test_engine_fsdp_compressed_equals_one_process_and_resumes(tmp_path: Path) -> None:
+    data = _equal_length_styles(tmp_path / "styles.jsonl")
+    (tmp_path / "a").mkdir()
+    r0, r1 = _run_engine_ranks(
+        tmp_path / "a", "compressed", tmp_path / "full", data, steps=6, shard=True
+    )
+    assert r0["status"] == r1["status"] == "finished"
+    assert r1["params"] == {}  # sharded: only rank 0 receives the gathered weights
+    single = _single_engine_run("compressed", tmp_path / "single", data, steps=6)
+    params = dict(single.model.named_parameters())
+    assert r0["params"].keys() == single.model.state_dict().keys()
+    assert _maxdiff(r0["params"], params, params) < 1e-3
+    # The gathered checkpoint has the single-process layout (tied weight once, scalars as ()).
+    full_ckpt = tmp_path / "full" / "checkpoints"
+    assert _checkpoint_layout(full_ckpt / "step_000006") == _checkpoint_layout(
+        tmp_path / "single" / "checkpoints" / "step_000006"
+    )
+    opt_state = torch.load(full_ckpt / "step_000004" / "optimizer.pt", weights_only=True)
+    assert opt_state["sharded_optimizer"]["world_size"] == 2
+    # Resume the sharded run from step 4 in a new run directory: same weights at step 6.
+    (tmp_path / "b").mkdir()
+    b0, _ = _run_engine_ranks(
+        tmp_path / "b",
+        "compressed",
+        tmp_path / "resumed",
+        data,
+        steps=6,
+        shard=True,
+        resume=full_ckpt / "step_000004",
+    )
+    assert b0["global_step"] == 6
+    assert _maxdiff(b0["params"], r0["params"], params) < 1e-6

@@ -1,9 +1,161 @@
-"""`aeron-tui` commands: model. (Filled in by the issue that owns it.)"""
+"""`aeron-tui model ...`: inspect a size profile's model and smoke-test the model on CPU.
+
+torch is imported inside the commands only, so ``aeron-tui --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from core.config import NeuralNetConfig
+
+model_app = typer.Typer(help="Inspect the Aeron model: configuration, parameter counts, smoke test.",
+                        no_args_is_help=True)
+
+_PROFILE_NAMES = "tiny, small, medium, large, default"
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.add_typer(model_app, name="model")
+
+
+@model_app.command("info")
+def info(
+    profile: str = typer.Option("default", "--profile", "-p",
+                                help=f"Size profile ({_PROFILE_NAMES}) or a profile .toml file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Print a profile's model configuration and its exact parameter count per component."""
+    from core.model import BACKBONE_COMPONENTS, backbone_parameter_count, count_parameters
+
+    config = _profile_model(profile)
+    counts = count_parameters(config)  # meta device: nothing allocated
+    derived = {
+        "head_dim": config.head_dim,
+        "num_kv_groups": config.num_kv_groups,
+        "swiglu_hidden": config.swiglu_hidden,
+        "tot_keep_k (effective)": config.effective_tot_keep_k,
+    }
+    backbone = backbone_parameter_count(counts)
+    if as_json:
+        payload = {
+            "profile": profile,
+            "config": config.to_dict(),
+            "derived": derived,
+            "parameters": counts,
+            "backbone_parameters": backbone,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cfg_table = Table(title=f"Aeron model configuration - profile {profile!r}")
+    cfg_table.add_column("field", style="cyan")
+    cfg_table.add_column("value", justify="right")
+    for key, value in config.to_dict().items():
+        cfg_table.add_row(key, _fmt(value))
+    for key, value in derived.items():
+        cfg_table.add_row(f"[dim]{key}[/]", _fmt(value))
+    console.print(cfg_table)
+
+    par = Table(title="Parameters (exact, counted on the meta device)")
+    par.add_column("component", style="cyan")
+    par.add_column("parameters", justify="right")
+    par.add_column("share", justify="right")
+    total = counts["total"]
+    for name, n in counts.items():
+        if name == "total":
+            continue
+        par.add_row(name, f"{n:,}", f"{100 * n / max(total, 1):.1f} %")
+    par.add_section()
+    par.add_row("backbone (" + " + ".join(n for n in BACKBONE_COMPONENTS if n in counts) + ")",
+                f"{backbone:,}", f"{100 * backbone / max(total, 1):.1f} %")
+    par.add_row("[bold]total[/]", f"[bold]{total:,}[/]", "100.0 %")
+    console.print(par)
+
+
+@model_app.command("smoke")
+def smoke(
+    seed: int = typer.Option(0, "--seed", help="Random seed for weights and data."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Build a small model on CPU, run forward + backward, show loss, branch scores, scratchpad."""
+    from core.smoke import run_smoke
+
+    result = run_smoke(seed=seed)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"[bold]Aeron smoke test[/] (seed {seed}, {result['parameters']:,} parameters, CPU)")
+    console.print(f"logits shape     {tuple(result['logits_shape'])}")
+    console.print(f"loss             {result['loss']:.4f}")
+    console.print(f"grad norm        {result['grad_norm']:.4f} "
+                  f"({result['parameters_with_grad']} parameters received a gradient)")
+    scores = result["branch_scores"]
+    if scores is None:
+        console.print("branch scores    - (reasoning skipped)")
+    else:
+        for i, row in enumerate(scores):
+            cells = " ".join(f"{s:.4f}" for s in row)
+            console.print(f"branch scores[{i}] {cells}  keep {result['branch_keep_mask'][i]}")
+    console.print(f"complexity mean  {result['complexity_mean']:.3f}; "
+                  f"contradictions resolved {result['resolved_contradictions']}")
+    for label, key in (("scratchpad", "scratchpad_stats"),
+                       ("after commit", "scratchpad_stats_after_commit")):
+        s = result[key]
+        console.print(f"{label:16} used {s['used_slots']}/{s['total_slots']} slots, "
+                      f"step {s['step_counter']}, types {s['slot_types']}")
+
+
+def _profile_model(profile: str) -> NeuralNetConfig:
+    """The profile's model config: from the profile catalog when it is installed."""
+    try:
+        from profiles.catalog import load_profile
+    except ImportError:
+        return _read_catalog_model(profile)
+    return load_profile(profile).model
+
+
+def _read_catalog_model(profile: str) -> NeuralNetConfig:
+    """Fallback without the catalog module: the ``[model]`` table of profiles/catalog/NAME.toml."""
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    from core.config import NeuralNetConfig
+    from core.errors import ConfigError
+
+    path = Path(profile) if profile.endswith(".toml") else (
+        Path(__file__).resolve().parents[2] / "profiles" / "catalog" / f"{profile}.toml")
+    if not path.is_file():
+        raise ConfigError(f"unknown size profile {profile!r} (known: {_PROFILE_NAMES})")
+    with open(path, "rb") as fh:
+        table: dict[str, Any] = tomllib.load(fh).get("model", {})
+    try:
+        return NeuralNetConfig.from_dict(table)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [model] {exc}") from None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+

@@ -435,3 +435,45 @@ def test_tiny_config_overfits_a_fixed_batch() -> None:
             break
     assert last <= 0.1 * first, (first, last)
     assert out["tot_branch_scores"] is not None  # the reasoning engine ran throughout
+
+
+# --------------------------------------------------------------------------------- CLI
+def test_cli_model_info_prints_exact_counts() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from aeron_tui.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["model", "info", "--profile", "default", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["backbone_parameters"] == 3_256_717_312
+    assert data["parameters"]["reasoning_engine"] == 124_047_368
+    assert data["config"]["d_model"] == 2048
+    table = runner.invoke(app, ["model", "info", "--profile", "small"])
+    assert table.exit_code == 0, table.output
+    assert "62,572,544" in table.output and "swiglu_hidden" in table.output
+    bad = runner.invoke(app, ["model", "info", "--profile", "nope"])
+    assert bad.exit_code != 0
+
+
+def test_cli_model_smoke_runs_forward_and_backward() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from aeron_tui.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["model", "smoke", "--seed", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["logits_shape"] == [2, 16, 512]
+    assert abs(data["loss"] - math.log(512)) < 1.0 and data["grad_norm"] > 0
+    assert len(data["branch_scores"]) == 2 and len(data["branch_scores"][0]) == 4
+    assert data["scratchpad_stats"]["used_slots"] > 0
+    assert data["scratchpad_stats_after_commit"]["step_counter"] == 1
+    text = runner.invoke(app, ["model", "smoke"])
+    assert text.exit_code == 0 and "logits shape" in text.output and "branch scores" in text.output

@@ -1,0 +1,288 @@
+"""Training-step throughput and memory of the Aeron backbone vs Hugging Face T5 (issue 3).
+
+One step = forward + backward + fused AdamW on a synthetic batch (all tokens real). Reports
+tokens/s (encoder + decoder tokens), the reasoning engine's share of step time, peak memory
+(CPU: saved-for-backward bytes and RSS growth; CUDA: max_memory_allocated) and model FLOPs
+utilisation against this machine's matmul peak measured in the same run. Variants are timed
+interleaved, round after round, and medians reported, because the machine is shared.
+
+    .venv/bin/python bench/model_step.py                     # tiny + small, fp32 + bf16, vs T5
+    .venv/bin/python bench/model_step.py --profiles small --rounds 5 --steps 3
+
+``transformers`` comes from the ``bench`` extra (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# glibc returning freed memory to the OS dominates run-to-run noise on CPU (GUIDE.md); keep it
+# for every variant alike by re-executing once with the tunables set.
+_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+PROFILES = {  # the catalog's model tables at the benchmark vocabulary
+    "tiny": dict(d_model=256, nhead=4, num_kv_heads=2, num_encoder_layers=2,
+                 num_decoder_layers=2, dim_feedforward=512, num_tot_branches=2,
+                 num_scratchpad_slots=8),
+    "small": dict(d_model=512, nhead=8, num_kv_heads=2, num_encoder_layers=6,
+                  num_decoder_layers=6, dim_feedforward=2048, num_tot_branches=2,
+                  num_scratchpad_slots=16),
+}
+
+
+@dataclass
+class Variant:
+    name: str
+    profile: str
+    precision: str
+    step: Callable[[], None]
+    tokens: int
+    flops: float
+    saved_bytes: int
+    rss_delta: int
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        """Relative interquartile spread of the step times (noise indicator)."""
+        if len(self.times) < 4:
+            return 0.0
+        q = statistics.quantiles(self.times, n=4)
+        return (q[2] - q[0]) / self.median
+
+
+def matmul_peak(dtype, n: int = 2048, reps: int = 8) -> float:
+    """Measured FLOP/s of an ``n x n x n`` matmul (median of ``reps``)."""
+    import torch
+
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def autocast_ctx(precision: str):
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def measure_step_memory(loss_fn: Callable[[], object]) -> tuple[int, int]:
+    """(bytes saved for backward in one forward, RSS growth over one forward+backward)."""
+    import psutil
+    import torch
+
+    saved = 0
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            saved += t.untyped_storage().nbytes()
+        return t
+
+    gc.collect()
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn()
+    rss_peak = proc.memory_info().rss
+    loss.backward()  # type: ignore[attr-defined]
+    rss_peak = max(rss_peak, proc.memory_info().rss)
+    return saved, rss_peak - rss0
+
+
+def count_flops(loss_fn: Callable[[], object]) -> float:
+    """FLOPs of one forward + backward, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn().backward()  # type: ignore[attr-defined]
+    return float(counter.get_total_flops())
+
+
+def build_aeron(profile: str, vocab: int, reasoning: bool, precision: str, batch: int,
+                seq: int, seed: int) -> Variant:
+    import torch
+
+    from core.config import NeuralNetConfig
+    from core.model import TransformerNeuralNetBackbone
+
+    torch.manual_seed(seed)
+    cfg = NeuralNetConfig(vocab_size=vocab, max_position_embeddings=max(2048, seq),
+                          enable_reasoning=reasoning, **PROFILES[profile])
+    model = TransformerNeuralNetBackbone(cfg).train()
+    ids = torch.randint(3, vocab, (batch, seq))
+    dec = torch.randint(3, vocab, (batch, seq))
+    labels = torch.randint(3, vocab, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def loss_fn():
+        with autocast_ctx(precision):
+            return model(ids, mask, decoder_input_ids=dec, decoder_attention_mask=mask,
+                         labels=labels)["loss"]
+
+    def step() -> None:
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    name = f"aeron reasoning {'on' if reasoning else 'off'}"
+    return _finish(name, profile, precision, step, loss_fn, opt, 2 * batch * seq)
+
+
+def build_t5(profile: str, vocab: int, precision: str, batch: int, seq: int,
+             seed: int) -> Variant:
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from core.config import NeuralNetConfig
+
+    p = PROFILES[profile]
+    ours = NeuralNetConfig(**p)
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=vocab, d_model=p["d_model"], d_kv=p["d_model"] // p["nhead"],
+        d_ff=ours.swiglu_hidden, num_layers=p["num_encoder_layers"],
+        num_decoder_layers=p["num_decoder_layers"], num_heads=p["nhead"],
+        feed_forward_proj="gated-silu", dropout_rate=0.0, tie_word_embeddings=True,
+        decoder_start_token_id=0, pad_token_id=0,
+    )
+    model = T5ForConditionalGeneration(cfg).train()
+    ids = torch.randint(3, vocab, (batch, seq))
+    dec = torch.randint(3, vocab, (batch, seq))
+    labels = torch.randint(3, vocab, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def loss_fn():
+        with autocast_ctx(precision):
+            return model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec,
+                         decoder_attention_mask=mask, labels=labels).loss
+
+    def step() -> None:
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _finish("hf T5 (gated-silu)", profile, precision, step, loss_fn, opt,
+                   2 * batch * seq)
+
+
+def _finish(name, profile, precision, step, loss_fn, opt, tokens) -> Variant:
+    step()  # warm-up: allocates optimizer state
+    step()
+    opt.zero_grad(set_to_none=True)
+    flops = count_flops(loss_fn)
+    opt.zero_grad(set_to_none=True)
+    saved, rss = measure_step_memory(loss_fn)
+    opt.zero_grad(set_to_none=True)
+    return Variant(name, profile, precision, step, tokens, flops, saved, rss)
+
+
+def time_round(v: Variant, steps: int) -> None:
+    for _ in range(steps):
+        t = time.perf_counter()
+        v.step()
+        v.times.append(time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profiles", default="tiny,small")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds over variants")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
+    ap.add_argument("--no-t5", action="store_true", help="skip the Hugging Face reference")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-malloc", action="store_true",
+                    help="do not set the glibc malloc tunables (noisier)")
+    args = ap.parse_args(argv)
+
+    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != _MALLOC:
+        env = dict(os.environ, GLIBC_TUNABLES=_MALLOC)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+    import torch
+
+    precisions = args.precisions.split(",")
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"matmul peak fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s")
+    print(f"shape: batch {args.batch}, encoder/decoder length {args.seq}, vocab {args.vocab}")
+
+    rows: list[Variant] = []
+    for profile in args.profiles.split(","):
+        for precision in precisions:
+            group = [
+                build_aeron(profile, args.vocab, False, precision, args.batch, args.seq,
+                            args.seed),
+                build_aeron(profile, args.vocab, True, precision, args.batch, args.seq,
+                            args.seed),
+            ]
+            if not args.no_t5:
+                group.append(build_t5(profile, args.vocab, precision, args.batch, args.seq,
+                                      args.seed))
+            for _ in range(args.rounds):
+                for v in group:
+                    time_round(v, args.steps)
+            rows.extend(group)
+            report_group(group, peaks[precision])
+            del group
+            gc.collect()
+    return 0
+
+
+def report_group(group: list[Variant], peak: float) -> None:
+    off, on = group[0], group[1]
+    ref = group[2] if len(group) > 2 else None
+    print(f"\n== {off.profile} / {off.precision} "
+          f"(median of {len(off.times)} steps per variant, interleaved)")
+    print(f"{'variant':24} {'step ms':>9} {'iqr %':>6} {'tokens/s':>10} {'GFLOP/step':>11} "
+          f"{'MFU %':>6} {'saved MB':>9} {'RSS+ MB':>8} {'vs T5':>6}")
+    for v in group:
+        tps = v.tokens / v.median
+        mfu = v.flops / v.median / peak * 100
+        ratio = f"{(ref.median / v.median):.2f}x" if ref is not None else "-"
+        print(f"{v.name:24} {v.median * 1e3:9.1f} {v.spread * 100:6.1f} {tps:10.0f} "
+              f"{v.flops / 1e9:11.1f} {mfu:6.1f} {v.saved_bytes / 2**20:9.1f} "
+              f"{v.rss_delta / 2**20:8.1f} {ratio:>6}")
+    share = (on.median - off.median) / on.median * 100
+    print(f"reasoning engine share of step time: {share:.1f} % (target <= 15 %)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

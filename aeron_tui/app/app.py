@@ -114,6 +114,10 @@ class AeronConsole(App[None]):
         self.first_frame_at: float | None = None
         self.dashboard = DashboardScreen(clock)
 
+    def say(self, message: str, **kwargs: Any) -> None:
+        """A toast; never parsed as markup (messages carry paths and error text)."""
+        self.notify(message, markup=False, **kwargs)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_mount(self) -> None:
@@ -166,7 +170,7 @@ class AeronConsole(App[None]):
     def on_hardware_probed(self, message: HardwareProbed) -> None:
         self.hardware_info = message.info
         if message.error:
-            self.notify(f"hardware probe failed: {message.error}", severity="warning")
+            self.say(f"hardware probe failed: {message.error}", severity="warning")
         self.dashboard.render_hardware(self.hardware_info, self.hardware_sample)
 
     def on_hardware_sampled(self, message: HardwareSampled) -> None:
@@ -206,7 +210,7 @@ class AeronConsole(App[None]):
         self._set_session(session)
         path = run_dir / EVENTS_FILE
         if not path.exists():
-            self.notify(f"{path} does not exist yet — waiting for the run to write it",
+            self.say(f"{path} does not exist yet — waiting for the run to write it",
                         severity="warning", timeout=6)
         if replay_speed is not None:
             self._feed_replay(session, path, replay_speed)
@@ -270,11 +274,11 @@ class AeronConsole(App[None]):
             self.push_screen(CrashScreen(
                 f"The trainer failed (exit code {message.code})", lines[-40:], log))
         elif st.status in ("stopped", "finished"):
-            self.notify(f"run {st.status} at step {st.global_step}", timeout=4)
+            self.say(f"run {st.status} at step {st.global_step}", timeout=4)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.group in ("events", "hardware"):
-            self.notify(f"{event.worker.group} worker failed: {event.worker.error}",
+            self.say(f"{event.worker.group} worker failed: {event.worker.error}",
                         severity="error", timeout=8)
 
     # -- starting a run -------------------------------------------------------------------------
@@ -282,13 +286,13 @@ class AeronConsole(App[None]):
     def action_start_run(self) -> None:
         """Start a run with the current setup choice (trainer, profile, preset, data, steps)."""
         if self.session is not None and self.session.attached:
-            self.notify("a run is already going — stop it (x) before starting another",
+            self.say("a run is already going — stop it (x) before starting another",
                         severity="warning")
             return
         if self._starting:
             return
         self._starting = True
-        self.notify(f"starting {self.setup_choice.describe()} …", timeout=3)
+        self.say(f"starting {self.setup_choice.describe()} …", timeout=3)
         self._launch(self.setup_choice)
 
     @work(thread=True, group="launch", exclusive=True, exit_on_error=False)
@@ -315,10 +319,10 @@ class AeronConsole(App[None]):
     def _controllable(self, what: str) -> RunSession | None:
         session = self.session
         if session is None or session.source == "none":
-            self.notify(f"no run to {what} — press s to start one", severity="warning")
+            self.say(f"no run to {what} — press s to start one", severity="warning")
             return None
         if not session.live:
-            self.notify(f"the run is {session.display_status}; nothing to {what}",
+            self.say(f"the run is {session.display_status}; nothing to {what}",
                         severity="warning")
             return None
         return session
@@ -328,7 +332,7 @@ class AeronConsole(App[None]):
         if session is None:
             return
         if not session.attached:
-            self.notify("pause/resume works for runs started from this console "
+            self.say("pause/resume works for runs started from this console "
                         "(this one is only watched)", severity="warning")
             return
         assert session.process is not None
@@ -337,19 +341,19 @@ class AeronConsole(App[None]):
             session.request(cmd)
             self.render_now()
         else:
-            self.notify(f"could not send {cmd}: the trainer is not listening", severity="error")
+            self.say(f"could not send {cmd}: the trainer is not listening", severity="error")
 
     def action_checkpoint_now(self) -> None:
         session = self._controllable("checkpoint")
         if session is None:
             return
         if not session.attached:
-            self.notify("checkpoint-now works for runs started from this console",
+            self.say("checkpoint-now works for runs started from this console",
                         severity="warning")
             return
         assert session.process is not None
         if session.process.checkpoint():
-            self.notify("checkpoint requested", timeout=2)
+            self.say("checkpoint requested", timeout=2)
 
     def action_stop_run(self) -> None:
         session = self._controllable("stop")
@@ -357,7 +361,7 @@ class AeronConsole(App[None]):
             return
         pid = None if session.attached else session.watched_pid()
         if not session.attached and pid is None:
-            self.notify("this run was not started here and its trainer pid is unknown; "
+            self.say("this run was not started here and its trainer pid is unknown; "
                         "stop it where it runs (Ctrl-C)", severity="warning")
             return
 
@@ -372,7 +376,7 @@ class AeronConsole(App[None]):
                     os.kill(pid, signal.SIGTERM)  # the trainer stops cleanly on SIGTERM
                     session.request("stop")
                 except OSError as exc:
-                    self.notify(f"could not signal pid {pid}: {exc}", severity="error")
+                    self.say(f"could not signal pid {pid}: {exc}", severity="error")
             self.render_now()
 
         self.push_screen(
@@ -456,7 +460,7 @@ class AeronConsole(App[None]):
                                   f"aeron-tui watch {proc.run_dir}")
             elif choice == "stop":
                 self._quitting = True
-                self.notify("stopping the run (writing its final checkpoint) …", timeout=30)
+                self.say("stopping the run (writing its final checkpoint) …", timeout=30)
                 self._stop_and_exit(proc)
 
         self.push_screen(QuitScreen(str(proc.run_dir)), chosen)

@@ -30,7 +30,7 @@ class CrashScreen(ModalScreen[None]):
                 yield Label(f"full log: {self.log_path}", classes="detail")
             yield Label("The console keeps working: press s to start a new run.", classes="detail")
             with Horizontal(classes="buttons"):
-                yield Button("OK [enter]", variant="primary", id="ok")
+                yield Button("OK (enter)", variant="primary", id="ok")
 
     def on_mount(self) -> None:
         self.query_one("#ok", Button).focus()

@@ -88,4 +88,4 @@ class DashboardScreen(Screen[None]):
 
     def action_toggle_smoothing(self) -> None:
         on = self.query_one(LossChart).toggle_smoothing()
-        self.notify(f"loss smoothing {'on (debiased EMA)' if on else 'off'}", timeout=1.5)
+        self.notify(f"loss smoothing {'on (debiased EMA)' if on else 'off'}", timeout=1.5, markup=False)

@@ -28,12 +28,12 @@ class QuitScreen(ModalScreen[str | None]):
             yield Label(
                 "Stop it (a final checkpoint is written), or leave it running headless and "
                 f"re-attach later with:\n  aeron-tui watch {self.run_dir}",
-                classes="detail",
+                classes="detail", markup=False,
             )
             with Horizontal(classes="buttons"):
-                yield Button("Stop run [s]", variant="error", id="stop")
-                yield Button("Leave running [d]", variant="primary", id="detach")
-                yield Button("Cancel [esc]", id="cancel")
+                yield Button("Stop run (s)", variant="error", id="stop")
+                yield Button("Leave running (d)", variant="primary", id="detach")
+                yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()

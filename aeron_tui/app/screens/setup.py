@@ -80,9 +80,9 @@ class SetupScreen(Screen[None]):
             yield Label("estimating memory per profile…", id="profile-status",
                         classes="field-help")
             with Horizontal(classes="form-row buttons-row"):
-                yield Button("Save run.toml [ctrl+s]", id="save")
-                yield Button("Start [ctrl+r]", variant="success", id="start")
-                yield Button("Back [esc]", id="back")
+                yield Button("Save run.toml (ctrl+s)", id="save")
+                yield Button("Start (ctrl+r)", variant="success", id="start")
+                yield Button("Back (esc)", id="back")
             yield Label("", id="save-status", classes="field-help")
         yield Footer()
 
@@ -242,7 +242,7 @@ class SetupScreen(Screen[None]):
         preset = self.query_one("#preset", Input).value.strip()
         valid = [self._check_data(data), self._check_steps(steps_txt), self._check_preset(preset)]
         if not all(valid):
-            self.notify("fix the fields marked ✗ first", severity="error")
+            self.notify("fix the fields marked ✗ first", severity="error", markup=False)
             return None
         return self.setup.with_(
             trainer=self._trainer(),

@@ -118,6 +118,42 @@ def info(
     )
 
 
+@tokenizer_app.command("upgrade")
+def upgrade(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint trained with the old tokenizer."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="The new tokenizer.json (or its directory)."),
+    out: Path = typer.Option(..., "--out", help="New checkpoint directory (must not exist)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Old corpus (styles.jsonl) to compare bits per byte on; default: sample corpus."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Compare old / upgraded / random embedding."),
+    samples: int = typer.Option(256, "--samples", help="Validation samples for the comparison."),
+) -> None:
+    """Move a checkpoint to a new tokenizer: shared tokens keep their rows, new ones are composed."""
+    from rich.console import Console
+
+    from core.vocab_transfer import compare_upgrade, upgrade_checkpoint
+
+    console = Console()
+    path, report = upgrade_checkpoint(checkpoint, tokenizer, out)
+    console.print(
+        f"[bold green]upgraded[/] {checkpoint} → {path}: vocabulary {report.old_vocab_size:,} → "
+        f"{report.new_vocab_size:,}; {report.copied:,} copied, {report.composed:,} composed, "
+        f"{report.random:,} random",
+        highlight=False,
+    )
+    if evaluate:
+        if data is None:
+            from core.data.sample import ensure_sample_corpus
+
+            data = ensure_sample_corpus().styles
+        bpb = compare_upgrade(checkpoint, path, data, samples=samples)
+        console.print(
+            f"old-corpus bits/byte: old model {bpb['old']:.4f}, upgraded {bpb['upgraded']:.4f}, "
+            f"random new embedding {bpb['random_embedding']:.4f}",
+            highlight=False,
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the `tokenizer` group to the root app."""
     app.add_typer(tokenizer_app, name="tokenizer")

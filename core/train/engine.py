@@ -544,6 +544,9 @@ class Trainer:
     def on_step_end(self, step: int, loss: Tensor | None) -> None:
         """After each optimizer step (``step`` = the new global step). Controllers go here."""
 
+    def on_train_end(self, stopped: bool) -> None:
+        """After the last step, final eval and checkpoint, before ``run_finished`` (reports)."""
+
     def step_event_extra(self) -> dict[str, Any]:
         """Extra fields for step events (LONPT: ``phase``, ``domain``, ``lr_scale``, ...)."""
         return {}
@@ -1035,6 +1038,7 @@ class Trainer:
             self.save_checkpoint(
                 val_loss=self.last_val_loss if self.last_eval_step == self.global_step else None
             )
+        self.on_train_end(stopped)
         status = "stopped" if stopped else "finished"
         self._status = status
         self.emit(

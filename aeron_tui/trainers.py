@@ -56,6 +56,10 @@ _ENTRIES = (
                  "RLHF DPO on preference pairs (--set loss=hinge|ipo|simpo, beta, reference)"),
     TrainerEntry("ppo", "core.train.rlhf.ppo:PPOTrainer",
                  "RLHF PPO on prompts: reward model or verifiable reward (--set grpo=true)"),
+    TrainerEntry("continual", "core.train.continual_trainer:ContinualTrainer",
+                 "continue a checkpoint on new data: replay, EWC, mirror distillation, latent "
+                 "anchoring, retention report (--set from=CKPT old_data=PATH recipe=full)",
+                 defaults={"steps": 300}),
     # LONPT owns batch, length and learning rate through its presets (lonpt/presets/*.toml):
     # the profile's [train] values are reset here so only the user's flags/--set override them.
     TrainerEntry("lonpt", "lonpt.trainer:LonptTrainer",

@@ -99,7 +99,9 @@ def quantize_blockwise(
     scaled = blocks / safe * levels
     codes = scaled.ceil() if (round_up and not signed) else scaled.round()
     low = -levels if signed else 0
-    codes = codes.clamp_(low, levels).reshape(-1)
+    # Non-finite input: codes become 0 but the block's scale stays NaN/inf, so the damage is
+    # still visible to a finiteness check (integer casts of NaN are undefined).
+    codes = torch.nan_to_num_(codes, nan=0.0).clamp_(low, levels).reshape(-1)
     if bits == 8:
         stored = codes.to(torch.int8) if signed else codes.to(torch.uint8)
     else:  # 12 bits: shift signed codes to unsigned, then pack two per three bytes

@@ -539,15 +539,21 @@ class BreathSafety:
 # The trainer
 # ============================================================================================
 
+from core.errors import AeronError, ConfigError  # noqa: E402
 from core.train.simple import SimpleTrainer  # noqa: E402  (the optimizer above needs no engine)
+
+
+class TrainingDiverged(AeronError):
+    """Breath-safety rolled back too often: the run cannot continue as configured."""
 
 
 class CompressedTrainer(SimpleTrainer):
     """The simple trainer's recipe with :class:`CompressedAdamW` and breath-safety.
 
     Options (``RunConfig.options``, ``--set KEY=VALUE``): ``check_every`` (100),
-    ``rail_spike_factor`` (3.0), ``rail_max_nonfinite`` (3), ``bound_8``/``bound_12``/
-    ``bound_16`` (override the error bounds), ``bits_<group>`` (start a group at other bits).
+    ``rail_spike_factor`` (3.0), ``rail_arm_after`` (20 steps), ``rail_max_nonfinite`` (3),
+    ``rail_max_rollbacks`` (5), ``bound_8``/``bound_12``/``bound_16`` (override the error
+    bounds), ``bits_<group>`` (start a group at other bits).
 
     Events: a ``warning`` with ``code="precision_promoted"`` when a group is promoted, and
     ``code="rollback"`` when non-finite state, a loss spike or repeated non-finite steps restore
@@ -567,9 +573,13 @@ class CompressedTrainer(SimpleTrainer):
         self.safety = BreathSafety(
             check_every=int(opts.get("check_every", 100)),
             spike_factor=float(opts.get("rail_spike_factor", 3.0)),
+            arm_after=int(opts.get("rail_arm_after", 20)),
             bounds=bounds,
         )
+        if self.safety.check_every < 1:
+            raise ConfigError(f"option check_every must be >= 1, got {self.safety.check_every}")
         self.max_nonfinite = int(opts.get("rail_max_nonfinite", 3))
+        self.max_rollbacks = int(opts.get("rail_max_rollbacks", 5))
         self.lr_multiplier = 1.0
         self.rollbacks = 0
         self.promotions: list[dict[str, Any]] = []
@@ -673,7 +683,16 @@ class CompressedTrainer(SimpleTrainer):
 
     # ------------------------------------------------------------------------- rollback
     def rollback(self, reason: str) -> None:
-        """Restore the last checkpoint, keep promotions, halve the rail LR multiplier (§5.7)."""
+        """Restore the last checkpoint, keep promotions, halve the rail LR multiplier (§5.7).
+
+        More than ``rail_max_rollbacks`` rollbacks end the run with :class:`TrainingDiverged`.
+        """
+        if self.rollbacks >= self.max_rollbacks:
+            raise TrainingDiverged(
+                f"training diverged: {reason} after {self.rollbacks} rollbacks "
+                f"(rail_max_rollbacks={self.max_rollbacks}); lower the learning rate or "
+                "resume from an earlier checkpoint"
+            )
         opt = self.compressed_optimizer
         bits_before = opt.components()
         multiplier = self.lr_multiplier * 0.5

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -303,3 +306,143 @@ def test_breath_safety_sees_nonfinite_state_and_loss_spikes() -> None:
     assert restored.spiking()
     restored.reset_loss_tracking()
     assert not restored.spiking()
+
+
+# ------------------------------------------------------------------------- the trainer
+def _compressed_trainer(cfg: Any, **kwargs: Any) -> Any:
+    from train_helpers import tiny_model_config
+
+    from core.train.compressed import CompressedTrainer
+
+    return CompressedTrainer(cfg, tiny_model_config(), **kwargs)
+
+
+def _run_events(run_dir: Path) -> list[dict[str, Any]]:
+    from core.events import ParseProblem, read_events
+
+    events = list(read_events(run_dir / "events.jsonl"))
+    assert not any(isinstance(e, ParseProblem) for e in events)
+    return events  # type: ignore[return-value]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {e["global_step"]: e["loss"] for e in _run_events(run_dir) if e["type"] == "step"}
+
+
+def _warnings(run_dir: Path, code: str) -> list[dict[str, Any]]:
+    return [e for e in _run_events(run_dir) if e["type"] == "warning" and e.get("code") == code]
+
+
+def test_compressed_trainer_resume_equals_uninterrupted(tmp_path: Path, small_corpus: Path) -> None:
+    from train_helpers import run_config
+
+    opts = {"bound_8": 1e-6}  # forces a promotion at the first check (step 4, a checkpoint)
+    full_dir = tmp_path / "full"
+    assert _compressed_trainer(run_config(full_dir, small_corpus, options=opts)).run() == "finished"
+    full = _losses(full_dir)
+    assert sorted(full) == list(range(1, 13))
+    promoted = _warnings(full_dir, "precision_promoted")
+    assert promoted and promoted[0]["global_step"] == 4 and "bulk" in promoted[0]["message"]
+
+    part_dir = tmp_path / "part"
+    box: dict[str, Any] = {}
+
+    def stop_at_7(event: dict[str, Any]) -> None:
+        if event["type"] == "step" and event["global_step"] == 7:
+            box["trainer"].control.put("stop")
+
+    box["trainer"] = first = _compressed_trainer(
+        run_config(part_dir, small_corpus, options=opts), listeners=[stop_at_7]
+    )
+    assert first.run() == "stopped"
+    second = _compressed_trainer(run_config(part_dir, small_corpus, resume="latest", options=opts))
+    assert second.run() == "finished"
+    resumed = _losses(part_dir)
+    for step in range(1, 13):
+        assert abs(resumed[step] - full[step]) <= 1e-6, (step, resumed[step], full[step])
+    # The promotion lives in the checkpoint: the resumed optimizer kept 12-bit bulk moments.
+    assert second.optimizer.components()["bulk"] == 12
+    state = json.loads(
+        (part_dir / "checkpoints" / "step_000012" / "trainer_state.json").read_text()
+    )
+    assert state["controllers"]["compressed"]["promotions"][0]["component"] == "bulk"
+
+
+def test_cli_compressed_run_stores_quantised_state(tmp_path: Path, small_corpus: Path) -> None:
+    from train_helpers import cli_train_args
+    from typer.testing import CliRunner
+
+    from aeron_tui.cli import app
+
+    args = cli_train_args(tmp_path / "run", small_corpus, 12)
+    args[1] = "compressed"
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    events = _run_events(tmp_path / "run")
+    assert events[0]["type"] == "run_started" and events[0]["trainer"] == "compressed"
+    steps = [e for e in events if e["type"] == "step"]
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    # This very small model has many protected/16-bit parameters; the tiny profile gets ~3.9x.
+    assert steps[-1]["metrics"]["optimizer_state_ratio"] > 2.5
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000012"
+    opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    by_component = {g["component"]: g for g in opt_state["param_groups"]}
+    assert by_component["bulk"]["bits"] == 8 and by_component["protected"]["bits"] == 32
+    bulk_first = opt_state["state"][by_component["bulk"]["params"][0]]
+    assert bulk_first["exp_avg_codes"].dtype == torch.int8
+    assert bulk_first["exp_avg_sq_codes"].dtype == torch.uint8
+
+
+def test_nonfinite_state_rolls_back_to_the_last_checkpoint(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    from train_helpers import run_config
+
+    box: dict[str, Any] = {}
+
+    def poison_at_6(event: dict[str, Any]) -> None:
+        if event["type"] == "step" and event["global_step"] == 6 and not box.get("done"):
+            box["done"] = True
+            opt = box["trainer"].optimizer
+            state = next(s for s in opt.state.values() if s["exp_avg_scales"].numel())
+            state["exp_avg_scales"][0] = float("nan")
+
+    run_dir = tmp_path / "run"
+    box["trainer"] = trainer = _compressed_trainer(
+        run_config(run_dir, small_corpus, steps=8, eval_every=1000), listeners=[poison_at_6]
+    )
+    assert trainer.run() == "finished"
+    rollback = _warnings(run_dir, "rollback")
+    assert len(rollback) == 1 and "step_000004" in rollback[0]["message"]
+    assert rollback[0]["global_step"] == 4  # the run went back to the checkpoint ...
+    steps = [e["global_step"] for e in _run_events(run_dir) if e["type"] == "step"]
+    assert steps.count(5) == 2 and steps[-1] == 8  # ... and trained steps 5-8 again
+    assert trainer.lr_multiplier == 0.5 and trainer.rollbacks == 1
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
+    assert trainer.optimizer.nonfinite_components() == []
+    state = json.loads((run_dir / "checkpoints" / "step_000008" / "trainer_state.json").read_text())
+    assert state["controllers"]["compressed"]["lr_multiplier"] == 0.5
+
+
+def test_persistent_loss_spikes_end_the_run_with_a_clear_error(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    from train_helpers import run_config
+
+    from core.train.compressed import TrainingDiverged
+
+    # A spike factor below 1 makes every armed check a spike: rollback once, then give up.
+    opts = {
+        "rail_spike_factor": 0.5,
+        "rail_arm_after": 1,
+        "check_every": 2,
+        "rail_max_rollbacks": 1,
+    }
+    run_dir = tmp_path / "run"
+    trainer = _compressed_trainer(run_config(run_dir, small_corpus, options=opts))
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        trainer.run()
+    assert len(_warnings(run_dir, "rollback")) == 1
+    events = _run_events(run_dir)
+    assert events[-2]["type"] == "error" and "rail_max_rollbacks=1" in events[-2]["message"]
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"

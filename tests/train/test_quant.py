@@ -98,3 +98,12 @@ def test_relative_error_definition() -> None:
     assert relative_error(torch.zeros(2), torch.zeros(2)) == 0.0
     with pytest.raises(ValueError, match="bits"):
         quantize_blockwise(x, 4, signed=True)
+
+
+def test_non_finite_input_keeps_a_non_finite_scale() -> None:
+    x = torch.randn(600)
+    x[3], x[300] = float("nan"), float("inf")
+    for bits in (8, 12):
+        q = quantize_blockwise(x, bits, signed=True)
+        assert not bool(torch.isfinite(q.scales[:2]).any()) and bool(torch.isfinite(q.scales[2]))
+        assert not bool(torch.isfinite(dequantize_blockwise(q)[:512]).all())

@@ -67,7 +67,8 @@ class FixedHardware:
 
 
 def default_spawn(setup: RunSetup, hardware: Any, runs_root: Path | None) -> TrainerProcess:
-    """Write the run's run.toml and start ``aeron-tui train ... --events-stdout --control-stdin``."""
+    """Write the run's run.toml, then start ``aeron-tui train ... --events-stdout
+    --control-stdin`` as a child process."""
     return TrainerProcess.start(prepare_launch(setup, hardware, runs_root))
 
 

@@ -1,7 +1,8 @@
 """The run the console will start: the setup choice, and turning it into a launched command.
 
 No Textual here. :func:`prepare_launch` resolves what "auto" and defaults mean (profile from
-``pick_profile``, a fresh run directory; data left out means the trainer's default sample data), writes the run's
+``pick_profile``, a fresh run directory; data left out means the trainer's default sample
+data), writes the run's
 ``run.toml`` and returns the :class:`~aeron_tui.launcher.LaunchSpec` for the headless command.
 """
 
@@ -110,7 +111,8 @@ def profile_rows(hardware: Any, trainer: str) -> tuple[str | None, list[ProfileR
             params=profile.parameter_count,
             estimate_bytes=_estimate_bytes(getattr(verdict, "estimate", None)),
             fits=bool(getattr(verdict, "fits", False)),
-            detail=str(getattr(verdict, "detail", "") or ("not estimated" if verdict is None else "")),
+            detail=str(getattr(verdict, "detail", "")
+                       or ("not estimated" if verdict is None else "")),
         ))
     return _picked_name(pick), rows
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ class RunSession:
     problem_count: int = 0
     pending_command: str | None = None
     status_before_command: str | None = None
+    _gone_checked_at: float = 0.0
+    _gone: bool = False
 
     def apply(self, items: list[dict[str, Any] | ParseProblem]) -> None:
         """Fold a batch of events (and parse problems) into the state."""
@@ -102,7 +105,23 @@ class RunSession:
         status = self.state.status
         if self.exit_code is not None and status in LIVE_STATUSES:
             return "failed" if self.exit_code != 0 else "stopped"
+        if status in LIVE_STATUSES and self.source == "watch" and self.trainer_gone():
+            return "crashed"
         return status
+
+    def trainer_gone(self, every_s: float = 2.0) -> bool:
+        """A watched run's trainer process is known to be gone (pid file; checked every 2 s)."""
+        if self.run_dir is None or self.state.events_seen == 0:
+            return False
+        now = time.monotonic()
+        if now - self._gone_checked_at >= every_s:
+            from core.runs import trainer_alive
+
+            self._gone_checked_at = now
+            self._gone = trainer_alive(self.run_dir) is False or (
+                trainer_alive(self.run_dir) is None
+                and not (self.run_dir / "trainer.pid").exists())
+        return self._gone
 
     def watched_pid(self) -> int | None:
         """The trainer pid of a watched run on this host, from its pid file (None if unknown)."""

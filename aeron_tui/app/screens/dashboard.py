@@ -1,4 +1,5 @@
-"""The dashboard (home screen): hardware, run, loss chart, ToT branches, scratchpad, log, checkpoints."""
+"""The dashboard (home screen): hardware, run, loss chart, ToT branches, scratchpad, event log
+and checkpoints."""
 
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ class DashboardScreen(Screen[None]):
         branches = self.query_one(BranchScores)
         branches.show(session)
         box = self.query_one("#branch-box")
-        box.border_title = "ToT branches" if branches.shown_scores or not branches.shown_metrics \
-            else "trainer metrics"
+        metrics_only = bool(branches.shown_metrics) and not branches.shown_scores
+        box.border_title = "trainer metrics" if metrics_only else "ToT branches"
         self.query_one(ScratchpadGrid).show(session)
         self.query_one(EventLog).show(session)
         self.query_one(CheckpointsTable).show(session)
@@ -85,7 +86,12 @@ class DashboardScreen(Screen[None]):
             return
         self._hw_key = key
         self.query_one(HardwarePanel).show(info, sample)
+        source = getattr(info, "source", "") or ""
+        # A recorded fake machine (AERON_TUI_FAKE_GPU) is never passed off as real hardware.
+        self.query_one("#hw-box").border_title = (
+            f"hardware · simulated {source[5:]}" if source.startswith("fake:") else "hardware")
 
     def action_toggle_smoothing(self) -> None:
         on = self.query_one(LossChart).toggle_smoothing()
-        self.notify(f"loss smoothing {'on (debiased EMA)' if on else 'off'}", timeout=1.5, markup=False)
+        state = "on (debiased EMA)" if on else "off"
+        self.notify(f"loss smoothing {state}", timeout=1.5, markup=False)

@@ -19,7 +19,8 @@ from aeron_tui.app.format import bar, fmt_float, sparkline
 from aeron_tui.app.session import RunSession
 
 PRUNED_BELOW = 0.5
-BRANCH_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
+BRANCH_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan",
+                 "bright_magenta")
 
 
 class BranchScores(Static):

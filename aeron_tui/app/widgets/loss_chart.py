@@ -75,7 +75,8 @@ class LossChart(PlotextPlot):
                 # Smooth the full series, then sample it: EMA over bucket means would lag more.
                 full = [p[1] for p in st.train_losses]
                 sm = debiased_ema(full, SMOOTHING_WEIGHT)
-                sx, sy = downsample([(p[0], v) for p, v in zip(st.train_losses, sm, strict=True)], buckets)
+                pairs = [(p[0], v) for p, v in zip(st.train_losses, sm, strict=True)]
+                sx, sy = downsample(pairs, buckets)
                 plt.plot(xs, ys, marker="braille", color=TRAIN_RAW_COLOR)
                 plt.plot(sx, sy, marker="braille", color=TRAIN_COLOR, label="train")
             else:

@@ -19,10 +19,11 @@ STATUS_STYLE = {
     "stopped": "bold blue",
     "finished": "bold green",
     "failed": "bold red",
+    "crashed": "bold red",
 }
 STATUS_ICON = {
     "starting": "◌", "running": "●", "paused": "⏸", "stopping": "◍",
-    "stopped": "■", "finished": "✔", "failed": "✖",
+    "stopped": "■", "finished": "✔", "failed": "✖", "crashed": "✖",
 }
 # A live run that has said nothing for this long is flagged, never shown as merrily running.
 STALE_AFTER_S = 60.0
@@ -48,7 +49,8 @@ class RunPanel(Static):
         if session is None or session.source == "none":
             return Text.assemble(
                 ("No run yet. ", "bold"),
-                ("Press ", "dim"), ("s", "bold reverse"), (" to start with the current setup, ", "dim"),
+                ("Press ", "dim"), ("s", "bold reverse"),
+                (" to start with the current setup, ", "dim"),
                 ("n", "bold reverse"), (" to set one up, ", "dim"),
                 ("r", "bold reverse"), (" to open a past run.", "dim"),
             )

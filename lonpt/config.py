@@ -59,7 +59,7 @@ class LonptConfig:
     dataset_fraction: float = 0.6
     dataset_cap: int | None = None
     max_length: int = 896
-    num_workers: int | str = "auto"
+    num_workers: int | str = "auto"  # seed key, validated; data is pre-tokenized, no workers run
     # -- loop ----------------------------------------------------------------------------------
     profile: str | None = None  # size profile the preset suggests; --profile overrides it
     batch_size: int = 4
@@ -289,6 +289,14 @@ def read_preset(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(data.get(table), dict) and len(data) == 1:
             data = data[table]
     return data
+
+
+def preset_profile(name_or_path: str | os.PathLike[str] | None) -> str | None:
+    """The size profile a preset suggests (``smoke`` → ``tiny``), for a CLI with no --profile."""
+    if name_or_path is None:
+        return None
+    value = read_preset(name_or_path).get("profile")
+    return value if isinstance(value, str) else None
 
 
 def load_config(

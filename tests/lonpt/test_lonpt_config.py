@@ -70,3 +70,10 @@ def test_defaults_are_the_heavy_run_values() -> None:
     assert cfg.domain_names == ["syntactic", "semantic", "reasoning"]
     assert cfg.rail_spike_factor == 3.0 and cfg.rail_max_nonfinite == 3 and cfg.val_max_batches == 50
     assert cfg.act_probe_steps == 2 and cfg.act_max_growth == 2.0
+
+
+def test_preset_profile_suggestion() -> None:
+    from lonpt.config import preset_profile
+
+    assert preset_profile("smoke") == "tiny"
+    assert preset_profile("heavy") is None  # the hardware (or --profile) decides

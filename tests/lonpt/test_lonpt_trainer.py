@@ -242,3 +242,31 @@ def test_bad_input_is_a_clear_error_before_training(tmp_path: Path, corpus: Path
         _run(lonpt_run_config(tmp_path / "d", corpus, target_memory_utilization=1e-6))
     for name in "bcd":
         assert not list((tmp_path / name).glob("checkpoints/*"))
+
+
+def test_keep_per_domain_checkpoint_dir_and_akap_off(tmp_path: Path, corpus: Path) -> None:
+    run_dir, out_dir = tmp_path / "keep", tmp_path / "published"
+    cfg = lonpt_run_config(run_dir, corpus, domain_cycles=3, steps_per_domain=3,
+                           keep_per_domain=1, checkpoint_dir=str(out_dir), akap_enable=False)
+    trainer, status = _run(cfg)
+    assert status == "finished"
+    events = events_of(run_dir)
+    assert {e["domain"] for e in events if e["type"] == "domain_change"} == {"all"}
+    bests = [f"lonpt_all_{e['global_step']:06d}" for e in events if e["type"] == "eval" and e["best"]]
+    assert len(bests) >= 2  # the loss keeps falling over three passes
+    # Only the newest best survives, in the run and in the published directory.
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("lonpt_*")) == [bests[-1]]
+    assert sorted(p.name for p in out_dir.glob("lonpt_*")) == [bests[-1]]
+    assert (out_dir / bests[-1] / "manifest.json").is_file()
+    assert events[-1]["checkpoint_dir"] == str(out_dir)
+
+
+def test_explicit_steps_cut_the_curriculum_and_validate_the_cut_pass(tmp_path: Path, corpus: Path) -> None:
+    cfg = lonpt_run_config(tmp_path / "cap", corpus)
+    cfg.steps = 8
+    trainer, status = _run(cfg)
+    assert status == "finished" and trainer.global_step == 8
+    events = events_of(tmp_path / "cap")
+    assert events[0]["total_steps"] == 8
+    assert [(e["domain"], e["global_step"]) for e in events if e["type"] == "eval"] == [
+        ("syntactic", 6), ("semantic", 8)]

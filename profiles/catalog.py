@@ -19,8 +19,6 @@ parameter counts use it); trainers replace ``vocab_size`` with the tokenizer's s
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import sys
 import types
 import typing
@@ -97,17 +95,10 @@ class SizeProfile:
 
 
 def parameter_count(config: NeuralNetConfig) -> int:
-    """Exact parameter count of ``config`` via ``core.model.count_parameters`` (cached)."""
-    return _count_cached(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str))
+    """Exact parameter count of ``config`` (a ``meta``-device model; cached per configuration)."""
+    from profiles.estimate import parameter_facts
 
-
-@functools.lru_cache(maxsize=64)
-def _count_cached(config_json: str) -> int:
-    from core.model import count_parameters
-
-    from core.config import NeuralNetConfig
-
-    return int(count_parameters(NeuralNetConfig(**json.loads(config_json))))
+    return parameter_facts(config).total
 
 
 # ----------------------------------------------------------------------------------- loading

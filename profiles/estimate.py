@@ -32,10 +32,12 @@ assumed alive during the next forward pass (true whenever ``grad_accum > 1``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -196,7 +198,7 @@ def _facts_cached(key: str) -> ParameterFacts:
     from core.model import TransformerNeuralNetBackbone
 
     config = NeuralNetConfig(**json.loads(key))
-    with torch.device("meta"):
+    with _INIT_LOCK, _skip_init(), torch.device("meta"):
         model = TransformerNeuralNetBackbone(config)
     counts = model.num_parameters(by_component=True)
     assert isinstance(counts, dict)
@@ -229,6 +231,35 @@ def _facts_cached(key: str) -> ParameterFacts:
     )
     _FACTS[key] = facts
     return facts
+
+
+_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Turn ``torch.nn.init`` functions into no-ops while a meta model is built.
+
+    Initialising meta tensors does nothing useful but costs seconds per large model (each init
+    call is decomposed in Python). Global while it lasts, hence the lock; only
+    :func:`parameter_facts` uses it, and the project never builds real models in that process
+    at the same moment (trainers run in child processes).
+    """
+    from torch.nn import init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, _identity)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
+
+
+def _identity(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    return tensor
 
 
 def _compressed_component_fn() -> Callable[[str, Any], str] | None:

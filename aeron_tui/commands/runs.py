@@ -1,9 +1,99 @@
-"""`aeron-tui` commands: runs. (Filled in by the issue that owns it.)"""
+"""`aeron-tui runs list|show`: the runs on this machine and their status, from their events."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``runs list`` and ``runs show``."""
+    runs_app = typer.Typer(help="List training runs and show one run's state.",
+                           no_args_is_help=True)
+
+    @runs_app.command("list")
+    def list_cmd(
+        root: Path | None = typer.Option(
+            None, "--root", help="Directory holding run directories (default: "
+            "$AERON_TUI_HOME/runs)."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
+    ) -> None:
+        """Runs with trainer, profile, status, steps, best validation loss and start time."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from core.runs import default_runs_root, list_runs
+
+        base = root or default_runs_root()
+        runs = list_runs(base)
+        if as_json:
+            for run in runs:
+                typer.echo(json.dumps(run.to_dict()))
+            return
+        console = Console()
+        if not runs:
+            console.print(f"no runs under {base}")
+            return
+        table = Table(title=f"runs in {base}")
+        for col in ("run", "trainer", "profile", "status", "steps", "best val", "started"):
+            table.add_column(col, justify="right" if col in ("steps", "best val") else "left")
+        for run in runs:
+            table.add_row(
+                run.path.name, run.trainer, run.profile, _status_markup(run.status),
+                f"{run.global_step}/{run.total_steps}",
+                f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-",
+                _when(run.started_at),
+            )
+        console.print(table)
+
+    @runs_app.command("show")
+    def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+        """Status, progress, losses, checkpoints and the last error of one run."""
+        from rich.console import Console
+
+        from core.checkpoint import list_checkpoints
+        from core.errors import ConfigError
+        from core.runs import is_run_dir, summarize_run
+
+        if not is_run_dir(run_dir):
+            raise ConfigError(f"{run_dir}: not a run directory (no run.toml or events.jsonl)")
+        run = summarize_run(run_dir)
+        s = run.state
+        console = Console()
+        console.print(f"[bold]{run.path}[/]")
+        rows = [
+            ("trainer", run.trainer), ("profile", run.profile), ("status", run.status),
+            ("step", f"{run.global_step}/{run.total_steps}"),
+            ("device", f"{s.device} {s.precision}".strip() or "-"),
+            ("parameters", f"{s.model_params:,}" if s.model_params else "-"),
+            ("data", s.data or "-"),
+            ("last loss", f"{run.last_loss:.4f}" if run.last_loss is not None else "-"),
+            ("best val loss", f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-"),
+            ("started", _when(run.started_at)),
+            ("elapsed", f"{s.elapsed_s:.0f}s"),
+        ]
+        for key, value in rows:
+            console.print(f"  {key:>14}  {value}", highlight=False, markup=False)
+        ckpts = list_checkpoints(run.path)
+        if ckpts:
+            console.print("  checkpoints:", highlight=False)
+            for c in ckpts:
+                console.print(f"    {c.name}", highlight=False, markup=False)
+        if run.error:
+            console.print(f"  [red]last error:[/] {run.error}", highlight=False)
+
+    app.add_typer(runs_app, name="runs")
+
+
+def _status_markup(status: str) -> str:
+    color = {"running": "cyan", "paused": "yellow", "finished": "green", "stopped": "yellow",
+             "failed": "red", "crashed": "red"}.get(status, "white")
+    return f"[{color}]{status}[/]"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"

@@ -47,3 +47,24 @@ def run_config(run_dir: Path, data: Path, **changes: Any) -> Any:
     )
     base.update(changes)
     return RunConfig(**base)
+
+
+TINY_MODEL_SETS = [
+    "model.d_model=64", "model.nhead=4", "model.num_kv_heads=2", "model.num_encoder_layers=1",
+    "model.num_decoder_layers=1", "model.dim_feedforward=128", "model.num_tot_branches=2",
+    "model.num_scratchpad_slots=4", "model.memory_slots=16", "model.memory_dim=64",
+    "model.memory_heads=4", "model.kg_num_entities=64", "model.kg_dim=16", "model.num_tasks=4",
+]
+
+
+def cli_train_args(run_dir: Path, data: Path, steps: int, **sets: Any) -> list[str]:
+    """Arguments of `aeron-tui train simple` for a very small, fast CPU run."""
+    values = dict(log_every=1, eval_every=1000, checkpoint_every=4, eval_max_batches=2,
+                  tokenizer_vocab_size=300, keep_last=10)
+    values.update(sets)
+    args = ["train", "simple", "--profile", "tiny", "--data", str(data), "--run-dir", str(run_dir),
+            "--steps", str(steps), "--seq-len", "32", "--micro-batch", "4", "--seed", "3",
+            "--precision", "fp32", "--device", "cpu"]
+    for item in TINY_MODEL_SETS + [f"{k}={v}" for k, v in values.items()]:
+        args += ["--set", item]
+    return args

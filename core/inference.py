@@ -216,6 +216,38 @@ class SpeculativeOutput:
     stats: SpeculativeStats = field(default_factory=SpeculativeStats)
 
 
+def accept_or_resample(
+    p: Sequence[Tensor], q: Sequence[Tensor], drafted: Sequence[int], greedy: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """The speculative sampling rule for one round: ``(accepted drafts n, next token t)``.
+
+    ``p`` holds the target's γ+1 distributions, ``q`` the draft's γ, ``drafted`` the γ draft
+    tokens. Draft ``x_i`` is kept with probability ``min(1, p_i(x_i)/q_i(x_i))``; at the first
+    rejection ``t`` is drawn from ``norm(max(0, p_i − q_i))``; if all are kept, from
+    ``p_{γ+1}``. The emitted tokens are then distributed exactly as the target's. Greedy
+    distributions are one-hot, so this keeps drafts while they equal the target's argmax.
+    """
+    k = len(drafted)
+    for i in range(k):
+        x = drafted[i]
+        if greedy:
+            ok = int(p[i].argmax()) == x
+        else:
+            ratio = float(p[i][x]) / max(float(q[i][x]), 1e-20)
+            u = float(torch.rand((), generator=generator, device=p[i].device))
+            ok = u < min(1.0, ratio)
+        if not ok:
+            if greedy:
+                return i, int(p[i].argmax())
+            residual = torch.clamp(p[i] - q[i], min=0.0)
+            total = float(residual.sum())
+            dist = residual / total if total > 0 else p[i]
+            return i, int(torch.multinomial(dist, 1, generator=generator))
+    last = p[k]
+    return k, int(last.argmax()) if greedy else int(torch.multinomial(last, 1, generator=generator))
+
+
 class SpeculativeDecoder:
     """Speculative decoding (Leviathan et al. 2023 / Chen et al. 2023) with a draft model.
 
@@ -306,29 +338,9 @@ class SpeculativeDecoder:
                     ps.append(self._probs(logits[i], p_seen, config))
                     if i < k:
                         p_seen[drafted[i]] = True
-                n = 0
-                for i in range(k):
-                    x = drafted[i]
-                    if config.greedy:
-                        ok = int(ps[i].argmax()) == x
-                    else:
-                        ratio = float(ps[i][x]) / max(float(qs[i][x]), 1e-20)
-                        u = float(torch.rand((), generator=generator, device=device))
-                        ok = u < min(1.0, ratio)
-                    if not ok:
-                        break
-                    n += 1
+                n, t = accept_or_resample(ps, qs, drafted, config.greedy, generator)
                 stats.drafted += k
                 stats.accepted += n
-                if n < k:
-                    if config.greedy:
-                        t = int(ps[n].argmax())
-                    else:
-                        residual = torch.clamp(ps[n] - qs[n], min=0.0)
-                        total = float(residual.sum())
-                        t = self._draw(residual / total if total > 0 else ps[n], generator)
-                else:
-                    t = int(ps[k].argmax()) if config.greedy else self._draw(ps[k], generator)
                 new = drafted[:n] + [t]
                 # Roll both caches back to the accepted prefix (seq + accepted drafts).
                 t_len = len(seq) + n

@@ -60,8 +60,9 @@ def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
 
 def _note(message: str, style: str = "dim") -> None:
     from rich.console import Console
+    from rich.text import Text
 
-    Console(stderr=True, highlight=False).print(f"[{style}]{message}[/]")
+    Console(stderr=True, highlight=False).print(Text(message, style=style))
 
 
 def _report(gen: Any, seconds: float) -> None:

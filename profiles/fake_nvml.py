@@ -165,8 +165,10 @@ MACHINES: dict[str, FakeMachine] = {
             ),
         )
     ),
-    # Answers name, UUID and memory, then every device query raises NVMLError_GpuIsLost.
-    "lost-midsession": FakeMachine(devices=(_rtx3090(0, lost_after=3),)),
+    # Answers its first 7 device queries, then every one raises NVMLError_GpuIsLost: a probe gets
+    # name, UUID, memory, utilisation, temperature and power before losing it; a sampler gets one
+    # good sample (4 queries) and the GPU is lost during the second.
+    "lost-midsession": FakeMachine(devices=(_rtx3090(0, lost_after=7),)),
 }
 
 

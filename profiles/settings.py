@@ -20,30 +20,23 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from core.errors import ConfigError
+from core.paths import aeron_home
+
+__all__ = [
+    "SavedChoice",
+    "aeron_home",
+    "atomic_write_text",
+    "choice_from_dict",
+    "choice_path",
+    "load_saved_choice",
+    "save_choice",
+]
 
 CHOICE_FILE = "choice.toml"
 DEVICES = ("cpu", "cuda")
 TRAINERS = ("simple", "compressed")
 PLANS = ("single", "ddp", "fsdp")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-def aeron_home() -> Path:
-    """The per-user directory: ``$AERON_TUI_HOME``, else the platform's config directory.
-
-    Linux ``$XDG_CONFIG_HOME/aeron-tui`` (default ``~/.config/aeron-tui``), macOS
-    ``~/Library/Application Support/aeron-tui``, Windows ``%APPDATA%\\aeron-tui``. Not created here.
-    """
-    env = os.environ.get("AERON_TUI_HOME")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "aeron-tui"
 
 
 def choice_path() -> Path:

@@ -1,0 +1,153 @@
+"""Training engine overhead: tokens/s of the engine's step vs the bare model step (issue 4).
+
+Both run on the same model, the same fused AdamW and the *same batches*: each round the engine
+trains ``--steps`` steps (data loading, step metrics, schedule, clipping, finiteness check,
+control polling and events every ``--log-every`` steps, written to a real ``events.jsonl``),
+recording the batches it drew; then the bare step of ``bench/model_step.py`` (forward, backward,
+``opt.step()``, ``zero_grad``) replays those batches. Rounds alternate which goes first and
+medians are reported, because the machine is shared. Evaluation and checkpoints are switched
+off: they are work a run asks for, not per-step overhead.
+
+    .venv/bin/python bench/train_throughput.py                       # tiny, fp32 and bf16
+    .venv/bin/python bench/train_throughput.py --profile small --precisions bf16 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Same allocator settings as bench/model_step.py (GUIDE: glibc trimming dominates CPU noise).
+_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+
+def build_trainer(profile: str, precision: str, batch: int, seq: int, log_every: int,
+                  run_dir: Path) -> Any:
+    from core.data.sample import ensure_sample_corpus
+    from core.train.config import RunConfig
+    from core.train.simple import SimpleTrainer
+    from profiles.catalog import load_profile
+
+    class RecordingTrainer(SimpleTrainer):
+        recorded: list[Any]
+
+        def next_batch(self) -> Any:
+            batch_ = super().next_batch()
+            self.recorded.append(batch_)
+            return batch_
+
+    cfg = RunConfig(
+        run_dir=str(run_dir), data=str(ensure_sample_corpus().styles), steps=10**9,
+        micro_batch=batch, grad_accum=1, seq_len=seq, precision=precision, device="cpu",
+        log_every=log_every, eval_every=10**9, checkpoint_every=10**9, seed=0,
+        tokenizer_vocab_size=2048, profile=profile,
+    )
+    trainer = RecordingTrainer(cfg, load_profile(profile).model)
+    trainer.recorded = []
+    trainer.setup()
+    return trainer
+
+
+def engine_steps(trainer: Any, steps: int) -> float:
+    trainer.recorded = []
+    t = time.perf_counter()
+    for _ in range(steps):
+        trainer._one_step()
+        trainer._after_step()
+    return time.perf_counter() - t
+
+
+def bare_steps(trainer: Any, batches: list[Any]) -> float:
+    """The model_step.py step on the engine's model, optimizer and batches."""
+    model, opt = trainer.model, trainer.optimizer
+    model.train()
+    t = time.perf_counter()
+    for batch in batches:
+        with trainer.autocast():
+            loss = model(batch["input_ids"], batch["attention_mask"],
+                         decoder_input_ids=batch["decoder_input_ids"],
+                         decoder_attention_mask=batch["decoder_attention_mask"],
+                         labels=batch["labels"])["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t
+
+
+def tokens_of(batches: list[Any]) -> int:
+    return sum(int(b["attention_mask"].sum()) + int(b["decoder_attention_mask"].sum())
+               for b in batches)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10, help="steps per variant per round")
+    ap.add_argument("--keep-malloc", action="store_true")
+    args = ap.parse_args(argv)
+
+    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != _MALLOC:
+        env = dict(os.environ, GLIBC_TUNABLES=_MALLOC)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; profile "
+          f"{args.profile}, micro-batch {args.batch}, seq_len {args.seq}, log every "
+          f"{args.log_every}; {args.rounds} rounds x {args.steps} steps, interleaved")
+    print(f"{'precision':9} {'engine ms':>10} {'bare ms':>9} {'engine tok/s':>13} "
+          f"{'bare tok/s':>11} {'overhead %':>11} {'rounds >5 %':>12}")
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in args.precisions.split(","):
+            trainer = build_trainer(args.profile, precision, args.batch, args.seq,
+                                    args.log_every, Path(tmp) / precision)
+            engine_steps(trainer, 3)  # warm-up: optimizer state, allocator, kernels
+            bare_steps(trainer, trainer.recorded)
+            ratios, e_times, b_times, e_tps, b_tps = [], [], [], [], []
+            for r in range(args.rounds):
+                if r % 2 == 0:
+                    te = engine_steps(trainer, args.steps)
+                    batches = list(trainer.recorded)
+                    tb = bare_steps(trainer, batches)
+                else:
+                    # Bare first on the batches the engine will draw next: replay them after.
+                    state = trainer.train_loader.state_dict()
+                    preview = [next(trainer.train_loader) for _ in range(args.steps)]
+                    trainer.train_loader.load_state_dict(state)
+                    tb = bare_steps(trainer, preview)
+                    te = engine_steps(trainer, args.steps)
+                    batches = preview
+                ntok = tokens_of(batches)
+                ratios.append(te / tb - 1.0)
+                e_times.append(te / args.steps)
+                b_times.append(tb / args.steps)
+                e_tps.append(ntok / te)
+                b_tps.append(ntok / tb)
+            over = statistics.median(ratios) * 100
+            worst = max(worst, over)
+            above = sum(r > 0.05 for r in ratios)
+            print(f"{trainer.precision:9} {statistics.median(e_times) * 1e3:10.1f} "
+                  f"{statistics.median(b_times) * 1e3:9.1f} {statistics.median(e_tps):13.0f} "
+                  f"{statistics.median(b_tps):11.0f} {over:11.1f} {above:>8}/{len(ratios)}")
+            trainer.cleanup()
+            del trainer
+    print(f"median engine overhead: worst {worst:.1f} % (target < 5 %)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""The headless display renders the event stream (the numbers shown are the numbers emitted)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from aeron_tui.headless import HeadlessDisplay, choose_mode, status_line
+from core.events import EventWriter, fold, read_events
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_choose_mode() -> None:
+    tty, pipe = _Tty(), io.StringIO()
+    assert choose_mode(False, False, stdout=tty, stderr=tty) == ("rich", tty)
+    assert choose_mode(False, False, stdout=pipe, stderr=tty) == ("plain", pipe)
+    assert choose_mode(True, False, stdout=pipe, stderr=tty) == ("rich", tty)
+    assert choose_mode(True, False, stdout=pipe, stderr=pipe)[0] == "off"
+    assert choose_mode(False, True, stdout=tty, stderr=tty)[0] == "off"
+
+
+def _emit_run(writer: EventWriter) -> None:
+    writer.emit("run_started", run_id="r1", trainer="simple", total_steps=10, profile="tiny")
+    for step in (5, 10):
+        writer.emit("step", global_step=step, step=step, loss=4.0 / step, lr=3e-4 * step,
+                    tokens_per_s=1234.5, grad_norm=0.5, phase="stabilize", domain="semantic")
+    writer.emit("eval", global_step=10, loss=0.41, best=True)
+    writer.emit("checkpoint", global_step=10, path="/x/step_000010", name="step_000010")
+    writer.emit("run_finished", status="finished", global_step=10)
+
+
+def test_plain_lines_show_the_emitted_numbers(tmp_path: Path) -> None:
+    out = io.StringIO()
+    display = HeadlessDisplay("plain", out)
+    with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
+        _emit_run(writer)
+    lines = out.getvalue().splitlines()
+    steps = [ln for ln in lines if ln.startswith("step ")]
+    assert steps[0].startswith("step 5/10 | loss 0.8000 | lr 1.50e-03 | 1,234 tok/s")
+    assert "phase stabilize" in steps[0] and "domain semantic" in steps[0]
+    assert steps[1].startswith("step 10/10 | loss 0.4000 | lr 3.00e-03")
+    assert any("validation loss 0.4100 ✓ best" in ln for ln in lines)
+    assert any("checkpoint step_000010" in ln for ln in lines)
+    assert lines[-1].endswith("run finished")
+    # The display folded the same state a reader of events.jsonl folds.
+    replay = fold(read_events(tmp_path / "events.jsonl"))
+    assert status_line(replay) == status_line(display.state)
+
+
+def test_rich_display_draws_progress(tmp_path: Path) -> None:
+    out = _Tty()
+    display = HeadlessDisplay("rich", out)
+    with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
+        _emit_run(writer)
+    display.close()
+    text = out.getvalue()
+    assert "step 10/10" in text and "loss 0.4000" in text and "100.0%" in text
+    assert "validation loss 0.4100" in text
+
+
+def test_off_writes_nothing(tmp_path: Path) -> None:
+    out = io.StringIO()
+    display = HeadlessDisplay("off", out)
+    with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
+        _emit_run(writer)
+    assert out.getvalue() == "" and display.state.global_step == 10

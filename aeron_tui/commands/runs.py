@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -85,6 +86,48 @@ def register(app: typer.Typer) -> None:
                 console.print(f"    {c.name}", highlight=False, markup=False)
         if run.error:
             console.print(f"  [red]last error:[/] {run.error}", highlight=False)
+
+    @runs_app.command("lineage")
+    def lineage_cmd(
+        checkpoint: Path = typer.Argument(..., help="A checkpoint directory."),
+        search: list[Path] = typer.Option(
+            [], "--search", help="Extra directories to look for parent checkpoints in."),
+        as_json: bool = typer.Option(False, "--json", help="Print the tree as JSON."),
+    ) -> None:
+        """The checkpoint's ancestry: resumed, continued, merged and upgraded from."""
+        import json
+
+        from rich.console import Console
+        from rich.tree import Tree
+
+        from core.lineage import default_roots, lineage_tree
+
+        roots = [*default_roots(checkpoint.resolve()), *search]
+        root = lineage_tree(checkpoint, roots)
+        if as_json:
+            typer.echo(json.dumps(root.to_dict(), indent=2))
+            return
+
+        def label(n: Any) -> str:
+            parts = [f"[bold]{n.name or n.version[:8]}[/]"]
+            if n.relation:
+                parts.insert(0, f"[cyan]{n.relation} from[/]")
+            if n.global_step is not None:
+                parts.append(f"step {n.global_step}")
+            if n.val_loss is not None:
+                parts.append(f"val {n.val_loss:.4f}")
+            if n.detail:
+                parts.append(f"({n.detail})")
+            parts.append(f"[dim]{n.path or n.version}[/]")
+            return " ".join(parts)
+
+        def grow(tree: Any, n: Any) -> None:
+            for p in n.parents:
+                grow(tree.add(label(p)), p)
+
+        tree = Tree(label(root))
+        grow(tree, root)
+        Console().print(tree, highlight=False)
 
     app.add_typer(runs_app, name="runs")
 

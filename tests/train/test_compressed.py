@@ -446,3 +446,30 @@ def test_persistent_loss_spikes_end_the_run_with_a_clear_error(
     events = _run_events(run_dir)
     assert events[-2]["type"] == "error" and "rail_max_rollbacks=1" in events[-2]["message"]
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
+
+
+def test_group_parameters_on_the_real_model() -> None:
+    from train_helpers import tiny_model_config
+
+    from core.model import TransformerNeuralNetBackbone
+
+    model = TransformerNeuralNetBackbone(tiny_model_config())
+    groups = group_parameters(model)
+    named = {n for _, members in groups.items() for n, _ in members}
+    assert named == {n for n, p in model.named_parameters() if p.requires_grad}
+    where = {n: g for g, members in groups.items() for n, _ in members}
+    for name, param in model.named_parameters():
+        group = where[name]
+        if param.ndim < 2 or "norm" in name.split(".")[-2]:
+            assert group == "protected", name
+        elif ".ffn.gate_proj." in name:
+            assert group in ("bulk", "reasoning"), name  # SwiGLU weight, never "protected"
+        elif "scratchpad" in name or name.startswith(("neural_memory.", "continual_learning.")):
+            assert group in ("memory", "protected"), name
+        elif name.startswith("knowledge_graph."):
+            assert group in ("knowledge_graph", "protected"), name
+        elif name.startswith("reasoning_engine."):
+            assert group in ("reasoning", "protected"), name
+        elif name.startswith(("encoder.", "decoder.", "token_embedding")):
+            assert group == "bulk", name
+    assert groups["bulk"] and groups["reasoning"] and groups["protected"]

@@ -659,3 +659,63 @@ def _validation_pairs(data: str | os.PathLike[str], tok: Any, cfg: Any) -> list[
     _, val = split_samples(read_styles(data))
     max_len = min(256, int(getattr(cfg, "max_position_embeddings", 256)) - 1)
     return [encode_styles_sample(s, tok, max_len) for s in val]
+
+
+# ------------------------------------------------------------------------------- ensembles
+
+
+class EnsemblePolicy(torch.nn.Module):
+    """Decode with several checkpoints at once: ``log mean_k softmax(logits_k)`` (or the mean of
+    the logits). It has the backbone's ``encode``/``decode`` interface, so ``core.generation``
+    drives it like one model; the models must share the tokenizer and vocabulary.
+    """
+
+    def __init__(self, models: Sequence[torch.nn.Module], mode: str = "probs",
+                 weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if not models:
+            raise MergeError("an ensemble needs at least one model")
+        if mode not in ("probs", "logits"):
+            raise MergeError(f"ensemble mode {mode!r}; choose 'probs' or 'logits'")
+        vocab = {int(m.config.vocab_size) for m in models}  # type: ignore[union-attr]
+        if len(vocab) != 1:
+            raise MergeError(f"ensemble members have different vocabularies {sorted(vocab)}")
+        self.members = torch.nn.ModuleList(models)
+        self.mode = mode
+        w = torch.tensor(list(weights) if weights is not None else [1.0] * len(models), dtype=torch.float32)
+        if w.numel() != len(models) or (w < 0).any() or w.sum() <= 0:
+            raise MergeError("ensemble weights must be one non-negative number per model with a positive sum")
+        self.register_buffer("weights", w / w.sum(), persistent=False)
+        # The shortest context bounds generation.
+        self.config = min((m.config for m in models), key=lambda c: c.max_position_embeddings)  # type: ignore[union-attr]
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> list[Any]:
+        return [m.encode(input_ids, attention_mask, **kwargs) for m in self.members]  # type: ignore[operator]
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_output: Sequence[Any],
+        decoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Sequence[Any] | None = None,
+        use_cache: bool = False,
+    ) -> dict[str, Any]:
+        pasts = list(past_key_values) if past_key_values is not None else [None] * len(self.members)
+        outs = [
+            m.decode(decoder_input_ids, enc, decoder_attention_mask, past_key_values=p, use_cache=use_cache)  # type: ignore[operator]
+            for m, enc, p in zip(self.members, encoder_output, pasts, strict=True)
+        ]
+        logits = torch.stack([o["logits"].float() for o in outs])  # (K, B, T, V)
+        w = self.weights.view(-1, 1, 1, 1)
+        if self.mode == "logits":
+            combined = (w * logits).sum(0)
+        else:
+            combined = torch.logsumexp(torch.log_softmax(logits, dim=-1) + torch.log(w), dim=0)
+        return {
+            "logits": combined,
+            "past_key_values": tuple(o.get("past_key_values") for o in outs) if use_cache else None,
+        }
+
+    def forward(self, **kwargs: Any) -> dict[str, Any]:
+        enc = self.encode(kwargs["input_ids"], kwargs.get("attention_mask"))
+        return self.decode(kwargs["decoder_input_ids"], enc, kwargs.get("decoder_attention_mask"))

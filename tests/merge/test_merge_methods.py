@@ -220,3 +220,45 @@ def test_ewc_state_is_carried_not_merged_and_feeds_fisher_merge(tmp_path) -> Non
     got = load_file(str(out))
     assert torch.allclose(got["w"], t(2.5, 5.0), atol=1e-5)
     assert torch.equal(got["continual_learning.ewc_state.anchor.w"], t(0, 10))
+
+
+def _tiny_model(seed: int):
+    from core.config import NeuralNetConfig
+    from core.model import TransformerNeuralNetBackbone
+
+    torch.manual_seed(seed)
+    cfg = NeuralNetConfig(vocab_size=40, d_model=32, nhead=4, num_kv_heads=2, num_encoder_layers=1,
+                          num_decoder_layers=1, dim_feedforward=64, max_position_embeddings=64,
+                          num_tot_branches=2, num_scratchpad_slots=4, memory_slots=8, memory_dim=16,
+                          memory_heads=2, kg_num_entities=16, kg_dim=8, num_tasks=2, enable_multimodal=False)
+    return TransformerNeuralNetBackbone(cfg).eval()
+
+
+def test_ensemble_policy_averages_probabilities_and_generates_with_cache() -> None:
+    from core.generation import GenerationConfig, generate_ids
+    from core.merge import EnsemblePolicy
+
+    a, b = _tiny_model(0), _tiny_model(1)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    dec = torch.tensor([[1, 8, 9]])
+    ens = EnsemblePolicy([a, b]).eval()
+    with torch.no_grad():
+        got = ens(input_ids=ids, decoder_input_ids=dec)["logits"]
+        pa = torch.softmax(a(input_ids=ids, decoder_input_ids=dec)["logits"], -1)
+        pb = torch.softmax(b(input_ids=ids, decoder_input_ids=dec)["logits"], -1)
+    assert torch.allclose(got.exp(), (pa + pb) / 2, atol=1e-6)
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    cached = generate_ids(ens, ids, config=cfg)
+    uncached = generate_ids(ens, ids, config=GenerationConfig(max_new_tokens=6, temperature=0.0, use_cache=False))
+    assert torch.equal(cached.tokens, uncached.tokens)
+    solo = generate_ids(EnsemblePolicy([a]), ids, config=cfg)
+    assert torch.equal(solo.tokens, generate_ids(a, ids, config=cfg).tokens)
+
+
+def test_ensemble_rejects_mismatched_vocabularies() -> None:
+    from core.merge import EnsemblePolicy
+
+    a = _tiny_model(0)
+    a.config = a.config.replace(vocab_size=41)
+    with pytest.raises(MergeError, match="vocabularies"):
+        EnsemblePolicy([a, _tiny_model(1)])

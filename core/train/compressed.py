@@ -488,28 +488,26 @@ class BreathSafety:
         self.bounds = {**ERROR_BOUNDS, **(bounds or {})}
         self.loss_ema: float | None = None
         self.best_ema: float | None = None
+        self.global_ema = math.nan  # the (rank-averaged) EMA judged at the last check
         self.observed = 0
 
     def observe_loss(self, loss: float) -> None:
+        """Update this process's loss EMA (α 0.05); non-finite losses are the rails' business."""
         if not math.isfinite(loss):
-            return  # non-finite losses are the rails' business (skipped steps)
+            return
         self.observed += 1
         a = self.ema_alpha
         self.loss_ema = loss if self.loss_ema is None else (1 - a) * self.loss_ema + a * loss
-        if self.observed >= self.arm_after and (
-            self.best_ema is None or self.loss_ema < self.best_ema
-        ):
-            self.best_ema = self.loss_ema
 
-    def spiking(self) -> bool:
-        return (
-            self.best_ema is not None
-            and self.loss_ema is not None
-            and self.loss_ema > self.spike_factor * self.best_ema
-        )
+    def check(
+        self, optimizer: CompressedAdamW, reduce: Callable[[float], float] | None = None
+    ) -> BreathCheck:
+        """Run the three checks; promotes groups over their bound in place.
 
-    def check(self, optimizer: CompressedAdamW) -> BreathCheck:
-        """Run the three checks; promotes groups over their bound in place."""
+        ``reduce`` averages a number over ranks (distributed runs): every rank then judges the
+        same EMA — the mean of the ranks' EMAs, which is the EMA of the mean loss — and takes
+        the same decision. The best EMA is the lowest seen at a check once armed.
+        """
         result = BreathCheck(errors=dict(optimizer.last_errors))
         result.nonfinite = optimizer.nonfinite_components()
         bits = optimizer.components()
@@ -518,7 +516,17 @@ class BreathSafety:
             bound = self.bounds.get(old, 0.0)
             if old in PROMOTION and not error <= bound:  # `not <=` also catches NaN
                 result.promoted[component] = (old, optimizer.promote(component))
-        result.loss_spike = self.spiking()
+        ema = self.loss_ema if self.loss_ema is not None else math.nan
+        observed = float(self.observed)
+        if reduce is not None:
+            ema, observed = reduce(ema), reduce(observed)
+        self.global_ema = ema
+        if math.isfinite(ema) and observed >= self.arm_after:
+            result.loss_spike = (
+                self.best_ema is not None and ema > self.spike_factor * self.best_ema
+            )
+            if not result.loss_spike and (self.best_ema is None or ema < self.best_ema):
+                self.best_ema = ema
         return result
 
     def reset_loss_tracking(self) -> None:
@@ -640,7 +648,7 @@ class CompressedTrainer(SimpleTrainer):
         opt = self.compressed_optimizer
         if not opt.last_errors:  # the update was skipped (non-finite): nothing measured
             return
-        result = self.safety.check(opt)
+        result = self.safety.check(opt, reduce=self._mean_over_ranks)
         for component, (old, new) in result.promoted.items():
             error = result.errors[component]
             self.promotions.append(
@@ -660,9 +668,16 @@ class CompressedTrainer(SimpleTrainer):
             self.rollback(f"non-finite optimizer state in {', '.join(result.nonfinite)}")
         elif result.loss_spike:
             self.rollback(
-                f"loss EMA {self.safety.loss_ema:.4f} above {self.safety.spike_factor:g} x "
+                f"loss EMA {self.safety.global_ema:.4f} above {self.safety.spike_factor:g} x "
                 f"best {self.safety.best_ema:.4f}"
             )
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if self.dist is None or self.world_size <= 1:
+            return value
+        from core.train.distributed import all_reduce_mean
+
+        return all_reduce_mean(value, self.dist)
 
     def step_event_extra(self) -> dict[str, Any]:
         extra = dict(super().step_event_extra())

@@ -295,20 +295,24 @@ def test_breath_safety_sees_nonfinite_state_and_loss_spikes() -> None:
     check = safety.check(opt)
     assert check.nonfinite == ["default"] and check.rollback
 
+    opt.nonfinite_components = lambda: []  # type: ignore[method-assign]  # loss checks only
     for _ in range(30):
         safety.observe_loss(2.0)
-    assert not safety.spiking()
+    assert not safety.check(opt).loss_spike and safety.best_ema == pytest.approx(2.0)
     for _ in range(60):
         safety.observe_loss(20.0)
-    assert safety.spiking()
-    restored = BreathSafety()
+    restored = BreathSafety(arm_after=5, spike_factor=3.0)
     restored.load_state(safety.state())
-    assert restored.spiking()
+    check = safety.check(opt)
+    assert check.loss_spike and check.rollback
+    # Distributed: the decision uses the rank-averaged EMA (7 other ranks whose EMA is 2.0).
+    assert not restored.check(opt, reduce=lambda v: (v + 7 * 2.0) / 8).loss_spike
+    assert restored.check(opt).loss_spike
     restored.reset_loss_tracking()
-    assert not restored.spiking()
+    restored.observe_loss(20.0)
+    assert not restored.check(opt).loss_spike  # not armed again yet
 
 
-# ------------------------------------------------------------------------- the trainer
 def _compressed_trainer(cfg: Any, **kwargs: Any) -> Any:
     from train_helpers import tiny_model_config
 

@@ -951,14 +951,9 @@ class Trainer:
             **extra,
         }
         if event.get("loss") is None:
-            # Every update of the interval was skipped: no finite loss to report (JSON has no
-            # NaN); the per-step warnings already say why.
-            self.emit(
-                "warning",
-                message=f"no finite loss in the steps up to {self.global_step}",
-                code="nonfinite",
-                global_step=self.global_step,
-            )
+            # Every update of the interval was skipped: there is no finite loss to report (JSON
+            # has no NaN, and an invented number would draw a false curve); the per-step
+            # warnings already say why.
             return
         self.emit("step", **event)
 

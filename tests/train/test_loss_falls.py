@@ -1,8 +1,8 @@
 """The simple trainer learns: the tiny profile on the bundled sample corpus, 200 CPU steps.
 
-Measured (2 shared cores, fp32, seq_len 64, micro-batch 8, vocab 2048): the loss falls from
-7.6 (= ln 2048, step 1) to about 4.0 over the last ten steps (a ~47 % fall); validation loss at
-step 200 about 4.2. The test asks for at least 30 %.
+Measured (shared 2-core box, 1 torch thread, fp32, seq_len 64, micro-batch 8, tokenizer vocab
+2048): step-1 loss 7.651 (≈ ln 2048) → 4.431 averaged over steps 191-200, a 42.1 % fall;
+validation loss at step 200: 4.275. 220 s under a load average of 16. The test asks for 30 %.
 """
 
 from __future__ import annotations

@@ -391,19 +391,16 @@ class Trainer:
         return wrapped
 
     def resolve_precision(self) -> str:
-        """``auto`` → bf16 on CUDA ≥ sm80, fp16 on older CUDA, CPU per ``default_precision``."""
+        """``auto`` → bf16 on CUDA ≥ sm80, fp16 + GradScaler on older CUDA, and on the CPU bf16
+        where ``core.precision.default_precision`` says it is native and faster, else fp32.
+        An explicit precision is always honoured, except bf16 on a GPU without it."""
+        from core.precision import default_precision
+
         wanted = self.config.precision
         dev = self.device
         if wanted == "auto":
-            if dev.type == "cuda":
-                return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            try:
-                from core.precision import default_precision
-
-                return str(default_precision(dev))
-            except ImportError:
-                return "fp32"
-        if wanted == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return str(default_precision(dev))
+        if wanted == "bf16" and dev.type == "cuda" and default_precision(dev) != "bf16":
             raise ConfigError(
                 "precision bf16 needs a CUDA GPU with compute capability >= 8.0; "
                 "use --precision fp16 or fp32"

@@ -18,11 +18,12 @@ def _events(run_dir: Path) -> list[dict[str, Any]]:
     return [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, dict)]
 
 
-@pytest.mark.parametrize("bf16_ok,expected", [(True, "bf16"), (False, "fp16")])
-def test_auto_precision_on_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bf16_ok: bool,
+@pytest.mark.parametrize("major,expected", [(8, "bf16"), (9, "bf16"), (7, "fp16")])
+def test_auto_precision_on_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, major: int,
                                 expected: str) -> None:
     # A fake CUDA device: compute capability >= 8.0 gives bf16, older GPUs fp16 + GradScaler.
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (major, 0))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     trainer = SimpleTrainer(run_config(tmp_path, tmp_path, precision="auto"), tiny_model_config())
     trainer.device = torch.device("cuda")
     assert trainer.resolve_precision() == expected
@@ -31,11 +32,21 @@ def test_auto_precision_on_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 def test_explicit_bf16_on_old_gpu_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from core.errors import ConfigError
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     trainer = SimpleTrainer(run_config(tmp_path, tmp_path, precision="bf16"), tiny_model_config())
     trainer.device = torch.device("cuda")
     with pytest.raises(ConfigError, match="bf16"):
         trainer.resolve_precision()
+
+
+def test_auto_precision_on_cpu_follows_the_measured_default(tmp_path: Path) -> None:
+    from core.precision import default_precision
+
+    trainer = SimpleTrainer(run_config(tmp_path, tmp_path, precision="auto"), tiny_model_config())
+    assert trainer.resolve_precision() == default_precision("cpu")
+    explicit = SimpleTrainer(run_config(tmp_path, tmp_path, precision="fp32"), tiny_model_config())
+    assert explicit.resolve_precision() == "fp32"
 
 
 def test_cuda_memory_stats_use_allocator_counters(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -394,8 +394,6 @@ class Trainer:
         """``auto`` → bf16 on CUDA ≥ sm80, fp16 + GradScaler on older CUDA, and on the CPU bf16
         where ``core.precision.default_precision`` says it is native and faster, else fp32.
         An explicit precision is always honoured, except bf16 on a GPU without it."""
-        from core.precision import default_precision
-
         wanted = self.config.precision
         dev = self.device
         if wanted == "auto":
@@ -1088,6 +1086,19 @@ class Trainer:
 # ==============================================================================================
 # Data helpers
 # ==============================================================================================
+
+
+def default_precision(device: torch.device) -> str:
+    """``core.precision.default_precision`` (the model engineer's measured rule), or — when that
+    module is absent — the capability rule on CUDA and fp32 on the CPU."""
+    try:
+        from core.precision import default_precision as measured
+    except ImportError:
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return "bf16" if torch.cuda.get_device_capability(index)[0] >= 8 else "fp16"
+        return "fp32"
+    return str(measured(device))
 
 
 def load_pairs(

@@ -67,7 +67,8 @@ _ENTRIES = (
                  "low-rank FFN, safety rails (--set preset=smoke|light|standard|heavy|PATH)",
                  defaults={"seq_len": None, "micro_batch": None, "grad_accum": None,
                            "learning_rate": None, "weight_decay": 0.01, "grad_clip": 1.0,
-                           "steps": 1000}),
+                           "steps": 1000},
+                 options={"presets": ["smoke", "light", "standard", "heavy"]}),
 )
 
 TRAINERS: dict[str, TrainerEntry] = {entry.name: entry for entry in _ENTRIES}

@@ -70,6 +70,7 @@ def resolve_run_config(config: RunConfig) -> tuple[RunConfig, LonptConfig]:
     """
     options = dict(config.options)
     engine_options = {k: options.pop(k) for k in list(options) if k in ENGINE_OPTIONS}
+    options.pop("presets", None)  # the registry's list for the console's picker, not a setting
     preset = options.pop("preset", None) or config.preset or DEFAULT_PRESET
     if not isinstance(preset, str):
         raise ConfigError(f"option 'preset' should be a preset name or a TOML path, got {preset!r}")

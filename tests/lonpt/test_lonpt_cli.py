@@ -45,6 +45,7 @@ def test_train_lonpt_smoke_on_the_sample_corpus(tmp_path: Path, sample_corpus_di
     assert "(✓ BEST)" in out and f"Done! Checkpoints saved to: {run_dir / 'checkpoints'}" in out
 
 
+@pytest.mark.slow
 def test_unknown_preset_is_one_red_line(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "aeron_tui", "train", "lonpt", "--set", "preset=turbo",
            "--profile", "tiny", "--run-dir", str(tmp_path / "r")]
@@ -54,3 +55,24 @@ def test_unknown_preset_is_one_red_line(tmp_path: Path) -> None:
     assert text.startswith("error: unknown LONPT preset 'turbo'"), proc.stderr
     assert "available presets: heavy, light, smoke, standard" in text
     assert "Traceback" not in proc.stderr
+
+
+def test_preset_values_win_over_the_profile_and_flags_win_over_the_preset() -> None:
+    from aeron_tui.commands.train import build_run_config
+    from aeron_tui.trainers import get_trainer
+    from lonpt.config import available_presets
+    from lonpt.trainer import resolve_run_config
+
+    assert sorted(get_trainer("lonpt").options["presets"]) == available_presets()
+    cfg, _ = build_run_config("lonpt", profile="tiny", sets=["preset=smoke"])
+    run, lonpt = resolve_run_config(cfg)
+    # The tiny profile's [train] says seq_len 128, micro-batch 8, lr 3e-4: the preset decides.
+    assert (run.seq_len, run.micro_batch, run.learning_rate, run.log_every) == (64, 4, 1e-3, 5)
+    assert run.preset == "smoke" and "presets" not in run.options
+    assert run.options["max_length"] == 64 and lonpt.steps_per_domain == 10
+    # Explicit flags and --set keys beat the preset; the result is stable when re-resolved.
+    cfg2, _ = build_run_config("lonpt", profile="tiny", flags={"learning_rate": 2e-3},
+                               sets=["preset=smoke", "steps_per_domain=3"])
+    run2, lonpt2 = resolve_run_config(cfg2)
+    assert (lonpt2.learning_rate, run2.learning_rate, lonpt2.steps_per_domain) == (2e-3, 2e-3, 3)
+    assert resolve_run_config(run2)[1] == lonpt2

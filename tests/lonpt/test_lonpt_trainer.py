@@ -34,6 +34,7 @@ def _run(cfg: Any, trainer_cls: type = LonptTrainer, reader: Any = None, **kw: A
     return trainer, status
 
 
+@pytest.mark.slow
 def test_curriculum_events_checkpoints_and_falling_loss(tmp_path: Path, corpus: Path) -> None:
     run_dir = tmp_path / "run"
     trainer, status = _run(lonpt_run_config(run_dir, corpus))
@@ -169,6 +170,7 @@ def test_loss_spike_rolls_back_and_halves_the_learning_rate(tmp_path: Path, corp
     assert trainer.rails.lr_multiplier == 0.5
 
 
+@pytest.mark.slow
 def test_stop_and_resume_continues_the_curriculum_exactly(tmp_path: Path, corpus: Path) -> None:
     full_dir = tmp_path / "full"
     _run(lonpt_run_config(full_dir, corpus, log_every=1))

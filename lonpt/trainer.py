@@ -318,8 +318,24 @@ class LonptTrainer(Trainer):
                     self._memory_reader = cuda_memory_reader(self.model, optimizer, self.device)
                 else:
                     self._memory_reader = cpu_memory_reader(self.model, optimizer)
-            self.act.reader = self._memory_reader
+            self.act.reader = self._agreed_reading
         return optimizer
+
+    def _agreed_reading(self) -> Any:
+        """The memory reading, made identical on every rank (worst peak, smallest capacity) so
+        ACT picks one micro-batch for all of them (the loader needs equal per-rank batches)."""
+        assert self._memory_reader is not None
+        reading = self._memory_reader()
+        if self.dist is None or self.world_size <= 1:
+            return reading
+        import torch.distributed as tdist
+
+        from lonpt.act import MemoryReading
+
+        both = torch.tensor([reading.peak, reading.static, -reading.total], dtype=torch.float64,
+                            device=self.device)
+        tdist.all_reduce(both, op=tdist.ReduceOp.MAX)
+        return MemoryReading(int(both[0]), int(both[1]), int(-both[2]))
 
     def resolved_config(self) -> RunConfig:
         data = super().resolved_config().to_dict()
@@ -491,7 +507,7 @@ class LonptTrainer(Trainer):
     def on_step_end(self, step: int, loss: Tensor | None) -> None:
         applied = self.nonfinite_skipped == self._seen_skipped
         self._seen_skipped = self.nonfinite_skipped
-        value = float(loss) if loss is not None else float("nan")
+        value = self._agreed_loss(loss)
         verdict = self.rails.check(value, grads_finite=applied)
         if verdict.action == ROLLBACK:
             self._rollback(verdict.reason)
@@ -501,6 +517,18 @@ class LonptTrainer(Trainer):
         change = self.act.after_step()
         if change is not None:
             self.set_micro_batch(change.micro_batch, change.grad_accum, change.reason)
+
+    def _agreed_loss(self, loss: Tensor | None) -> float:
+        """The step loss the rails judge: the mean over ranks, so every rank decides alike."""
+        if loss is None:
+            return float("nan")
+        if self.dist is None or self.world_size <= 1:
+            return float(loss)
+        import torch.distributed as tdist
+
+        value = loss.detach().float().reshape(1).to(self.device)
+        tdist.all_reduce(value)
+        return float(value) / self.world_size
 
     def handle_oom(self, exc: BaseException) -> bool:
         """Out of memory: halve the micro-batch, double accumulation, free the cache, retry."""

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("AERON_TUI_TEST", "1")
+# The test models are tiny: one intra-op thread is as fast as two and keeps parallel test
+# processes (subprocess trainers, torchrun ranks) from oversubscribing the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--val-batches", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     import torch

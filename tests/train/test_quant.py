@@ -73,7 +73,7 @@ def test_round_up_never_decodes_below_the_input() -> None:
     s = v.sqrt()
     for bits in (8, 12):
         up = dequantize_blockwise(quantize_blockwise(s, bits, signed=False, round_up=True))
-        assert bool((up >= s - 1e-12).all())
+        assert bool((up >= s * (1 - 1e-6)).all())  # never a lower code (float rounding aside)
         nearest = dequantize_blockwise(quantize_blockwise(s, bits, signed=False))
         assert bool((nearest < s).any())  # nearest rounding does go below
 

@@ -495,10 +495,26 @@ def build_model_from_checkpoint(
 
     loaded = load_checkpoint(path, device="cpu", load_optimizer=False)
     model = TransformerNeuralNetBackbone(loaded.config)
-    load_model_state(model, loaded.model_state, loaded.path / MODEL_FILE)
+    load_model_state(model, densify_low_rank(loaded.model_state), loaded.path / MODEL_FILE)
     model.to(device)
     model.eval()
     return model, loaded.tokenizer, loaded.config
+
+
+def densify_low_rank(state: dict[str, Any]) -> dict[str, Any]:
+    """Multiply low-rank factor pairs (LONPT's HPF layers: ``X.weight_in`` r×in and
+    ``X.weight_out`` out×r) back into dense ``X.weight``, so such checkpoints load as the plain
+    model for generation, merging and export."""
+    out = dict(state)
+    for name in [n for n in state if n.endswith(".weight_in")]:
+        prefix = name[: -len(".weight_in")]
+        w_out = state.get(f"{prefix}.weight_out")
+        if w_out is None or f"{prefix}.weight" in state:
+            continue
+        w_in = out.pop(name)
+        out.pop(f"{prefix}.weight_out")
+        out[f"{prefix}.weight"] = (w_out.float() @ w_in.float()).to(w_out.dtype)
+    return out
 
 
 def load_model_state(model: Any, state: dict[str, Any], source: str | os.PathLike[str]) -> None:

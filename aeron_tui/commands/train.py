@@ -56,6 +56,9 @@ def _make_command(trainer: str) -> Any:
             None, "--profile", help="Size profile name, or 'auto' to pick for this hardware "
             "(default: the wizard's saved choice, else auto)."),
         config: Path | None = typer.Option(None, "--config", help="A run.toml to start from."),
+        preset: str | None = typer.Option(
+            None, "--preset", help="Trainer preset (LONPT: smoke, light, standard, heavy, or a "
+            "TOML path); it also suggests the profile when --profile is not given."),
         data: str | None = typer.Option(
             None, "--data", help="styles.jsonl, .txt file or directory (default: sample corpus)."),
         run_dir: Path | None = typer.Option(
@@ -83,7 +86,8 @@ def _make_command(trainer: str) -> Any:
         quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
     ) -> None:
         flags = {
-            "data": data, "run_dir": str(run_dir) if run_dir else None, "steps": steps,
+            "data": data, "preset": preset, "run_dir": str(run_dir) if run_dir else None,
+            "steps": steps,
             "seed": seed, "micro_batch": micro_batch, "grad_accum": grad_accum,
             "seq_len": seq_len, "learning_rate": lr, "precision": precision, "device": device,
         }
@@ -136,7 +140,9 @@ def build_run_config(
     if run_dir:
         flags["run_dir"] = str(run_dir)
 
-    profile_name, saved = _choose_profile(profile or file_values.get("profile"), trainer)
+    requested = profile or file_values.get("profile") or _preset_profile(
+        trainer, flags.get("preset") or file_values.get("preset"))
+    profile_name, saved = _choose_profile(requested, trainer)
     size = _load_size_profile(profile_name)
 
     layered: dict[str, Any] = {}
@@ -222,6 +228,15 @@ def _resume_run_dir(resume: str, trainer: str) -> str | None:
     if path.parent.name == "checkpoints" and is_run_dir(path.parent.parent):
         return str(path.parent.parent)
     return None
+
+
+def _preset_profile(trainer: str, preset: str | None) -> str | None:
+    """The profile a trainer preset suggests (LONPT ``smoke`` → ``tiny``), or None."""
+    if trainer != "lonpt" or not preset:
+        return None
+    from lonpt.config import preset_profile
+
+    return preset_profile(preset)
 
 
 def _choose_profile(requested: str | None, trainer: str) -> tuple[str, Any]:

@@ -15,8 +15,8 @@ from lonpt_helpers import events_of
 def test_train_lonpt_smoke_on_the_sample_corpus(tmp_path: Path, sample_corpus_dir: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "aeron_tui", "train", "lonpt", "--set", "preset=smoke",
-           "--profile", "tiny", "--data", str(sample_corpus_dir / "styles.jsonl"),
+    cmd = [sys.executable, "-m", "aeron_tui", "train", "lonpt", "--preset", "smoke",
+           "--data", str(sample_corpus_dir / "styles.jsonl"),
            "--run-dir", str(run_dir), "--set", "tokenizer_vocab_size=512"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -29,18 +29,28 @@ def init_linear(linear: nn.Linear, std: float) -> None:
 class AeronRMSNorm(nn.Module):
     """``y = x / sqrt(mean(x^2) + eps) * weight`` with the statistic computed in fp32."""
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, eps: float = 1e-6, autocast_output: bool = True) -> None:
         super().__init__()
         self.eps = eps
+        # Under autocast, return the autocast dtype (the consumers are linear layers).
+        self.autocast_output = autocast_output
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        # Low-precision input: normalise in fp32 so the mean of squares neither overflows
-        # nor loses precision, then return in the input dtype.
-        y = F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps)
-        return y.to(x.dtype)
+            y = F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+            out_dtype = x.dtype
+        else:
+            # Low-precision input: normalise in fp32 so the mean of squares neither overflows
+            # nor loses precision, then return in the input dtype.
+            y = F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps)
+            out_dtype = x.dtype
+        device = x.device.type
+        if self.autocast_output and torch.is_autocast_enabled(device):
+            # Every consumer of a norm is a linear layer that would cast its input to the
+            # autocast dtype; casting once here saves one copy per consumer (q/k/v, gate/up).
+            out_dtype = torch.get_autocast_dtype(device)
+        return y if y.dtype == out_dtype else y.to(out_dtype)
 
 
 class RotaryEmbedding:
@@ -83,15 +93,45 @@ class RotaryEmbedding:
 
 
 def rotate_half(x: Tensor) -> Tensor:
+    """``concat(-x2, x1)`` over the last dimension."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
+class _RotaryFunction(torch.autograd.Function):
+    """``x*cos + rotate_half(x)*sin`` with a hand-written backward.
+
+    ``rotate_half(x) = roll(x, hd/2) * sign`` (sign -1 on the first half), so with
+    ``sin_signed = sign * sin`` the rotation is two multiplies and a roll, and its transpose
+    is the same roll (half a period both ways). Autograd's generic version of the same
+    formula costs chunk/neg/cat copies in both directions; this keeps to the minimum.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(cos, sin_signed)
+        out = x * cos
+        out.addcmul_(x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        cos, sin_signed = ctx.saved_tensors
+        gx = grad * cos
+        gx.add_((grad * sin_signed).roll(grad.shape[-1] // 2, dims=-1))
+        return gx, None, None
+
+
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """``x' = x*cos + rotate_half(x)*sin`` for ``x (B, T, heads, hd)`` and ``cos/sin (T, hd)``."""
-    cos = cos[:, None, :]
-    sin = sin[:, None, :]
-    return x * cos + rotate_half(x) * sin
+    half = sin.shape[-1] // 2
+    sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+    cos = cos.to(x.dtype)[:, None, :]
+    sin_signed = sin_signed.to(x.dtype)[:, None, :]
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RotaryFunction.apply(x, cos, sin_signed)
+    out = x * cos
+    return out.addcmul_(x.roll(half, dims=-1), sin_signed)
 
 
 class AttentionMask(NamedTuple):
@@ -157,8 +197,8 @@ class GroupedQueryAttention(nn.Module):
             v = self.v_proj(x).view(b, t, self.num_kv_heads, hd)
             if rope is not None:
                 cos, sin = rope
-                q = apply_rotary(q, cos.to(q.dtype), sin.to(q.dtype))
-                k = apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype))
+                q = apply_rotary(q, cos, sin)
+                k = apply_rotary(k, cos, sin)
             k = k.transpose(1, 2)
             v = v.transpose(1, 2)
             if past_kv is not None:

@@ -193,7 +193,9 @@ class TransformerNeuralNetBackbone(nn.Module):
         d = config.d_model
         self.token_embedding = nn.Embedding(config.vocab_size, d)
         self.encoder = AeronEncoder(config)
-        self.encoder_norm = AeronRMSNorm(d, config.rms_norm_eps)
+        # The encoder output feeds the enhancement stages and reasoning, which keep an fp32
+        # residual stream under autocast.
+        self.encoder_norm = AeronRMSNorm(d, config.rms_norm_eps, autocast_output=False)
         # ---- enhancement stages 1-5 (spec §4) are constructed here by the enhancement issue.
         self.reasoning_engine = AeronReasoningEngine(config) if config.enable_reasoning else None
         self.decoder = AeronDecoder(config)

@@ -142,3 +142,19 @@ def test_swiglu_matches_formula() -> None:
     ref = (F.silu(x @ ffn.gate_proj.weight.T) * (x @ ffn.up_proj.weight.T)) @ ffn.down_proj.weight.T
     torch.testing.assert_close(ffn(x), ref, rtol=1e-5, atol=1e-5)
     assert ffn.gate_proj.bias is None and ffn.up_proj.bias is None and ffn.down_proj.bias is None
+
+
+def test_rotary_backward_matches_autograd_of_the_formula() -> None:
+    torch.manual_seed(0)
+    cos, sin = RotaryEmbedding(8, 10000.0)(5, offset=2)
+    x = torch.randn(2, 5, 3, 8, requires_grad=True)
+    g = torch.randn(2, 5, 3, 8)
+    apply_rotary(x, cos, sin).backward(g)
+    ours = x.grad.clone()
+    x.grad = None
+    x1, x2 = x.chunk(2, dim=-1)
+    ref = x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
+    ref.backward(g)
+    torch.testing.assert_close(ours, x.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_rotary(x, cos, sin), ref)

@@ -1,11 +1,13 @@
 """Training engine overhead: tokens/s of the engine's step vs the bare model step (issue 4).
 
-Both run on the same model, the same fused AdamW and the *same batches*: each round the engine
-trains ``--steps`` steps (data loading, step metrics, schedule, clipping, finiteness check,
-control polling and events every ``--log-every`` steps, written to a real ``events.jsonl``),
-recording the batches it drew; then the bare step of ``bench/model_step.py`` (forward, backward,
-``opt.step()``, ``zero_grad``) replays those batches. Rounds alternate which goes first and
-medians are reported, because the machine is shared. Evaluation and checkpoints are switched
+Both run on the same model, the same fused AdamW and the *same batches*. An engine step is the
+whole thing a run does per step (data loading and collation, step metrics, schedule, clipping,
+finiteness check, control polling, and every ``--log-every`` steps a step event with memory
+stats written to a real ``events.jsonl``); the bare step is ``bench/model_step.py``'s (forward,
+backward, ``opt.step()``, ``zero_grad``) on the batch the engine drew. They alternate step by
+step (alternating which goes first); one block of ``--steps`` (= one log interval) gives one
+overhead ratio, and the median over ``--rounds`` blocks is reported, because the machine is
+shared. Evaluation and checkpoints are switched
 off: they are work a run asks for, not per-step overhead.
 
     .venv/bin/python bench/train_throughput.py                       # tiny, fp32 and bf16
@@ -94,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=10, help="steps per variant per round")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=10, help="step pairs per block")
     ap.add_argument("--keep-malloc", action="store_true")
     args = ap.parse_args(argv)
 
@@ -107,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; profile "
           f"{args.profile}, micro-batch {args.batch}, seq_len {args.seq}, log every "
-          f"{args.log_every}; {args.rounds} rounds x {args.steps} steps, interleaved")
+          f"{args.log_every}; {args.rounds} blocks x {args.steps} alternating step pairs")
     print(f"{'precision':9} {'engine ms':>10} {'bare ms':>9} {'engine tok/s':>13} "
-          f"{'bare tok/s':>11} {'overhead %':>11} {'rounds >5 %':>12}")
+          f"{'bare tok/s':>11} {'overhead %':>11} {'blocks >5 %':>12}")
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precisions.split(","):
@@ -118,19 +120,23 @@ def main(argv: list[str] | None = None) -> int:
             engine_steps(trainer, 3)  # warm-up: optimizer state, allocator, kernels
             bare_steps(trainer, trainer.recorded)
             ratios, e_times, b_times, e_tps, b_tps = [], [], [], [], []
-            for r in range(args.rounds):
-                if r % 2 == 0:
-                    te = engine_steps(trainer, args.steps)
-                    batches = list(trainer.recorded)
-                    tb = bare_steps(trainer, batches)
-                else:
-                    # Bare first on the batches the engine will draw next: replay them after.
-                    state = trainer.train_loader.state_dict()
-                    preview = [next(trainer.train_loader) for _ in range(args.steps)]
-                    trainer.train_loader.load_state_dict(state)
-                    tb = bare_steps(trainer, preview)
-                    te = engine_steps(trainer, args.steps)
-                    batches = preview
+            for _ in range(args.rounds):
+                # One block = one log interval; engine and bare steps alternate step by step
+                # (which goes first alternates too) so load bursts hit both alike.
+                te = tb = 0.0
+                batches: list[Any] = []
+                for k in range(args.steps):
+                    if k % 2 == 0:
+                        te += engine_steps(trainer, 1)
+                        batch = trainer.recorded[0]
+                        tb += bare_steps(trainer, [batch])
+                    else:
+                        state = trainer.train_loader.state_dict()
+                        batch = next(trainer.train_loader)
+                        trainer.train_loader.load_state_dict(state)
+                        tb += bare_steps(trainer, [batch])
+                        te += engine_steps(trainer, 1)
+                    batches.append(batch)
                 ntok = tokens_of(batches)
                 ratios.append(te / tb - 1.0)
                 e_times.append(te / args.steps)

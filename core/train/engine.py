@@ -797,7 +797,13 @@ class Trainer:
         if not self.is_main:
             return None
         clean = {k: v for k, v in fields.items() if v is not None}
-        return self.events.emit(type, **clean)
+        try:
+            return self.events.emit(type, **clean)
+        except BrokenPipeError:
+            # Whoever read our stdout went away without a drainer. events.jsonl already has
+            # the line (it is written first); training goes on, writing to the file only.
+            self.events._stream = None
+            return None
 
     def elapsed_s(self) -> float:
         return self.elapsed_before + (time.time() - self._t_start) - self._paused_s

@@ -7,6 +7,7 @@ costs nothing measurable per step (training.md §3 lists the fields).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -189,11 +190,20 @@ def memory_stats(device: torch.device | str) -> dict[str, int]:
 
 def _rss_bytes() -> int:
     try:
-        import psutil
-
-        return int(psutil.Process(os.getpid()).memory_info().rss)
+        return int(_this_process().memory_info().rss)
     except Exception:  # noqa: BLE001 - psutil missing or restricted
         return 0
+
+
+@functools.lru_cache(maxsize=4)
+def _process(pid: int) -> Any:
+    import psutil
+
+    return psutil.Process(pid)
+
+
+def _this_process() -> Any:
+    return _process(os.getpid())  # keyed by pid: a forked child gets its own handle
 
 
 def _peak_rss_bytes() -> int:

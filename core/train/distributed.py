@@ -16,8 +16,9 @@ Two wrappings (:func:`wrap_model`):
   the root, so parameters, gradients and optimizer state are split across ranks. Build the
   optimizer *after* wrapping: ``fully_shard`` replaces the parameters with sharded ones.
 
-Buffers (the episodic memory, usage counters) are not synchronised (``broadcast_buffers=False``):
-each rank's memory holds what its own samples wrote, and rank 0's is what checkpoints keep.
+Buffers (the episodic memory, usage counters) are copied from rank 0 once when DDP starts and
+not synchronised afterwards (``forward_sync_buffers=False``): each rank's memory then holds what
+its own samples wrote, and rank 0's is what checkpoints keep.
 
 Checkpoints keep the single-process layout: :func:`full_state_dict` gathers the full weights
 (to rank 0's CPU under FSDP). A sharded optimizer's state is per rank; :func:`gather_optimizer_state`

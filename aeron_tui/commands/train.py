@@ -149,9 +149,7 @@ def build_run_config(
     for src, dst in RUN_FIELDS_FROM_PROFILE.items():
         layered[dst] = getattr(size.train, src)
     if saved is not None:
-        layered.update(micro_batch=saved.micro_batch, grad_accum=saved.grad_accum,
-                       gradient_checkpointing=saved.gradient_checkpointing,
-                       precision=saved.precision)
+        layered.update(saved)
     layered.update(entry.defaults)
     layered["options"] = dict(entry.options)
     layered.update({k: v for k, v in file_values.items() if k not in ("model", "options")})
@@ -239,8 +237,9 @@ def _preset_profile(trainer: str, preset: str | None) -> str | None:
     return preset_profile(preset)
 
 
-def _choose_profile(requested: str | None, trainer: str) -> tuple[str, Any]:
-    """(profile name, the saved choice when it supplied the profile)."""
+def _choose_profile(requested: str | None, trainer: str) -> tuple[str, dict[str, Any] | None]:
+    """(profile name, batch settings that came with the choice) — the wizard's saved choice
+    when no profile is given, ``pick_profile`` for ``auto`` (or when nothing was saved)."""
     if requested and requested != "auto":
         return requested, None
     if requested is None:
@@ -248,21 +247,33 @@ def _choose_profile(requested: str | None, trainer: str) -> tuple[str, Any]:
 
         saved = load_saved_choice()
         if saved is not None:
-            return saved.profile, saved
-    return _auto_profile(trainer), None
+            return saved.profile, {
+                "micro_batch": saved.micro_batch, "grad_accum": saved.grad_accum,
+                "gradient_checkpointing": saved.gradient_checkpointing,
+                "precision": saved.precision,
+            }
+    return _auto_profile(trainer)
 
 
-def _auto_profile(trainer: str) -> str:
+def _auto_profile(trainer: str) -> tuple[str, dict[str, Any] | None]:
     import importlib
 
+    from core.errors import ConfigError
     from profiles.hardware import probe
 
     try:
         pick_profile = importlib.import_module("profiles.pick").pick_profile
     except (ImportError, AttributeError):
-        return "tiny"  # no picker installed: the smallest profile always fits
-    pick = pick_profile(probe(), mode="compressed" if trainer == "compressed" else "train")
-    return str(getattr(pick, "profile", pick))
+        return "tiny", None  # no picker installed: the smallest profile always fits
+    rules = ("compressed",) if trainer == "compressed" else ("simple",)
+    pick = pick_profile(probe(with_torch=False), mode="train", trainer_options=rules)
+    if not pick.fits:
+        raise ConfigError("--profile auto: no size profile fits this machine's free memory; "
+                          "give --profile NAME (see `aeron-tui profile`)")
+    return pick.profile.name, {
+        "micro_batch": pick.micro_batch, "grad_accum": pick.grad_accum,
+        "gradient_checkpointing": pick.checkpointing,
+    }
 
 
 def _load_size_profile(name: str) -> Any:

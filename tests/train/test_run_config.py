@@ -92,3 +92,20 @@ def test_schedule_warmup_then_cosine_to_floor() -> None:
     assert max(scales) == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(scales[49:], scales[50:], strict=False))
     assert warmup_cosine_scale(total, total, warm, 0.1) == pytest.approx(0.1)
+
+
+def test_profile_defaults_to_saved_choice_then_auto() -> None:
+    from aeron_tui.commands.train import build_run_config
+    from profiles.settings import SavedChoice, save_choice
+
+    # Nothing saved: --profile auto asks the picker for this machine.
+    cfg, _ = build_run_config("simple")
+    assert cfg.profile in ("tiny", "small", "medium", "large", "default")
+    # The wizard's saved choice (profile and batch layout) is the default when no --profile.
+    save_choice(SavedChoice(device="cpu", profile="tiny", micro_batch=2, grad_accum=4))
+    cfg, model = build_run_config("simple")
+    assert (cfg.profile, cfg.micro_batch, cfg.grad_accum) == ("tiny", 2, 4)
+    assert model.d_model == 256
+    # An explicit flag still wins over the saved choice.
+    cfg, _ = build_run_config("simple", profile="small", flags={"micro_batch": 3})
+    assert cfg.profile == "small" and cfg.micro_batch == 3

@@ -1,0 +1,162 @@
+"""Generation speed (issue 9): KV cache vs. full recomputation, and speculative decoding.
+
+1. tokens/s of greedy generation of ``--new-tokens`` (256) tokens with and without the KV cache
+   (``core.generation.generate_ids``, ``use_cache`` True/False), per profile; ratio cached /
+   uncached (reference = uncached; the issue asks ≥ 5× at the small profile).
+2. speculative decoding (``core.inference.SpeculativeDecoder``, γ 4) with the tiny profile as
+   draft for the small profile, greedy and sampled (T 1.0): tokens/s against the target alone
+   (reference), acceptance rate, and a check that greedy speculative output equals greedy.
+
+Models are randomly initialised unless ``--target``/``--draft`` checkpoints are given; untrained
+models agree on few greedy tokens, so greedy acceptance (and the speed-up) is low — the figure
+says how the machinery performs, not what trained models would reach. Timings repeat
+``--rounds`` times interleaved and report medians (the machine is shared and noisy).
+
+    .venv/bin/python bench/generation.py                       # tiny + small, 256 tokens
+    .venv/bin/python bench/generation.py --profiles small --rounds 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+PROFILES = {  # the catalog's model tables (profiles/catalog/*.toml)
+    "tiny": dict(d_model=256, nhead=4, num_kv_heads=2, num_encoder_layers=2,
+                 num_decoder_layers=2, dim_feedforward=512, num_tot_branches=2,
+                 num_scratchpad_slots=8),
+    "small": dict(d_model=512, nhead=8, num_kv_heads=2, num_encoder_layers=6,
+                  num_decoder_layers=6, dim_feedforward=2048, num_tot_branches=2,
+                  num_scratchpad_slots=16),
+}
+VOCAB = 2048  # the default tokenizer size of `aeron-tui train`
+
+
+def build(profile: str, seed: int) -> Any:
+    import torch
+
+    from core.config import NeuralNetConfig
+    from core.model import TransformerNeuralNetBackbone
+
+    torch.manual_seed(seed)
+    cfg = NeuralNetConfig(vocab_size=VOCAB, max_position_embeddings=1024, **PROFILES[profile])
+    return TransformerNeuralNetBackbone(cfg).eval()
+
+
+def load(path: str) -> Any:
+    from core.inference import load_policy
+
+    return load_policy(path)[0]
+
+
+def prompt_ids(n: int) -> tuple[Any, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(12, VOCAB, (1, n), generator=g)
+    ids[0, 0], ids[0, -1] = 7, 2  # `<|user|> ... </s>` like a real prompt
+    return ids, torch.ones_like(ids)
+
+
+def time_it(fn: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profiles", nargs="+", default=["tiny", "small"], choices=list(PROFILES))
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: the shared 2-core box; more threads only add syncs)")
+    ap.add_argument("--gamma", type=int, default=4)
+    ap.add_argument("--target", help="target checkpoint (default: random small)")
+    ap.add_argument("--draft", help="draft checkpoint (default: random tiny)")
+    ap.add_argument("--no-speculative", action="store_true")
+    args = ap.parse_args()
+    if os.environ.get("GLIBC_TUNABLES") != _MALLOC:
+        os.environ["GLIBC_TUNABLES"] = _MALLOC
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+    import torch
+
+    from core.generation import GenerationConfig, generate_ids
+    from core.inference import SpeculativeDecoder
+
+    torch.set_num_threads(args.threads)
+    ids, mask = prompt_ids(args.prompt_tokens)
+    n = args.new_tokens
+    print(f"torch {torch.__version__}, {args.threads} thread(s), prompt {args.prompt_tokens} "
+          f"tokens, {n} new tokens, greedy, medians of {args.rounds} rounds (shared machine)\n")
+
+    print("## KV cache\n")
+    print("| profile | params | cached tok/s | uncached tok/s | ratio (cached / uncached) |")
+    print("|---|---|---|---|---|")
+    greedy = GenerationConfig(max_new_tokens=n, do_sample=False, stop_ids=())
+    for profile in args.profiles:
+        model = build(profile, 0)
+        params = sum(p.numel() for p in model.parameters())
+        generate_ids(model, ids, mask, GenerationConfig(max_new_tokens=8, do_sample=False))
+        cached_t, uncached_t = [], []
+        same = True
+        for _ in range(args.rounds):
+            t_c, out_c = time_it(lambda m=model: generate_ids(m, ids, mask, greedy))
+            nocache = GenerationConfig(**{**greedy.__dict__, "use_cache": False})
+            t_u, out_u = time_it(lambda m=model, c=nocache: generate_ids(m, ids, mask, c))
+            cached_t.append(t_c)
+            uncached_t.append(t_u)
+            same &= torch.equal(out_c.tokens, out_u.tokens)
+        c, u = n / statistics.median(cached_t), n / statistics.median(uncached_t)
+        print(f"| {profile} | {params / 1e6:.1f} M | {c:.1f} | {u:.1f} | **{c / u:.1f}×** |"
+              + ("" if same else " (outputs differ!)"))
+    print("\nCached and uncached outputs identical in every round:", "yes" if same else "NO")
+
+    if args.no_speculative:
+        return
+    print(f"\n## Speculative decoding (draft tiny → target small, γ {args.gamma})\n")
+    target = load(args.target) if args.target else build("small", 1)
+    draft = load(args.draft) if args.draft else build("tiny", 2)
+    decoder = SpeculativeDecoder(target, draft, gamma=args.gamma)
+    print("| mode | target alone tok/s | speculative tok/s | speed-up | acceptance rate | "
+          "target passes / token |")
+    print("|---|---|---|---|---|---|")
+    for mode, cfg in (
+        ("greedy", greedy),
+        ("sampled T=1.0", GenerationConfig(max_new_tokens=n, temperature=1.0, stop_ids=())),
+    ):
+        base_t, spec_t, rates, passes = [], [], [], []
+        match = True
+        for r in range(args.rounds):
+            g1 = torch.Generator().manual_seed(r)
+            t_b, out_b = time_it(lambda c=cfg, g=g1: generate_ids(target, ids, mask, c,
+                                                                  generator=g))
+            g2 = torch.Generator().manual_seed(r)
+            t_s, out_s = time_it(lambda c=cfg, g=g2: decoder.generate(ids, mask, c, generator=g))
+            base_t.append(t_b)
+            spec_t.append(t_s)
+            rates.append(out_s.stats.acceptance_rate)
+            passes.append(out_s.stats.target_passes / max(1, len(out_s.tokens)))
+            if mode == "greedy":
+                match &= out_s.tokens == out_b.row(0)
+        b, s = n / statistics.median(base_t), n / statistics.median(spec_t)
+        print(f"| {mode} | {b:.1f} | {s:.1f} | **{s / b:.2f}×** | "
+              f"{statistics.mean(rates):.1%} | {statistics.mean(passes):.2f} |")
+        if mode == "greedy":
+            print(f"\n(greedy speculative output equals target greedy output: "
+                  f"{'yes' if match else 'NO'})\n")
+
+
+if __name__ == "__main__":
+    main()

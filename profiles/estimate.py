@@ -50,13 +50,23 @@ GiB = 1024**3
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZERS = ("adamw", "compressed")
 
-# Components with no gradient in text-only training (no images, entities or task ids).
+# Parameters with no gradient in text-only training (no images, entities or task ids): the
+# multimodal path, the knowledge-graph tables, continual learning, and the reasoning engine's
+# task projection (task ids only) — measured: these have ``grad is None`` after backward.
 INACTIVE_IN_TEXT_TRAINING = (
     "vision_patch_embedding",
     "multimodal_fusion",
     "knowledge_graph",
     "continual_learning",
+    "reasoning_engine.task_proj.",
 )
+
+
+def _inactive_prefixes(components: dict[str, int]) -> tuple[str, ...]:
+    # The reasoning engine's memory bridge only runs on a recall from the neural memory.
+    if components.get("neural_memory"):
+        return INACTIVE_IN_TEXT_TRAINING
+    return INACTIVE_IN_TEXT_TRAINING + ("reasoning_engine.memory_bridge.",)
 
 # ---------------------------------------------------------------------------- calibration
 # Saved-activation bytes per sample, per block, as Σ coefficient × feature. Measured with
@@ -100,7 +110,12 @@ AUTOCAST_COPY_BYTES = 2
 CUDA_CONTEXT_BYTES = 600 * 1024**2  # CUDA context + cuBLAS/cuDNN workspaces (300 MiB-2 GiB seen)
 CUDA_ALLOCATOR_SLACK = 0.05  # caching-allocator rounding/fragmentation on top of tensor bytes
 CPU_RUNTIME_BYTES = 400 * 1024**2  # resident torch runtime (libraries, thread pools)
-# The compressed trainer decodes both moments to fp32 and builds fp32 denom/update per tensor.
+# Temporaries while the optimizer steps (activations are gone by then, so the peak is the larger
+# of the two). torch's fused AdamW updates in place: measured with MemTracker, no temporaries
+# (the foreach implementation would add one fp32 copy of the moments). The compressed trainer
+# decodes both moments to fp32 and builds fp32 denom/update, per tensor: about 20 bytes per
+# value of the largest tensor.
+ADAMW_STEP_TEMP_FACTOR = 0.0
 COMPRESSED_STEP_TEMP_BYTES = 20
 
 
@@ -127,6 +142,7 @@ class MemoryEstimate:
     seq_len: int = 0
     checkpointing: bool = False
     kv_cache: int = 0
+    optimizer_step: int = 0  # temporaries of the optimizer step (not alive with activations)
 
     @property
     def total_gib(self) -> float:
@@ -148,6 +164,8 @@ class MemoryEstimate:
         ]
         if self.kv_cache:
             rows.append(("KV cache", self.kv_cache))
+        if self.optimizer_step:
+            rows.append(("optimizer step (peak instead of activations)", self.optimizer_step))
         rows += [("logits", self.logits), ("overhead", self.overhead), ("total", self.total)]
         return rows
 
@@ -160,9 +178,12 @@ class MemoryEstimate:
 
 
 def _make(notes: list[str], **parts: Any) -> MemoryEstimate:
-    keys = ("weights", "gradients", "optimizer", "activations", "logits", "overhead", "kv_cache")
-    total = sum(int(parts.get(k, 0)) for k in keys)
+    """Build an estimate; total = state + max(activations + logits + KV, optimizer step) + overhead."""
+    keys = ("weights", "gradients", "optimizer", "activations", "logits", "overhead", "kv_cache",
+            "optimizer_step")
     ints = {k: int(parts.get(k, 0)) for k in keys}
+    working = max(ints["activations"] + ints["logits"] + ints["kv_cache"], ints["optimizer_step"])
+    total = ints["weights"] + ints["gradients"] + ints["optimizer"] + working + ints["overhead"]
     rest = {k: v for k, v in parts.items() if k not in keys}
     return MemoryEstimate(total=total, notes=tuple(notes), **ints, **rest)
 
@@ -175,6 +196,7 @@ class ParameterFacts:
     total: int
     by_component: dict[str, int]
     trainable_text: int  # parameters that receive a gradient in text-only training
+    trainable_tensors: int  # how many tensors those are (optimizers keep a step counter each)
     matrix_text: int  # of those, ≥2-D (autocast keeps low-precision copies of these)
     largest_tensor: int
     largest_layer: int  # largest encoder/decoder layer (FSDP gathers one at a time)
@@ -202,15 +224,16 @@ def _facts_cached(key: str) -> ParameterFacts:
         model = TransformerNeuralNetBackbone(config)
     counts = model.num_parameters(by_component=True)
     assert isinstance(counts, dict)
-    trainable = matrix = largest = 0
+    trainable = matrix = largest = tensors = 0
     compressed = 0
     component_of = _compressed_component_fn()
+    inactive = _inactive_prefixes(counts)
     for name, p in model.named_parameters():
-        top = name.split(".", 1)[0]
-        if top in INACTIVE_IN_TEXT_TRAINING:
+        if name.startswith(inactive):
             continue
         n = p.numel()
         trainable += n
+        tensors += 1
         largest = max(largest, n)
         if p.ndim >= 2:
             matrix += n
@@ -224,6 +247,7 @@ def _facts_cached(key: str) -> ParameterFacts:
         total=int(counts["total"]),
         by_component={k: int(v) for k, v in counts.items() if k != "total"},
         trainable_text=trainable,
+        trainable_tensors=tensors,
         matrix_text=matrix,
         largest_tensor=largest,
         largest_layer=max(layer_sizes, default=0),
@@ -422,10 +446,12 @@ def estimate_training_memory(
         notes.append(f"{precision} autocast: fp32 master weights plus {precision} copies")
     gradients = 4 * facts.trainable_text
     if optimizer == "adamw":
-        opt = 8 * facts.trainable_text
+        opt = 8 * facts.trainable_text + 4 * facts.trainable_tensors  # + a step counter each
+        step = int(ADAMW_STEP_TEMP_FACTOR * gradients)
         notes.append("AdamW: two fp32 moments per trainable parameter")
     else:
-        opt = facts.compressed_state + COMPRESSED_STEP_TEMP_BYTES * facts.largest_tensor
+        opt = facts.compressed_state
+        step = COMPRESSED_STEP_TEMP_BYTES * facts.largest_tensor
         notes.append("compressed trainer: 8/12/16-bit moments per component, fp32 weights/grads")
     frozen = facts.total - facts.trainable_text
     if frozen:
@@ -437,7 +463,7 @@ def estimate_training_memory(
     if checkpointing:
         notes.append("gradient checkpointing: layer inputs kept, one layer rebuilt at a time")
     logits = int(LOGITS_BYTES["fp32" if precision == "fp32" else "bf16"] * micro_batch * seq_len * config.vocab_size)
-    overhead = _overhead(device, weights + gradients + opt + acts + logits)
+    overhead = _overhead(device, weights + gradients + opt + max(acts + logits, step))
     return _make(
         notes,
         weights=weights,
@@ -445,6 +471,7 @@ def estimate_training_memory(
         optimizer=opt,
         activations=acts,
         logits=logits,
+        optimizer_step=step,
         overhead=overhead,
         params=facts.total,
         trainable_params=facts.trainable_text,
@@ -525,12 +552,15 @@ def shard_estimate(estimate: MemoryEstimate, num_devices: int, config: NeuralNet
     gathered = 2 * 4 * facts.largest_layer
     weights = estimate.weights // n + gathered
     note = f"FSDP over {n} devices: model state split {n} ways, one layer gathered at a time"
-    tensor = weights + estimate.gradients // n + estimate.optimizer // n + estimate.activations + estimate.logits
+    step = estimate.optimizer_step // n
+    tensor = (weights + estimate.gradients // n + estimate.optimizer // n
+              + max(estimate.activations + estimate.logits, step))
     return dataclasses.replace(
         estimate,
         weights=weights,
         gradients=estimate.gradients // n,
         optimizer=estimate.optimizer // n,
+        optimizer_step=step,
         overhead=_overhead(estimate.device, tensor),
         total=tensor + _overhead(estimate.device, tensor),
         notes=estimate.notes + (note,),

@@ -409,7 +409,8 @@ class AeronConsole(App[None]):
     def action_wizard(self) -> None:
         from aeron_tui.app.screens.wizard import WizardScreen
 
-        self._open(WizardScreen, WizardScreen)
+        self._open(WizardScreen,
+                   lambda: WizardScreen(self.hardware_info, self.hardware_sample))
 
     def action_runs(self) -> None:
         from aeron_tui.app.screens.runs import RunsScreen

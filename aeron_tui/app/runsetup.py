@@ -88,33 +88,30 @@ def _estimate_bytes(estimate: Any) -> int | None:
     return None
 
 
-def profile_rows(hardware: Any, trainer: str) -> tuple[str | None, list[ProfileRow]]:
-    """(auto choice, one row per catalog profile) from ``pick_profile``'s verdicts.
+def profile_rows(hardware: Any, trainer: str) -> tuple[str | None, list[ProfileRow], list[str]]:
+    """(auto choice or None when nothing fits, one row per catalog profile, the picker's notes).
 
     Imports torch (parameter counts, estimates): the console runs it via ``offload.in_child``.
     """
     from profiles.pick import pick_profile
 
-    from profiles.catalog import list_profiles
-
     if hardware is None:
         from profiles.hardware import probe
 
         hardware = probe(with_torch=False)
-    pick = pick_profile(hardware, mode=pick_mode(trainer))
-    verdicts = {v.name: v for v in getattr(pick, "reasons", [])}
-    rows = []
-    for profile in list_profiles():
-        verdict = verdicts.get(profile.name)
-        rows.append(ProfileRow(
-            name=profile.name,
-            params=profile.parameter_count,
-            estimate_bytes=_estimate_bytes(getattr(verdict, "estimate", None)),
-            fits=bool(getattr(verdict, "fits", False)),
-            detail=str(getattr(verdict, "detail", "")
-                       or ("not estimated" if verdict is None else "")),
-        ))
-    return _picked_name(pick), rows
+    pick = pick_profile(hardware, mode="train", trainer_options=pick_trainers(trainer))
+    rows = [
+        ProfileRow(
+            name=v.name,
+            params=v.params or None,
+            estimate_bytes=_estimate_bytes(v.estimate),
+            fits=bool(v.fits),
+            detail=str(v.detail),
+        )
+        for v in pick.reasons
+    ]
+    auto = _picked_name(pick) if getattr(pick, "fits", True) else None
+    return auto, rows, [str(n) for n in getattr(pick, "notes", [])]
 
 
 def _picked_name(pick: Any) -> str | None:
@@ -127,9 +124,9 @@ def _picked_name(pick: Any) -> str | None:
     return None
 
 
-def pick_mode(trainer: str) -> str:
-    """The pick_profile mode for a trainer: the compressed trainer's memory rules differ."""
-    return "compressed" if trainer == "compressed" else "train"
+def pick_trainers(trainer: str) -> tuple[str, ...]:
+    """Which memory rules the estimate uses: the compressed trainer's 8-bit state, else AdamW's."""
+    return ("compressed",) if trainer == "compressed" else ("simple",)
 
 
 def validate_data_path(text: str | None) -> str | None:
@@ -163,10 +160,11 @@ def resolve_profile(profile: str, hardware: Any, trainer: str) -> tuple[str, str
         from profiles.hardware import probe
 
         hardware = probe(with_torch=False)
-    pick = pick_profile(hardware, mode=pick_mode(trainer))
+    pick = pick_profile(hardware, mode="train", trainer_options=pick_trainers(trainer))
     name = _picked_name(pick)
-    if name is None:
-        raise ConfigError("no size profile fits this hardware; choose one in the setup screen (n)")
+    if name is None or not getattr(pick, "fits", True):
+        raise ConfigError("no size profile fits this hardware's free memory; choose one "
+                          "yourself in the setup screen (n)")
     return name, "picked for this hardware"
 
 

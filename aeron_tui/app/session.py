@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

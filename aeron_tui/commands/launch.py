@@ -21,8 +21,10 @@ def register(app: typer.Typer) -> None:
 def launch(
     trainer: str | None = typer.Option(
         None, "--trainer", "-t", help="Trainer to run (default: lonpt when installed, else simple)."),
-    profile: str = typer.Option(
-        "auto", "--profile", "-p", help="Size profile name, or 'auto' to pick for this hardware."),
+    profile: str | None = typer.Option(
+        None, "--profile", "-p",
+        help="Size profile name, or 'auto' to pick for this hardware "
+        "(default: the wizard's saved choice, else auto)."),
     preset: str | None = typer.Option(None, "--preset", help="Trainer preset (LONPT: smoke, light, standard, heavy)."),
     data: str | None = typer.Option(None, "--data", help="Training data (default: the bundled sample corpus)."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (default: the trainer's/preset's)."),
@@ -31,8 +33,13 @@ def launch(
     start: bool = typer.Option(False, "--start", help="Start the run immediately."),
 ) -> None:
     """Open the console; with --start, begin training at once (what `make run` does)."""
-    from aeron_tui.app.runsetup import RunSetup
+    from aeron_tui.app.runsetup import AUTO, RunSetup
 
+    if profile is None:
+        from profiles.settings import load_saved_choice
+
+        saved = load_saved_choice()
+        profile = saved.profile if saved is not None else AUTO
     if trainer is not None:
         from aeron_tui.trainers import TRAINERS
 

@@ -111,3 +111,38 @@ async def test_real_trainer_failure_shows_the_modal(tmp_path: Path) -> None:
         assert app.session.display_status == "failed"
         await pilot.press("enter")
         assert app.screen is app.dashboard
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@sync
+async def test_watch_follows_a_live_headless_run_and_can_stop_it(
+        tmp_path: Path, sample_corpus_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from aeron_tui.app.runsetup import write_run_config
+
+    setup = RunSetup(trainer="simple", profile="tiny", data=str(sample_corpus_dir / "styles.jsonl"),
+                     steps=400, overrides=TINY, run_dir=str(tmp_path / "live"))
+    config = write_run_config(setup, None, tmp_path)
+    child = subprocess.Popen([sys.executable, "-m", "aeron_tui", "train", "simple", "--config",
+                              str(config), "--quiet"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        app = AeronConsole(ConsoleOptions(mode="watch", watch_dir=config.parent,
+                                          runs_root=tmp_path), hardware=fixed_hardware())
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.session is not None
+                           and app.session.state.global_step >= 2, timeout=180,
+                           what="live steps through the tail")
+            assert app.session.source == "watch" and app.session.display_status == "running"
+            await pilot.press("x")  # stop via the trainer's pid file (SIGTERM → clean stop)
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.session.state.status == "stopped", timeout=120,
+                           what="stopped status from the file")
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()

@@ -48,3 +48,44 @@ def test_dashboard_snapshot_80x24_two_gpus(snap_compare: Any, tmp_path: Path) ->
 def test_dashboard_snapshot_cpu_only(snap_compare: Any, tmp_path: Path) -> None:
     assert snap_compare(_watch_app(tmp_path, "no-driver"), terminal_size=(100, 30),
                         run_before=_until_finished)
+
+
+def _setup_app(tmp_path: Path) -> AeronConsole:
+    from aeron_tui.app.runsetup import RunSetup
+
+    opts = ConsoleOptions(setup=RunSetup(trainer="simple", profile="auto"),
+                          runs_root=tmp_path / "runs")
+    return AeronConsole(opts, clock=lambda: FROZEN_NOW, hardware=fixed_hardware("rtx-24gb"))
+
+
+async def _setup_loaded(pilot: Pilot[Any]) -> None:
+    from aeron_tui.app.screens.setup import SetupScreen
+
+    app = pilot.app
+    await pilot.press("n")
+    screen = app.screen
+    assert isinstance(screen, SetupScreen)
+    # Estimates run in a helper process (torch); wait for the table to fill.
+    await wait_for(pilot, lambda: len(screen.profile_rows) > 0, timeout=240,
+                   what="profile estimates")
+    await pilot.pause()
+
+
+def test_setup_snapshot(snap_compare: Any, tmp_path: Path) -> None:
+    assert snap_compare(_setup_app(tmp_path), terminal_size=(120, 36), run_before=_setup_loaded)
+
+
+async def _wizard_loaded(pilot: Pilot[Any]) -> None:
+    from aeron_tui.app.screens.wizard import WizardScreen
+
+    await pilot.press("w")
+    screen = pilot.app.screen
+    assert isinstance(screen, WizardScreen)
+    await wait_for(pilot, lambda: screen.view is not None, timeout=240, what="wizard plan")
+    await pilot.pause()
+
+
+def test_wizard_snapshot(snap_compare: Any, tmp_path: Path) -> None:
+    app = AeronConsole(ConsoleOptions(runs_root=tmp_path / "runs"), clock=lambda: FROZEN_NOW,
+                       hardware=fixed_hardware("2x24gb"))
+    assert snap_compare(app, terminal_size=(120, 36), run_before=_wizard_loaded)

@@ -65,7 +65,7 @@ class DashboardScreen(Screen[None]):
 
     def render_session(self, session: RunSession | None) -> None:
         """Update every run widget from the session (cheap when nothing changed)."""
-        if not self.is_mounted:
+        if not self._ready():
             return
         self.query_one(RunPanel).show(session)
         self.query_one(LossChart).show(session)
@@ -79,7 +79,7 @@ class DashboardScreen(Screen[None]):
         self.query_one(CheckpointsTable).show(session)
 
     def render_hardware(self, info: HardwareInfo | None, sample: HardwareSample | None) -> None:
-        if not self.is_mounted:
+        if not self._ready():
             return
         key = (id(info), id(sample))
         if key == self._hw_key:
@@ -90,6 +90,12 @@ class DashboardScreen(Screen[None]):
         # A recorded fake machine (AERON_TUI_FAKE_GPU) is never passed off as real hardware.
         self.query_one("#hw-box").border_title = (
             f"hardware · simulated {source[5:]}" if source.startswith("fake:") else "hardware")
+
+    def _ready(self) -> bool:
+        """Composed and not being torn down (late messages arrive while the app exits)."""
+        if not self.is_mounted:
+            return False
+        return bool(self.query(RunPanel)) and bool(self.query(HardwarePanel))
 
     def action_toggle_smoothing(self) -> None:
         on = self.query_one(LossChart).toggle_smoothing()

@@ -18,7 +18,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("w", "hardware-profile wizard"),
         ("r", "past runs (open one to watch it)"),
         ("d", "back to the dashboard"),
-        ("q  ctrl+c", "quit (asks to stop or detach a running run)"),
+        ("q  ctrl+c  ctrl+q", "quit (asks to stop or detach a running run)"),
         ("escape", "close the current screen or dialog"),
     ]),
     ("Dashboard", [
@@ -36,8 +36,9 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("ctrl+r", "save and start the run"),
     ]),
     ("Wizard", [
-        ("up / down", "choose"),
-        ("ctrl+s", "save the hardware choice"),
+        ("tab / shift+tab", "device, trainer, profile table"),
+        ("enter", "pick the highlighted profile"),
+        ("ctrl+s", "save the hardware choice (later runs use it)"),
     ]),
     ("Runs", [
         ("enter", "watch the highlighted run"),

@@ -41,6 +41,7 @@ class SetupScreen(Screen[None]):
         self.hardware = hardware
         self.profile_rows: list[ProfileRow] = []
         self.auto_choice: str | None = None
+        self.notes: list[str] = []
         self.chosen_profile = setup.profile
 
     # -- layout ---------------------------------------------------------------------------------
@@ -127,7 +128,11 @@ class SetupScreen(Screen[None]):
         if text.endswith(".toml") and not Path(text).expanduser().is_file():
             label.update(Text(f"✗ {text}: no such preset file", style="bold red"))
             return False
-        label.update(f"{trainer} presets — {known}; blank: the trainer's default")
+        if presets:
+            label.update(f"{trainer} presets: {', '.join(presets)} (or a TOML path); "
+                         "blank: the trainer's default")
+        else:
+            label.update(f"{trainer} lists no presets: leave blank (or give a preset TOML path)")
         return True
 
     @on(Select.Changed, "#trainer")
@@ -182,15 +187,17 @@ class SetupScreen(Screen[None]):
         from aeron_tui.app.runsetup import profile_rows
 
         try:
-            auto, rows = in_child(profile_rows, self.hardware, trainer)
+            auto, rows, notes = in_child(profile_rows, self.hardware, trainer)
             error = None
         except Exception as exc:  # noqa: BLE001 - shown in place; the form stays usable
-            auto, rows, error = None, [], f"{type(exc).__name__}: {exc}"
-        self.app.call_from_thread(self._show_profiles, auto, rows, error)
+            auto, rows, notes, error = None, [], [], f"{type(exc).__name__}: {exc}"
+        self.app.call_from_thread(self._show_profiles, auto, rows, notes, error)
 
-    def _show_profiles(self, auto: str | None, rows: list[ProfileRow], error: str | None) -> None:
+    def _show_profiles(self, auto: str | None, rows: list[ProfileRow], notes: list[str],
+                       error: str | None) -> None:
         self.profile_rows = rows
         self.auto_choice = auto
+        self.notes = notes
         table = self.query_one("#profiles", DataTable)
         table.clear()
         status = self.query_one("#profile-status", Label)
@@ -215,7 +222,10 @@ class SetupScreen(Screen[None]):
     def _profile_summary(self) -> Text:
         chosen = self.chosen_profile
         if chosen == AUTO:
-            return Text(f"profile: auto → {self.auto_choice or '—'}", style="bold")
+            text = Text(f"profile: auto → {self.auto_choice or 'nothing fits'}", style="bold")
+            for note in self.notes:
+                text.append(f"\n{note}", style="yellow")
+            return text
         row = next((r for r in self.profile_rows if r.name == chosen), None)
         text = Text(f"profile: {chosen}", style="bold")
         if row is not None and not row.fits:

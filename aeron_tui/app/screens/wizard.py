@@ -1,0 +1,207 @@
+"""The hardware-profile wizard inside the console: detect → show → recommend → choose → save.
+
+The same steps as ``aeron-tui wizard`` (``profiles.wizard``): the options and recommendation
+come from ``build_wizard_plan``, the answers go through ``apply_wizard_answers`` and the result
+is saved with ``profiles.settings.save_choice`` — later runs (and this console) use it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Label, Select
+
+from aeron_tui.app.format import fmt_bytes, fmt_count
+from aeron_tui.app.widgets.hardware_panel import HardwarePanel
+
+if TYPE_CHECKING:
+    from aeron_tui.app.wizardview import WizardView
+
+
+class WizardScreen(Screen[None]):
+    """Choose device, trainer and profile from the wizard's plan; ``ctrl+s`` saves the choice."""
+
+    BINDINGS = [
+        Binding("escape", "app.dashboard", "Back"),
+        Binding("ctrl+s", "save", "Save choice"),
+    ]
+
+    def __init__(self, hardware: Any = None, sample: Any = None) -> None:
+        super().__init__(id="wizard")
+        self.hardware = hardware
+        self.sample = sample
+        self.view: WizardView | None = None
+        self.chosen_profile: str | None = None
+        self.saved: Any = None
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="form-screen"):
+            yield Label("Hardware wizard — detect, recommend, choose, save", classes="screen-title")
+            yield HardwarePanel(id="wizard-hardware")
+            with Horizontal(classes="form-row"):
+                yield Label("device")
+                yield Select([("detecting…", "")], value="", allow_blank=False, id="device")
+            with Horizontal(classes="form-row"):
+                yield Label("trainer")
+                yield Select([("…", "")], value="", allow_blank=False, id="trainer")
+            yield Label("profiles  (enter picks; → marks the recommendation)",
+                        classes="screen-title")
+            table: DataTable[Text | str] = DataTable(id="wizard-profiles", cursor_type="row",
+                                                     zebra_stripes=True)
+            yield table
+            yield Label("estimating every profile on this hardware…", id="wizard-status",
+                        classes="field-help")
+            with Horizontal(classes="form-row buttons-row"):
+                yield Button("Save choice (ctrl+s)", variant="success", id="save")
+                yield Button("Back (esc)", id="back")
+            yield Label("", id="wizard-saved", classes="field-help")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#wizard-profiles", DataTable)
+        for name in ("", "profile", "params", "estimate", "fits", "detail"):
+            table.add_column(name, key=name or "mark")
+        self.query_one(HardwarePanel).show(self.hardware, self.sample)
+        self._load()
+
+    # -- the plan -------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="wizard", exit_on_error=False)
+    def _load(self) -> None:
+        from aeron_tui.app.offload import in_child
+        from aeron_tui.app.wizardview import wizard_view
+
+        try:
+            view = in_child(wizard_view, self.hardware)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            view, error = None, f"{type(exc).__name__}: {exc}"
+        self.app.call_from_thread(self._show_plan, view, error)
+
+    def _show_plan(self, view: WizardView | None, error: str | None) -> None:
+        status = self.query_one("#wizard-status", Label)
+        if view is None:
+            status.update(Text(f"✗ could not build the plan: {error}", style="bold red"))
+            return
+        self.view = view
+        rec = view.recommended
+        devices = self.query_one("#device", Select)
+        devices.set_options([(f"{d.key}: {d.label}", d.key) for d in view.devices])
+        devices.value = rec.device
+        trainers = self.query_one("#trainer", Select)
+        trainers.set_options([(t, t) for t in view.trainers])
+        trainers.value = rec.trainer if rec.trainer in view.trainers else view.trainers[0]
+        self.chosen_profile = rec.profile
+        self._fill_table()
+
+    def _device(self) -> str:
+        value = self.query_one("#device", Select).value
+        return str(value) if isinstance(value, str) and value else "cpu"
+
+    def _fill_table(self) -> None:
+        if self.view is None:
+            return
+        device = self.view.device(self._device())
+        table = self.query_one("#wizard-profiles", DataTable)
+        table.clear()
+        for row in device.rows:
+            mark = Text("●", style="bold green") if row.name == self.chosen_profile else Text(" ")
+            name = Text(("→ " if row.name == device.recommended else "  ") + row.name,
+                        style="bold" if row.name == device.recommended else "")
+            fits = Text("✓ fits", style="green") if row.fits else Text("✗ no", style="red")
+            table.add_row(mark, name, fmt_count(row.params),
+                          fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
+                          Text(row.detail, overflow="ellipsis"), key=row.name)
+        names = [r.name for r in device.rows]
+        if self.chosen_profile in names:
+            table.move_cursor(row=names.index(self.chosen_profile))
+        self._summary()
+
+    def _summary(self) -> None:
+        if self.view is None:
+            return
+        device = self.view.device(self._device())
+        text = Text()
+        text.append(f"choice: {self.chosen_profile or '—'} on {device.key}, "
+                    f"{self.query_one('#trainer', Select).value} trainer", style="bold")
+        if device.recommended is None:
+            text.append("\nno profile fits this device", style="bold red")
+        for note in device.notes:
+            text.append(f"\nnote: {note}", style="yellow")
+        self.query_one("#wizard-status", Label).update(text)
+
+    @on(Select.Changed, "#device")
+    def _device_changed(self) -> None:
+        if self.view is not None:
+            device = self.view.device(self._device())
+            if self.chosen_profile not in [r.name for r in device.rows] or \
+                    self.chosen_profile == self.view.recommended.profile:
+                self.chosen_profile = device.recommended or (device.rows[0].name
+                                                             if device.rows else None)
+            self._fill_table()
+
+    @on(Select.Changed, "#trainer")
+    def _trainer_changed(self) -> None:
+        self._summary()
+
+    @on(DataTable.RowSelected, "#wizard-profiles")
+    def _picked(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.chosen_profile = str(event.row_key.value)
+            self._fill_table()
+
+    # -- saving ---------------------------------------------------------------------------------
+
+    def action_save(self) -> None:
+        if self.view is None or self.chosen_profile is None:
+            self.notify("the plan is still being computed", severity="warning", markup=False)
+            return
+        trainer = str(self.query_one("#trainer", Select).value)
+        self.query_one("#wizard-saved", Label).update("re-fitting the batch layout and saving…")
+        self._save(self._device(), self.chosen_profile, trainer)
+
+    @work(thread=True, exclusive=True, group="wizard-save", exit_on_error=False)
+    def _save(self, device: str, profile: str, trainer: str) -> None:
+        from aeron_tui.app.offload import in_child
+        from aeron_tui.app.wizardview import wizard_answer
+        from profiles.settings import save_choice
+
+        try:
+            choice, fits = in_child(wizard_answer, self.hardware, device, profile, trainer)
+            path = save_choice(choice)
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            self.app.call_from_thread(self._saved, None, False, None, str(exc))
+            return
+        self.app.call_from_thread(self._saved, choice, fits, path, None)
+
+    def _saved(self, choice: Any, fits: bool, path: Any, error: str | None) -> None:
+        label = self.query_one("#wizard-saved", Label)
+        if error or choice is None:
+            label.update(Text(f"✗ {error}", style="bold red"))
+            return
+        self.saved = choice
+        text = Text(f"✓ saved to {path}: {choice.profile} on {choice.device}, {choice.trainer} "
+                    f"trainer, micro-batch {choice.micro_batch} × {choice.grad_accum}, "
+                    f"checkpointing {'on' if choice.gradient_checkpointing else 'off'}, "
+                    f"plan {choice.plan}", style="green")
+        if not fits:
+            text.append(f"\nwarning: {choice.reason}", style="bold yellow")
+        text.append("\nlater runs (and the next run started here) use it", style="dim")
+        label.update(text)
+        app = self.app
+        if hasattr(app, "setup_choice"):
+            app.setup_choice = app.setup_choice.with_(profile=choice.profile)
+
+    @on(Button.Pressed, "#save")
+    def _save_pressed(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#back")
+    def _back_pressed(self) -> None:
+        self.app.action_dashboard()  # type: ignore[attr-defined]

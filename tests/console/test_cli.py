@@ -1,0 +1,67 @@
+"""The launch/watch commands: bad input is one clear line, and the CLI never imports Textual
+(or torch) before a console command actually runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from textual.binding import Binding
+
+from aeron_tui.app.screens.help import KEYS
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "aeron_tui", *args], capture_output=True,
+                          text=True, timeout=120)
+    proc.stderr = " ".join(proc.stderr.split())  # Rich wraps long lines at the pipe's width
+    return proc
+
+
+def test_watch_rejects_a_missing_run_dir(tmp_path: Path) -> None:
+    proc = _run("watch", str(tmp_path / "nope"))
+    assert proc.returncode == 1
+    assert "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_launch_rejects_bad_data_and_trainer(tmp_path: Path) -> None:
+    proc = _run("launch", "--data", str(tmp_path / "missing.jsonl"))
+    assert proc.returncode == 1 and "no such file or directory" in proc.stderr
+    proc = _run("launch", "--trainer", "bogus")
+    assert proc.returncode == 1 and "not a known trainer" in proc.stderr
+
+
+def test_cli_import_stays_light() -> None:
+    code = ("import sys, aeron_tui.cli; "
+            "print('textual' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_console_process_never_imports_torch() -> None:
+    code = ("import sys, aeron_tui.app.app, aeron_tui.app.screens.setup, "
+            "aeron_tui.app.screens.runs, aeron_tui.app.screens.wizard; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_help_lists_every_binding() -> None:
+    from aeron_tui.app.app import AeronConsole
+    from aeron_tui.app.screens import confirm, crash, dashboard, quit, runs, setup, wizard
+
+    listed = " ".join(keys for _, rows in KEYS for keys, _ in rows)
+    names = {"question_mark": "?", "escape": "escape", "space": "space", "enter": "enter"}
+    classes = [AeronConsole, dashboard.DashboardScreen, setup.SetupScreen, runs.RunsScreen,
+               wizard.WizardScreen, confirm.ConfirmScreen, quit.QuitScreen]
+    missing = []
+    for cls in classes:
+        for binding in cls.BINDINGS:
+            assert isinstance(binding, Binding)
+            for key in binding.key.split(","):
+                if names.get(key, key) not in listed:
+                    missing.append(f"{cls.__name__}: {key}")
+    assert crash.CrashScreen.BINDINGS  # closes with escape/enter (listed under Dialogs)
+    assert missing == []

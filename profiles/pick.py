@@ -190,18 +190,26 @@ def _batch_layouts(micro_batch: int, grad_accum: int) -> list[tuple[int, int]]:
 
 
 def _train_attempts(profile: SizeProfile, trainers: Sequence[str]) -> list[tuple[str, int, int, bool, str]]:
-    """(status, micro_batch, grad_accum, checkpointing, trainer) in the order they are tried."""
+    """(status, micro_batch, grad_accum, checkpointing, trainer) in the order they are tried.
+
+    Only the given trainers are tried; with the compressed trainer alone its attempts start at
+    the profile's own layout.
+    """
     t = profile.train
     layouts = _batch_layouts(t.micro_batch, t.grad_accum)
-    attempts: list[tuple[str, int, int, bool, str]] = [
-        ("fits", t.micro_batch, t.grad_accum, t.gradient_checkpointing, "simple")
-    ]
-    attempts += [("smaller-batch", mb, ga, t.gradient_checkpointing, "simple") for mb, ga in layouts[1:]]
-    if not t.gradient_checkpointing:
-        attempts += [("checkpointing", mb, ga, True, "simple") for mb, ga in layouts]
+    attempts: list[tuple[str, int, int, bool, str]] = []
+    if "simple" in trainers:
+        attempts.append(("fits", t.micro_batch, t.grad_accum, t.gradient_checkpointing, "simple"))
+        attempts += [
+            ("smaller-batch", mb, ga, t.gradient_checkpointing, "simple") for mb, ga in layouts[1:]
+        ]
+        if not t.gradient_checkpointing:
+            attempts += [("checkpointing", mb, ga, True, "simple") for mb, ga in layouts]
     if "compressed" in trainers:
         for ckpt in sorted({t.gradient_checkpointing, True}):
             attempts += [("compressed", mb, ga, ckpt, "compressed") for mb, ga in layouts]
+    if not attempts:
+        raise ValueError(f"no known trainer in {tuple(trainers)!r} (simple, compressed)")
     return attempts
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from core.errors import ConfigError
 from profiles.estimate import GiB
@@ -138,12 +138,12 @@ def apply_wizard_answers(plan: WizardPlan, device: str, profile: str, trainer: s
         v for v in option.pick.reasons if v.name == profile
     )
     if verdict.trainer != trainer or not verdict.fits:
-        verdict = _refit(plan, option, chosen, trainer, verdict)
+        verdict = _refit(plan, option, chosen, trainer)
     return choice_from_pick(option.pick, verdict)
 
 
-def _refit(plan: WizardPlan, option: DeviceOption, profile: SizeProfile, trainer: str,
-           fallback: ProfileVerdict) -> ProfileVerdict:
+def _refit(plan: WizardPlan, option: DeviceOption, profile: SizeProfile, trainer: str
+           ) -> ProfileVerdict:
     """Fit ``profile`` with exactly ``trainer`` on the option's device."""
     from profiles.pick import _Device
 
@@ -151,39 +151,12 @@ def _refit(plan: WizardPlan, option: DeviceOption, profile: SizeProfile, trainer
     dev = _Device(pick.device, pick.free, pick.precision, pick.device_label,
                   cores=plan.hardware.cpu.physical_cores or plan.hardware.cpu.logical_cores or 1)
     margin = 1.0 - pick.budget / pick.free if pick.free else 0.10
-    trainers = ("simple",) if trainer == "simple" else ("compressed",)
-    if trainer == "compressed":
-        # fit_profile tries the simple trainer first; force the compressed attempts only.
-        verdict = _fit_compressed_only(profile, dev, margin, plan.mode)
-    else:
-        verdict = fit_profile(profile, dev, margin, plan.mode, trainers)
+    verdict = fit_profile(profile, dev, margin, plan.mode, (trainer,))
     plan_kind = pick.plan if verdict.fits and pick.plan == "ddp" else "single"
     if plan_kind == "ddp":
         verdict = dataclasses.replace(verdict, plan="ddp",
                                       grad_accum=max(1, -(-verdict.grad_accum // len(pick.gpus))))
     return verdict
-
-
-def _fit_compressed_only(profile: SizeProfile, dev: Any, margin: float, mode: str) -> ProfileVerdict:
-    from profiles.estimate import estimate_training_memory
-    from profiles.pick import _batch_layouts, _describe
-
-    budget = int((1.0 - margin) * dev.free)
-    t = profile.train
-    last = None
-    for ckpt in sorted({t.gradient_checkpointing, True}):
-        for mb, ga in _batch_layouts(t.micro_batch, t.grad_accum):
-            est = estimate_training_memory(profile, mb, t.seq_len, dev.precision, checkpointing=ckpt,
-                                           device=dev.kind, trainer="compressed")
-            last = (est, mb, ga, ckpt)
-            if est.total <= budget:
-                return ProfileVerdict(profile.name, True, _describe("compressed", est, budget, mb, ga, ckpt),
-                                      est, est.params, "compressed", mb, ga, ckpt, "compressed")
-    assert last is not None
-    est, mb, ga, ckpt = last
-    return ProfileVerdict(profile.name, False,
-                          f"does not fit by {gib(est.total - budget)} GiB with the compressed trainer",
-                          est, est.params, "no-fit", mb, ga, ckpt, "compressed")
 
 
 # ------------------------------------------------------------------------------ rendering

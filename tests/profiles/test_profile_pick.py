@@ -169,3 +169,11 @@ def test_fit_profile_reports_params() -> None:
     v = fit_profile(load_profile("tiny"), _Device("cuda", 8 * GiB, "bf16", "x"), 0.1)
     assert v.params == load_profile("tiny").parameter_count
     assert dataclasses.asdict(v)["fits"]
+
+
+def test_only_the_given_trainers_are_tried(machine) -> None:
+    pick = pick_profile(machine("rtx-8gb"), trainer_options=("compressed",))
+    assert all(v.trainer == "compressed" for v in pick.reasons)
+    assert pick.trainer == "compressed"
+    tiny = next(v for v in pick.reasons if v.name == "tiny")
+    assert tiny.status == "compressed" and tiny.micro_batch == load_profile("tiny").train.micro_batch

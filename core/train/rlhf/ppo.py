@@ -132,6 +132,7 @@ class PPOTrainer(RLHFTrainer):
         self.reward_model: Any = None
         self.kl_ctl = AdaptiveKLController()
         self.train_prompts: list[PromptExample] = []
+        self._eval_on_train = False
         self.val_prompts: list[PromptExample] = []
 
     # -- options -----------------------------------------------------------------------------
@@ -194,8 +195,9 @@ class PPOTrainer(RLHFTrainer):
         if self.config.max_samples is not None:
             records = records[: self.config.max_samples]
         train, val = split_records(records)
-        if not train or not val:
-            raise DataError(f"{path}: {len(records)} prompts are too few for a train/validation split")
+        if not train:
+            train, val = val, []
+        self._eval_on_train = not val
         provider = self.option("provider")
         max_prompt = max(4, self.seq_len)
 
@@ -206,7 +208,8 @@ class PPOTrainer(RLHFTrainer):
             return PromptExample(ids, r.answer, r.prompt)
 
         self.train_prompts = [enc(r) for r in train]
-        self.val_prompts = [enc(r) for r in val]
+        # A prompt file too small for a held-out split is evaluated on its training prompts.
+        self.val_prompts = [enc(r) for r in val] or list(self.train_prompts)
         self.train_loader = PromptLoader(
             self.train_prompts, self.micro_batch, self.config.seed,
             rank=self.rank, world_size=self.world_size,
@@ -215,6 +218,13 @@ class PPOTrainer(RLHFTrainer):
 
         self.corpus = corpus_manifest([path])
         self.corpus.update(train_samples=len(train), val_samples=len(val))
+
+    def setup(self) -> None:
+        super().setup()
+        if self._eval_on_train:
+            self.emit("warning", message=f"{self.data_path}: too few prompts for a held-out "
+                      "split; evaluating on the training prompts", code="no_validation",
+                      global_step=self.global_step)
 
     def _load_reward_model(self, path: str) -> None:
         from core.train.rlhf.reward import load_reward_model

@@ -87,11 +87,15 @@ class ControlChannel:
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM → clean stop; a second SIGINT aborts. Main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            return
+        if threading.current_thread() is not threading.main_thread() or self._old_handlers:
+            return  # not allowed off the main thread; already installed
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old_handlers[sig] = signal.getsignal(sig)
             signal.signal(sig, self._on_signal)
+
+    @property
+    def handlers_installed(self) -> bool:
+        return bool(self._old_handlers)
 
     def restore_signal_handlers(self) -> None:
         for sig, handler in self._old_handlers.items():

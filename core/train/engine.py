@@ -168,6 +168,9 @@ class Trainer:
     def run(self) -> str:
         """setup → train → cleanup. Returns the final status; project errors propagate."""
         status = "failed"
+        # Signals during setup (tokenizer training can take a while) also stop cleanly: the
+        # loop sees the stop before its first step.
+        self.control.install_signal_handlers()
         try:
             self.setup()
             status = self.train()
@@ -179,6 +182,7 @@ class Trainer:
             self._fail(str(exc) or type(exc).__name__, exc)
             raise
         finally:
+            self.control.restore_signal_handlers()
             self.cleanup()
 
     def setup(self) -> None:
@@ -234,6 +238,7 @@ class Trainer:
 
     def train(self) -> str:
         """The loop. Returns ``finished`` or ``stopped``."""
+        installed_here = not self.control.handlers_installed
         self.control.install_signal_handlers()
         stopped = False
         try:
@@ -246,7 +251,8 @@ class Trainer:
         except StopTraining:
             stopped = True
         finally:
-            self.control.restore_signal_handlers()
+            if installed_here:
+                self.control.restore_signal_handlers()
         return self._finish(stopped)
 
     def cleanup(self) -> None:

@@ -141,14 +141,34 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         init_linear(self.merge_gate, std)
 
     def forward(self, x: Tensor, u: Tensor, mask: Tensor | None) -> TreeOfThoughtOutput:
-        """``x`` the encoder states, ``u`` the conditioned states, ``mask (B,S)`` or None."""
+        """``x`` the encoder states, ``u`` the conditioned states, ``mask (B,S)`` or None.
+
+        The spec's branch states ``h_i = u + b_i + g_i + shift_i + delta_i`` (``g_i`` the
+        generator output, the other terms per-sample vectors) are never materialised: pooling
+        and the merge are linear, so ``pool(h_i) = pool(u) + b_i + fc_out_i(pool(a_i))`` and
+        ``sum_i w_i h_i = u + fc_out([w_1 a_1, ..., w_N a_N]) + sum_i w_i c_i`` with
+        ``a_i = silu(fc_in_i(norm_i(u)))`` and ``c_i = b_i + shift_i + delta_i``. This is the
+        same function with one wide matmul in and one out instead of N full-size branch copies.
+        """
+        b = x.shape[0]
+        n, d = self.num_branches, x.shape[-1]
         pooled_x = masked_pool(x, mask)  # (B, d)
-        # Branches: h_i = u + b_i + gen_i(u)
-        branches = [u + self.branch_embed[i] + gen(u) for i, gen in enumerate(self.generators)]
-        summaries = torch.stack([masked_pool(h, mask) for h in branches], dim=1)  # (B, N, d)
+        pooled_u = pooled_x if u is x else masked_pool(u, mask)
+
+        # Branch generators: the RMS statistic of u is shared; each branch's norm weight is
+        # folded into its fc_in weight (norm_i(u) @ W^T == rms(u) @ (W * w_i)^T).
+        gens = self.generators
+        normed = F.rms_norm(u, (d,), None, gens[0].norm.eps)
+        w_in = torch.cat([g.fc_in.weight * g.norm.weight for g in gens], dim=0)  # (N*d, d)
+        act = F.silu(F.linear(normed, w_in))  # (B, S, N*d)
+        pooled_act = masked_pool(act, mask).view(b, n, d)
+        pooled_gen = torch.stack(
+            [F.linear(pooled_act[:, i], g.fc_out.weight) for i, g in enumerate(gens)], dim=1)
+        summaries = pooled_u[:, None, :] + self.branch_embed + pooled_gen  # (B, N, d)
+
+        # Cross-branch attention over the N summaries.
         refined, _ = self.cross_branch(summaries, mask=NO_MASK)  # (B, N, d)
         shift = refined - summaries
-        branches = [h + shift[:, i, None, :] for i, h in enumerate(branches)]
 
         # Critic
         q = self.conf(refined).squeeze(-1) + self.evid(
@@ -162,16 +182,18 @@ class AeronTreeOfThoughtProcessor(nn.Module):
 
         # Contradictions between kept pairs; the lower-scored branch moves towards a synthesis.
         levels, resolved, deltas = self._contradictions(refined, q, keep)
-        if deltas is not None:
-            branches = [h + deltas[:, i, None, :] for i, h in enumerate(branches)]
 
         # Quality-weighted merge of the kept branches.
         weights = q.masked_fill(~keep, float("-inf")).float().softmax(dim=-1).to(q.dtype)
-        stacked = torch.stack(branches, dim=1)  # (B, N, S, d)
-        merged = (weights[:, :, None, None].to(stacked.dtype) * stacked).sum(dim=1)
-        gamma = torch.sigmoid(
-            self.merge_gate(torch.cat((masked_pool(merged, mask), pooled_x), dim=-1))
-        )  # (B, 1)
+        offsets = self.branch_embed + shift + (deltas if deltas is not None else 0.0)
+        merged_offset = (weights[:, :, None] * offsets).sum(dim=1)  # (B, d)
+        w_out = torch.cat([g.fc_out.weight for g in gens], dim=1)  # (d, N*d)
+        weighted_act = (act.view(*act.shape[:-1], n, d)
+                        * weights[:, None, :, None].to(act.dtype)).flatten(-2)
+        merged = u + F.linear(weighted_act, w_out) + merged_offset[:, None, :]
+        pooled_merged = (pooled_u + (weights[:, :, None] * pooled_gen).sum(dim=1)
+                         + merged_offset)
+        gamma = torch.sigmoid(self.merge_gate(torch.cat((pooled_merged, pooled_x), dim=-1)))
         out = x + gamma[:, :, None] * (merged - x)
         return TreeOfThoughtOutput(out, refined, q, scores, keep, weights, levels, resolved,
                                    gamma.squeeze(-1))

@@ -191,3 +191,52 @@ def test_reasoning_info_is_detached() -> None:
     for key, value in res.info.items():
         if isinstance(value, torch.Tensor):
             assert not value.requires_grad, key
+
+
+def _reference_tree_of_thought(tot: AeronTreeOfThoughtProcessor, x, u, mask):
+    """Spec §5 steps 3-8 written out literally, materialising every branch state h_i."""
+    pool = lambda t: masked_pool(t, mask)  # noqa: E731
+    h = [u + tot.branch_embed[i] + g.fc_out(torch.nn.functional.silu(g.fc_in(g.norm(u))))
+         for i, g in enumerate(tot.generators)]
+    s = torch.stack([pool(hi) for hi in h], dim=1)
+    s2, _ = tot.cross_branch(s)
+    h = [hi + (s2[:, i] - s[:, i])[:, None] for i, hi in enumerate(h)]
+    q = (tot.conf(s2).squeeze(-1)
+         + tot.evid(torch.cat((s2, pool(x)[:, None].expand_as(s2)), -1)).squeeze(-1))
+    keep = torch.zeros_like(q, dtype=torch.bool).scatter(1, q.topk(tot.keep_k, -1).indices, True)
+    b, n = q.shape
+    for bi in range(b):
+        moves = {i: [] for i in range(n)}
+        for i in range(n):
+            for j in range(i + 1, n):
+                if not (keep[bi, i] and keep[bi, j]):
+                    continue
+                c = torch.sigmoid(tot.contra(torch.cat((s2[bi, i], s2[bi, j], s2[bi, i] * s2[bi, j]))))
+                if c.item() > tot.contradiction_threshold:
+                    hi_, lo = (i, j) if q[bi, i] >= q[bi, j] else (j, i)
+                    if q[bi, i] == q[bi, j]:
+                        hi_, lo = i, j
+                    moves[lo].append(c * (tot.resolver(torch.cat((s2[bi, hi_], s2[bi, lo])))
+                                          - s2[bi, lo]))
+        for lo, deltas in moves.items():
+            if deltas:
+                h[lo] = h[lo].clone()
+                h[lo][bi] = h[lo][bi] + torch.stack(deltas).mean(0)
+    w = q.masked_fill(~keep, float("-inf")).softmax(-1)
+    m = sum(w[:, i, None, None] * h[i] for i in range(n))
+    gamma = torch.sigmoid(tot.merge_gate(torch.cat((pool(m), pool(x)), -1)))
+    return x + gamma[:, :, None] * (m - x), q
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
+def test_tree_of_thought_matches_the_literal_spec(threshold: float) -> None:
+    torch.manual_seed(0)
+    cfg = small_config(num_tot_branches=4, tot_keep_k=3, tot_contradiction_threshold=threshold)
+    tot = AeronTreeOfThoughtProcessor(cfg)
+    x = torch.randn(3, 7, 32)
+    u = x + 0.1 * torch.randn(3, 7, 32)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 6 + [False]])
+    out = tot(x, u, mask)
+    ref, q = _reference_tree_of_thought(tot, x, u, mask)
+    torch.testing.assert_close(out.logits, q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.out, ref, rtol=1e-5, atol=1e-5)

@@ -151,3 +151,86 @@ def test_prompts_without_answers_need_a_reward_model(tmp_path: Path, setup_files
         "--run-dir", str(tmp_path / "run"), "--steps", "1", "--quiet", "--profile", "tiny",
     ])
     assert "no prompt has an 'answer'" in str(result.exception)
+
+
+def _pass_rate(ckpt: Path, prompts: list[dict[str, Any]], samples: int) -> float:
+    """Mean verifiable reward of ``samples`` completions per prompt (fixed seed, T 1.0)."""
+    from core.data.formatting import encode_prompt
+    from core.generation import GenerationConfig, generate_ids, pad_batch
+
+    model, tok, _ = load_policy(ckpt)
+    ids, mask = pad_batch([encode_prompt(p["prompt"], tok, 96, style="reasoning",
+                                         provider="aeron-synth") for p in prompts])
+    g = torch.Generator().manual_seed(123)
+    total = 0.0
+    for _ in range(samples):
+        out = generate_ids(model, ids, mask, GenerationConfig(max_new_tokens=8), generator=g)
+        for j, p in enumerate(prompts):
+            total += verifiable_reward(tok.decode([t for t in out.row(j) if t != 2]),
+                                       p["answer"])
+    return total / (samples * len(prompts))
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_verifiable_reward(sample_corpus_dir: Path, sample_tokenizer: Path,
+                                           tmp_path: Path) -> None:
+    """A short CPU run (~1-3 min on the shared 2-core box): GRPO fits its training prompts.
+
+    Start: the tiny profile trained for 60 steps on the sample corpus's ordering questions
+    ("Who is the tallest?") with the reply cut to its final line ``Answer: NAME`` (the toy
+    task), so the policy answers in the verifiable format but mostly with the wrong name.
+    Then GRPO with the verifiable reward on four sample prompts of that kind (the hash split
+    keeps one back). Measured (seeded): training-prompt pass rate 0.04 → 0.69 after 25 steps
+    with 16 completions per prompt, per-sequence KL to the start ~2.6 nats; this test runs a
+    cheaper 20 steps × 8 completions (measured 0.05 → 0.24, rollout reward 0.04 → 0.23 over
+    the first/last 5 steps, KL ≤ 2.1 nats, 106 s). What is not claimed: generalisation — the held-out prompt
+    stays at chance; a tiny model does not learn to sort heights in CPU minutes.
+    """
+    from core.data.preferences import read_prompts, split_records
+    from core.data.sample import extract_answer
+
+    sft_data = tmp_path / "ordering_direct.jsonl"
+    with open(sample_corpus_dir / "styles.jsonl", encoding="utf-8") as src, open(
+        sft_data, "w", encoding="utf-8"
+    ) as dst:
+        for line in src:
+            row = json.loads(line)
+            if ":ordering:" in row["turn_id"]:
+                row["assistant_reply"] = f"Answer: {extract_answer(row['assistant_reply'])}"
+                dst.write(json.dumps(row) + "\n")
+    runner = CliRunner()
+    sft = runner.invoke(app, [
+        "train", "simple", "--profile", "tiny", "--data", str(sft_data), "--steps", "60",
+        "--seq-len", "48", "--micro-batch", "16", "--lr", "1e-3", "--run-dir",
+        str(tmp_path / "sft"), "--quiet", "--set", f"tokenizer={sample_tokenizer}",
+        "--set", "eval_every=60", "--set", "checkpoint_every=60",
+    ])
+    assert sft.exit_code == 0, sft.output
+    start = tmp_path / "sft" / "checkpoints" / "step_000060"
+
+    rows = [json.loads(line) for line in (sample_corpus_dir / "prompts.jsonl").open()]
+    four = [r for r in rows if ":ordering:" in r["id"]][:4]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in four))
+    train, _ = split_records(read_prompts(prompts))
+    trained = [r for r in four if any(t.prompt == r["prompt"] for t in train)]
+    before = _pass_rate(start, trained, 32)
+
+    result = runner.invoke(app, [
+        "rlhf", "ppo", "--grpo", "--from", str(start), "--prompts", str(prompts),
+        "--steps", "20", "--micro-batch", "4", "--lr", "5e-4", "--max-new-tokens", "8",
+        "--run-dir", str(tmp_path / "grpo"), "--quiet", "--set", "options.group_size=8",
+        "--set", "options.ppo_epochs=2", "--set", "options.provider=aeron-synth",
+        "--set", "log_every=1", "--set", "eval_every=1000",
+    ])
+    assert result.exit_code == 0, result.output
+    after = _pass_rate(tmp_path / "grpo", trained, 32)
+    steps = [e for e in read_events(tmp_path / "grpo") if e["type"] == "step"]
+    rollout = [e["metrics"]["reward"] for e in steps]
+    kl = [e["metrics"]["kl"] for e in steps]
+    print(f"GRPO pass rate on its {len(trained)} training prompts: {before:.3f} -> {after:.3f}; "
+          f"rollout reward first/last 5 steps {sum(rollout[:5]) / 5:.3f} / "
+          f"{sum(rollout[-5:]) / 5:.3f}; max KL {max(kl):.2f} nats/sequence")
+    assert after >= before + 0.1, (before, after)
+    assert sum(rollout[-5:]) > sum(rollout[:5])
+    assert max(kl) < 10.0  # bounded: the β·KL term keeps the policy near its start

@@ -173,3 +173,37 @@ def test_run_dir_that_is_a_file(tmp_path: Path, small_corpus: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="not writable"):
         _trainer(run_config(blocker / "run", small_corpus)).run()
+
+
+def test_retention_keeps_last_k_and_the_best(tmp_path: Path, small_corpus: Path) -> None:
+    from core.train.simple import SimpleTrainer
+
+    class ScriptedEval(SimpleTrainer):
+        def evaluate(self, batches: Any = None) -> dict[str, float]:
+            loss = {4: 1.0, 8: 2.0}[self.global_step]  # best at step 4, worse later
+            return {"loss": loss, "perplexity": 2.718, "tokens": 1.0}
+
+    cfg = run_config(tmp_path / "r", small_corpus, steps=8, checkpoint_every=1, eval_every=4,
+                     keep_last=2)
+    ScriptedEval(cfg, tiny_model_config()).run()
+    left = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert left == ["step_000004", "step_000007", "step_000008"]
+    import json
+
+    state = json.loads((tmp_path / "r" / "checkpoints" / "step_000008" / "trainer_state.json")
+                       .read_text())
+    assert state["best"] == {"val_loss": 1.0, "checkpoint": "step_000004"}
+
+
+def test_build_model_from_checkpoint(tmp_path: Path, small_corpus: Path) -> None:
+    import torch
+
+    from core.checkpoint import build_model_from_checkpoint
+    from core.train.simple import SimpleTrainer
+
+    trainer = SimpleTrainer(run_config(tmp_path / "r", small_corpus, steps=4), tiny_model_config())
+    trainer.run()
+    model, tok, config = build_model_from_checkpoint(tmp_path / "r" / "checkpoints" / "step_000004")
+    assert not model.training and config.vocab_size == tok.vocab_size
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name

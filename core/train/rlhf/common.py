@@ -221,7 +221,10 @@ class RLHFTrainer(Trainer):
             return path
         from core.data.sample import ensure_sample_corpus
 
-        return Path(getattr(ensure_sample_corpus(), default_attr))
+        path = Path(getattr(ensure_sample_corpus(), default_attr))
+        # Recorded in run.toml's [options], so a resumed run reads the same file.
+        self.config = self.config.with_overrides(options={option: str(path)})
+        return path
 
     # -- starting point ----------------------------------------------------------------------
     def load_init_checkpoint(self) -> LoadedCheckpoint | None:
@@ -268,6 +271,15 @@ class RLHFTrainer(Trainer):
         init = self.load_init_checkpoint()
         if init is not None:
             load_backbone_weights(model, init)
+
+    def resolved_config(self) -> Any:
+        # ``data`` stays the tokenizer corpus the user gave (the engine would record the
+        # preference/prompt file there, which is not a corpus); that file is in ``options``.
+        from core.train.config import RunConfig
+
+        resolved = super().resolved_config().to_dict()
+        resolved["data"] = self.config.data
+        return RunConfig.from_dict(resolved, "resolved run config")
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, type: str, **fields: Any) -> dict[str, Any] | None:

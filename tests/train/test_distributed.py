@@ -356,31 +356,31 @@ def test_engine_fsdp_compressed_equals_one_process_and_resumes(tmp_path: Path) -
     data = _equal_length_styles(tmp_path / "styles.jsonl")
     (tmp_path / "a").mkdir()
     r0, r1 = _run_engine_ranks(
-        tmp_path / "a", "compressed", tmp_path / "full", data, steps=6, shard=True
+        tmp_path / "a", "compressed", tmp_path / "full", data, steps=4, shard=True
     )
     assert r0["status"] == r1["status"] == "finished"
     assert r1["params"] == {}  # sharded: only rank 0 receives the gathered weights
-    single = _single_engine_run("compressed", tmp_path / "single", data, steps=6)
+    single = _single_engine_run("compressed", tmp_path / "single", data, steps=4)
     params = dict(single.model.named_parameters())
     assert r0["params"].keys() == single.model.state_dict().keys()
     assert _maxdiff(r0["params"], params, params) < 1e-3
     # The gathered checkpoint has the single-process layout (tied weight once, scalars as ()).
     full_ckpt = tmp_path / "full" / "checkpoints"
-    assert _checkpoint_layout(full_ckpt / "step_000006") == _checkpoint_layout(
-        tmp_path / "single" / "checkpoints" / "step_000006"
+    assert _checkpoint_layout(full_ckpt / "step_000004") == _checkpoint_layout(
+        tmp_path / "single" / "checkpoints" / "step_000004"
     )
-    opt_state = torch.load(full_ckpt / "step_000004" / "optimizer.pt", weights_only=True)
+    opt_state = torch.load(full_ckpt / "step_000002" / "optimizer.pt", weights_only=True)
     assert opt_state["sharded_optimizer"]["world_size"] == 2
-    # Resume the sharded run from step 4 in a new run directory: same weights at step 6.
+    # Resume the sharded run from step 2 in a new run directory: same weights at step 4.
     (tmp_path / "b").mkdir()
     b0, _ = _run_engine_ranks(
         tmp_path / "b",
         "compressed",
         tmp_path / "resumed",
         data,
-        steps=6,
+        steps=4,
         shard=True,
-        resume=full_ckpt / "step_000004",
+        resume=full_ckpt / "step_000002",
     )
-    assert b0["global_step"] == 6
+    assert b0["global_step"] == 4
     assert _maxdiff(b0["params"], r0["params"], params) < 1e-6

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/console_overhead.py [--steps 40] [--rounds 2] [--profile tiny]
 
-Measures, on the same run configuration (the simple trainer, a size profile, the sample corpus):
+Measures, on the same run configuration (one run.toml: the simple trainer, a size profile with a
+short sequence length, the sample corpus, a step event every 2 steps, no evals/checkpoints):
 1. trainer tokens/s with the console attached (``aeron-tui launch --start`` in a pseudo-terminal,
    drawing for real) vs. headless (``aeron-tui train ... --quiet``), rounds interleaved A/B;
    ratio = attached / headless (target ≥ 0.95);
@@ -125,6 +126,15 @@ def _tokens_per_s(run_dir: Path) -> float:
     return statistics.mean(rates[1:])
 
 
+def write_bench_config(path: Path, profile: str, steps: int, data: str) -> Path:
+    """The one run configuration both modes train (short sequences keep a round to minutes)."""
+    path.write_text(
+        f'trainer = "simple"\nprofile = "{profile}"\ndata = "{data}"\nsteps = {steps}\n'
+        "seq_len = 64\nmicro_batch = 4\nlog_every = 2\neval_every = 100000\n"
+        "checkpoint_every = 100000\nseed = 1\n", encoding="utf-8")
+    return path
+
+
 def headless_run(env: dict[str, str], args: list[str], run_dir: Path) -> float:
     from aeron_tui.launcher import trainer_env
 
@@ -170,7 +180,7 @@ def attached_run(env: dict[str, str], args: list[str], runs_root: Path) -> tuple
     return _tokens_per_s(run_dir), cpu_pct
 
 
-def key_latency(env: dict[str, str], data: str, presses: int = 20) -> dict[str, float]:
+def key_latency(env: dict[str, str], config: Path, presses: int = 20) -> dict[str, float]:
     """Pilot: key → visible change while a real run trains (smoothing toggle, pause request)."""
     os.environ.update({k: v for k, v in env.items() if k.startswith("AERON_TUI")})
     from aeron_tui.app.app import AeronConsole, ConsoleOptions
@@ -178,7 +188,15 @@ def key_latency(env: dict[str, str], data: str, presses: int = 20) -> dict[str, 
     from aeron_tui.app.widgets.loss_chart import LossChart
     from aeron_tui.app.widgets.run_panel import RunPanel
 
-    setup = RunSetup(trainer="simple", profile="tiny", data=data, steps=100000)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    table = tomllib.loads(config.read_text())
+    setup = RunSetup(trainer="simple", profile=table.pop("profile"), data=table.pop("data"),
+                     steps=100000, overrides={k: v for k, v in table.items()
+                                              if k not in ("trainer", "steps")})
 
     async def run() -> dict[str, float]:
         app = AeronConsole(ConsoleOptions(setup=setup, runs_root=Path(env["AERON_TUI_HOME"])
@@ -190,6 +208,8 @@ def key_latency(env: dict[str, str], data: str, presses: int = 20) -> dict[str, 
             while time.monotonic() < end and (app.session is None
                                               or app.session.state.global_step < 3):
                 await pilot.pause(0.1)
+            app.render_now()
+            await pilot.pause()
             box = app.dashboard.query_one("#chart-box")
             assert app.dashboard.query_one(LossChart).train_points > 0
             for _ in range(presses):
@@ -251,7 +271,8 @@ def main() -> None:
 
     os.environ["AERON_TUI_HOME"] = str(home)
     data = str(ensure_sample_corpus().styles)
-    run_args = ["--profile", args.profile, "--steps", str(args.steps), "--data", data]
+    config = write_bench_config(home / "bench-run.toml", args.profile, args.steps, data)
+    run_args = ["--config", str(config)]
     rows: list[tuple[str, str, str]] = []
     try:
         frames = first_frame_times(env, rounds=5)
@@ -272,7 +293,7 @@ def main() -> None:
                          f"ratio {a / h:.3f} (target ≥ 0.95)"))
             rows.append(("console CPU while watching (mean)", f"{statistics.mean(cpu):.1f} %",
                          "of one core"))
-        lat = key_latency(env, data)
+        lat = key_latency(env, config)
         rows.append(("key → screen update, smoothing toggle (median)",
                      f"{lat['toggle_median_ms']:.1f} ms", "target < 100 ms"))
         rows.append(("key → screen update, smoothing toggle (p95)",
@@ -284,7 +305,7 @@ def main() -> None:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     width = max(len(r[0]) for r in rows)
-    print(f"\nconsole_overhead (profile {args.profile}, {args.steps} steps, "
+    print(f"\nconsole_overhead (profile {args.profile}, seq_len 64, micro-batch 4, {args.steps} steps, "
           f"{args.rounds} round(s), {os.cpu_count()} CPUs; shared machine — noisy)")
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>12}  {note}")

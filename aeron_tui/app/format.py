@@ -123,3 +123,14 @@ def downsample(points: list[tuple[int, float]], buckets: int) -> tuple[list[floa
         xs.append(sum(p[0] for p in chunk) / len(chunk))
         ys.append(sum(p[1] for p in chunk) / len(chunk))
     return xs, ys
+
+
+def line_count(renderable: object) -> int:
+    """Rows a Table or Text will take (used to skip relayouts when the height is unchanged)."""
+    rows = getattr(renderable, "rows", None)
+    if isinstance(rows, list):
+        return len(rows)
+    plain = getattr(renderable, "plain", None)
+    if isinstance(plain, str):
+        return plain.count("\n") + 1
+    return -1

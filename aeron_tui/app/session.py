@@ -25,6 +25,8 @@ LOG_TYPES = frozenset({
 })
 MAX_METRIC_POINTS = 2000
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
+# Bookkeeping counts some trainers put in ``metrics`` (e.g. eval token counts): not headlines.
+COUNT_METRICS = frozenset({"tokens", "samples", "n", "count"})
 
 _ids = itertools.count(1)
 
@@ -151,4 +153,5 @@ class RunSession:
     def headline_metrics(self) -> dict[str, Any]:
         """Trainer metrics to show where branch scores would go (RLHF, runs without ToT)."""
         return {k: v for k, v in self.state.metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                if k not in COUNT_METRICS and isinstance(v, (int, float))
+                and not isinstance(v, bool)}

@@ -28,13 +28,27 @@ def launch(
     preset: str | None = typer.Option(None, "--preset", help="Trainer preset (LONPT: smoke, light, standard, heavy)."),
     data: str | None = typer.Option(None, "--data", help="Training data (default: the bundled sample corpus)."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (default: the trainer's/preset's)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Start from a run.toml (flags override its values)."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Directory for the run started here (default: a new one under the runs root)."),
     runs_root: Path | None = typer.Option(None, "--runs-root", help="Where past runs are listed (default: $AERON_TUI_HOME/runs)."),
     start: bool = typer.Option(False, "--start", help="Start the run immediately."),
 ) -> None:
     """Open the console; with --start, begin training at once (what `make run` does)."""
-    from aeron_tui.app.runsetup import AUTO, RunSetup
+    from aeron_tui.app.runsetup import AUTO, RunSetup, validate_data_path
 
+    base: dict[str, object] = {}
+    if config is not None:
+        base = _read_run_toml(config)
+        # Flags win over the file; the file's other keys (model, batch, ...) go to run.toml.
+        trainer = trainer or _str_or_none(base.pop("trainer", None))
+        profile = profile or _str_or_none(base.pop("profile", None))
+        preset = preset or _str_or_none(base.pop("preset", None))
+        data = data or _str_or_none(base.pop("data", None))
+        file_steps = base.pop("steps", None)
+        steps = steps or (file_steps if isinstance(file_steps, int) else None)
+        for key in ("trainer", "profile", "preset", "data", "run_dir"):
+            base.pop(key, None)
     if profile is None:
         from profiles.settings import load_saved_choice
 
@@ -46,15 +60,32 @@ def launch(
         if trainer not in TRAINERS:
             raise ConfigError(
                 f"--trainer {trainer!r} is not a known trainer; choose one of {', '.join(TRAINERS)}")
-    setup = RunSetup(trainer=trainer, profile=profile, preset=preset, data=data, steps=steps,
-                     run_dir=str(run_dir) if run_dir else None)
     if data is not None:
-        from aeron_tui.app.runsetup import validate_data_path
-
         problem = validate_data_path(data)
         if problem:
             raise ConfigError(f"--data {problem}")
+    setup = RunSetup(trainer=trainer, profile=profile, preset=preset, data=data, steps=steps,
+                     run_dir=str(run_dir) if run_dir else None, overrides=base)
     _run_console(mode="launch", setup=setup, start=start, runs_root=runs_root)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _read_run_toml(path: Path) -> dict[str, object]:
+    """A run.toml's table, validated as a RunConfig (errors name the file and the key)."""
+    import sys
+
+    from core.train.config import RunConfig
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    RunConfig.load(path)  # reports a missing file, bad TOML or a bad key with the file name
+    with open(path, "rb") as fh:
+        return dict(tomllib.load(fh))
 
 
 def watch(

@@ -39,7 +39,8 @@ async def test_crashing_trainer_shows_its_error_and_the_console_goes_on(tmp_path
     app, started = _app(tmp_path, "50", "--fail-after", "3")
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, CrashScreen), what="crash modal")
+        await wait_for(pilot, lambda: isinstance(app.screen, CrashScreen)
+                       and bool(app.screen.query("#error-text")), what="crash modal")
         text = str(app.screen.query_one("#error-text").content)
         assert "RuntimeError: scripted failure" in text  # the error event and the stderr tail
         assert "exit code 3" in app.screen.title_text
@@ -49,7 +50,9 @@ async def test_crashing_trainer_shows_its_error_and_the_console_goes_on(tmp_path
         # The console still works: a new run can start.
         await pilot.press("s")
         await wait_for(pilot, lambda: len(started) == 2)
-        await wait_for(pilot, lambda: isinstance(app.screen, CrashScreen), what="second crash")
+        await wait_for(pilot, lambda: isinstance(app.screen, CrashScreen)
+                       and bool(app.screen.query("#error-text")), what="second crash")
+        await pilot.press("escape")
 
 
 @sync

@@ -104,8 +104,8 @@ async def test_real_trainer_failure_shows_the_modal(tmp_path: Path) -> None:
     app, (hook, _) = _console(tmp_path, str(bad))
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, CrashScreen), timeout=180,
-                       what="crash modal")
+        await wait_for(pilot, lambda: isinstance(app.screen, CrashScreen)
+                       and bool(app.screen.query("#error-text")), timeout=180, what="crash modal")
         text = str(app.screen.query_one("#error-text").content)
         assert "broken.jsonl" in text  # the trainer's error names the file
         assert app.session.display_status == "failed"

@@ -12,6 +12,7 @@ from textual.widgets import Button, Label, Static
 class CrashScreen(ModalScreen[None]):
     """Shows ``title``, the error lines and where the full log is; Escape/Enter closes it."""
 
+    AUTO_FOCUS = "#ok"
     BINDINGS = [Binding("escape,enter,o", "close", "Close")]
 
     def __init__(self, title: str, lines: list[str], log_path: str | None = None) -> None:
@@ -31,9 +32,6 @@ class CrashScreen(ModalScreen[None]):
             yield Label("The console keeps working: press s to start a new run.", classes="detail")
             with Horizontal(classes="buttons"):
                 yield Button("OK (enter)", variant="primary", id="ok")
-
-    def on_mount(self) -> None:
-        self.query_one("#ok", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None)

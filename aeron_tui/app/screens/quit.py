@@ -12,6 +12,7 @@ from textual.widgets import Button, Label
 class QuitScreen(ModalScreen[str | None]):
     """Dismisses with ``"stop"``, ``"detach"`` or None (cancel)."""
 
+    AUTO_FOCUS = "#cancel"
     BINDINGS = [
         Binding("s", "choose('stop')", "Stop run and quit"),
         Binding("d", "choose('detach')", "Leave running and quit"),
@@ -34,9 +35,6 @@ class QuitScreen(ModalScreen[str | None]):
                 yield Button("Stop run (s)", variant="error", id="stop")
                 yield Button("Leave running (d)", variant="primary", id="detach")
                 yield Button("Cancel (esc)", id="cancel")
-
-    def on_mount(self) -> None:
-        self.query_one("#cancel", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "cancel" else event.button.id)

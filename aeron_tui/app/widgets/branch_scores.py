@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from aeron_tui.app.format import bar, fmt_float, sparkline
+from aeron_tui.app.format import bar, fmt_float, line_count, sparkline
 from aeron_tui.app.session import RunSession
 
 PRUNED_BELOW = 0.5
@@ -36,6 +36,7 @@ class BranchScores(Static):
         self.pruned: list[int] = []
         self.shown_metrics: dict[str, float] = {}
         self._key: tuple[object, ...] = ()
+        self._lines = -1
 
     def show(self, session: RunSession | None) -> None:
         key = (session.id if session else None, session.version if session else -1,
@@ -43,7 +44,10 @@ class BranchScores(Static):
         if key == self._key:
             return
         self._key = key
-        self.update(self._render_body(session))
+        body = self._render_body(session)
+        lines = line_count(body)
+        self.update(body, layout=lines != self._lines)
+        self._lines = lines
 
     def _render_body(self, session: RunSession | None) -> Table | Text:
         st = session.state if session else None

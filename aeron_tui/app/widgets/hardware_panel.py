@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from aeron_tui.app.format import bar, fmt_gib
+from aeron_tui.app.format import bar, fmt_gib, line_count
 
 if TYPE_CHECKING:
     from profiles.hardware import HardwareInfo
@@ -34,15 +34,22 @@ class HardwarePanel(Static):
         super().__init__(Text("probing hardware…", style="dim"), **kwargs)  # type: ignore[arg-type]
         self.info: HardwareInfo | None = None
         self.sample: HardwareSample | None = None
+        self._lines = -1
 
     def show(self, info: HardwareInfo | None, sample: HardwareSample | None) -> None:
         self.info = info
         self.sample = sample
-        self.update(self._render_table())
+        self._redraw()
 
     def on_resize(self) -> None:
         if self.info is not None or self.sample is not None:
-            self.update(self._render_table())
+            self._redraw()
+
+    def _redraw(self) -> None:
+        body = self._render_table()
+        lines = line_count(body)
+        self.update(body, layout=lines != self._lines)
+        self._lines = lines
 
     def _render_table(self) -> Table | Text:
         info, sample = self.info, self.sample

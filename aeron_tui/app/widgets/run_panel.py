@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from aeron_tui.app.format import bar, fmt_count, fmt_duration, fmt_float, fmt_lr
+from aeron_tui.app.format import bar, fmt_count, fmt_duration, fmt_float, fmt_lr, line_count
 from aeron_tui.app.session import RunSession
 
 STATUS_STYLE = {
@@ -40,10 +40,26 @@ class RunPanel(Static):
         super().__init__("", **kwargs)  # type: ignore[arg-type]
         self._clock = clock
         self.session: RunSession | None = None
+        self._key: tuple[object, ...] = ()
+        self._lines = -1
 
     def show(self, session: RunSession | None) -> None:
+        """Redraw when something visible changed (events, the elapsed second, size)."""
         self.session = session
-        self.update(self._render_text(session))
+        key: tuple[object, ...] = (None,)
+        if session is not None:
+            key = (session.id, session.version, session.display_status,
+                   session.pending_command, int(self._elapsed(session)),
+                   self._stale_seconds(session) is not None, self.size.width,
+                   self.app.size.height < 32)
+        if key == self._key:
+            return
+        self._key = key
+        body = self._render_text(session)
+        lines = line_count(body)
+        # A relayout only when the panel's height changes (the elapsed tick does not).
+        self.update(body, layout=lines != self._lines)
+        self._lines = lines
 
     def _render_text(self, session: RunSession | None) -> Table | Text:
         if session is None or session.source == "none":

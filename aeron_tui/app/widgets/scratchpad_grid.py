@@ -10,6 +10,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from aeron_tui.app.format import line_count
 from aeron_tui.app.session import RunSession
 
 # MemorySlotType order from the model spec: EMPTY, WORKING, SHORT_TERM, LONG_TERM, EPISODIC.
@@ -31,6 +32,7 @@ class ScratchpadGrid(Static):
         self.occupied_count = 0
         self.total_slots = 0
         self._key: tuple[object, ...] = ()
+        self._lines = -1
 
     def show(self, session: RunSession | None) -> None:
         pad = session.state.scratchpad if session else {}
@@ -38,7 +40,10 @@ class ScratchpadGrid(Static):
         if key == self._key:
             return
         self._key = key
-        self.update(self._render_grid(pad or {}))
+        body = self._render_grid(pad or {})
+        lines = line_count(body)
+        self.update(body, layout=lines != self._lines)
+        self._lines = lines
 
     def _render_grid(self, pad: dict[str, object]) -> Text:
         total = _int(pad.get("total_slots"))

@@ -69,7 +69,7 @@ class FixedHardware:
 def default_spawn(setup: RunSetup, hardware: Any, runs_root: Path | None) -> TrainerProcess:
     """Write the run's run.toml, then start ``aeron-tui train ... --events-stdout
     --control-stdin`` as a child process."""
-    return TrainerProcess.start(prepare_launch(setup, hardware, runs_root))
+    return TrainerProcess.start(prepare_launch(setup, runs_root))
 
 
 class AeronConsole(App[None]):

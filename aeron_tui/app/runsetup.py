@@ -1,8 +1,8 @@
 """The run the console will start: the setup choice, and turning it into a launched command.
 
-No Textual here. :func:`prepare_launch` resolves what "auto" and defaults mean (profile from
-``pick_profile``, a fresh run directory; data left out means the trainer's default sample
-data), writes the run's
+No Textual here. :func:`prepare_launch` resolves what "auto" and defaults mean (a fresh run
+directory; "auto" profile and data left out are resolved by the trainer itself), writes the
+run's
 ``run.toml`` and returns the :class:`~aeron_tui.launcher.LaunchSpec` for the headless command.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aeron_tui.launcher import LaunchSpec
-from core.errors import ConfigError, DataError
+from core.errors import DataError
 
 AUTO = "auto"
 
@@ -150,36 +150,16 @@ def validate_data_path(text: str | None) -> str | None:
     return None
 
 
-def resolve_profile(profile: str, hardware: Any, trainer: str) -> tuple[str, str]:
-    """(profile name, why): "auto" asks ``pick_profile`` for the hardware, else the name as is."""
-    if profile != AUTO:
-        return profile, "chosen"
-    from profiles.pick import pick_profile
-
-    if hardware is None:
-        from profiles.hardware import probe
-
-        hardware = probe(with_torch=False)
-    pick = pick_profile(hardware, mode="train", trainer_options=pick_trainers(trainer))
-    name = _picked_name(pick)
-    if name is None or not getattr(pick, "fits", True):
-        raise ConfigError("no size profile fits this hardware's free memory; choose one "
-                          "yourself in the setup screen (n)")
-    return name, "picked for this hardware"
-
-
-def prepare_launch(setup: RunSetup, hardware: Any = None,
-                   runs_root: Path | None = None) -> LaunchSpec:
+def prepare_launch(setup: RunSetup, runs_root: Path | None = None) -> LaunchSpec:
     """Resolve defaults, create the run directory with its run.toml, and return the command."""
-    config_path = write_run_config(setup, hardware, runs_root)
+    config_path = write_run_config(setup, runs_root)
     from core.train.config import RunConfig
 
     trainer = RunConfig.load(config_path).trainer
     return LaunchSpec(trainer=trainer, run_dir=config_path.parent, config=config_path)
 
 
-def write_run_config(setup: RunSetup, hardware: Any = None,
-                     runs_root: Path | None = None) -> Path:
+def write_run_config(setup: RunSetup, runs_root: Path | None = None) -> Path:
     """Resolve the setup and write RUN_DIR/run.toml (a new run dir unless one is set)."""
     from core.runs import RUN_CONFIG_FILE, default_runs_root, new_run_dir
     from core.train.config import RunConfig
@@ -191,12 +171,9 @@ def write_run_config(setup: RunSetup, hardware: Any = None,
     problem = validate_data_path(setup.data)
     if problem:
         raise DataError(f"data path {problem}")
-    if setup.profile == AUTO:
-        from aeron_tui.app.offload import in_child
-
-        profile, _why = in_child(resolve_profile, setup.profile, hardware, trainer)
-    else:
-        profile = setup.profile
+    # "auto" goes through as is: the trainer resolves it with pick_profile in its own process
+    # (it imports torch anyway) and records the profile it used in run.toml and run_started.
+    profile = setup.profile
     run_dir = Path(setup.run_dir) if setup.run_dir else new_run_dir(
         runs_root or default_runs_root(), trainer, profile)
     fields: dict[str, Any] = {"trainer": trainer, "profile": profile, "run_dir": str(run_dir)}

@@ -125,7 +125,7 @@ async def test_watch_follows_a_live_headless_run_and_can_stop_it(
 
     setup = RunSetup(trainer="simple", profile="tiny", data=str(sample_corpus_dir / "styles.jsonl"),
                      steps=400, overrides=TINY, run_dir=str(tmp_path / "live"))
-    config = write_run_config(setup, None, tmp_path)
+    config = write_run_config(setup, tmp_path)
     child = subprocess.Popen([sys.executable, "-m", "aeron_tui", "train", "simple", "--config",
                               str(config), "--quiet"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)

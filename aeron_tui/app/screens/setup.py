@@ -254,9 +254,12 @@ class SetupScreen(Screen[None]):
         if not all(valid):
             self.notify("fix the fields marked ✗ first", severity="error", markup=False)
             return None
+        profile = self.chosen_profile
+        if profile == AUTO and self.auto_choice:
+            profile = self.auto_choice  # start exactly what the table showed for "auto"
         return self.setup.with_(
             trainer=self._trainer(),
-            profile=self.chosen_profile,
+            profile=profile,
             preset=preset or None,
             data=data or None,
             steps=int(steps_txt) if steps_txt else None,
@@ -275,7 +278,7 @@ class SetupScreen(Screen[None]):
 
         try:
             runs_root = self.app.options.runs_root  # type: ignore[attr-defined]
-            path = write_run_config(setup, self.hardware, runs_root)
+            path = write_run_config(setup, runs_root)
         except Exception as exc:  # noqa: BLE001 - shown in place
             self.app.call_from_thread(self._saved, setup, None, str(exc))
             return

@@ -92,6 +92,9 @@ class RunPanel(Static):
             head.append("  detached", "dim")
         if st.run_id:
             head.append(f"  {st.run_id}", "dim")
+        elif session.live and st.events_seen == 0:
+            head.append("  waiting for the trainer's first event (loading torch, data, model)…",
+                        "dim")
         table.add_row("run", head)
 
         what = Text()

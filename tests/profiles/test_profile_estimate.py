@@ -19,6 +19,10 @@ from profiles.estimate import (
 )
 
 B, S, V = 2, 24, 512
+RECALIBRATE = (
+    "the model's saved activations changed; re-fit the table with `python -m profiles.estimate` "
+    "and paste it into profiles/estimate.py:ACTIVATION_COEFFS"
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def test_estimate_matches_a_measured_step(tiny_config, checkpointing: bool) -> N
     if not checkpointing:
         # Saved activations: the calibrated per-block formula plus the fp32 log-softmax (4·B·T·V).
         predicted = est.activations + 4 * B * S * V
-        assert predicted == pytest.approx(measured.saved_activations, rel=0.10)
+        assert predicted == pytest.approx(measured.saved_activations, rel=0.10), RECALIBRATE
     assert est.tensor_bytes == pytest.approx(measured.saved_total, rel=0.25)  # peak ≥ saved
 
 
@@ -72,9 +76,11 @@ def test_bf16_autocast_copies_are_counted(tiny_config) -> None:
     measured = measure_training_memory(tiny_config, B, S, "bf16")
     est = estimate_training_memory(tiny_config, B, S, "bf16")
     facts = parameter_facts(tiny_config)
-    assert measured.autocast_copies == pytest.approx(2 * facts.matrix_text, rel=0.05)
+    # Weights the model concatenates before use are cast as one (counted as activations).
+    assert 0.9 * 2 * facts.matrix_text <= measured.autocast_copies <= 2 * facts.matrix_text
     assert est.weights == 4 * facts.total + 2 * facts.matrix_text
-    assert est.activations + 4 * B * S * V == pytest.approx(measured.saved_activations, rel=0.10)
+    assert est.activations + 4 * B * S * V == pytest.approx(
+        measured.saved_activations, rel=0.10), RECALIBRATE
 
 
 def test_compressed_trainer_state_is_exact(micro_config) -> None:

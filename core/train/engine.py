@@ -93,6 +93,10 @@ class Trainer:
 
     name = "base"
     description = "the shared training loop"
+    # The ``options`` keys this very class understands; ``None`` accepts anything. Only the
+    # class that declares it is strict (``vars(type(self))``), so subclasses adding their own
+    # options are not broken by a parent's list.
+    accepted_options: frozenset[str] | None = None
 
     def __init__(
         self,
@@ -188,6 +192,7 @@ class Trainer:
     def setup(self) -> None:
         """Everything before the first step; emits ``run_started`` at the end."""
         cfg = self.config
+        self._check_options()
         self._prepare_run_dir()
         self._open_events()
         resume = self._find_resume()
@@ -817,6 +822,18 @@ class Trainer:
     # ==========================================================================================
     # Internals
     # ==========================================================================================
+
+    def _check_options(self) -> None:
+        accepted = vars(type(self)).get("accepted_options")
+        if accepted is None:
+            return
+        unknown = sorted(set(self.config.options) - set(accepted))
+        if unknown:
+            known = ", ".join(sorted(accepted)) or "none"
+            raise ConfigError(
+                f"the {self.name} trainer has no option {unknown[0]!r} (its options: {known}); "
+                "run-config keys are set with --set KEY=VALUE, model fields with model.KEY=VALUE"
+            )
 
     def _prepare_run_dir(self) -> None:
         cfg = self.config

@@ -18,6 +18,7 @@ class SimpleTrainer(Trainer):
 
     name = "simple"
     description = "AdamW with warmup + cosine decay; the plain supervised trainer"
+    accepted_options = frozenset({"shard"})
 
     def default_learning_rate(self) -> float:
         profile = (self.config.profile or "").lower()

@@ -277,3 +277,12 @@ def test_cli_plain_output_and_exit_code(tmp_path: Path, small_corpus: Path,
     lines = out.splitlines()
     assert [ln for ln in lines if ln.startswith("step ")][-1].startswith("step 3/3 | loss ")
     assert "run finished" in out and "\x1b[" not in out
+
+
+def test_unknown_option_for_simple_trainer_is_named(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = cli_train_args(tmp_path / "r", small_corpus, 2) + ["--set", "lerning_rate=0.1"]
+    code, _, err = _run_cli(args, monkeypatch, capsys)
+    assert code == 1 and "no option 'lerning_rate'" in err.replace("\n", "")

@@ -74,3 +74,14 @@ def test_dpo_raises_the_held_out_margin(code_task_prefs: Path, sample_tokenizer:
     assert final["accuracy"] > 0.6, final
     steps = [e for e in events if e["type"] == "step"]
     assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(steps[-1]["metrics"])
+
+
+@pytest.mark.parametrize("loss", ["simpo", "ipo", "hinge"])
+def test_other_preference_losses_train(tmp_path: Path, code_task_prefs: Path, loss: str) -> None:
+    trainer = _trainer(tmp_path, code_task_prefs, loss, loss=loss)
+    assert trainer.run() == "finished"
+    if loss == "simpo":  # reference-free: nothing precomputed, no frozen copy
+        assert trainer.reference is None
+        assert not (trainer.run_dir / REFERENCE_CACHE).exists()
+    steps = [e for e in read_events(trainer.run_dir) if e["type"] == "step"]
+    assert {"margin", "accuracy"} <= set(steps[-1]["metrics"])

@@ -8,7 +8,11 @@ backward, ``opt.step()``, ``zero_grad``) on the same batch, and "bare + clip" ad
 global-norm clipping the recipe prescribes (training.md §3) — so "vs +clip" is the overhead of
 events, logging and data alone. The three run step by step on one batch, rotating which goes
 first; one block of ``--steps`` (= one log interval) gives one ratio, and the median over
-``--rounds`` blocks is reported, because the machine is shared. Evaluation and checkpoints are switched
+``--rounds`` blocks is reported, because the machine is shared. Those A/B ratios carry the
+load's noise (several %), so the engine's own time is also *accounted inside* its steps:
+wall time minus the time spent in forward, backward, clipping, ``optimizer.step`` and
+``zero_grad``
+("accounted %", relative to that model time) — the direct measure of the overhead. Evaluation and checkpoints are switched
 off: they are work a run asks for, not per-step overhead.
 
     .venv/bin/python bench/train_throughput.py                       # tiny, fp32 and bf16
@@ -94,6 +98,40 @@ def bare_steps(trainer: Any, batches: list[Any], clip: bool = False) -> float:
     return time.perf_counter() - t
 
 
+def accounted_overhead(trainer: Any, steps: int) -> tuple[float, float]:
+    """(engine seconds, model seconds) over ``steps`` engine steps, where "model" is the time
+    inside forward (``compute_loss``), ``backward``, clipping, ``optimizer.step`` and
+    ``zero_grad`` (everything the bare step + clipping does) — measured
+    inside the same steps, so the remainder is the engine's own time whatever the load."""
+    import torch
+
+    spent = [0.0]
+
+    def timed(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return wrapper
+
+    saved = (trainer.compute_loss, torch.Tensor.backward, torch.nn.utils.clip_grad_norm_,
+             trainer.optimizer.step, trainer.optimizer.zero_grad)
+    trainer.compute_loss = timed(saved[0])
+    torch.Tensor.backward = timed(saved[1])  # type: ignore[method-assign]
+    torch.nn.utils.clip_grad_norm_ = timed(saved[2])
+    trainer.optimizer.step = timed(saved[3])
+    trainer.optimizer.zero_grad = timed(saved[4])  # part of the bare step too
+    try:
+        total = engine_steps(trainer, steps)
+    finally:
+        del trainer.compute_loss, trainer.optimizer.step, trainer.optimizer.zero_grad
+        torch.Tensor.backward = saved[1]  # type: ignore[method-assign]
+        torch.nn.utils.clip_grad_norm_ = saved[2]
+    return total, spent[0]
+
+
 def tokens_of(batches: list[Any]) -> int:
     return sum(int(b["attention_mask"].sum()) + int(b["decoder_attention_mask"].sum())
                for b in batches)
@@ -108,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--steps", type=int, default=10, help="step pairs per block")
+    ap.add_argument("--accounted-steps", type=int, default=50,
+                    help="engine steps timed with the in-step accounting")
     ap.add_argument("--keep-malloc", action="store_true")
     args = ap.parse_args(argv)
 
@@ -121,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.profile}, micro-batch {args.batch}, seq_len {args.seq}, log every "
           f"{args.log_every}; {args.rounds} blocks x {args.steps} alternating step pairs")
     print(f"{'precision':9} {'engine ms':>10} {'bare ms':>9} {'+clip ms':>10} "
-          f"{'engine tok/s':>13} {'vs bare %':>12} {'vs +clip %':>12}")
+          f"{'engine tok/s':>13} {'vs bare %':>12} {'vs +clip %':>12} {'accounted %':>12}")
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precisions.split(","):
@@ -154,17 +194,19 @@ def main(argv: list[str] | None = None) -> int:
                 b_times.append(t["bare"] / args.steps)
                 c_times.append(t["clip"] / args.steps)
                 e_tps.append(ntok / t["engine"])
+            acc_total, acc_model = accounted_overhead(trainer, args.accounted_steps)
+            accounted = (acc_total - acc_model) / acc_model * 100
             ob = statistics.median(over_bare) * 100
             oc = statistics.median(over_clip) * 100
-            worst = max(worst, oc)
+            worst = max(worst, accounted)
             print(f"{trainer.precision:9} {statistics.median(e_times) * 1e3:10.1f} "
                   f"{statistics.median(b_times) * 1e3:9.1f} "
                   f"{statistics.median(c_times) * 1e3:10.1f} {statistics.median(e_tps):13.0f} "
-                  f"{ob:12.1f} {oc:12.1f}")
+                  f"{ob:12.1f} {oc:12.1f} {accounted:12.2f}")
             trainer.cleanup()
             del trainer
-    print(f"engine overhead (events, logging, data) over the bare step with the same clipping: "
-          f"worst {worst:.1f} % (target < 5 %)")
+    print(f"engine's own time (events, logging, data, schedule, checks) per step, accounted "
+          f"inside the steps: worst {worst:.2f} % of the model's time (target < 5 %)")
     return 0
 
 

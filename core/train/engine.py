@@ -487,7 +487,8 @@ class Trainer:
                 cpu_batch["decoder_attention_mask"].sum()
             )
             samples = int(cpu_batch["input_ids"].shape[0])
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
+            batch = (cpu_batch if self.device.type == "cpu" else
+                     {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()})
             # DDP: all-reduce gradients only on the last micro-batch of the step.
             sync = micro == self.grad_accum - 1 or not hasattr(self.train_model, "no_sync")
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
@@ -529,7 +530,7 @@ class Trainer:
         One host sync per optimizer step (the finiteness flag) — needed to skip the update.
         """
         assert self.optimizer is not None
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        params = self._clip_params()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
@@ -546,6 +547,16 @@ class Trainer:
         if finite:
             self.optimizer.step()
         return grad_norm, finite
+
+    def _clip_params(self) -> list[Tensor]:
+        """The optimizer's parameters, cached per optimizer and group layout (rebuilding the
+        list every step is measurable engine overhead at small sizes)."""
+        assert self.optimizer is not None
+        key = (id(self.optimizer), tuple(len(g["params"]) for g in self.optimizer.param_groups))
+        if getattr(self, "_clip_key", None) != key:
+            self._clip_key = key
+            self._clip_list = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return self._clip_list
 
     def on_step_end(self, step: int, loss: Tensor | None) -> None:
         """After each optimizer step (``step`` = the new global step). Controllers go here."""

@@ -99,7 +99,9 @@ class StepMetrics:
             self.keep_rows += keep.shape[0]
         cm = info.get("complexity_mean")
         if cm is not None:
-            self.complexity_sum = self.complexity_sum + _as_tensor(cm, self.device)
+            # Python floats stay Python floats (no tensor creation per micro-batch).
+            self.complexity_sum = self.complexity_sum + (
+                cm.detach().float().mean() if isinstance(cm, Tensor) else float(cm))
             self.complexity_count += 1
         ran = info.get("skip_mask")  # 1 where the reasoning engine ran for the sample
         if isinstance(ran, Tensor) and ran.numel() > 0:
@@ -220,12 +222,6 @@ def _finite_or_none(value: float | None) -> float | None:
     import math
 
     return value if value is not None and math.isfinite(value) else None
-
-
-def _as_tensor(value: Any, device: torch.device) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.detach().float().mean()
-    return torch.tensor(float(value), device=device)
 
 
 def _tensor(value: Tensor | float, device: torch.device) -> Tensor:

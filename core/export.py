@@ -134,3 +134,43 @@ def export_model_to_onnx(
             set_export(was_export)
         model.train(was_training)
     return path
+
+
+def example_inputs(config: Any, batch: int = 2, length: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+    """Example ``(input_ids, attention_mask, decoder_input_ids)`` for tracing (valid ids only)."""
+    length = max(2, min(length, int(config.max_position_embeddings)))
+    gen = torch.Generator().manual_seed(0)
+    low = min(3, int(config.vocab_size) - 1)
+    ids = torch.randint(low, int(config.vocab_size), (batch, length), generator=gen)
+    dec = torch.randint(low, int(config.vocab_size), (batch, length), generator=gen)
+    return ids, torch.ones_like(ids), dec
+
+
+def verify_onnx_export(
+    model: nn.Module, export_path: str | os.PathLike[str], inputs: tuple[Tensor, Tensor, Tensor]
+) -> float | None:
+    """Max |ONNX − PyTorch| of the logits on ``inputs`` (None when onnxruntime is missing).
+
+    The model runs in export mode for the comparison; its previous mode is restored.
+    """
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(export_path), providers=["CPUExecutionProvider"])
+    feeds = {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
+    got = torch.from_numpy(session.run(None, feeds)[0])
+    was_training = model.training
+    was_export = bool(getattr(model, "export_mode", False))
+    set_export = getattr(model, "set_export_mode", None)
+    try:
+        if callable(set_export):
+            set_export(True)
+        model.eval()
+        with torch.no_grad():
+            expected = LogitsOnly(model)(*inputs).float().cpu()
+    finally:
+        if callable(set_export):
+            set_export(was_export)
+        model.train(was_training)
+    return float((got - expected).abs().max())

@@ -204,27 +204,44 @@ class KnowledgeGraphAttention(nn.Module):
         self, input_entities: Tensor | None, knowledge_graph: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor] | None:
         """Projected items ``(B, I, d)`` and their validity ``(B, I)``, or None when empty."""
-        items: list[Tensor] = []
-        valid: list[Tensor] = []
-        if input_entities is not None and input_entities.shape[1] > 0:
-            ids = input_entities.long()
-            keep = ids >= 0
-            items.append(self._project_entities(ids.clamp_min(0)))
-            valid.append(keep)
+        ents = input_entities if input_entities is not None and input_entities.shape[1] > 0 else None
+        triples = None
         if knowledge_graph is not None and knowledge_graph["triples"].shape[1] > 0:
             triples = knowledge_graph["triples"].long()
-            keep = knowledge_graph.get("triple_mask")
-            keep = torch.ones(triples.shape[:2], dtype=torch.bool, device=triples.device) if keep is None else keep
-            safe = torch.where(keep.unsqueeze(-1), triples, torch.zeros_like(triples))
-            summed = (
-                self.entity_embedding(safe[..., 0])
-                + self.relation_embedding(safe[..., 1])
-                + self.entity_embedding(safe[..., 2])
-            )
-            items.append(self.kg_proj(summed))
-            valid.append(keep)
-        if not items:
+        if ents is None and triples is None:
             return None
+        items: list[Tensor] = []
+        valid: list[Tensor] = []
+        if ents is not None and not torch.is_grad_enabled():
+            ids = ents.long()
+            items.append(self._project_entities(ids.clamp_min(0)))  # cached in inference
+            valid.append(ids >= 0)
+            ents = None
+        if ents is None and triples is None:
+            return items[0], valid[0]
+        # One lookup for every entity id (entities, heads, tails): each nn.Embedding call
+        # materialises a dense gradient of the whole 100k-row table in backward.
+        lookups: list[Tensor] = []
+        if ents is not None:
+            ids = ents.long()
+            lookups.append(ids.clamp_min(0))
+            valid.append(ids >= 0)
+        if triples is not None:
+            keep = knowledge_graph.get("triple_mask") if knowledge_graph is not None else None
+            if keep is None:
+                keep = torch.ones(triples.shape[:2], dtype=torch.bool, device=triples.device)
+            safe = torch.where(keep.unsqueeze(-1), triples, torch.zeros_like(triples))
+            lookups += [safe[..., 0], safe[..., 2]]
+            valid.append(keep)
+        vectors = self.entity_embedding(torch.cat(lookups, dim=1))
+        if ents is not None:
+            n = ents.shape[1]
+            items.append(self.kg_proj(vectors[:, :n]))
+            vectors = vectors[:, n:]
+        if triples is not None:
+            heads, tails = vectors.chunk(2, dim=1)
+            rel = self.relation_embedding(safe[..., 1])
+            items.append(self.kg_proj(heads + rel + tails))
         return torch.cat(items, dim=1), torch.cat(valid, dim=1)
 
     # ------------------------------------------------------------------ forward

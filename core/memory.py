@@ -79,38 +79,37 @@ class NeuralMemoryNetwork(nn.Module):
         self._last_read_entropy = 0.0
 
     # ------------------------------------------------------------------ read
-    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Multi-head attention of ``q (B,S,m)`` over ``keys/values (B,K,m)``.
+    def _heads(self, t: Tensor) -> Tensor:
+        """``(..., memory_dim) -> (h, N, hd)`` with every leading position flattened into N."""
+        return t.reshape(-1, self.num_heads, self.head_dim).transpose(0, 1)
 
-        Returns the recall ``(B,S,m)`` and the weights ``(B,h,S,K)``.
+    def _read_weights(self, qh: Tensor, bank_k: Tensor, cur_k: Tensor | None, per: int) -> Tensor:
+        """Softmax weights ``(h, N, W [+1])`` of queries over the bank (and each sample's slot).
+
+        The bank is shared by the whole batch, so its scores are one matmul per head; the
+        current slot (one per sample, ``per`` queries each) is a dot product.
         """
-        b, s, _ = q.shape
-        k_len = keys.shape[1]
-        h, hd = self.num_heads, self.head_dim
-        qh = q.view(b, s, h, hd).transpose(1, 2)
-        kh = keys.view(b, k_len, h, hd).transpose(1, 2)
-        vh = values.view(b, k_len, h, hd).transpose(1, 2)
-        scores = torch.matmul(qh, kh.transpose(-1, -2)).float() / math.sqrt(hd)
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        weights = scores.softmax(dim=-1)
-        out = torch.matmul(weights.to(vh.dtype), vh)
-        return out.transpose(1, 2).reshape(b, s, h * hd), weights
+        qh = qh * (1.0 / math.sqrt(self.head_dim))  # scale the N·hd queries, not N·W scores
+        scores = torch.matmul(qh, self._heads(bank_k).transpose(1, 2))  # (h, N, W)
+        if cur_k is not None:
+            ck = self._heads(cur_k).repeat_interleave(per, dim=1)  # (h, N, hd)
+            cur = (qh * ck).sum(dim=-1, keepdim=True)  # (h, N, 1)
+            scores = torch.cat((scores, cur), dim=-1)
+        return scores.float().softmax(dim=-1)
 
     def read(self, query: Tensor) -> Tensor:
         """Recall for ``query (..., memory_dim)`` over the written slots only (zeros if none)."""
         if not bool(self.written.any()):
             return torch.zeros_like(query)
-        flat = query.reshape(1, -1, self.memory_dim)
         idx = self.written.nonzero().squeeze(1)
-        keys = self.mem_keys[idx].to(query.dtype).unsqueeze(0)
-        values = self.mem_values[idx].to(query.dtype).unsqueeze(0)
-        out, _ = self._attend(flat, keys, values, None)
-        return out.reshape(query.shape)
+        qh = self._heads(query)
+        weights = self._read_weights(qh, self.mem_keys[idx].to(query.dtype), None, 1)
+        out = torch.matmul(weights.to(query.dtype), self._heads(self.mem_values[idx].to(query.dtype)))
+        return out.transpose(0, 1).reshape(query.shape)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None, PendingMemoryWrite]:
         """``(x', memory_recall or None, pending write)``; ``memory_recall`` is ``(B,S,memory_dim)``."""
-        b = x.shape[0]
+        b, s, _ = x.shape
         normed = self.norm(x)
         pooled = masked_mean_pool(normed, mask)
         cur_key = self.write_key(pooled)  # (B, m), differentiable
@@ -121,25 +120,34 @@ class NeuralMemoryNetwork(nn.Module):
         if n_written == 0:
             return x, None, pending
         q = self.q_proj(normed)
-        bank_k = self.mem_keys[written_idx].to(q.dtype).unsqueeze(0).expand(b, -1, -1)
-        bank_v = self.mem_values[written_idx].to(q.dtype).unsqueeze(0).expand(b, -1, -1)
-        keys = torch.cat((bank_k, cur_key.to(q.dtype).unsqueeze(1)), dim=1)
-        values = torch.cat((bank_v, cur_value.to(q.dtype).unsqueeze(1)), dim=1)
-        recall, weights = self._attend(q, keys, values, None)
+        dtype = q.dtype
+        qh = self._heads(q)  # (h, B*S, hd)
+        # The bank is a constant (buffers): autograd only differentiates through the queries
+        # and the current slot, which saves the two largest backward matmuls.
+        bank_k = self.mem_keys[written_idx].to(dtype)
+        bank_v = self.mem_values[written_idx].to(dtype)
+        weights = self._read_weights(qh, bank_k, cur_key.to(dtype), s)  # (h, B*S, W+1)
+        w = weights.to(dtype)
+        recall = torch.matmul(w[..., :n_written], self._heads(bank_v))
+        recall = recall + w[..., n_written:] * self._heads(cur_value.to(dtype)).repeat_interleave(s, dim=1)
+        recall = recall.transpose(0, 1).reshape(b, s, self.memory_dim)
         with torch.no_grad():
             # Read mass per bank slot: attention averaged over heads and real positions,
             # summed over the batch (each sample contributes at most 1).
-            w = weights[..., :n_written].mean(dim=1)  # (B,S,W)
             if mask is not None:
-                m = mask.to(w.dtype).unsqueeze(-1)
-                per_sample = (w * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+                m = mask.to(weights.dtype)
+                m = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
             else:
-                per_sample = w.mean(dim=1)
+                m = torch.full((b, s), 1.0 / s, dtype=weights.dtype, device=weights.device)
+            # (h, 1, B*S) @ (h, B*S, W+1): position weights times attention, one matmul per head
+            per_slot = torch.matmul(m.reshape(1, 1, b * s).expand(self.num_heads, -1, -1), weights)
+            per_slot = per_slot.sum(dim=0).squeeze(0)[:n_written] / self.num_heads
             read_mass = torch.zeros(self.num_slots, device=x.device, dtype=torch.float32)
-            read_mass.index_add_(0, written_idx, per_sample.sum(dim=0).float())
+            read_mass.index_add_(0, written_idx, per_slot.float())
             pending.read_mass = read_mass
-            ent = -(weights * weights.clamp_min(1e-12).log()).sum(dim=-1)  # (B,h,S)
-            pending.read_entropy = float(ent.mean())
+            # A statistic for the console: estimated on at most ~256 query rows per head.
+            stride = max(1, weights.shape[1] // 256)
+            pending.read_entropy = float(torch.special.entr(weights[:, ::stride]).sum(dim=-1).mean())
         o = self.out_proj(recall)
         g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
         return x + g * o, recall, pending

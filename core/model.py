@@ -2,9 +2,14 @@
 
 Flow of ``forward``: validate -> (multimodal fusion) -> encoder -> ``encoder_norm`` ->
 enhancement stages 1-5 -> reasoning engine -> decoder (cross-attends to the reasoned states)
--> ``decoder_norm`` -> tied output projection (-> loss). Buffer writes (scratchpad commit and,
-later, memory writes) run in :meth:`TransformerNeuralNetBackbone._after_graph`, once the
-autograd graph is complete.
+-> ``decoder_norm`` -> tied output projection (-> loss). Buffer writes (scratchpad commit,
+episodic-memory write, active-learning record) run in
+:meth:`TransformerNeuralNetBackbone._after_graph`, once the autograd graph is complete.
+
+The enhancement stages (spec §4) live in their own modules — ``core.knowledge_graph``,
+``core.memory``, ``core.continual``, ``core.uncertainty``, ``core.active_learning`` — and the
+multimodal path in ``core.multimodal``; each is switched by an ``enable_*`` config field and
+error-isolated here (spec §7).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.active_learning import ActiveLearningManager
 from core.config import NeuralNetConfig
+from core.continual import ContinualLearningModule, validate_task_id
+from core.knowledge_graph import KnowledgeGraphAttention, validate_kg_inputs
 from core.layers import (
     NO_MASK,
     AeronRMSNorm,
@@ -30,7 +38,10 @@ from core.layers import (
     init_linear,
     maybe_checkpoint,
 )
-from core.reasoning import AeronReasoningEngine, PendingWrite, skipped_info
+from core.memory import NeuralMemoryNetwork
+from core.multimodal import MultimodalFusion, VisionPatchEmbedding, validate_vision_inputs
+from core.reasoning import AeronReasoningEngine, PendingWrite, masked_pool, skipped_info
+from core.uncertainty import UncertaintyQuantification
 
 PastKeyValues = tuple[LayerCache, ...]
 
@@ -184,7 +195,7 @@ class AeronDecoder(nn.Module):
 
 
 class TransformerNeuralNetBackbone(nn.Module):
-    """The Aeron encoder-decoder with its reasoning engine (and, later, enhancement stages)."""
+    """The Aeron encoder-decoder with its enhancement stages and reasoning engine."""
 
     def __init__(self, config: NeuralNetConfig) -> None:
         super().__init__()
@@ -196,7 +207,19 @@ class TransformerNeuralNetBackbone(nn.Module):
         # The encoder output feeds the enhancement stages and reasoning, which keep an fp32
         # residual stream under autocast.
         self.encoder_norm = AeronRMSNorm(d, config.rms_norm_eps, autocast_output=False)
-        # ---- enhancement stages 1-5 (spec §4) are constructed here by the enhancement issue.
+        # Enhancement stages 1-5 (spec §4), in pipeline order; None when switched off.
+        self.knowledge_graph = (
+            KnowledgeGraphAttention(config) if config.enable_knowledge_graph else None)
+        self.neural_memory = NeuralMemoryNetwork(config) if config.enable_memory else None
+        self.continual_learning = (
+            ContinualLearningModule(config) if config.enable_continual else None)
+        self.uncertainty = UncertaintyQuantification(config) if config.enable_uncertainty else None
+        self.active_learning = (
+            ActiveLearningManager(config) if config.enable_active_learning else None)
+        # Multimodal path (spec §3): image patches fused into the text before the encoder.
+        self.vision_patch_embedding = (
+            VisionPatchEmbedding(config) if config.enable_multimodal else None)
+        self.multimodal_fusion = MultimodalFusion(config) if config.enable_multimodal else None
         self.reasoning_engine = AeronReasoningEngine(config) if config.enable_reasoning else None
         self.decoder = AeronDecoder(config)
         self.decoder_norm = AeronRMSNorm(d, config.rms_norm_eps)
@@ -332,10 +355,16 @@ class TransformerNeuralNetBackbone(nn.Module):
         return {k: dec[k] for k in ("logits", "past_key_values", "decoder_last_hidden_state")}
 
     def set_export_mode(self, enabled: bool = True) -> None:
-        """Export mode: eval mode; fusion, enhancement stages and reasoning are skipped."""
+        """Export mode: eval mode; fusion, enhancement stages and reasoning are skipped.
+
+        The rotary tables are built for every position up front: a graph traced from a short
+        example must not capture (or lazily build) a table too short for longer inputs.
+        """
         self._export_mode = bool(enabled)
         if enabled:
             self.eval()
+            device = self.token_embedding.weight.device
+            self.rotary(self.config.max_position_embeddings, 0, device)
 
     @property
     def export_mode(self) -> bool:
@@ -382,13 +411,18 @@ class TransformerNeuralNetBackbone(nn.Module):
         checks = not _tracing()
         _check_ids("input_ids", input_ids, self.config, checks)
         mask = _check_mask("attention_mask", attention_mask, input_ids, checks)
+        if not self._export_mode:
+            self._check_enhancement_inputs(input_ids.shape[0], vision_inputs, inputs, checks)
         errors: dict[str, str] = {}
         diagnostics: dict[str, Any] = {"enhancement_errors": errors}
         b, s = input_ids.shape
 
         x = self.token_embedding(input_ids)
         if vision_inputs is not None and not self._export_mode:
-            x = self._fuse_vision(x, vision_inputs)
+            token_x = x
+            ok, fused = self._isolated("multimodal", errors,
+                                       lambda: self._fuse_vision(token_x, vision_inputs))
+            x = fused if ok else x
         pad = _padding(mask, checks)
         attn_mask = AttentionMask(pad[:, None, None, :], False) if pad is not None else NO_MASK
         rope = self.rotary(s, 0, x.device)
@@ -416,27 +450,113 @@ class TransformerNeuralNetBackbone(nn.Module):
             post_graph.append(commit)
         return EncoderOutput(x, pad, diagnostics), post_graph
 
+    def _check_enhancement_inputs(self, batch: int, vision_inputs: Tensor | None,
+                                  inputs: EnhancementInputs, values: bool) -> None:
+        """ValueError naming the argument for malformed optional inputs (never isolated).
+
+        Inputs for a switched-off module are ignored, except images: a model without the
+        multimodal path cannot honour them, so they are an error.
+        """
+        cfg = self.config
+        if vision_inputs is not None:
+            if self.vision_patch_embedding is None:
+                raise ValueError(
+                    "vision_inputs was given but this model has no multimodal path "
+                    "(enable_multimodal is off)"
+                )
+            validate_vision_inputs(vision_inputs, batch, cfg.num_channels, cfg.patch_size,
+                                   cfg.vision_max_patches)
+        if not values:  # tracing: no data-dependent checks
+            return
+        if self.knowledge_graph is not None:
+            validate_kg_inputs(inputs.input_entities, inputs.knowledge_graph, batch,
+                               cfg.kg_num_entities, cfg.kg_num_relations)
+        if self.continual_learning is not None and inputs.task_id is not None:
+            validate_task_id(inputs.task_id, cfg.num_tasks, batch)
+
     def _fuse_vision(self, x: Tensor, vision_inputs: Tensor) -> Tensor:
-        """Multimodal fusion (spec §3); the fusion modules are wired by the multimodal issue."""
-        fusion = getattr(self, "multimodal_fusion", None)
-        if fusion is None:
-            raise ValueError(
-                "vision_inputs was given but this model has no multimodal path "
-                "(enable_multimodal is off or the multimodal modules are not installed)"
-            )
-        return fusion(x, vision_inputs)
+        """Multimodal fusion (spec §3): text states cross-attend to the image patches."""
+        assert self.vision_patch_embedding is not None and self.multimodal_fusion is not None
+        patches = self.vision_patch_embedding(vision_inputs)
+        return self.multimodal_fusion(x, patches)
 
     def _run_enhancements(self, x: Tensor, mask: Tensor | None, inputs: EnhancementInputs,
                           errors: dict[str, str]) -> EnhancementResult:
         """Enhancement stages 1-5 after ``encoder_norm`` (spec §4), in order.
 
-        Each stage runs through :meth:`_isolated` (spec §7) and may set output keys, supply
-        ``memory_recall`` / ``task_embedding`` for the reasoning engine, and queue buffer
-        writes in ``post_graph``. Stages: 1 knowledge graph, 2 neural memory, 3 continual
-        learning, 4 uncertainty, 5 active learning. None is constructed in the backbone yet,
-        so today ``x`` passes through unchanged and the flags keep their "not run" values.
+        Each stage runs through :meth:`_isolated` (spec §7): on failure its input passes
+        through, its flag stays False and the error is recorded. Stages supply
+        ``memory_recall`` / ``task_embedding`` for the reasoning engine and queue their buffer
+        writes in ``post_graph`` (applied once the autograd graph is complete).
         """
-        return EnhancementResult(x=x)
+        res = EnhancementResult(x=x)
+        out = res.outputs
+
+        kg = self.knowledge_graph
+        if kg is not None and (inputs.input_entities is not None
+                               or inputs.knowledge_graph is not None):
+            ok, r = self._isolated("knowledge_graph", errors, lambda: kg(
+                res.x, inputs.input_entities, inputs.knowledge_graph))
+            if ok:
+                res.x, out["knowledge_graph_enhanced"] = r
+
+        memory = self.neural_memory
+        if memory is not None:
+            ok, r = self._isolated("neural_memory", errors, lambda: memory(res.x, mask))
+            if ok:
+                res.x, res.memory_recall, pending = r
+                out["neural_memory_enhanced"] = res.memory_recall is not None
+                out["memory_statistics"] = {**memory.memory_statistics(),
+                                            "read_entropy": pending.read_entropy}
+                if self._memory_writes_enabled():
+                    res.post_graph.append(self._memory_write_action(pending))
+
+        cl = self.continual_learning
+        if cl is not None and inputs.task_id is not None:
+            ok, r = self._isolated("continual_learning", errors, lambda: cl(res.x, inputs.task_id))
+            if ok:
+                res.x, res.task_embedding = r
+
+        estimates: dict[str, Any] | None = None
+        uq = self.uncertainty
+        if uq is not None:
+            ok, estimates = self._isolated("uncertainty", errors, lambda: uq(res.x, mask))
+            if ok:
+                out["uncertainty_estimates"] = estimates
+
+        al = self.active_learning
+        if al is not None and self.training:
+            pooled = masked_pool(res.x.detach(), mask)
+            score = estimates.get("epistemic") if estimates else None
+
+            def record(outputs: dict[str, Any]) -> None:
+                self._isolated_after_graph("active_learning", outputs,
+                                           lambda: al.record(pooled, score))
+
+            res.post_graph.append(record)
+        return res
+
+    def _memory_writes_enabled(self) -> bool:
+        mode = self.config.memory_write_mode
+        return mode == "always" or (mode == "train" and self.training)
+
+    def _memory_write_action(self, pending: Any) -> Callable[[dict[str, Any]], None]:
+        memory = self.neural_memory
+        assert memory is not None
+
+        def write(outputs: dict[str, Any]) -> None:
+            if self._isolated_after_graph("neural_memory", outputs,
+                                          lambda: memory.apply_write(pending)):
+                outputs["memory_statistics"] = memory.memory_statistics()
+
+        return write
+
+    def _isolated_after_graph(self, stage: str, outputs: dict[str, Any],
+                              fn: Callable[[], Any]) -> bool:
+        """:meth:`_isolated` for a buffer write; errors go to ``outputs["enhancement_errors"]``."""
+        errors = outputs.setdefault("enhancement_errors", {})
+        ok, _ = self._isolated(stage, errors, fn)
+        return ok
 
     def _isolated(self, stage: str, errors: dict[str, str], fn: Callable[[], Any]
                   ) -> tuple[bool, Any]:
@@ -467,8 +587,13 @@ class TransformerNeuralNetBackbone(nn.Module):
             diagnostics["reasoning_info"] = skipped_info(
                 reason, cfg.reasoning_complexity_threshold, cfg.max_reasoning_steps)
             diagnostics["tot_branch_scores"] = None
-            diagnostics["scratchpad_stats"] = (
-                engine.scratchpad_stats(None) if engine is not None else _empty_scratchpad())
+            if engine is None:
+                diagnostics["scratchpad_stats"] = _empty_scratchpad()
+            elif _tracing():  # exporting: the stats read buffers into Python ints
+                diagnostics["scratchpad_stats"] = {**_empty_scratchpad(),
+                                                   "total_slots": engine.scratchpad.num_slots}
+            else:
+                diagnostics["scratchpad_stats"] = engine.scratchpad_stats(None)
             return x, None
         ok, result = self._isolated("reasoning", errors,
                                     lambda: engine(x, mask, recall, task_emb))
@@ -662,8 +787,9 @@ def _decoder_self_mask(mask: Tensor | None, t: int, past_len: int, device: torch
         bool(mask.all()) or bool((mask[:, 1:].int() <= mask[:, :-1].int()).all())))
     if right_padded and past_len == 0:
         # With right padding a real query never sees a pad key under the causal mask alone,
-        # so SDPA's fused causal path is exact for every real position.
-        return AttentionMask(None, t > 1)
+        # so SDPA's fused causal path is exact for every real position. (Causal with one
+        # query is the same as no mask; while tracing, ``t`` is symbolic, so keep it causal.)
+        return AttentionMask(None, bool(t > 1) if values else True)
     if right_padded and t == 1:
         return NO_MASK
     q_pos = torch.arange(past_len, past_len + t, device=device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -117,6 +118,47 @@ def smoke(
         s = result[key]
         console.print(f"{label:16} used {s['used_slots']}/{s['total_slots']} slots, "
                       f"step {s['step_counter']}, types {s['slot_types']}")
+
+
+@model_app.command("export")
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory to export."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Path = typer.Option(..., "--out", help="File to write, e.g. model.onnx."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Compare the graph's logits with PyTorch (needs onnxruntime)."),
+) -> None:
+    """Export a checkpoint as a logits-only graph: (input_ids, attention_mask,
+    decoder_input_ids) -> logits, with dynamic batch and lengths.
+
+    The enhancement stages, the multimodal path and the reasoning engine are skipped in the
+    exported graph (export mode); needs the optional onnx extra: pip install 'aeron-tui[onnx]'.
+    """
+    from rich.console import Console
+
+    from core.errors import ConfigError
+
+    if fmt.lower() != "onnx":
+        raise ConfigError(f"--format {fmt!r} is not supported; use --format onnx (GGUF is out of scope)")
+    from core.checkpoint import build_model_from_checkpoint
+    from core.export import example_inputs, export_model_to_onnx, require_onnx, verify_onnx_export
+
+    require_onnx()  # fail before loading a large checkpoint
+    model, _, config = build_model_from_checkpoint(checkpoint)
+    inputs = example_inputs(config)
+    path = export_model_to_onnx(model, *inputs, out, opset=opset)
+    console = Console()
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    console.print(f"wrote {path} ({size / 2**20:.1f} MiB, opset {opset}): "
+                  "input_ids, attention_mask, decoder_input_ids -> logits", highlight=False)
+    if verify:
+        diff = verify_onnx_export(model, path, example_inputs(config, batch=3, length=5))
+        if diff is None:
+            console.print("not verified: onnxruntime is not installed", highlight=False)
+        else:
+            console.print(f"verified with onnxruntime: max |logits difference| {diff:.2e}",
+                          highlight=False)
 
 
 def _profile_model(profile: str) -> NeuralNetConfig:

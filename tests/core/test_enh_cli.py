@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -73,3 +74,24 @@ def test_data_select_rejects_k_larger_than_the_pool(tiny_checkpoint: Path, tmp_p
     assert result.exit_code != 0
     assert "-k must be between 1 and the pool size 3" in str(result.exception or result.output)
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
+                    or importlib.util.find_spec("onnxscript") is None,
+                    reason="needs the onnx extra: pip install 'aeron-tui[onnx]'")
+def test_model_export_writes_a_verified_onnx_graph(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export" / "aeron.onnx"
+    result = CliRunner().invoke(app, ["model", "export", "--checkpoint", str(tiny_checkpoint),
+                                      "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "wrote" in result.output
+    diff = float(result.output.split("max |logits difference|")[1].split()[0])
+    assert diff < 1e-4
+
+
+def test_model_export_rejects_other_formats(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["model", "export", "--checkpoint", str(tiny_checkpoint),
+                                      "--format", "gguf", "--out", str(tmp_path / "m.gguf")])
+    assert result.exit_code != 0
+    assert "--format 'gguf' is not supported" in str(result.exception)

@@ -707,7 +707,8 @@ def measure_training_memory(
     """Run one real training step (warm-up step first) and measure its memory.
 
     Two micro-batches are accumulated before the optimizer step, so gradients are alive during
-    the measured forward (as in every run with ``grad_accum > 1``). On CPU the saved activations
+    the measured forward (as in every run with ``grad_accum > 1``); the neural memory starts
+    full, as after a long run, and the trainer-side uncertainty loss is added. On CPU the saved activations
     are counted with ``saved_tensors_hooks``; ``track_peak=True`` also tracks the peak of live
     tensor bytes with ``MemTracker`` (slow: a dispatch mode sees every op). On CUDA the peak is
     ``cuda.max_memory_allocated()`` after ``cuda.reset_peak_memory_stats()`` (``cuda`` defaults to
@@ -726,6 +727,10 @@ def measure_training_memory(
 
     torch.manual_seed(seed)
     model = TransformerNeuralNetBackbone(config).to(tensor_device).train()
+    memory = getattr(model, "neural_memory", None)
+    if memory is not None:  # steady state of a long run: every slot written (each read sees all)
+        keys = torch.randn(config.memory_slots, config.memory_dim, device=tensor_device)
+        memory.write(keys, torch.randn_like(keys))
     if optimizer == "compressed":
         from core.train.compressed import CompressedAdamW, compressed_param_groups
 
@@ -746,14 +751,25 @@ def measure_training_memory(
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(tensor_device.type, dtype=dtype)
 
+    def forward(ids: Any, dec: Any) -> Any:
+        out = model(input_ids=ids, decoder_input_ids=dec, labels=dec)
+        loss = out["loss"]
+        estimates = out.get("uncertainty_estimates")
+        if estimates:  # the trainer-side UQ loss (training.md §3), so the UQ heads train too
+            from core.uncertainty import uncertainty_loss, uncertainty_targets
+
+            targets = uncertainty_targets(out["logits"], dec, config.uq_num_bins)
+            loss = loss + uncertainty_loss(estimates, targets, 1)
+        return loss
+
     def micro(ids: Any, dec: Any, counter: _SavedTensorCounter | None = None) -> None:
         with autocast():
             if counter is None:
-                out = model(input_ids=ids, decoder_input_ids=dec, labels=dec)
+                loss = forward(ids, dec)
             else:
                 with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-                    out = model(input_ids=ids, decoder_input_ids=dec, labels=dec)
-        out["loss"].backward()
+                    loss = forward(ids, dec)
+        loss.backward()
 
     # Warm-up step: optimizer state exists and persistent buffers are written, as in a run.
     micro(*batch())

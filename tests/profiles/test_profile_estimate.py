@@ -77,7 +77,7 @@ def test_bf16_autocast_copies_are_counted(tiny_config) -> None:
     est = estimate_training_memory(tiny_config, B, S, "bf16")
     facts = parameter_facts(tiny_config)
     # Weights the model concatenates before use are cast as one (counted as activations).
-    assert 0.9 * 2 * facts.matrix_text <= measured.autocast_copies <= 2 * facts.matrix_text
+    assert 0.85 * 2 * facts.matrix_text <= measured.autocast_copies <= 2 * facts.matrix_text
     assert est.weights == 4 * facts.total + 2 * facts.matrix_text
     assert est.activations + 4 * B * S * V == pytest.approx(
         measured.saved_activations, rel=0.10), RECALIBRATE

@@ -62,8 +62,9 @@ def test_lost_and_busy_gpus_are_explained(machine) -> None:
     busy = pick_profile(machine("busy-24gb"))
     assert any("another process (python3, pid 31337) holds 20.4 GiB" in n for n in busy.notes)
     small = busy.verdict
-    assert small.status == "smaller-batch" and (small.micro_batch, small.grad_accum) == (4, 8)
+    assert small.status == "smaller-batch" and small.micro_batch < load_profile("small").train.micro_batch
     assert small.micro_batch * small.grad_accum == load_profile("small").train.effective_batch
+    assert small.detail.startswith(f"fits with micro-batch {small.micro_batch} × {small.grad_accum}")
 
 
 def test_a100_trains_large_with_plain_adamw(machine) -> None:

@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8],
+                    help="prompts decoded together (a row per prompt)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the shared 2-core box; more threads only add syncs)")
     ap.add_argument("--gamma", type=int, default=4)
@@ -102,25 +104,28 @@ def main() -> None:
           f"tokens, {n} new tokens, greedy, medians of {args.rounds} rounds (shared machine)\n")
 
     print("## KV cache\n")
-    print("| profile | params | cached tok/s | uncached tok/s | ratio (cached / uncached) |")
-    print("|---|---|---|---|---|")
+    print("| profile | params | batch | cached tok/s | uncached tok/s | ratio (cached / uncached) |")
+    print("|---|---|---|---|---|---|")
     greedy = GenerationConfig(max_new_tokens=n, do_sample=False, stop_ids=())
+    nocache = GenerationConfig(**{**greedy.__dict__, "use_cache": False})
+    same = True
     for profile in args.profiles:
         model = build(profile, 0)
         params = sum(p.numel() for p in model.parameters())
         generate_ids(model, ids, mask, GenerationConfig(max_new_tokens=8, do_sample=False))
-        cached_t, uncached_t = [], []
-        same = True
-        for _ in range(args.rounds):
-            t_c, out_c = time_it(lambda m=model: generate_ids(m, ids, mask, greedy))
-            nocache = GenerationConfig(**{**greedy.__dict__, "use_cache": False})
-            t_u, out_u = time_it(lambda m=model, c=nocache: generate_ids(m, ids, mask, c))
-            cached_t.append(t_c)
-            uncached_t.append(t_u)
-            same &= torch.equal(out_c.tokens, out_u.tokens)
-        c, u = n / statistics.median(cached_t), n / statistics.median(uncached_t)
-        print(f"| {profile} | {params / 1e6:.1f} M | {c:.1f} | {u:.1f} | **{c / u:.1f}×** |"
-              + ("" if same else " (outputs differ!)"))
+        for b in args.batch_sizes:
+            bids, bmask = ids.repeat(b, 1), mask.repeat(b, 1)
+            cached_t, uncached_t = [], []
+            for _ in range(args.rounds):
+                t_c, out_c = time_it(lambda m=model, x=bids, k=bmask: generate_ids(m, x, k, greedy))
+                t_u, out_u = time_it(lambda m=model, x=bids, k=bmask: generate_ids(m, x, k, nocache))
+                cached_t.append(t_c)
+                uncached_t.append(t_u)
+                same &= torch.equal(out_c.tokens, out_u.tokens)
+            c = b * n / statistics.median(cached_t)
+            u = b * n / statistics.median(uncached_t)
+            print(f"| {profile} | {params / 1e6:.1f} M | {b} | {c:.1f} | {u:.1f} | "
+                  f"**{c / u:.1f}×** |", flush=True)
     print("\nCached and uncached outputs identical in every round:", "yes" if same else "NO")
 
     if args.no_speculative:

@@ -402,6 +402,14 @@ class TextStreamer:
         self.emitted = text
         return piece
 
+    def remainder(self, final_text: str) -> str:
+        """What of ``final_text`` has not been streamed yet (call once, at the end)."""
+        if not final_text.startswith(self.emitted):
+            return ""
+        rest = final_text[len(self.emitted):]
+        self.emitted = final_text
+        return rest
+
 
 def generate(
     model: Any,
@@ -471,6 +479,11 @@ def generate(
         tokens = out.row(i)
         text = tokenizer.decode([t for t in tokens if t not in config.stop_ids])
         text, _ = _cut_at_stop(text, config.stop_strings)
+        if on_text is not None:
+            # A reply may end inside a multi-byte character the streamer held back: flush it.
+            rest = streamers[i].remainder(text)
+            if rest:
+                on_text(i, rest)
         results.append(
             Generation(
                 prompt=prompt,

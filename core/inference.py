@@ -398,6 +398,9 @@ class SpeculativeDecoder:
         cuts = [text.find(s) for s in config.stop_strings if s in text]
         if cuts:
             text, finish = text[: min(cuts)], FINISH_STOP_STRING
+        rest = streamer.remainder(text)
+        if rest and on_text is not None:
+            on_text(rest)
         gen = Generation(prompt, text, result.tokens, finish, len(enc.ids), enc.truncated,
                          enc.dropped, extra={"acceptance_rate": result.stats.acceptance_rate})
         return gen, result.stats

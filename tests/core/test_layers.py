@@ -158,3 +158,36 @@ def test_rotary_backward_matches_autograd_of_the_formula() -> None:
     torch.testing.assert_close(ours, x.grad)
     with torch.no_grad():
         torch.testing.assert_close(apply_rotary(x, cos, sin), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_gradients_match_autograd_of_the_formula(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    norm = AeronRMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16))
+    x = (torch.randn(3, 5, 16) * 3).to(dtype).requires_grad_(True)
+    g = torch.randn(3, 5, 16).to(dtype)
+    norm(x).backward(g)
+    ours_x, ours_w = x.grad.clone(), norm.weight.grad.clone()
+    x.grad = None
+    norm.weight.grad = None
+    xf = x.float()
+    ref = xf / torch.sqrt((xf**2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    ref.backward(g.float())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert ours_x.dtype == dtype
+    torch.testing.assert_close(ours_x.float(), x.grad.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(ours_w, norm.weight.grad, rtol=tol, atol=tol)
+
+
+def test_rmsnorm_under_autocast_emits_the_autocast_dtype() -> None:
+    norm = AeronRMSNorm(8)
+    final = AeronRMSNorm(8, autocast_output=False)
+    x = torch.randn(2, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x).dtype == torch.bfloat16
+        assert final(x).dtype == torch.float32
+        y = norm(x)
+    y.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32

@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     ap.add_argument("--no-t5", action="store_true", help="skip the Hugging Face reference")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loss-steps", type=int, default=60,
+                    help="steps of the fp32-vs-bf16 loss check (0 to skip)")
     ap.add_argument("--keep-malloc", action="store_true",
                     help="do not set the glibc malloc tunables (noisier)")
     args = ap.parse_args(argv)
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     rows: list[Variant] = []
-    for profile in args.profiles.split(","):
+    for profile in [p for p in args.profiles.split(",") if p]:
         for precision in precisions:
             log(f"building {profile}/{precision} variants")
             group = [
@@ -272,21 +274,66 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_t5:
                 group.append(build_t5(profile, args.vocab, precision, args.batch, args.seq,
                                       args.seed))
+            # The peak is re-measured every round, next to the steps it normalises: the
+            # machine is shared and its free capacity drifts.
+            peak_samples = [peaks[precision]]
+            dtype = torch.float32 if precision == "fp32" else torch.bfloat16
             for _ in range(args.rounds):
                 for v in group:
                     time_round(v, args.steps)
+                peak_samples.append(matmul_peak(dtype, reps=3))
             rows.extend(group)
-            report_group(group, peaks[precision])
+            report_group(group, statistics.median(peak_samples))
             del group
             gc.collect()
+    if args.loss_steps:
+        loss_parity(args.loss_steps, args.vocab, args.seed)
     return 0
+
+
+def loss_parity(steps: int, vocab: int, seed: int) -> None:
+    """Train the tiny profile on a fixed synthetic batch in fp32 and in bf16 autocast from the
+    same initial weights; print the losses side by side (bf16 must stay within noise)."""
+    import torch
+
+    from core.config import NeuralNetConfig
+    from core.model import TransformerNeuralNetBackbone
+
+    cfg = NeuralNetConfig(vocab_size=vocab, max_position_embeddings=2048, **PROFILES["tiny"])
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (8, 64), generator=gen)
+    dec = torch.randint(3, vocab, (8, 64), generator=gen)
+    labels = torch.roll(dec, -1, dims=1)  # learnable: predict the next decoder token
+    curves: dict[str, list[float]] = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(seed)
+        model = TransformerNeuralNetBackbone(cfg).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        losses = []
+        for _ in range(steps):
+            with autocast_ctx(precision):
+                loss = model(ids, decoder_input_ids=dec, labels=labels)["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        curves[precision] = losses
+        log(f"  loss parity {precision}: {losses[0]:.4f} -> {losses[-1]:.4f}")
+    marks = sorted({0, steps // 4, steps // 2, 3 * steps // 4, steps - 1})
+    print(f"\n== loss parity, tiny profile, fixed batch 8x64, AdamW lr 1e-3, {steps} steps")
+    print("step   " + " ".join(f"{m:>8}" for m in marks))
+    for precision, losses in curves.items():
+        print(f"{precision:6} " + " ".join(f"{losses[m]:8.4f}" for m in marks))
+    gap = abs(curves["bf16"][-1] - curves["fp32"][-1])
+    print(f"final |bf16 - fp32| = {gap:.4f} nats", flush=True)
 
 
 def report_group(group: list[Variant], peak: float) -> None:
     off, on = group[0], group[1]
     ref = group[2] if len(group) > 2 else None
     print(f"\n== {off.profile} / {off.precision} "
-          f"(median of {len(off.times)} steps per variant, interleaved)")
+          f"(median of {len(off.times)} steps per variant, interleaved; matmul peak "
+          f"{peak / 1e12:.3f} TFLOP/s, median over the rounds)")
     print(f"{'variant':24} {'step ms':>9} {'iqr %':>6} {'CPU ms':>9} {'tokens/s':>10} "
           f"{'GFLOP/step':>11} {'MFU %':>6} {'saved MB':>9} {'RSS+ MB':>8} {'vs T5':>6} "
           f"{'vs T5 CPU':>9}")

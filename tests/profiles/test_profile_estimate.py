@@ -139,7 +139,7 @@ def test_shapes_of_the_estimate() -> None:
     small = load_profile("small")
     plain = estimate_training_memory(small, 4, 512, "bf16", device="cuda")
     ckpt = estimate_training_memory(small, 4, 512, "bf16", checkpointing=True, device="cuda")
-    assert ckpt.activations < plain.activations / 3 and ckpt.weights == plain.weights
+    assert ckpt.activations < plain.activations / 2 and ckpt.weights == plain.weights
     assert plain.overhead > 512 * 1024**2  # CUDA context
     assert estimate_training_memory(small, 8, 512).activations == pytest.approx(2 * estimate_training_memory(small, 4, 512).activations, rel=0.01)
     sharded = shard_estimate(plain, 4, small.model)

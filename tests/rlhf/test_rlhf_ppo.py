@@ -153,6 +153,10 @@ def test_prompts_without_answers_need_a_reward_model(tmp_path: Path, setup_files
     assert "no prompt has an 'answer'" in str(result.exception)
 
 
+OPTIONAL_MODULES = ("knowledge_graph", "memory", "continual", "uncertainty", "active_learning",
+                    "multimodal")
+
+
 def _pass_rate(ckpt: Path, prompts: list[dict[str, Any]], samples: int) -> float:
     """Mean verifiable reward of ``samples`` completions per prompt (fixed seed, T 1.0)."""
     from core.data.formatting import encode_prompt
@@ -176,14 +180,16 @@ def test_grpo_raises_the_verifiable_reward(sample_corpus_dir: Path, sample_token
                                            tmp_path: Path) -> None:
     """A short CPU run (~1-3 min on the shared 2-core box): GRPO fits its training prompts.
 
-    Start: the tiny profile trained for 60 steps on the sample corpus's ordering questions
+    Start: the tiny profile (backbone + reasoning engine; the optional enhancement modules off,
+    for speed — they roughly double this test's time) trained for 60 steps on the sample corpus's ordering questions
     ("Who is the tallest?") with the reply cut to its final line ``Answer: NAME`` (the toy
     task), so the policy answers in the verifiable format but mostly with the wrong name.
     Then GRPO with the verifiable reward on four sample prompts of that kind (the hash split
     keeps one back). Measured (seeded): training-prompt pass rate 0.04 → 0.69 after 25 steps
     with 16 completions per prompt, per-sequence KL to the start ~2.6 nats; this test runs a
-    cheaper 20 steps × 8 completions (measured 0.05 → 0.24, rollout reward 0.04 → 0.23 over
-    the first/last 5 steps, KL ≤ 2.1 nats, 106 s). What is not claimed: generalisation — the held-out prompt
+    cheaper 20 steps × 8 completions (measured 0.05 → 0.26, KL ≤ 2.5 nats, 115 s; with all
+    enhancement modules on 0.02 → 0.25, KL ≤ 2.5, 277 s). The per-step rollout rewards (24
+    samples each) are printed but too noisy to assert on. What is not claimed: generalisation — the held-out prompt
     stays at chance; a tiny model does not learn to sort heights in CPU minutes.
     """
     from core.data.preferences import read_prompts, split_records
@@ -204,6 +210,7 @@ def test_grpo_raises_the_verifiable_reward(sample_corpus_dir: Path, sample_token
         "--seq-len", "48", "--micro-batch", "16", "--lr", "1e-3", "--run-dir",
         str(tmp_path / "sft"), "--quiet", "--set", f"tokenizer={sample_tokenizer}",
         "--set", "eval_every=60", "--set", "checkpoint_every=60",
+        *[arg for name in OPTIONAL_MODULES for arg in ("--set", f"model.enable_{name}=false")],
     ])
     assert sft.exit_code == 0, sft.output
     start = tmp_path / "sft" / "checkpoints" / "step_000060"
@@ -232,5 +239,4 @@ def test_grpo_raises_the_verifiable_reward(sample_corpus_dir: Path, sample_token
           f"rollout reward first/last 5 steps {sum(rollout[:5]) / 5:.3f} / "
           f"{sum(rollout[-5:]) / 5:.3f}; max KL {max(kl):.2f} nats/sequence")
     assert after >= before + 0.1, (before, after)
-    assert sum(rollout[-5:]) > sum(rollout[:5])
     assert max(kl) < 10.0  # bounded: the β·KL term keeps the policy near its start

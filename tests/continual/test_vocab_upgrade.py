@@ -84,10 +84,12 @@ def test_upgrade_keeps_bits_per_byte_close(tmp_path: Path) -> None:
     from core.vocab_transfer import compare_upgrade
 
     bpb = compare_upgrade(old, out, data, samples=64)
-    # A random embedding loses what the model learned; the transferred one keeps (at least) most
-    # of it. (Longer tokens can even lower bits per byte: each prediction covers more bytes.)
-    assert bpb["random_embedding"] > bpb["old"], bpb
-    assert bpb["upgraded"] - bpb["old"] < 0.5 * (bpb["random_embedding"] - bpb["old"]), bpb
+    # The transferred embedding keeps what the model learned: far better than a random new
+    # embedding on the same tokenizer, and no worse than the old model. (Measured: old 2.49,
+    # upgraded 1.75, random 2.48 — longer tokens lower bits per byte even for a random embedding,
+    # so "closer to the old figure" is the wrong yardstick here; the random baseline is the right one.)
+    assert bpb["upgraded"] < 0.85 * bpb["random_embedding"], bpb
+    assert bpb["upgraded"] <= bpb["old"] + 0.05, bpb
     assert "bits/byte" in result.output
 
 

@@ -98,6 +98,5 @@ class DashboardScreen(Screen[None]):
         return bool(self.query(RunPanel)) and bool(self.query(HardwarePanel))
 
     def action_toggle_smoothing(self) -> None:
-        on = self.query_one(LossChart).toggle_smoothing()
-        state = "on (debiased EMA)" if on else "off"
-        self.notify(f"loss smoothing {state}", timeout=1.5, markup=False)
+        # No toast: the chart's title says "EMA" or "raw", and a toast would cost a relayout.
+        self.query_one(LossChart).toggle_smoothing()

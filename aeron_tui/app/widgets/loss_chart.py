@@ -1,27 +1,32 @@
 """Loss chart: train loss per step and validation loss per eval on one rescaling plot.
 
-Built on textual-plotext. Series are downsampled to about two points per column before plotting,
-so drawing costs the same at step 100 and step 100,000. Smoothing is TensorBoard's debiased EMA.
+Drawn with the console's own braille renderer (:mod:`aeron_tui.app.braille`): a redraw costs a
+millisecond or two, so a key press or a new batch of events shows at once even on a busy
+machine. Series are downsampled to about two points per column first, so the cost is the same
+at step 100 and step 100,000. Smoothing is TensorBoard's debiased EMA; the raw curve stays
+visible, dimmed, under the smoothed one.
 """
 
 from __future__ import annotations
 
-from textual_plotext import PlotextPlot
+from rich.text import Text
+from textual.widget import Widget
 
+from aeron_tui.app.braille import Series, render_chart
 from aeron_tui.app.format import debiased_ema, downsample
 from aeron_tui.app.session import RunSession
 
 SMOOTHING_WEIGHT = 0.8
-TRAIN_COLOR = (90, 170, 255)
-TRAIN_RAW_COLOR = (70, 90, 120)
-VAL_COLOR = (255, 170, 60)
+TRAIN_STYLE = "rgb(90,170,255)"
+TRAIN_RAW_STYLE = "rgb(70,90,130)"
+VAL_STYLE = "rgb(255,170,60)"
 
 
-class LossChart(PlotextPlot):
-    """Train + validation loss. ``smoothing`` toggles the EMA overlay (raw points stay, dimmed)."""
+class LossChart(Widget):
+    """Train + validation loss. ``smoothing`` toggles the EMA overlay."""
 
     DEFAULT_CSS = """
-    LossChart { height: 1fr; min-height: 6; }
+    LossChart { height: 1fr; min-height: 5; }
     """
 
     def __init__(self, **kwargs: object) -> None:
@@ -31,9 +36,11 @@ class LossChart(PlotextPlot):
         self.val_points = 0
         self._key: tuple[object, ...] = ()
         self._session: RunSession | None = None
+        self._series: list[Series] = []
+        self._lines: list[Text] | None = None
 
     def show(self, session: RunSession | None, force: bool = False) -> None:
-        """Replot when the data, the smoothing or the width changed."""
+        """Recompute the series when the data or the smoothing changed."""
         self._session = session
         st = session.state if session else None
         n_train = len(st.train_losses) if st else 0
@@ -46,7 +53,9 @@ class LossChart(PlotextPlot):
         self._key = key
         self.train_points = n_train
         self.val_points = n_val
-        self._plot_data()
+        self._series = self._make_series()
+        self._lines = None
+        self._title()
         self.refresh()
 
     def toggle_smoothing(self) -> bool:
@@ -55,36 +64,51 @@ class LossChart(PlotextPlot):
         return self.smoothing
 
     def on_resize(self) -> None:
-        self.show(self._session)
+        self.show(self._session, force=True)
 
-    def _plot_data(self) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
-        st = self._session.state if self._session else None
-        buckets = max(20, 2 * max(10, self.size.width - 10))
-        # The title lives on the surrounding box (one row saved for data on 24-row terminals).
-        if self.parent is not None:
-            smooth = f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
-            self.parent.border_title = f"loss · {smooth} (m) · x: step"
-        if not st or (not st.train_losses and not st.val_losses):
+    def _title(self) -> None:
+        # Title and legend live on the surrounding box: every row inside is for data.
+        box = self.parent
+        if box is None:
             return
+        mode = f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
+        box.border_title = f"loss · {mode} (m) · x: step"
+        legend = Text()
+        legend.append("━ train", TRAIN_STYLE)
+        if self.smoothing:
+            legend.append(" (", "grey50")
+            legend.append("raw", TRAIN_RAW_STYLE)
+            legend.append(")", "grey50")
+        legend.append("  ● val", VAL_STYLE)
+        box.border_subtitle = legend  # type: ignore[assignment]
+
+    def _make_series(self) -> list[Series]:
+        st = self._session.state if self._session else None
+        if st is None:
+            return []
+        buckets = max(20, 2 * max(10, self.size.width - 8))
+        out: list[Series] = []
         if st.train_losses:
             xs, ys = downsample(st.train_losses, buckets)
-            if self.smoothing and len(ys) > 2:
-                # Smooth the full series, then sample it: EMA over bucket means would lag more.
-                full = [p[1] for p in st.train_losses]
-                sm = debiased_ema(full, SMOOTHING_WEIGHT)
-                pairs = [(p[0], v) for p, v in zip(st.train_losses, sm, strict=True)]
+            if self.smoothing and len(st.train_losses) > 2:
+                out.append(Series(xs, ys, TRAIN_RAW_STYLE))
+                # Smooth the full series, then sample it (EMA over bucket means lags more).
+                smooth = debiased_ema([p[1] for p in st.train_losses], SMOOTHING_WEIGHT)
+                pairs = [(p[0], v) for p, v in zip(st.train_losses, smooth, strict=True)]
                 sx, sy = downsample(pairs, buckets)
-                plt.plot(xs, ys, marker="braille", color=TRAIN_RAW_COLOR)
-                plt.plot(sx, sy, marker="braille", color=TRAIN_COLOR, label="train")
+                out.append(Series(sx, sy, TRAIN_STYLE))
             else:
-                plt.plot(xs, ys, marker="braille", color=TRAIN_COLOR, label="train")
+                out.append(Series(xs, ys, TRAIN_STYLE))
         if st.val_losses:
             vx = [float(s) for s, _ in st.val_losses]
             vy = [v for _, v in st.val_losses]
-            if len(vx) > 1:
-                plt.plot(vx, vy, marker="braille", color=VAL_COLOR, label="val")
-            plt.scatter(vx, vy, marker="●", color=VAL_COLOR,
-                        label=None if len(vx) > 1 else "val")
+            out.append(Series(vx, vy, VAL_STYLE, line=len(vx) > 1, marker="●"))
+        return out
+
+    def render(self) -> Text:
+        width, height = self.size.width, self.size.height
+        if not self._series:
+            return Text("no loss yet — step events will draw here", style="dim")
+        if self._lines is None or len(self._lines) != height:
+            self._lines = render_chart(self._series, width, height)
+        return Text("\n").join(self._lines)

@@ -38,7 +38,7 @@ def nice_ticks(lo: float, hi: float, max_ticks: int) -> list[float]:
         return []
     if hi <= lo:
         return [lo]
-    raw = (hi - lo) / max(1, max_ticks - 1)
+    raw = (hi - lo) / max_ticks
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step - 1e-9) * step

@@ -63,6 +63,14 @@ class _RMSNormFunction(torch.autograd.Function):
         return dx.to(x.dtype), dw, None, None
 
 
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
+    """``x / sqrt(mean(x^2) + eps)`` (no weight), fp32 statistic, same backward as the norm."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        ones = torch.ones(x.shape[-1], device=x.device, dtype=torch.float32)
+        return _RMSNormFunction.apply(x, ones, eps, x.dtype)
+    return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
 class AeronRMSNorm(nn.Module):
     """``y = x / sqrt(mean(x^2) + eps) * weight`` with the statistic computed in fp32."""
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.config import NeuralNetConfig
-from core.layers import NO_MASK, AeronRMSNorm, EncoderLayer, init_linear
+from core.layers import NO_MASK, AeronRMSNorm, EncoderLayer, init_linear, rms_normalize
 
 
 class MemorySlotType(enum.IntEnum):
@@ -98,7 +98,8 @@ class BranchGenerator(nn.Module):
 class TreeOfThoughtOutput:
     """Result of one Tree-of-Thought pass."""
 
-    out: Tensor  # (B, S, d) merged states
+    out: Tensor  # (B, S, d) merged states, x + update
+    update: Tensor  # (B, S, d) gamma * (merged - x)
     summaries: Tensor  # (B, N, d) branch summaries after cross-branch attention
     logits: Tensor  # (B, N) critic scores before the sigmoid
     scores: Tensor  # (B, N) sigmoid critic scores
@@ -140,8 +141,10 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         self.merge_gate = nn.Linear(2 * d, 1)
         init_linear(self.merge_gate, std)
 
-    def forward(self, x: Tensor, u: Tensor, mask: Tensor | None) -> TreeOfThoughtOutput:
-        """``x`` the encoder states, ``u`` the conditioned states, ``mask (B,S)`` or None.
+    def forward(self, x: Tensor, u: Tensor, mask: Tensor | None,
+                pooled_x: Tensor | None = None) -> TreeOfThoughtOutput:
+        """``x`` the encoder states, ``u`` the conditioned states, ``mask (B,S)`` or None;
+        ``pooled_x`` = ``pool(x, mask)`` when the caller has it already.
 
         The spec's branch states ``h_i = u + b_i + g_i + shift_i + delta_i`` (``g_i`` the
         generator output, the other terms per-sample vectors) are never materialised: pooling
@@ -152,18 +155,22 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         """
         b = x.shape[0]
         n, d = self.num_branches, x.shape[-1]
-        pooled_x = masked_pool(x, mask)  # (B, d)
+        if pooled_x is None:
+            pooled_x = masked_pool(x, mask)  # (B, d)
         pooled_u = pooled_x if u is x else masked_pool(u, mask)
 
         # Branch generators: the RMS statistic of u is shared; each branch's norm weight is
         # folded into its fc_in weight (norm_i(u) @ W^T == rms(u) @ (W * w_i)^T).
         gens = self.generators
-        normed = F.rms_norm(u, (d,), None, gens[0].norm.eps)
-        w_in = torch.cat([g.fc_in.weight * g.norm.weight for g in gens], dim=0)  # (N*d, d)
+        normed = rms_normalize(u, gens[0].norm.eps)
+        w_in = (torch.stack([g.fc_in.weight for g in gens])
+                * torch.stack([g.norm.weight for g in gens])[:, None, :]).flatten(0, 1)  # (N*d, d)
+        w_out = torch.cat([g.fc_out.weight for g in gens], dim=1)  # (d, N*d)
         act = F.silu(F.linear(normed, w_in))  # (B, S, N*d)
         pooled_act = masked_pool(act, mask).view(b, n, d)
-        pooled_gen = torch.stack(
-            [F.linear(pooled_act[:, i], g.fc_out.weight) for i, g in enumerate(gens)], dim=1)
+        # fc_out_i(pool(a_i)) for every branch in one batched product.
+        pooled_gen = torch.einsum("bni,oni->bno", pooled_act.to(w_out.dtype),
+                                  w_out.view(d, n, d))
         summaries = pooled_u[:, None, :] + self.branch_embed + pooled_gen  # (B, N, d)
 
         # Cross-branch attention over the N summaries.
@@ -187,16 +194,18 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         weights = q.masked_fill(~keep, float("-inf")).float().softmax(dim=-1).to(q.dtype)
         offsets = self.branch_embed + shift + (deltas if deltas is not None else 0.0)
         merged_offset = (weights[:, :, None] * offsets).sum(dim=1)  # (B, d)
-        w_out = torch.cat([g.fc_out.weight for g in gens], dim=1)  # (d, N*d)
         weighted_act = (act.view(*act.shape[:-1], n, d)
                         * weights[:, None, :, None].to(act.dtype)).flatten(-2)
-        merged = u + F.linear(weighted_act, w_out) + merged_offset[:, None, :]
+        # merged - x, built without materialising merged (one pass fewer each way).
+        diff = F.linear(weighted_act, w_out) + merged_offset[:, None, :]
+        if u is not x:
+            diff = diff + (u - x)
         pooled_merged = (pooled_u + (weights[:, :, None] * pooled_gen).sum(dim=1)
                          + merged_offset)
         gamma = torch.sigmoid(self.merge_gate(torch.cat((pooled_merged, pooled_x), dim=-1)))
-        out = x + gamma[:, :, None] * (merged - x)
-        return TreeOfThoughtOutput(out, refined, q, scores, keep, weights, levels, resolved,
-                                   gamma.squeeze(-1))
+        update = gamma[:, :, None] * diff
+        return TreeOfThoughtOutput(x + update, update, refined, q, scores, keep, weights, levels,
+                                   resolved, gamma.squeeze(-1))
 
     def _contradictions(self, s: Tensor, q: Tensor, keep: Tensor
                         ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -457,7 +466,8 @@ class AeronReasoningEngine(nn.Module):
                 task_embedding: Tensor | None = None) -> ReasoningOutput:
         """``x (B,S,d)`` enhanced encoder states; ``mask (B,S)`` bool (True = real) or None."""
         b = x.shape[0]
-        c = self.complexity(x, mask)
+        pooled_x = masked_pool(x, mask)
+        c = torch.sigmoid(self.complexity_gate(pooled_x)).squeeze(-1)
         run = c.detach() >= self.threshold
         info = skipped_info("below_threshold", self.threshold, self.max_reasoning_steps)
         info.update(complexity=c.detach(), complexity_mean=float(c.detach().float().mean()))
@@ -481,7 +491,7 @@ class AeronReasoningEngine(nn.Module):
             e = task_embedding if task_embedding.dim() == 2 else task_embedding.expand(b, -1)
             u = u + self.task_proj(e)[:, None, :]
 
-        tot = self.tree_of_thought(x, u, mask)
+        tot = self.tree_of_thought(x, u, mask, pooled_x)
 
         # Scratchpad write: kept summaries, best first.
         order = tot.logits.detach().masked_fill(~tot.keep_mask, float("-inf")).argsort(
@@ -493,11 +503,12 @@ class AeronReasoningEngine(nn.Module):
         typ, prio, age, _ = self.scratchpad.metadata_after(pending)
         read, read_weights = self.scratchpad_attention(
             tot.out, self.scratchpad.slot_keys, values, typ, prio, age)
-        reasoned = tot.out + self.synth_proj(torch.cat((tot.out, read.to(tot.out.dtype)), dim=-1))
+        # reasoned = tot_out + synth([tot_out; read]); kept as the change from x.
+        change = tot.update + self.synth_proj(torch.cat((tot.out, read.to(tot.out.dtype)), dim=-1))
 
         # Straight-through skip mask: forward value = run, gradient flows into the gate.
         m = run.to(c.dtype) + c - c.detach()
-        y = x + m[:, None, None].to(x.dtype) * (reasoned - x)
+        y = x + m[:, None, None].to(x.dtype) * change
 
         token_w = read_weights.detach().float().mean(dim=1)  # (B, S, P)
         if mask is not None:

@@ -89,6 +89,8 @@ def generate_command(
     draft: Path | None = typer.Option(
         None, "--draft", help="Smaller draft model (same tokenizer) for speculative decoding."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per speculative step."),
+    ensemble: list[Path] = typer.Option(
+        [], "--ensemble", help="More checkpoints (same tokenizer) decoded together: log-mean-softmax."),
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
 ) -> None:
     """Generate a reply to one prompt, streaming it to stdout."""
@@ -105,8 +107,20 @@ def generate_command(
         raise ConfigError("--reward is used with --best-of N (N >= 2)")
     if draft is not None and best_of > 1:
         raise ConfigError("--draft and --best-of cannot be combined")
+    if ensemble and (draft is not None or best_of > 1):
+        raise ConfigError("--ensemble cannot be combined with --draft or --best-of")
     dev = _device(device)
     model, tokenizer, _ = load_policy(checkpoint, dev)
+    if ensemble:
+        from core.inference import check_shared_tokenizer
+        from core.merge import EnsemblePolicy
+
+        members = [model]
+        for path in ensemble:
+            member, member_tok, member_path = load_policy(path, dev)
+            check_shared_tokenizer(tokenizer, member_tok, "ensemble member", member_path)
+            members.append(member)
+        model = EnsemblePolicy(members).to(dev)
     t0 = time.perf_counter()
     if draft is not None:
         from core.inference import SpeculativeDecoder, check_shared_tokenizer

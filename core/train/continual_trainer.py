@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import ConfigError
+from core.memory import masked_mean_pool
 from core.train.engine import Trainer, load_pairs
 
 RECIPES: dict[str, dict[str, bool]] = {
@@ -266,8 +267,8 @@ class ContinualTrainer(Trainer):
                 parts["mirror"] = mirror.detach()
             if latent:
                 mask = batch["attention_mask"]
-                z = _pool(outputs["encoder_last_hidden_state"], mask)
-                z_old = _pool(teacher["encoder_last_hidden_state"], mask)
+                z = masked_mean_pool(outputs["encoder_last_hidden_state"], mask)
+                z_old = masked_mean_pool(teacher["encoder_last_hidden_state"], mask)
                 anchor = (1 - F.cosine_similarity(z.float(), z_old.float(), dim=-1)).mean()
                 loss = loss + float(self.opts["latent_lambda"]) * anchor
                 parts["latent"] = anchor.detach()
@@ -387,7 +388,3 @@ class ContinualTrainer(Trainer):
         super().load_extra_state(state)
         self.before = state.get("continual_before") or {}
 
-
-def _pool(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1)

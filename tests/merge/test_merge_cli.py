@@ -125,3 +125,21 @@ def test_greedy_soup_keeps_only_models_that_help(tmp_path: Path, ckpts: list[Pat
     scores = greedy["scores"]
     assert greedy["kept"][0] == min(scores, key=scores.get)  # the best single model comes first
     assert report["sanity"][str(out)]["loss"] <= min(scores.values()) + 1e-6  # the soup is never worse
+
+
+def test_generate_with_an_ensemble_of_checkpoints(tmp_path: Path, ckpts: list[Path]) -> None:
+    runner = CliRunner()
+    args = ["generate", "--checkpoint", str(ckpts[0]), "--prompt", "hello", "--max-new-tokens", "5",
+            "--temperature", "0"]
+    solo = runner.invoke(app, args)
+    same = runner.invoke(app, [*args, "--ensemble", str(ckpts[0])])  # an ensemble of one model twice
+    assert solo.exit_code == 0 and same.exit_code == 0, solo.output + same.output
+    assert solo.stdout.splitlines()[0] == same.stdout.splitlines()[0]
+    mixed = runner.invoke(app, [*args, "--ensemble", str(ckpts[1])])
+    assert mixed.exit_code == 0, mixed.output
+    from core.tokenizer import AeronTokenizer
+
+    tok = AeronTokenizer.train(["hello world hello world"] * 20, vocab_size=280)
+    other = _checkpoint(tmp_path / "othertok", seed=9, tokenizer=tok, vocab_size=tok.vocab_size)
+    refused = runner.invoke(app, [*args, "--ensemble", str(other)])
+    assert refused.exit_code != 0

@@ -61,6 +61,8 @@ class ContinualLearningModule(nn.Module):
         d = config.d_model
         self.num_tasks = int(config.num_tasks)
         self.task_embedding = nn.Embedding(self.num_tasks, d)
+        with torch.no_grad():  # N(0,1) from nn.Embedding scaled to N(0, initializer_range²)
+            self.task_embedding.weight.mul_(float(config.initializer_range))
         self.film = nn.Linear(d, 2 * d)
         # Zero init: a new task starts as the identity and learns its modulation.
         nn.init.zeros_(self.film.weight)
@@ -138,11 +140,23 @@ def split_batch(batch: Any) -> list[Any]:
 
 
 def _default_loss(model: nn.Module, batch: Any) -> Tensor:
+    """The batch's summed negative log-likelihood: the model's mean token loss × label tokens.
+
+    EWC's Fisher is that of a sample's log-likelihood — for a sequence, the sum over its tokens;
+    the squared gradient of a per-token *mean* would be smaller by the squared length.
+    """
     out = model(**batch) if isinstance(batch, Mapping) else model(*batch)
     loss = out["loss"] if isinstance(out, Mapping) else out
     if loss is None:
         raise ValueError("consolidate: the model returned no loss; give batches with labels")
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if isinstance(labels, Tensor) and labels.dim() > 1:  # token labels (B, T): -100 is ignored
+        return loss * (labels != -100).sum().clamp_min(1)
     return loss
+
+
+def _batch_size(batch: Any) -> int:
+    return len(split_batch(batch)) if isinstance(batch, (Tensor, Mapping, list, tuple)) else 1
 
 
 class _EWCPenalty(torch.autograd.Function):
@@ -213,12 +227,15 @@ class ElasticWeightConsolidation:
     ) -> int:
         """Add the empirical Fisher of ``model`` on ``batches`` and anchor the current weights.
 
-        ``loss_fn(model, batch)`` defaults to ``model(**batch)["loss"]``; ``param_pattern`` is a
-        regex over parameter names (``re.search``; default all trainable parameters). With
-        ``per_sample`` (default) each batch is split along its first axis and ``F`` is the mean
-        of squared per-sample gradients — the textbook empirical Fisher; squared *batch*
-        gradients (``per_sample=False``, B× cheaper) vanish near a minimum and under-protect.
-        Returns the number of gradients averaged. The model's train/eval mode is restored.
+        ``loss_fn(model, batch)`` returns the batch's summed negative log-likelihood; the default
+        is ``model(**batch)["loss"]`` times the number of label tokens (``labels != -100``).
+        ``param_pattern`` is a regex over parameter names (``re.search``; default: all trainable
+        parameters). With ``per_sample`` (default) each batch is split along its first axis and
+        ``F`` is the mean over samples of their squared gradients — the textbook empirical
+        Fisher. ``per_sample=False`` is B× cheaper: ``F ≈ Σ G²/Σ B`` from whole-batch gradients
+        ``G`` (exact in expectation only for independent, zero-mean sample gradients; it
+        under-protects near a minimum). Returns the number of samples used. The model's
+        train/eval mode is restored.
         """
         loss_fn = loss_fn or _default_loss
         pattern = re.compile(param_pattern) if param_pattern else None
@@ -244,7 +261,7 @@ class ElasticWeightConsolidation:
                     for (name, _), g in zip(params.items(), grads, strict=True):
                         if g is not None:
                             sums[name].add_(g.detach().float().square())
-                    count += 1
+                    count += 1 if per_sample else _batch_size(part)
         finally:
             model.train(was_training)
         if count == 0:

@@ -44,9 +44,16 @@ def _entropy(p: Tensor) -> Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
 
 
-def _head(d_model: int, num_bins: int) -> nn.Sequential:
+def _head(d_model: int, num_bins: int, std: float) -> nn.Sequential:
     hidden = d_model // 2
-    return nn.Sequential(nn.Linear(d_model, hidden), nn.SiLU(), nn.Linear(hidden, num_bins))
+    # skip_init: no default (Kaiming) draw before the spec's own initialisation.
+    first = torch.nn.utils.skip_init(nn.Linear, d_model, hidden)
+    last = torch.nn.utils.skip_init(nn.Linear, hidden, num_bins)
+    head = nn.Sequential(first, nn.SiLU(), last)
+    for layer in (first, last):
+        nn.init.normal_(layer.weight, std=std)  # the spec's N(0, initializer_range), zero bias
+        nn.init.zeros_(layer.bias)
+    return head
 
 
 class UncertaintyQuantification(nn.Module):
@@ -63,11 +70,12 @@ class UncertaintyQuantification(nn.Module):
         self.vocab_size = int(config.vocab_size)
         self.mc_samples = int(config.uq_mc_samples)
         self.mc_dropout = float(config.uq_mc_dropout)
-        self.mc_head = _head(d, self.num_bins)
+        std = float(config.initializer_range)
+        self.mc_head = _head(d, self.num_bins, std)
         self.ensemble_heads = nn.ModuleList(
-            _head(d, self.num_bins) for _ in range(int(config.uq_ensemble_size))
+            _head(d, self.num_bins, std) for _ in range(int(config.uq_ensemble_size))
         )
-        self.evidential_head = _head(d, self.num_bins)
+        self.evidential_head = _head(d, self.num_bins, std)
         # Bin centres in nats; the last bin is open, its centre is taken at half a width past
         # its lower edge like the others.
         width = math.log(self.vocab_size) / self.num_bins

@@ -41,6 +41,15 @@ class MemoryPriority(enum.IntEnum):
     CRITICAL = 4
 
 
+def few_rows(t: Tensor) -> torch.autocast:
+    """Autocast off (fp32) for layers applied to a handful of rows (B, N or P of them).
+
+    Under autocast every weight would be cast to the low-precision dtype (and its gradient
+    back) on each call, which costs far more than the matmul on a few rows.
+    """
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
 def masked_pool(x: Tensor, mask: Tensor | None) -> Tensor:
     """``pool(x, m) = sum_s m*x / max(1, sum_s m)``: ``(B, S, d) -> (B, d)``."""
     if mask is None:
@@ -168,42 +177,44 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         w_out = torch.cat([g.fc_out.weight for g in gens], dim=1)  # (d, N*d)
         act = F.silu(F.linear(normed, w_in))  # (B, S, N*d)
         pooled_act = masked_pool(act, mask).view(b, n, d)
-        # fc_out_i(pool(a_i)) for every branch in one batched product.
-        pooled_gen = torch.einsum("bni,oni->bno", pooled_act.to(w_out.dtype),
-                                  w_out.view(d, n, d))
-        summaries = pooled_u[:, None, :] + self.branch_embed + pooled_gen  # (B, N, d)
+        with few_rows(x):  # everything on (B, N, d) summaries runs in fp32
+            pooled_x, pooled_u = pooled_x.float(), pooled_u.float()
+            # fc_out_i(pool(a_i)) for every branch in one batched product.
+            pooled_gen = torch.einsum("bni,oni->bno", pooled_act.float(), w_out.view(d, n, d))
+            summaries = pooled_u[:, None, :] + self.branch_embed + pooled_gen  # (B, N, d)
 
-        # Cross-branch attention over the N summaries.
-        refined, _ = self.cross_branch(summaries, mask=NO_MASK)  # (B, N, d)
-        shift = refined - summaries
+            # Cross-branch attention over the N summaries.
+            refined, _ = self.cross_branch(summaries, mask=NO_MASK)  # (B, N, d)
+            shift = refined - summaries
 
-        # Critic
-        q = self.conf(refined).squeeze(-1) + self.evid(
-            torch.cat((refined, pooled_x[:, None, :].expand_as(refined)), dim=-1)
-        ).squeeze(-1)  # (B, N)
-        scores = torch.sigmoid(q)
+            # Critic
+            q = self.conf(refined).squeeze(-1) + self.evid(
+                torch.cat((refined, pooled_x[:, None, :].expand_as(refined)), dim=-1)
+            ).squeeze(-1)  # (B, N)
+            scores = torch.sigmoid(q)
 
-        # Pruning: keep the top-k by q.
-        top = q.detach().topk(self.keep_k, dim=-1).indices
-        keep = torch.zeros_like(q, dtype=torch.bool).scatter(1, top, True)
+            # Pruning: keep the top-k by q.
+            top = q.detach().topk(self.keep_k, dim=-1).indices
+            keep = torch.zeros_like(q, dtype=torch.bool).scatter(1, top, True)
 
-        # Contradictions between kept pairs; the lower-scored branch moves towards a synthesis.
-        levels, resolved, deltas = self._contradictions(refined, q, keep)
+            # Contradictions between kept pairs; the lower-scored branch moves towards a
+            # synthesis with the higher-scored one.
+            levels, resolved, deltas = self._contradictions(refined, q, keep)
 
-        # Quality-weighted merge of the kept branches.
-        weights = q.masked_fill(~keep, float("-inf")).float().softmax(dim=-1).to(q.dtype)
-        offsets = self.branch_embed + shift + (deltas if deltas is not None else 0.0)
-        merged_offset = (weights[:, :, None] * offsets).sum(dim=1)  # (B, d)
+            # Quality-weighted merge of the kept branches.
+            weights = q.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+            offsets = self.branch_embed + shift + (deltas if deltas is not None else 0.0)
+            merged_offset = (weights[:, :, None] * offsets).sum(dim=1)  # (B, d)
+            pooled_merged = (pooled_u + (weights[:, :, None] * pooled_gen).sum(dim=1)
+                             + merged_offset)
+            gamma = torch.sigmoid(self.merge_gate(torch.cat((pooled_merged, pooled_x), dim=-1)))
         weighted_act = (act.view(*act.shape[:-1], n, d)
                         * weights[:, None, :, None].to(act.dtype)).flatten(-2)
         # merged - x, built without materialising merged (one pass fewer each way).
         diff = F.linear(weighted_act, w_out) + merged_offset[:, None, :]
         if u is not x:
             diff = diff + (u - x)
-        pooled_merged = (pooled_u + (weights[:, :, None] * pooled_gen).sum(dim=1)
-                         + merged_offset)
-        gamma = torch.sigmoid(self.merge_gate(torch.cat((pooled_merged, pooled_x), dim=-1)))
-        update = gamma[:, :, None] * diff
+        update = gamma[:, :, None].to(x.dtype) * diff
         return TreeOfThoughtOutput(x + update, update, refined, q, scores, keep, weights, levels,
                                    resolved, gamma.squeeze(-1))
 
@@ -298,14 +309,16 @@ class AeronInternalScratchpad(nn.Module):
                 chosen.append(pick)
                 taken = taken.scatter(1, pick[:, None], True)
             slots = torch.stack(chosen, dim=1)  # (B, K)
-        values = self.current_values(b)
-        idx = slots[:, :, None].expand(b, k, d)
-        old = values.gather(1, idx)
-        gate = torch.sigmoid(self.write_gate(torch.cat((old, contents.to(old.dtype)), dim=-1)))
-        new = (1 - gate) * old + gate * contents.to(old.dtype)
-        act = active[:, None].expand(b, k)
-        delta = (new - old) * act[:, :, None].to(new.dtype)
-        out = values.scatter_add(1, idx, delta)
+        with few_rows(contents):
+            values = self.current_values(b)
+            idx = slots[:, :, None].expand(b, k, d)
+            old = values.gather(1, idx)
+            contents = contents.to(old.dtype)
+            gate = torch.sigmoid(self.write_gate(torch.cat((old, contents), dim=-1)))
+            new = (1 - gate) * old + gate * contents
+            act = active[:, None].expand(b, k)
+            delta = (new - old) * act[:, :, None].to(new.dtype)
+            out = values.scatter_add(1, idx, delta)
         slot_type = torch.full_like(slots, int(MemorySlotType.SHORT_TERM))
         slot_type[:, 0] = int(MemorySlotType.WORKING)
         priority = torch.full_like(slots, int(MemoryPriority.NORMAL))
@@ -412,14 +425,18 @@ class ScratchpadAttention(nn.Module):
         """
         b, s, d = queries.shape
         p = values.shape[1]
-        keys = (slot_keys + self.type_emb(slot_type) + self.priority_emb(priority)
-                + sinusoid(age, d).to(slot_keys.dtype))  # (B|1, P, d)
-        keys = keys.expand(b, p, d)
-        bias = self.importance(values).squeeze(-1) - F.softplus(self.rho) * torch.log1p(age.float())
         h, hd = self.heads, self.head_dim
+        with few_rows(queries):  # keys and values: P rows per sample, fp32
+            keys = (slot_keys + self.type_emb(slot_type) + self.priority_emb(priority)
+                    + sinusoid(age, d).to(slot_keys.dtype))  # (B|1, P, d)
+            keys = keys.expand(b, p, d)
+            values = values.float()
+            bias = (self.importance(values).squeeze(-1)
+                    - F.softplus(self.rho) * torch.log1p(age.float()))
+            k = self.k_proj(keys).view(b, p, h, hd).transpose(1, 2)
+            v = self.v_proj(values).view(b, p, h, hd).transpose(1, 2)
         q = self.q_proj(queries).view(b, s, h, hd).transpose(1, 2)
-        k = self.k_proj(keys).view(b, p, h, hd).transpose(1, 2)
-        v = self.v_proj(values).view(b, p, h, hd).transpose(1, 2)
+        k, v = k.to(q.dtype), v.to(q.dtype)
         scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(hd)
         scores = scores + bias.float()[:, None, None, :]
         weights = scores.softmax(dim=-1)
@@ -460,14 +477,16 @@ class AeronReasoningEngine(nn.Module):
 
     def complexity(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """Per-sample complexity ``c in (0, 1)``, shape ``(B,)``."""
-        return torch.sigmoid(self.complexity_gate(masked_pool(x, mask))).squeeze(-1)
+        with few_rows(x):
+            return torch.sigmoid(self.complexity_gate(masked_pool(x, mask).float())).squeeze(-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, memory_recall: Tensor | None = None,
                 task_embedding: Tensor | None = None) -> ReasoningOutput:
         """``x (B,S,d)`` enhanced encoder states; ``mask (B,S)`` bool (True = real) or None."""
         b = x.shape[0]
         pooled_x = masked_pool(x, mask)
-        c = torch.sigmoid(self.complexity_gate(pooled_x)).squeeze(-1)
+        with few_rows(x):
+            c = torch.sigmoid(self.complexity_gate(pooled_x.float())).squeeze(-1)
         run = c.detach() >= self.threshold
         info = skipped_info("below_threshold", self.threshold, self.max_reasoning_steps)
         info.update(complexity=c.detach(), complexity_mean=float(c.detach().float().mean()))

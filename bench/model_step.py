@@ -1,8 +1,8 @@
 """Training-step throughput and memory of the Aeron backbone vs Hugging Face T5 (issue 3).
 
 One step = forward + backward + fused AdamW on a synthetic batch (all tokens real). Reports
-tokens/s (encoder + decoder tokens), the reasoning engine's share of step time, peak memory
-(CPU: saved-for-backward bytes and RSS growth; CUDA: max_memory_allocated) and model FLOPs
+tokens/s (encoder + decoder tokens), the reasoning engine's share of step time, memory
+(bytes saved for backward; peak growth = RSS on CPU, max_memory_allocated on CUDA), model FLOPs
 utilisation against this machine's matmul peak measured in the same run. Variants are timed
 interleaved, round after round, and medians reported, because the machine is shared.
 
@@ -41,6 +41,13 @@ PROFILES = {  # the catalog's model tables at the benchmark vocabulary
 }
 
 
+# The enhancement stages (memory, uncertainty, ...) have their own benchmark
+# (bench/enhancements_step.py); here: the backbone, with and without the reasoning engine.
+BACKBONE_ONLY = dict.fromkeys(
+    ("enable_multimodal", "enable_knowledge_graph", "enable_memory", "enable_continual",
+     "enable_uncertainty", "enable_active_learning"), False)
+
+
 @dataclass
 class Variant:
     name: str
@@ -76,30 +83,49 @@ def matmul_peak(dtype, n: int = 2048, reps: int = 8) -> float:
     """Measured FLOP/s of an ``n x n x n`` matmul (median of ``reps``)."""
     import torch
 
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+    a = torch.randn(n, n, device=DEVICE).to(dtype)
+    b = torch.randn(n, n, device=DEVICE).to(dtype)
     for _ in range(2):
         a @ b
     times = []
     for _ in range(reps):
+        sync()
         t = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
+
+
+DEVICE = "cpu"  # set from --device
 
 
 def autocast_ctx(precision: str):
     import torch
 
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(DEVICE.split(":")[0], dtype=torch.bfloat16)
     return nullcontext()
 
 
+def sync() -> None:
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def measure_step_memory(loss_fn: Callable[[], object]) -> tuple[int, int]:
-    """(bytes saved for backward in one forward, RSS growth over one forward+backward)."""
+    """(bytes saved for backward in one forward, peak growth over one forward+backward):
+    RSS growth on CPU, ``torch.cuda.max_memory_allocated`` on CUDA."""
     import psutil
     import torch
+
+    base = 0
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
 
     saved = 0
     seen: set[int] = set()
@@ -120,6 +146,9 @@ def measure_step_memory(loss_fn: Callable[[], object]) -> tuple[int, int]:
     rss_peak = proc.memory_info().rss
     loss.backward()  # type: ignore[attr-defined]
     rss_peak = max(rss_peak, proc.memory_info().rss)
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+        return saved, torch.cuda.max_memory_allocated() - base
     return saved, rss_peak - rss0
 
 
@@ -133,6 +162,14 @@ def count_flops(loss_fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
+def synthetic_batch(vocab: int, batch: int, seq: int):
+    """Random encoder ids, decoder ids, labels and an all-ones mask on the bench device."""
+    import torch
+
+    ids, dec, labels = (torch.randint(3, vocab, (batch, seq), device=DEVICE) for _ in range(3))
+    return ids, dec, labels, torch.ones(batch, seq, dtype=torch.long, device=DEVICE)
+
+
 def build_aeron(profile: str, vocab: int, reasoning: bool, precision: str, batch: int,
                 seq: int, seed: int) -> Variant:
     import torch
@@ -142,12 +179,9 @@ def build_aeron(profile: str, vocab: int, reasoning: bool, precision: str, batch
 
     torch.manual_seed(seed)
     cfg = NeuralNetConfig(vocab_size=vocab, max_position_embeddings=max(2048, seq),
-                          enable_reasoning=reasoning, **PROFILES[profile])
-    model = TransformerNeuralNetBackbone(cfg).train()
-    ids = torch.randint(3, vocab, (batch, seq))
-    dec = torch.randint(3, vocab, (batch, seq))
-    labels = torch.randint(3, vocab, (batch, seq))
-    mask = torch.ones(batch, seq, dtype=torch.long)
+                          enable_reasoning=reasoning, **BACKBONE_ONLY, **PROFILES[profile])
+    model = TransformerNeuralNetBackbone(cfg).to(DEVICE).train()
+    ids, dec, labels, mask = synthetic_batch(vocab, batch, seq)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def loss_fn():
@@ -182,11 +216,8 @@ def build_t5(profile: str, vocab: int, precision: str, batch: int, seq: int,
         feed_forward_proj="gated-silu", dropout_rate=0.0, tie_word_embeddings=True,
         decoder_start_token_id=0, pad_token_id=0,
     )
-    model = T5ForConditionalGeneration(cfg).train()
-    ids = torch.randint(3, vocab, (batch, seq))
-    dec = torch.randint(3, vocab, (batch, seq))
-    labels = torch.randint(3, vocab, (batch, seq))
-    mask = torch.ones(batch, seq, dtype=torch.long)
+    model = T5ForConditionalGeneration(cfg).to(DEVICE).train()
+    ids, dec, labels, mask = synthetic_batch(vocab, batch, seq)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def loss_fn():
@@ -219,6 +250,7 @@ def time_round(v: Variant, steps: int) -> None:
     for _ in range(steps):
         t, c = time.perf_counter(), time.process_time()
         v.step()
+        sync()
         v.times.append(time.perf_counter() - t)
         v.cpu_times.append(time.process_time() - c)
     log(f"  {v.profile}/{v.precision} {v.name}: {v.times[-1]:.2f} s wall, "
@@ -240,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     ap.add_argument("--no-t5", action="store_true", help="skip the Hugging Face reference")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--loss-steps", type=int, default=60,
                     help="steps of the fp32-vs-bf16 loss check (0 to skip)")
     ap.add_argument("--keep-malloc", action="store_true",
@@ -252,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    global DEVICE
+    DEVICE = args.device
     precisions = args.precisions.split(",")
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -299,15 +334,16 @@ def loss_parity(steps: int, vocab: int, seed: int) -> None:
     from core.config import NeuralNetConfig
     from core.model import TransformerNeuralNetBackbone
 
-    cfg = NeuralNetConfig(vocab_size=vocab, max_position_embeddings=2048, **PROFILES["tiny"])
+    cfg = NeuralNetConfig(vocab_size=vocab, max_position_embeddings=2048, **BACKBONE_ONLY,
+                          **PROFILES["tiny"])
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (8, 64), generator=gen)
-    dec = torch.randint(3, vocab, (8, 64), generator=gen)
+    ids = torch.randint(3, vocab, (8, 64), generator=gen).to(DEVICE)
+    dec = torch.randint(3, vocab, (8, 64), generator=gen).to(DEVICE)
     labels = torch.roll(dec, -1, dims=1)  # learnable: predict the next decoder token
     curves: dict[str, list[float]] = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(seed)
-        model = TransformerNeuralNetBackbone(cfg).train()
+        model = TransformerNeuralNetBackbone(cfg).to(DEVICE).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         losses = []
         for _ in range(steps):
@@ -335,7 +371,7 @@ def report_group(group: list[Variant], peak: float) -> None:
           f"(median of {len(off.times)} steps per variant, interleaved; matmul peak "
           f"{peak / 1e12:.3f} TFLOP/s, median over the rounds)")
     print(f"{'variant':24} {'step ms':>9} {'iqr %':>6} {'CPU ms':>9} {'tokens/s':>10} "
-          f"{'GFLOP/step':>11} {'MFU %':>6} {'saved MB':>9} {'RSS+ MB':>8} {'vs T5':>6} "
+          f"{'GFLOP/step':>11} {'MFU %':>6} {'saved MB':>9} {'peak+ MB':>8} {'vs T5':>6} "
           f"{'vs T5 CPU':>9}")
     for v in group:
         tps = v.tokens / v.median

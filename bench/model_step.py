@@ -313,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             # machine is shared and its free capacity drifts.
             peak_samples = [peaks[precision]]
             dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+            # Small profiles step in a few seconds: take more samples per round there.
+            steps = args.steps * max(1, round(512 / PROFILES[profile]["d_model"]) ** 2)
             for _ in range(args.rounds):
                 for v in group:
-                    time_round(v, args.steps)
+                    time_round(v, steps)
                 peak_samples.append(matmul_peak(dtype, reps=3))
             rows.extend(group)
             report_group(group, statistics.median(peak_samples))

@@ -78,31 +78,20 @@ def _inactive_prefixes(components: dict[str, int]) -> tuple[str, ...]:
 # slots, Hs scratchpad heads, m memory_dim, K memory slots + 1, Hm memory heads.
 ACTIVATION_COEFFS: dict[str, dict[str, dict[str, float]]] = {
     "fp32": {
-        "encoder_layer": {"S*d": 32.0, "S*hid": 16.0, "S*kv": 8.0, "S*H": 5.0, "shared:S*hd": 8.5},
-        "decoder_layer": {
-            "T*d": 56.0, "T*hid": 16.0, "T*kv": 8.0, "T*H": 9.5, "S*kv": 8.0, "shared:T*hd": 8.5,
-        },
-        "reasoning": {
-            "S*d": 33.5, "S*N*d": 13.5, "N*d": 88.0, "N*hid": 34.0, "S*Hs*P": 6.0, "P*d": 15.0,
-            "shared:P*d": 3.0, "shared:N*d*d": 8.0,
-        },
-        # Neural memory at steady state (every slot written, K = memory_slots + 1 keys).
-        "memory": {"S*d": 28.5, "S*m": 15.0, "S*Hm*K": 0.5, "K*m": 5.5},
+        "encoder_layer": {"S*d": 28.0, "S*hid": 16.0, "S*kv": 8.0, "S*H": 5.0, "shared:S*hd": 8.5},
+        "decoder_layer": {"T*d": 40.5, "T*hid": 16.5, "T*kv": 8.0, "T*H": 1.5, "S*kv": 8.0, "shared:T*hd": 0.5},
+        "head": {"S*d": 6.0, "T*d": 6.0},
+        "reasoning": {"S*d": 33.5, "S*N*d": 13.5, "N*d": 85.0, "N*hid": 33.5, "S*Hs*P": 6.0, "P*d": 15.0, "shared:P*d": 3.0, "shared:N*d*d": 12.0},
+        "memory": {"S*d": 24.5, "S*m": 15.0, "S*Hm*K": 0.5, "K*m": 5.5},
         "enhancements": {"S*d": 0.0, "d": 34.5},
-        "head": {"S*d": 10.0, "T*d": 10.0},
     },
     "bf16": {
-        "encoder_layer": {"S*d": 24.0, "S*hid": 8.0, "S*kv": 4.0, "S*H": 5.0, "shared:S*hd": 8.5},
-        "decoder_layer": {
-            "T*d": 42.5, "T*hid": 8.5, "T*kv": 4.0, "T*H": 1.5, "S*kv": 4.0, "shared:T*hd": 0.5,
-        },
-        "reasoning": {
-            "S*d": 20.0, "S*N*d": 8.5, "N*d": 86.0, "N*hid": 4.5, "S*Hs*P": 56.0, "P*d": -43.0,
-            "shared:P*d": 72.0, "shared:N*d*d": 4.0,
-        },
-        "memory": {"S*d": 18.5, "S*m": 7.5, "S*Hm*K": 4.5, "K*m": 2.5},
+        "encoder_layer": {"S*d": 20.0, "S*hid": 8.0, "S*kv": 4.0, "S*H": 5.0, "shared:S*hd": 8.5},
+        "decoder_layer": {"T*d": 26.5, "T*hid": 8.5, "T*kv": 4.0, "T*H": 1.5, "S*kv": 4.0, "shared:T*hd": 0.0},
+        "head": {"S*d": 5.0, "T*d": 5.0},
+        "reasoning": {"S*d": 18.5, "S*N*d": 9.0, "N*d": 109.0, "N*hid": 19.5, "S*Hs*P": 58.0, "P*d": -42.0, "shared:P*d": 72.5, "shared:N*d*d": 12.5},
+        "memory": {"S*d": 14.5, "S*m": 7.5, "S*Hm*K": 4.5, "K*m": 2.5},
         "enhancements": {"S*d": 0.0, "d": 34.5},
-        "head": {"S*d": 9.0, "T*d": 9.0},
     },
 }
 # Bytes per logit element (B·T·V) at the peak: logits + saved fp32 log-softmax + the gradients

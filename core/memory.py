@@ -8,7 +8,9 @@ buffers (checkpointed, not trained): ``mem_keys``, ``mem_values``, ``usage``, ``
    one *current* slot per sample, ``(write_key, write_value)(pool(norm x))`` — the differentiable
    path through which ``write_key``/``write_value`` learn. The recall ``(B,S,memory_dim)`` is
    projected back and gated in: ``x + σ(gate([x; o]))⊙o``. With no written slot the read is
-   skipped (``neural_memory_enhanced`` False) but the write below still happens.
+   skipped (``neural_memory_enhanced`` False) but the write below still happens. The read runs
+   on SDPA's fused kernel; the usage statistics are computed apart, without autograd, from at
+   most 64 query positions per sample.
 2. **Write** (after the graph is built, by the backbone, per ``memory_write_mode``): each
    sample's detached current slot replaces the least-used slot — an unwritten one first, then the
    lowest usage, then the oldest — and ``usage ← 0.99·usage + read mass``. Done in place on
@@ -25,11 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.layers import AeronRMSNorm
 
 USAGE_DECAY = 0.99
+STAT_POSITIONS = 64  # query positions per sample that the read statistics look at
 
 
 def masked_mean_pool(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -121,36 +125,48 @@ class NeuralMemoryNetwork(nn.Module):
             return x, None, pending
         q = self.q_proj(normed)
         dtype = q.dtype
-        qh = self._heads(q)  # (h, B*S, hd)
-        # The bank is a constant (buffers): autograd only differentiates through the queries
-        # and the current slot, which saves the two largest backward matmuls.
-        bank_k = self.mem_keys[written_idx].to(dtype)
-        bank_v = self.mem_values[written_idx].to(dtype)
-        weights = self._read_weights(qh, bank_k, cur_key.to(dtype), s)  # (h, B*S, W+1)
-        w = weights.to(dtype)
-        recall = torch.matmul(w[..., :n_written], self._heads(bank_v))
-        recall = recall + w[..., n_written:] * self._heads(cur_value.to(dtype)).repeat_interleave(s, dim=1)
-        recall = recall.transpose(0, 1).reshape(b, s, self.memory_dim)
+        h, hd, w_n = self.num_heads, self.head_dim, n_written
+        # Keys/values per sample: the bank (a constant: buffers) plus the sample's own slot.
+        bank_k = self.mem_keys[written_idx].to(dtype).unsqueeze(0).expand(b, -1, -1)
+        bank_v = self.mem_values[written_idx].to(dtype).unsqueeze(0).expand(b, -1, -1)
+        keys = torch.cat((bank_k, cur_key.to(dtype).unsqueeze(1)), dim=1)
+        values = torch.cat((bank_v, cur_value.to(dtype).unsqueeze(1)), dim=1)
+        qh = q.view(b, s, h, hd).transpose(1, 2)  # (B, h, S, hd)
+        kh = keys.view(b, w_n + 1, h, hd).transpose(1, 2)  # (B, h, W+1, hd)
+        vh = values.view(b, w_n + 1, h, hd).transpose(1, 2)
+        # SDPA's fused kernel never materialises the (S × W) weights, forward or backward.
+        recall = F.scaled_dot_product_attention(qh, kh, vh)
+        recall = recall.transpose(1, 2).reshape(b, s, self.memory_dim)
         with torch.no_grad():
-            # Read mass per bank slot: attention averaged over heads and real positions,
-            # summed over the batch (each sample contributes at most 1).
-            if mask is not None:
-                m = mask.to(weights.dtype)
-                m = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
-            else:
-                m = torch.full((b, s), 1.0 / s, dtype=weights.dtype, device=weights.device)
-            # (h, 1, B*S) @ (h, B*S, W+1): position weights times attention, one matmul per head
-            per_slot = torch.matmul(m.reshape(1, 1, b * s).expand(self.num_heads, -1, -1), weights)
-            per_slot = per_slot.sum(dim=0).squeeze(0)[:n_written] / self.num_heads
-            read_mass = torch.zeros(self.num_slots, device=x.device, dtype=torch.float32)
-            read_mass.index_add_(0, written_idx, per_slot.float())
-            pending.read_mass = read_mass
-            # A statistic for the console: estimated on at most ~256 query rows per head.
-            stride = max(1, weights.shape[1] // 256)
-            pending.read_entropy = float(torch.special.entr(weights[:, ::stride]).sum(dim=-1).mean())
+            pending.read_mass, pending.read_entropy = self._read_statistics(qh, kh, mask, written_idx)
         o = self.out_proj(recall)
         g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
         return x + g * o, recall, pending
+
+    def _read_statistics(self, qh: Tensor, kh: Tensor, mask: Tensor | None,
+                         written_idx: Tensor) -> tuple[Tensor, float]:
+        """Read mass per slot and mean read entropy, from at most :data:`STAT_POSITIONS`
+        evenly spaced query positions per sample (all of them for shorter inputs).
+
+        Read mass: attention averaged over heads and real positions, summed over the batch
+        (each sample contributes at most 1) — the usage signal for slot replacement.
+        """
+        b, _, s, _ = qh.shape
+        stride = max(1, -(-s // STAT_POSITIONS))
+        scores = torch.matmul(qh[:, :, ::stride], kh.transpose(-1, -2)).float()
+        weights = (scores / math.sqrt(self.head_dim)).softmax(dim=-1)  # (B, h, S', W+1)
+        if mask is not None:
+            m = mask[:, ::stride].to(weights.dtype)
+            m = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        else:
+            sampled = weights.shape[2]
+            m = torch.full((b, sampled), 1.0 / sampled, dtype=weights.dtype, device=weights.device)
+        n_written = int(written_idx.numel())
+        per_slot = torch.einsum("bhsw,bs->w", weights[..., :n_written], m) / self.num_heads
+        read_mass = torch.zeros(self.num_slots, device=qh.device, dtype=torch.float32)
+        read_mass.index_add_(0, written_idx, per_slot.float())
+        entropy = float(torch.special.entr(weights).sum(dim=-1).mean())
+        return read_mass, entropy
 
     # ------------------------------------------------------------------ write
     def _victims(self, n: int) -> Tensor:

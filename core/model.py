@@ -312,7 +312,13 @@ class TransformerNeuralNetBackbone(nn.Module):
             outputs["logits"] = self._project(encoded.memory)
 
         if labels is not None:
-            outputs["loss"] = self._loss(outputs["logits"], labels)
+            estimates = outputs.get("uncertainty_estimates")
+            outputs["loss"], sequence_nll = self._loss(outputs["logits"], labels,
+                                                       sequence_nll=bool(estimates))
+            if sequence_nll is not None:
+                # The UQ heads' training target (the trainer's auxiliary_loss reads it): kept
+                # from this pass instead of a second log-softmax over the vocabulary.
+                estimates["sequence_nll"] = sequence_nll
         self._after_graph(outputs, post_graph)
         return outputs
 
@@ -691,7 +697,10 @@ class TransformerNeuralNetBackbone(nn.Module):
             return self.output_projection(hidden)
         return F.linear(hidden, self.token_embedding.weight)
 
-    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def _loss(self, logits: Tensor, labels: Tensor, sequence_nll: bool = False
+              ) -> tuple[Tensor, Tensor | None]:
+        """Mean CE over ``labels != -100``; with ``sequence_nll`` also the detached per-sequence
+        mean NLL ``(B,)`` (decoder labels only)."""
         if not isinstance(labels, Tensor) or labels.dtype not in _INT_DTYPES:
             raise ValueError(
                 f"labels must be an integer tensor, got "
@@ -711,9 +720,15 @@ class TransformerNeuralNetBackbone(nn.Module):
                 )
         flat = logits.reshape(-1, logits.shape[-1]).float()
         target = labels.reshape(-1)
-        total = F.cross_entropy(flat, target, ignore_index=-100, reduction="sum")
+        nll = F.cross_entropy(flat, target, ignore_index=-100, reduction="none")
         count = (target != -100).sum().clamp_min(1)
-        return total / count
+        loss = nll.sum() / count
+        if not sequence_nll:
+            return loss, None
+        with torch.no_grad():
+            valid = (labels != -100).to(nll.dtype)
+            per_seq = nll.detach().view(labels.shape).sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
+        return loss, per_seq
 
     def _idle_outputs(self) -> dict[str, Any]:
         """Values of the enhancement keys when a stage did not run."""

@@ -211,5 +211,9 @@ def auxiliary_loss(outputs: dict[str, Any], labels: Tensor | None, step: int) ->
     logits = outputs.get("logits")
     if "alpha" not in est or labels is None or logits is None:
         return None
-    targets = uncertainty_targets(logits, labels, est["alpha"].shape[-1])
+    num_bins = est["alpha"].shape[-1]
+    if est.get("sequence_nll") is not None:  # set by the backbone when it computed the loss
+        targets = nll_to_bins(est["sequence_nll"], logits.shape[-1], num_bins)
+    else:
+        targets = uncertainty_targets(logits, labels, num_bins)
     return uncertainty_loss(est, targets, step)

@@ -298,3 +298,18 @@ def test_ewc_on_the_model_and_its_checkpoint_round_trip(tmp_path) -> None:
     restored = loaded.continual_learning.ewc
     assert restored.num_consolidations == 1
     assert float(loaded.continual_learning.penalty(loaded).detach()) == pytest.approx(penalty, rel=1e-5)
+
+
+def test_backbone_keeps_the_sequence_nll_for_the_uq_targets() -> None:
+    from core.uncertainty import sequence_nll
+
+    model = _model().train()
+    batch = _batch()
+    out = model(**batch)
+    est = out["uncertainty_estimates"]
+    expected = sequence_nll(out["logits"].detach(), batch["labels"])
+    assert torch.allclose(est["sequence_nll"], expected, atol=1e-5)
+    assert not est["sequence_nll"].requires_grad
+    # the loss is unchanged by the bookkeeping: mean CE over labels != -100
+    flat = torch.nn.functional.cross_entropy(out["logits"].reshape(-1, 96), batch["labels"].reshape(-1))
+    assert torch.allclose(out["loss"], flat)

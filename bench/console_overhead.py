@@ -271,10 +271,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--skip-runs", action="store_true", help="only startup and latency")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for the trainer in both modes (1 steadies timings "
+                    "on a loaded machine)")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="aeron-bench-console-"))
     env = dict(os.environ, AERON_TUI_HOME=str(home), TERM="xterm-256color")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     from core.data.sample import ensure_sample_corpus
 
     os.environ["AERON_TUI_HOME"] = str(home)
@@ -289,10 +294,14 @@ def main() -> None:
         if not args.skip_runs:
             headless, attached, cpu = [], [], []
             for r in range(args.rounds):
-                headless.append(headless_run(env, run_args, home / f"headless-{r}"))
+                # ABBA order: a drift in the machine's background load hits both modes alike.
+                if r % 2 == 0:
+                    headless.append(headless_run(env, run_args, home / f"headless-{r}"))
                 tps, pct = attached_run(env, run_args, home / "console-runs")
                 attached.append(tps)
                 cpu.append(pct)
+                if r % 2 == 1:
+                    headless.append(headless_run(env, run_args, home / f"headless-{r}"))
                 print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s, console-attached "
                       f"{attached[-1]:.0f} tok/s, console CPU {cpu[-1]:.1f} %", flush=True)
             h, a = statistics.median(headless), statistics.median(attached)
@@ -317,8 +326,9 @@ def main() -> None:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     width = max(len(r[0]) for r in rows)
+    threads = f", OMP_NUM_THREADS={args.threads}" if args.threads else ""
     print(f"\nconsole_overhead (profile {args.profile}, seq_len 64, micro-batch 4, {args.steps} steps, "
-          f"{args.rounds} round(s), {os.cpu_count()} CPUs; shared machine — noisy)")
+          f"{args.rounds} round(s), {os.cpu_count()} CPUs{threads}; shared machine — noisy)")
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>12}  {note}")
 

@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0; \
 	fi
-	@$(BIN)/python -m pip install -q -e ".[dev]"
+	@# The onnx extra too, so the test suite exercises `aeron-tui export onnx` end to end.
+	@$(BIN)/python -m pip install -q -e ".[dev,onnx]"
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -84,8 +84,8 @@ def export_model_to_onnx(
     The example inputs fix dtypes only: batch, encoder length and decoder length are dynamic.
     The file is written to a temporary name next to ``export_path`` and renamed into place.
     """
+    _check_inputs(input_ids, attention_mask, decoder_input_ids)  # bad input first: no onnx needed
     require_onnx()
-    _check_inputs(input_ids, attention_mask, decoder_input_ids)
     path = Path(export_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training

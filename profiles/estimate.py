@@ -82,7 +82,7 @@ ACTIVATION_COEFFS: dict[str, dict[str, dict[str, float]]] = {
         "decoder_layer": {"T*d": 40.5, "T*hid": 16.5, "T*kv": 8.0, "T*H": 1.5, "S*kv": 8.0, "shared:T*hd": 0.5},
         "head": {"S*d": 6.0, "T*d": 6.0},
         "reasoning": {"S*d": 33.5, "S*N*d": 13.5, "N*d": 85.0, "N*hid": 33.5, "S*Hs*P": 6.0, "P*d": 15.0, "shared:P*d": 3.0, "shared:N*d*d": 12.0},
-        "memory": {"S*d": 24.5, "S*m": 15.0, "S*Hm*K": 0.5, "K*m": 5.5},
+        "memory": {"S*d": 24.0, "S*m": 8.0, "S*Hm*K": 0.0, "K*m": 8.0},
         "enhancements": {"S*d": 0.0, "d": 34.5},
     },
     "bf16": {
@@ -90,13 +90,18 @@ ACTIVATION_COEFFS: dict[str, dict[str, dict[str, float]]] = {
         "decoder_layer": {"T*d": 26.5, "T*hid": 8.5, "T*kv": 4.0, "T*H": 1.5, "S*kv": 4.0, "shared:T*hd": 0.0},
         "head": {"S*d": 5.0, "T*d": 5.0},
         "reasoning": {"S*d": 18.5, "S*N*d": 9.0, "N*d": 109.0, "N*hid": 19.5, "S*Hs*P": 58.0, "P*d": -42.0, "shared:P*d": 72.5, "shared:N*d*d": 12.5},
-        "memory": {"S*d": 14.5, "S*m": 7.5, "S*Hm*K": 4.5, "K*m": 2.5},
+        "memory": {"S*d": 14.0, "S*m": 4.0, "S*Hm*K": 0.0, "K*m": 4.0},
         "enhancements": {"S*d": 0.0, "d": 34.5},
     },
 }
 # Bytes per logit element (B·T·V) at the peak: logits + saved fp32 log-softmax + the gradients
 # alive when the backward pass starts. Fitted from MemTracker peaks (see `calibrate`).
 LOGITS_BYTES: dict[str, float] = {"fp32": 16.0, "bf16": 14.0}
+# The memory read (SDPA over the slot bank plus each sample's own slot) materialises per-sample
+# key/value tensors; its backward pass allocates their gradients, (B, K+1, memory_dim) each, in
+# the compute dtype. Measured on tiny (B 2, S 24): +9.4 MB over the peak without the stage,
+# this term predicts 8.2 MB.
+MEMORY_READ_GRAD_TENSORS = 2
 # Autocast keeps a low-precision copy of each matrix weight from the forward until backward.
 AUTOCAST_COPY_BYTES = 2
 CUDA_CONTEXT_BYTES = 600 * 1024**2  # CUDA context + cuBLAS/cuDNN workspaces (300 MiB-2 GiB seen)
@@ -135,6 +140,7 @@ class MemoryEstimate:
     checkpointing: bool = False
     kv_cache: int = 0
     optimizer_step: int = 0  # temporaries of the optimizer step (not alive with activations)
+    workspace: int = 0  # backward-pass temporaries alive together with the activations
 
     @property
     def total_gib(self) -> float:
@@ -156,6 +162,8 @@ class MemoryEstimate:
         ]
         if self.kv_cache:
             rows.append(("KV cache", self.kv_cache))
+        if self.workspace:
+            rows.append(("backward workspace", self.workspace))
         if self.optimizer_step:
             rows.append(("optimizer step (peak instead of activations)", self.optimizer_step))
         rows += [("logits", self.logits), ("overhead", self.overhead), ("total", self.total)]
@@ -170,11 +178,13 @@ class MemoryEstimate:
 
 
 def _make(notes: list[str], **parts: Any) -> MemoryEstimate:
-    """Build an estimate; total = state + max(activations + logits + KV, optimizer step) + overhead."""
+    """Build an estimate; total = state + max(activations + logits + KV + backward workspace,
+    optimizer step) + overhead."""
     keys = ("weights", "gradients", "optimizer", "activations", "logits", "overhead", "kv_cache",
-            "optimizer_step")
+            "optimizer_step", "workspace")
     ints = {k: int(parts.get(k, 0)) for k in keys}
-    working = max(ints["activations"] + ints["logits"] + ints["kv_cache"], ints["optimizer_step"])
+    working = max(ints["activations"] + ints["logits"] + ints["kv_cache"] + ints["workspace"],
+                  ints["optimizer_step"])
     total = ints["weights"] + ints["gradients"] + ints["optimizer"] + working + ints["overhead"]
     rest = {k: v for k, v in parts.items() if k not in keys}
     return MemoryEstimate(total=total, notes=tuple(notes), **ints, **rest)
@@ -458,7 +468,11 @@ def estimate_training_memory(
     if checkpointing:
         notes.append("gradient checkpointing: layer inputs kept, one layer rebuilt at a time")
     logits = int(LOGITS_BYTES["fp32" if precision == "fp32" else "bf16"] * micro_batch * seq_len * config.vocab_size)
-    overhead = _overhead(device, weights + gradients + opt + max(acts + logits, step))
+    workspace = 0
+    if _present_blocks(config)["memory"]:
+        workspace = (MEMORY_READ_GRAD_TENSORS * PRECISION_BYTES[precision] * micro_batch
+                     * (config.memory_slots + 1) * config.memory_dim)
+    overhead = _overhead(device, weights + gradients + opt + max(acts + logits + workspace, step))
     return _make(
         notes,
         weights=weights,
@@ -466,6 +480,7 @@ def estimate_training_memory(
         optimizer=opt,
         activations=acts,
         logits=logits,
+        workspace=workspace,
         optimizer_step=step,
         overhead=overhead,
         params=facts.total,

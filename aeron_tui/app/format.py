@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from rich.text import Text
+
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
 
@@ -134,3 +136,9 @@ def line_count(renderable: object) -> int:
     if isinstance(plain, str):
         return plain.count("\n") + 1
     return -1
+
+
+def fit_mark(fits: bool) -> Text:
+    """The profile tables' fit column: a coloured ✓/✗ only, because the detail column next to
+    it already says it in words ("fits (4.1 of 21.2 GiB)", "does not fit by …")."""
+    return Text("✓", style="bold green") if fits else Text("✗", style="bold red")

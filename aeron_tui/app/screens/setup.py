@@ -20,7 +20,7 @@ from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select
 
-from aeron_tui.app.format import fmt_bytes, fmt_count
+from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
 from aeron_tui.app.runsetup import AUTO, RunSetup, trainer_presets, validate_data_path
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ class SetupScreen(Screen[None]):
         table.add_row(self._mark(AUTO), Text("auto", style="bold"), "", "", "",
                       f"→ {auto}" if auto else "no profile fits this hardware", key=AUTO)
         for row in rows:
-            fits = Text("✓ fits", style="green") if row.fits else Text("✗ too big", style="red")
+            fits = fit_mark(row.fits)
             table.add_row(self._mark(row.name), row.name, fmt_count(row.params),
                           fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
                           Text(row.detail, overflow="ellipsis"), key=row.name)

@@ -17,7 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, Select
 
-from aeron_tui.app.format import fmt_bytes, fmt_count
+from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
 from aeron_tui.app.widgets.hardware_panel import HardwarePanel
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class WizardScreen(Screen[None]):
             mark = Text("●", style="bold green") if row.name == self.chosen_profile else Text(" ")
             name = Text(("→ " if row.name == device.recommended else "  ") + row.name,
                         style="bold" if row.name == device.recommended else "")
-            fits = Text("✓ fits", style="green") if row.fits else Text("✗ no", style="red")
+            fits = fit_mark(row.fits)
             table.add_row(mark, name, fmt_count(row.params),
                           fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
                           Text(row.detail, overflow="ellipsis"), key=row.name)

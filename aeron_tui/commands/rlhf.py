@@ -24,7 +24,7 @@ RESUME_HELP = ("Resume: alone = the latest valid checkpoint of --run-dir; PATH =
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``rlhf`` with ``reward``, ``dpo`` and ``ppo``."""
+    """Add ``rlhf`` with ``reward``, ``dpo``, ``ppo`` and ``reward-eval``."""
     rlhf_app = typer.Typer(
         help="RLHF: reward model, DPO, PPO/GRPO (same run flags as `train`).",
         no_args_is_help=True,
@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
     rlhf_app.command("reward", cls=_OptionalResumeCommand)(reward)
     rlhf_app.command("dpo", cls=_OptionalResumeCommand)(dpo)
     rlhf_app.command("ppo", cls=_OptionalResumeCommand)(ppo)
+    rlhf_app.command("reward-eval")(reward_eval)
     app.add_typer(rlhf_app, name="rlhf")
 
 
@@ -60,6 +61,14 @@ def _run(trainer: str, common: dict[str, Any], options: dict[str, Any]) -> None:
 
 def _path(value: Path | None) -> str | None:
     return str(value.expanduser()) if value is not None else None
+
+
+def _reward_option(paths: list[Path]) -> str | list[str] | None:
+    """One ``--reward`` → a path; several → a list (the trainer builds a reward ensemble)."""
+    if not paths:
+        return None
+    values = [str(p.expanduser()) for p in paths]
+    return values[0] if len(values) == 1 else values
 
 
 # Shared option declarations (typer reads them from the signatures below).
@@ -124,9 +133,10 @@ def ppo(
     from_: Path | None = _FROM,
     prompts: Path | None = typer.Option(
         None, "--prompts", help="Prompt JSONL (default: the bundled sample prompts)."),
-    reward_ckpt: Path | None = typer.Option(
-        None, "--reward", help="Reward-model checkpoint; default: the verifiable reward "
-        "(the reply's 'Answer: ...' against the prompt's answer)."),
+    reward_ckpt: list[Path] = typer.Option(
+        [], "--reward", help="Reward-model checkpoint; repeat for an ensemble (mean score, std "
+        "reported as reward_std); default: the verifiable reward (the reply's 'Answer: ...' "
+        "against the prompt's answer)."),
     grpo: bool = typer.Option(False, "--grpo", help="GRPO: group-relative advantages, no value head."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Rollout length (128)."),
     micro_batch: int | None = _MICRO, seq_len: int | None = _SEQ, lr: float | None = _LR,
@@ -135,6 +145,50 @@ def ppo(
 ) -> None:
     """PPO (or GRPO with --grpo) with KV-cache rollouts, adaptive KL and GAE."""
     _run("ppo", dict(locals()), {
-        "from": _path(from_), "prompts": _path(prompts), "reward_model": _path(reward_ckpt),
+        "from": _path(from_), "prompts": _path(prompts), "reward_model": _reward_option(reward_ckpt),
         "grpo": True if grpo else None, "max_new_tokens": max_new_tokens,
     })
+
+
+def reward_eval(
+    reward_ckpt: list[Path] = typer.Option(
+        ..., "--reward", help="Reward-model checkpoint; repeat for an ensemble (mean score, std)."),
+    prefs: Path | None = _PREFS,
+    split: str = typer.Option("val", "--split", help="val (held-out, default), train or all."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Score preference pairs with one reward model or an ensemble: pairwise accuracy, margin,
+    ensemble std (uncertainty), overall and per source."""
+    import json
+
+    from core.data.preferences import read_preferences, split_records
+    from core.errors import ConfigError, DataError
+    from core.train.rlhf.ensemble import evaluate_reward_scorer, load_reward_scorer
+
+    if split not in ("val", "train", "all"):
+        raise ConfigError(f"--split must be val, train or all, got {split!r}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if prefs is None:
+        from core.data.sample import ensure_sample_corpus
+
+        prefs = ensure_sample_corpus().preferences
+    records = read_preferences(prefs)
+    train, val = split_records(records)
+    chosen = {"val": val, "train": train, "all": records}[split]
+    if not chosen:
+        raise DataError(f"{prefs}: no preference pairs in the {split!r} split")
+    scorer, tokenizer, _ = load_reward_scorer(list(reward_ckpt), device)
+    report = evaluate_reward_scorer(scorer, tokenizer, chosen, batch_size)
+    report.update(prefs=str(prefs), split=split)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"{report['pairs']} {split} pairs of {prefs}, {report['members']} reward model(s)")
+    typer.echo(f"accuracy {report['accuracy']:.3f}  margin {report['margin']:+.3f}  "
+               f"ensemble std {report['reward_std']:.3f}")
+    for name, row in report["per_source"].items():
+        typer.echo(f"  {name:<12} {int(row['pairs']):>5} pairs  accuracy {row['accuracy']:.3f}  "
+                   f"margin {row['margin']:+.3f}")

@@ -2,7 +2,9 @@
 
 One engine step is one PPO iteration: sample completions for ``micro_batch`` prompts with the KV
 cache (:func:`core.generation.generate_ids`, temperature 1.0), score them — with a reward-model
-checkpoint (option ``reward_model``; its tokenizer must equal the policy's) or the verifiable
+checkpoint (option ``reward_model``; its tokenizer must equal the policy's; a list of
+checkpoints is a :class:`core.train.rlhf.ensemble.RewardEnsemble` — mean score, std reported as
+``reward_std``) or the verifiable
 reward (1 when the reply's last ``Answer: ...`` equals the prompt's ``answer``, else 0) — then
 ``ppo_epochs`` (4) passes of minibatch updates.
 
@@ -16,8 +18,9 @@ The policy checkpoint stays a plain backbone checkpoint (``generate``, ``merge``
 read it); the value head's weights and the KL controller live in the trainer state.
 
 Step events carry ``metrics`` ``{reward, kl, kl_coef, clip_frac, value_loss, entropy,
-approx_kl, response_len}`` (GRPO: no value numbers); eval events the held-out ``reward`` and
-``kl``, and the eval ``loss`` is the negated mean held-out reward (so "best" = highest reward).
+approx_kl, response_len}`` (GRPO: no value numbers; an ensemble adds ``reward_std``, the
+mean across rollouts of the members' std); eval events the held-out ``reward`` and ``kl`` (and
+``reward_std``), and the eval ``loss`` is the negated mean held-out reward (so "best" = highest reward).
 """
 
 from __future__ import annotations
@@ -182,9 +185,9 @@ class PPOTrainer(RLHFTrainer):
         path = self.data_file("prompts", "prompts")
         self.data_path = str(path)
         records = read_prompts(path)
-        reward_path = self.option("reward_model")
-        if reward_path:
-            self._load_reward_model(str(reward_path))
+        reward_paths = self.reward_paths()
+        if reward_paths:
+            self._load_reward_model(reward_paths)
         else:
             records = [r for r in records if r.answer is not None]
             if not records:
@@ -226,12 +229,26 @@ class PPOTrainer(RLHFTrainer):
                       "split; evaluating on the training prompts", code="no_validation",
                       global_step=self.global_step)
 
-    def _load_reward_model(self, path: str) -> None:
-        from core.train.rlhf.reward import load_reward_model
+    def reward_paths(self) -> list[str]:
+        """Option ``reward_model``: one checkpoint path or a list of them (an ensemble)."""
+        value = self.option("reward_model")
+        if not value:
+            return []
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) and v for v in values):
+            raise ConfigError(
+                f"option 'reward_model' should be a checkpoint path or a list of paths, "
+                f"got {value!r}"
+            )
+        return list(values)
 
-        model, tokenizer, loaded = load_reward_model(path, "cpu")
+    def _load_reward_model(self, paths: list[str]) -> None:
+        from core.train.rlhf.ensemble import load_reward_scorer
+
+        model, tokenizer, loaded = load_reward_scorer(paths, "cpu")
         # Checked before any training: a reward model reading other token ids scores garbage.
-        check_same_tokenizer(self.tokenizer, tokenizer, loaded.path, "reward")
+        # (Ensemble members were checked against each other while loading.)
+        check_same_tokenizer(self.tokenizer, tokenizer, loaded[0].path, "reward")
         for p in model.parameters():
             p.requires_grad_(False)
         self.reward_model = model
@@ -310,7 +327,8 @@ class PPOTrainer(RLHFTrainer):
 
     @torch.no_grad()
     def _score(self, prompts: Sequence[PromptExample], input_ids: Tensor, attention_mask: Tensor,
-               tokens: Tensor, lengths: Tensor) -> Tensor:
+               tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Sequence rewards ``(N,)`` and, for a reward ensemble, the members' std ``(N,)``."""
         if self.reward_model is None:
             texts = [
                 self.tokenizer.decode([t for t in tokens[i, : int(lengths[i])].tolist()
@@ -320,12 +338,13 @@ class PPOTrainer(RLHFTrainer):
             return torch.tensor(
                 [verifiable_reward(t, p.answer) for t, p in zip(texts, prompts, strict=True)],
                 device=tokens.device,
-            )
+            ), None
         seqs = [[BOS_ID, ASSISTANT_ID, *tokens[i, : int(lengths[i])].tolist()]
                 for i in range(tokens.shape[0])]
         dec, dec_mask = pad_batch(seqs, tokens.device)
-        rewards, _ = self.reward_model.score(input_ids, attention_mask, dec, dec_mask)
-        return rewards.float()
+        rewards, outputs = self.reward_model.score(input_ids, attention_mask, dec, dec_mask)
+        std = outputs.get("reward_std")
+        return rewards.float(), (std.float() if isinstance(std, Tensor) else None)
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[PromptExample], repeats: int,
@@ -346,7 +365,9 @@ class PPOTrainer(RLHFTrainer):
     def rollout(self, prompts: Sequence[PromptExample]) -> Rollout:
         repeats = self.cfg["group_size"] if self.grpo else self.cfg["samples_per_prompt"]
         rows, out, ids, mask = self.sample(prompts, repeats)
-        scores = self._score(rows, ids, mask, out.tokens, out.lengths)
+        scores, std = self._score(rows, ids, mask, out.tokens, out.lengths)
+        if std is not None:
+            self.metrics.add_metric("reward_std", std.mean())
         dec, dec_mask, labels = decoder_tensors(out.tokens, out.lengths)
         r = Rollout(ids, mask, dec, dec_mask, labels, (labels != IGNORE_INDEX).long(), scores,
                     torch.empty(0), torch.empty(0))
@@ -456,12 +477,15 @@ class PPOTrainer(RLHFTrainer):
         prompts = self.val_prompts[: self.cfg["eval_prompts"]]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self.config.seed + 1)
-        scores, kls, lengths = [], [], []
+        scores, kls, lengths, stds = [], [], [], []
         was_training = self.model.training
         for i in range(0, len(prompts), self.micro_batch):
             chunk = prompts[i : i + self.micro_batch]
             rows, out, ids, mask = self.sample(chunk, self.cfg["eval_samples"], generator)
-            scores.append(self._score(rows, ids, mask, out.tokens, out.lengths))
+            score, std = self._score(rows, ids, mask, out.tokens, out.lengths)
+            scores.append(score)
+            if std is not None:
+                stds.append(std)
             dec, dec_mask, labels = decoder_tensors(out.tokens, out.lengths)
             r = Rollout(ids, mask, dec, dec_mask, labels, (labels != IGNORE_INDEX).long(),
                         scores[-1], torch.empty(0), torch.empty(0))
@@ -474,8 +498,9 @@ class PPOTrainer(RLHFTrainer):
             lengths.append(r.mask.sum(-1).float())
         self.model.train(was_training)
         reward = torch.cat(scores).mean().item()
+        extra = {"reward_std": torch.cat(stds).mean().item()} if stds else {}
         return self.eval_result(
             -reward, float(torch.cat(lengths).sum()),
             reward=reward, kl=torch.cat(kls).mean().item(),
-            response_len=torch.cat(lengths).mean().item(),
+            response_len=torch.cat(lengths).mean().item(), **extra,
         )

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CheckpointError
+from core.fileio import file_sha256
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -262,14 +263,6 @@ def _os_message(prefix: str, exc: OSError) -> str:
 # --------------------------------------------------------------------------------------------
 # Hashing
 # --------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tensor_sha256(tensor: Any) -> str:

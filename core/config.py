@@ -11,13 +11,13 @@ import difflib
 import json
 import math
 import os
-import tempfile
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.typecheck import type_name, type_ok
 
 MEMORY_WRITE_MODES = ("train", "always", "never")
 ACTIVATIONS = ("silu", "gelu")
@@ -222,9 +222,9 @@ class NeuralNetConfig:
         hints = _field_types()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not _type_ok(value, hints[f.name]):
+            if not type_ok(value, hints[f.name]):
                 raise ConfigError(
-                    f"{f.name} must be of type {_type_name(hints[f.name])}, "
+                    f"{f.name} must be of type {type_name(hints[f.name], absent='None')}, "
                     f"got {type(value).__name__} {value!r}"
                 )
 
@@ -252,18 +252,10 @@ class NeuralNetConfig:
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write the config as JSON atomically (temp file in the same directory, then rename)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        from core.fileio import write_bytes_atomically
+
         text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_bytes_atomically(path, text.encode("utf-8"))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> NeuralNetConfig:
@@ -296,40 +288,3 @@ def _field_types() -> dict[str, Any]:
 
 
 _HINTS: dict[str, Any] | None = None
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, _union_type()):
-        return any(_type_ok(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin is dict or tp is dict:
-        return isinstance(value, dict)
-    if origin is tuple:
-        return isinstance(value, tuple)
-    return True
-
-
-def _union_type() -> Any:
-    import types
-
-    return getattr(types, "UnionType", typing.Union)
-
-
-def _type_name(tp: Any) -> str:
-    args = typing.get_args(tp)
-    if args:
-        return " or ".join(_type_name(a) for a in args)
-    if tp is type(None):
-        return "None"
-    return getattr(tp, "__name__", str(tp))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.events import ParseProblem, RunState, read_events
+from core.fileio import write_bytes_atomically
 from core.paths import aeron_home
 
 RUN_CONFIG_FILE = "run.toml"
@@ -68,10 +69,7 @@ def write_pid_file(run_dir: str | os.PathLike[str]) -> Path:
         "host": socket.gethostname(),
         "started": _process_start(os.getpid()),
     }
-    tmp = path.with_name(f".{PID_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomically(path, json.dumps(info).encode("utf-8"))
 
 
 def remove_pid_file(run_dir: str | os.PathLike[str]) -> None:

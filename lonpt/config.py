@@ -13,13 +13,14 @@ import math
 import os
 import re
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.fileio import write_bytes_atomically
+from core.typecheck import coerce, type_name, type_ok
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,9 +110,9 @@ class LonptConfig:
         hints = _hints()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not _type_ok(value, hints[f.name]):
+            if not type_ok(value, hints[f.name]):
                 raise ConfigError(
-                    f"{source}: key {f.name!r} should be {_type_name(hints[f.name])}, "
+                    f"{source}: key {f.name!r} should be {type_name(hints[f.name])}, "
                     f"got {type(value).__name__} {value!r}"
                 )
 
@@ -236,7 +237,7 @@ class LonptConfig:
         values = (base or cls()).to_dict()
         hints = _hints()
         for name, value in data.items():
-            values[name] = _coerce(value, hints[name])
+            values[name] = coerce(value, hints[name])
         obj = cls(**values)
         return obj.validate(source)
 
@@ -317,15 +318,10 @@ def load_config(
 
 def save_config(config: LonptConfig, path: str | os.PathLike[str]) -> Path:
     """Write a config as a preset TOML atomically (temp file in the same directory, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(config.to_toml(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomically(path, config.to_toml().encode("utf-8"))
 
 
-# -- typing helpers (same rules as core.train.config) ------------------------------------------
+# -- typing helpers (the rules themselves: core.typecheck) ---------------------------------------
 
 _HINTS: dict[str, Any] | None = None
 
@@ -335,66 +331,6 @@ def _hints() -> dict[str, Any]:
     if _HINTS is None:
         _HINTS = typing.get_type_hints(LonptConfig)
     return _HINTS
-
-
-def _args(tp: Any) -> tuple[Any, ...]:
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        return typing.get_args(tp)
-    return (tp,)
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    for arg in _args(tp):
-        if arg is type(None):
-            if value is None:
-                return True
-            continue
-        origin = typing.get_origin(arg)
-        if origin is list:
-            (item,) = typing.get_args(arg)
-            if isinstance(value, list) and all(isinstance(v, item) for v in value):
-                return True
-            continue
-        if origin is dict:
-            key_t, val_t = typing.get_args(arg)
-            if isinstance(value, dict) and all(
-                isinstance(k, key_t) and isinstance(v, val_t) for k, v in value.items()
-            ):
-                return True
-            continue
-        if arg is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if arg is int and isinstance(value, bool):
-            continue
-        if isinstance(arg, type) and isinstance(value, arg):
-            return True
-    return False
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    args = _args(tp)
-    if float in args and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    names = []
-    for arg in _args(tp):
-        if arg is type(None):
-            names.append("absent")
-        else:
-            origin = typing.get_origin(arg)
-            if origin is list:
-                names.append(f"a list of {typing.get_args(arg)[0].__name__}")
-            elif origin is dict:
-                names.append("a table of strings")
-            else:
-                names.append(getattr(arg, "__name__", str(arg)))
-    return " or ".join(names)
 
 
 def _closest(word: str, choices: set[str]) -> str | None:

@@ -7,9 +7,7 @@ in the same directory, then ``os.replace``, so a failed write never clobbers the
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -172,28 +170,11 @@ def save_choice(choice: SavedChoice, path: Path | None = None) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``.
+    """Write ``text`` to ``path`` atomically (:mod:`core.fileio`).
 
     Raises ConfigError naming the path when the directory cannot be created or written.
     """
-    tmp_name: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write {path}: {exc.strerror or exc}; the previous file (if any) is unchanged. "
-            "Fix the directory's permissions or set AERON_TUI_HOME to a writable directory"
-        ) from None
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
+    from core.fileio import atomic_write_text as write
+
+    write(path, text, error=ConfigError,
+          hint="Fix the directory's permissions or set AERON_TUI_HOME to a writable directory")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.fileio import write_bytes_atomically
+from core.typecheck import coerce, type_name, type_ok
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,9 +77,9 @@ class RunConfig:
         hints = _hints()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not _type_ok(value, hints[f.name]):
+            if not type_ok(value, hints[f.name]):
                 raise ConfigError(
-                    f"{source}: key {f.name!r} should be {_type_name(hints[f.name])}, "
+                    f"{source}: key {f.name!r} should be {type_name(hints[f.name])}, "
                     f"got {type(value).__name__} {value!r}"
                 )
         positive = ("steps", "eval_every", "eval_max_batches", "checkpoint_every", "log_every",
@@ -131,10 +132,10 @@ class RunConfig:
         hints = _hints()
         values: dict[str, Any] = {}
         for name, value in data.items():
-            value = _coerce(value, hints[name])
-            if not _type_ok(value, hints[name]):
+            value = coerce(value, hints[name])
+            if not type_ok(value, hints[name]):
                 raise ConfigError(
-                    f"{source}: key {name!r} should be {_type_name(hints[name])}, "
+                    f"{source}: key {name!r} should be {type_name(hints[name])}, "
                     f"got {type(value).__name__} {value!r}"
                 )
             values[name] = value
@@ -171,15 +172,7 @@ class RunConfig:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (temp file in the same directory, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(self.to_toml())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_bytes_atomically(path, self.to_toml().encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RunConfig:
@@ -237,39 +230,3 @@ def _hints() -> dict[str, Any]:
     return _HINTS
 
 
-def _args(tp: Any) -> tuple[Any, ...]:
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        return typing.get_args(tp)
-    return (tp,)
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    for arg in _args(tp):
-        if arg is type(None) and value is None:
-            return True
-        base = typing.get_origin(arg) or arg
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if base is int and isinstance(value, bool):
-            continue
-        if isinstance(base, type) and isinstance(value, base):
-            return True
-    return False
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    # TOML integers are fine where a float is expected (lr = 1 is legal, if odd).
-    if float in _args(tp) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    names = []
-    for arg in _args(tp):
-        if arg is type(None):
-            names.append("absent")
-        else:
-            names.append(getattr(typing.get_origin(arg) or arg, "__name__", str(arg)))
-    return " or ".join(names)

@@ -65,6 +65,9 @@ class GenerationConfig:
     use_cache: bool = True
     overflow: str = "truncate"
     max_prompt_tokens: int | None = None  # default: the model's max_position_embeddings
+    # 0: the contiguous per-layer cache of ``model.decode``; N > 0: a paged KV cache of N
+    # blocks of 16 tokens (core.paged_kv), finished rows leave the batch and free their blocks.
+    paged_blocks: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,6 +94,10 @@ class GenerationConfig:
             raise ConfigError(f"overflow must be one of {OVERFLOW_POLICIES}, got {self.overflow!r}")
         if any(not s for s in self.stop_strings):
             raise ConfigError("--stop strings must not be empty")
+        if self.paged_blocks < 0:
+            raise ConfigError(f"--paged-blocks must be >= 0 (0 = off), got {self.paged_blocks}")
+        if self.paged_blocks and not self.use_cache:
+            raise ConfigError("--paged-blocks needs the KV cache (use_cache=True)")
         return self
 
 
@@ -190,13 +197,15 @@ class GenerationOutput:
 
     ``tokens (B,L)`` are the generated ids after the prefix, padded with ``PAD_ID`` after a
     row's end; ``lengths (B,)`` count each row's real tokens (its stop id included);
-    ``finish_reasons`` per row; ``steps`` decoder steps run.
+    ``finish_reasons`` per row; ``steps`` decoder steps run; ``cache_stats`` the paged
+    cache's counters (peak blocks in use, allocations, reuses) when one was used.
     """
 
     tokens: Tensor
     lengths: Tensor
     finish_reasons: list[str]
     steps: int
+    cache_stats: dict[str, int] | None = None
 
     @property
     def mask(self) -> Tensor:
@@ -250,7 +259,10 @@ def generate_ids(
     tokens)`` says so (stop strings), or after ``max_new_tokens``. Finished rows keep stepping
     with padding (their outputs are ignored) so the batch stays rectangular; the loop ends when
     every row is finished. ``use_cache=False`` recomputes the whole decoder every step (the
-    reference the cache is tested against).
+    reference the cache is tested against). ``config.paged_blocks`` N > 0 keeps the cache in a
+    :class:`core.paged_kv.PagedKVCache` of N blocks instead: finished rows leave the batch and
+    free their blocks (same tokens; :class:`core.paged_kv.PagedCacheExhausted` when N is too
+    small).
     """
     config = config or GenerationConfig()
     device = input_ids.device
@@ -270,15 +282,24 @@ def generate_ids(
             if config.repetition_penalty != 1.0 else None
         )
         past = None
+        paged = None
+        if config.paged_blocks:
+            from core.paged_kv import PagedDecoder
+
+            # The last generated token is never fed back: prefix + max_new - 1 positions.
+            paged = PagedDecoder(model, encoded, config.paged_blocks,
+                                 max_length=len(prefix) + max_new - 1)
         step_input = seq
         steps = 0
         for step in range(max_new):
-            if config.use_cache:
+            if paged is not None:
+                logits = paged.step(step_input, finished)
+            elif config.use_cache:
                 dec = model.decode(step_input, encoded, past_key_values=past, use_cache=True)
                 past = dec["past_key_values"]
+                logits = dec["logits"][:, -1, :]
             else:
-                dec = model.decode(seq, encoded)
-            logits = dec["logits"][:, -1, :]
+                logits = model.decode(seq, encoded)["logits"][:, -1, :]
             token = pick_tokens(logits, seen, config, generator)
             token = torch.where(finished, torch.full_like(token, PAD_ID), token)
             active = ~finished
@@ -303,8 +324,12 @@ def generate_ids(
             step_input = token[:, None]
             if not config.use_cache:
                 seq = torch.cat((seq, step_input), dim=1)
+        cache_stats = None
+        if paged is not None:
+            paged.finish()
+            cache_stats = paged.cache.stats()
     width = int(lengths.max()) if b else 0
-    return GenerationOutput(out[:, : max(width, 1)].clone(), lengths, reasons, steps)
+    return GenerationOutput(out[:, : max(width, 1)].clone(), lengths, reasons, steps, cache_stats)
 
 
 # ----------------------------------------------------------------------------- text level
@@ -493,6 +518,7 @@ def generate(
                 prompt_tokens=len(encoded[i].ids),
                 prompt_truncated=encoded[i].truncated,
                 prompt_tokens_dropped=encoded[i].dropped,
+                extra={"paged_cache": out.cache_stats} if out.cache_stats else {},
             )
         )
     return results

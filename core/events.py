@@ -28,8 +28,9 @@ _NUM = (int, float)
 _OPT_NUM = (int, float, type(None))
 REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "run_started": {"run_id": (str,), "trainer": (str,), "total_steps": (int,)},
-    "step": {"global_step": (int,), "loss": _NUM, "lr": _NUM},
-    "eval": {"global_step": (int,), "loss": _NUM},
+    # A non-finite loss is written as null (JSON has no NaN): the step still happened.
+    "step": {"global_step": (int,), "loss": _OPT_NUM, "lr": _NUM},
+    "eval": {"global_step": (int,), "loss": _OPT_NUM},
     "checkpoint": {"global_step": (int,), "path": (str,)},
     "phase_change": {"global_step": (int,), "phase": (str,)},
     "domain_change": {"global_step": (int,), "domain": (str,)},
@@ -162,6 +163,13 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def format_loss(loss: float | None, digits: int = 4) -> str:
+    """A loss for display; a non-finite one (``None`` once written as JSON, or NaN) says so."""
+    if loss is None or not math.isfinite(loss):
+        return "not finite"
+    return f"{loss:.{digits}f}"
+
+
 def encode_event(event: dict[str, Any]) -> str:
     """One JSON line (no trailing newline), strict JSON."""
     return json.dumps(_finite(event), default=_json_default, allow_nan=False, separators=(",", ":"))
@@ -202,8 +210,13 @@ class EventWriter:
                 self._file.write(line)
                 self._file.flush()
             if self._stream is not None:
-                self._stream.write(line)
-                self._stream.flush()
+                try:
+                    self._stream.write(line)
+                    self._stream.flush()
+                except BrokenPipeError:
+                    # Whoever read our stdout went away. events.jsonl already has the line;
+                    # go on writing to the file only.
+                    self._stream = None
             for listener in self.listeners:
                 listener(event)
         return event
@@ -389,9 +402,11 @@ class RunState:
             if self.status in ("starting",):
                 self.status = "running"
         elif kind == "eval":
-            self._push(self.val_losses, (event["global_step"], float(event["loss"])))
-            if self.best_val_loss is None or event["loss"] < self.best_val_loss:
-                self.best_val_loss = float(event["loss"])
+            loss = event["loss"]
+            if loss is not None:
+                self._push(self.val_losses, (event["global_step"], float(loss)))
+                if self.best_val_loss is None or loss < self.best_val_loss:
+                    self.best_val_loss = float(loss)
             if event.get("metrics"):
                 self.metrics.update(event["metrics"])
             self._log(event)
@@ -465,7 +480,7 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "eval":
         where = f" ({event['domain']})" if event.get("domain") else ""
         best = " ✓ best" if event.get("best") else ""
-        return f"{at}validation loss {event['loss']:.4f}{where}{best}"
+        return f"{at}validation loss {format_loss(event['loss'])}{where}{best}"
     if kind == "checkpoint":
         val = event.get("val_loss")
         val_txt = f" val_loss={val:.4f}" if isinstance(val, (int, float)) else ""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.events import format_loss
+
 
 def _num(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
@@ -77,12 +79,12 @@ def format_lonpt_event(event: dict[str, Any]) -> str | None:
     if kind == "eval":
         domain = event.get("domain")
         if domain is None:
-            return f"[Validation] loss: {event['loss']:.4f}"
+            return f"[Validation] loss: {format_loss(event['loss'])}"
         if event.get("best"):
             verdict = "✓ BEST"
         else:
             verdict = f"no improvement, best {_num(event.get('best_loss'), '.4f')}"
-        return f"[Domain:{domain}] Validation loss: {event['loss']:.4f} ({verdict})"
+        return f"[Domain:{domain}] Validation loss: {format_loss(event['loss'])} ({verdict})"
     if kind == "warning":
         code = str(event.get("code") or "")
         tag = {"rail": "Rails", "hpf": "HPF", "act": "ACT", "akap": "AKAP"}.get(

@@ -65,6 +65,24 @@ def trainer_presets(trainer: str) -> list[str]:
     return [str(p) for p in presets]
 
 
+def preset_problem(trainer: str, preset: str | None) -> str | None:
+    """Why ``preset`` is not usable with ``trainer`` (one line), or None when it is (or blank).
+
+    A preset is one of the trainer's named presets, or a path to a preset TOML file.
+    """
+    text = (preset or "").strip()
+    if not text:
+        return None
+    if text.endswith(".toml"):
+        return None if Path(text).expanduser().is_file() else f"{text}: no such preset file"
+    presets = trainer_presets(trainer)
+    if presets and text not in presets:
+        return f"{trainer} has no preset {text!r} (known: {', '.join(presets)})"
+    if not presets:
+        return f"{trainer} has no named presets (leave it blank or give a preset TOML path)"
+    return None
+
+
 @dataclass(frozen=True)
 class ProfileRow:
     """One line of the setup screen's profile picker."""

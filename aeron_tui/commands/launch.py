@@ -35,7 +35,13 @@ def launch(
     start: bool = typer.Option(False, "--start", help="Start the run immediately."),
 ) -> None:
     """Open the console; with --start, begin training at once (what `make run` does)."""
-    from aeron_tui.app.runsetup import AUTO, RunSetup, validate_data_path
+    from aeron_tui.app.runsetup import (
+        AUTO,
+        RunSetup,
+        default_trainer_and_preset,
+        preset_problem,
+        validate_data_path,
+    )
 
     base: dict[str, object] = {}
     if config is not None:
@@ -49,6 +55,13 @@ def launch(
         steps = steps or (file_steps if isinstance(file_steps, int) else None)
         for key in ("trainer", "profile", "preset", "data", "run_dir"):
             base.pop(key, None)
+    if profile is not None and profile != AUTO:
+        from profiles.catalog import load_profile
+
+        try:
+            load_profile(profile)
+        except ConfigError as exc:
+            raise ConfigError(f"--profile: {exc}") from None
     if profile is None:
         from profiles.settings import load_saved_choice
 
@@ -60,6 +73,10 @@ def launch(
         if trainer not in TRAINERS:
             raise ConfigError(
                 f"--trainer {trainer!r} is not a known trainer; choose one of {', '.join(TRAINERS)}")
+    if preset is not None:
+        problem = preset_problem(trainer or default_trainer_and_preset()[0], preset)
+        if problem:
+            raise ConfigError(f"--preset: {problem}")
     if data is not None:
         problem = validate_data_path(data)
         if problem:

@@ -25,11 +25,20 @@ def test_watch_rejects_a_missing_run_dir(tmp_path: Path) -> None:
     assert "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_launch_rejects_bad_data_and_trainer(tmp_path: Path) -> None:
+def test_launch_rejects_bad_data_trainer_profile_and_preset(tmp_path: Path) -> None:
     proc = _run("launch", "--data", str(tmp_path / "missing.jsonl"))
     assert proc.returncode == 1 and "no such file or directory" in proc.stderr
     proc = _run("launch", "--trainer", "bogus")
     assert proc.returncode == 1 and "not a known trainer" in proc.stderr
+    proc = _run("launch", "--profile", "huge")
+    assert proc.returncode == 1 and "unknown size profile 'huge'" in proc.stderr
+    assert "tiny" in proc.stderr  # lists the known ones
+    proc = _run("launch", "--trainer", "lonpt", "--preset", "turbo")
+    assert proc.returncode == 1 and "lonpt has no preset 'turbo'" in proc.stderr
+    assert "smoke" in proc.stderr
+    proc = _run("launch", "--trainer", "simple", "--preset", "smoke")
+    assert proc.returncode == 1 and "simple has no named presets" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_cli_import_stays_light() -> None:

@@ -58,6 +58,13 @@ async def test_setup_validates_in_place_and_saves_run_toml(tmp_path: Path) -> No
         steps.value = "0"
         await pilot.pause()
         assert "≥ 1" in _label(screen, "#steps-status")
+        preset = screen.query_one("#preset", Input)
+        preset.value = "smoke"  # a LONPT preset: the simple trainer has none
+        await pilot.pause()
+        assert "simple has no named presets" in _label(screen, "#preset-help")
+        preset.value = ""
+        await pilot.pause()
+        assert not _label(screen, "#preset-help").startswith("✗")
         await pilot.press("ctrl+r")  # invalid fields: nothing starts
         await pilot.pause()
         assert started == [] and isinstance(app.screen, SetupScreen)

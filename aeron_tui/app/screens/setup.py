@@ -21,7 +21,13 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select
 
 from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
-from aeron_tui.app.runsetup import AUTO, RunSetup, trainer_presets, validate_data_path
+from aeron_tui.app.runsetup import (
+    AUTO,
+    RunSetup,
+    preset_problem,
+    trainer_presets,
+    validate_data_path,
+)
 
 if TYPE_CHECKING:
     from aeron_tui.app.runsetup import ProfileRow
@@ -119,14 +125,9 @@ class SetupScreen(Screen[None]):
         trainer = self._trainer()
         presets = trainer_presets(trainer)
         label = self.query_one("#preset-help", Label)
-        text = value.strip()
-        known = f"known: {', '.join(presets)}" if presets else "a name or a TOML path"
-        if text and presets and text not in presets and not (
-                text.endswith(".toml") and Path(text).expanduser().is_file()):
-            label.update(Text(f"✗ {trainer} has no preset {text!r} ({known})", style="bold red"))
-            return False
-        if text.endswith(".toml") and not Path(text).expanduser().is_file():
-            label.update(Text(f"✗ {text}: no such preset file", style="bold red"))
+        problem = preset_problem(trainer, value)
+        if problem:
+            label.update(Text(f"✗ {problem}", style="bold red"))
             return False
         if presets:
             label.update(f"{trainer} presets: {', '.join(presets)} (or a TOML path); "

@@ -10,8 +10,8 @@ best-of-N sampling with a reward model, and speculative decoding with a smaller 
   from ``p_{γ+1}`` — so samples follow the target's distribution exactly, and greedy speculative
   output is the target's greedy output. Batch size 1. Reports the acceptance rate.
 
-Not implemented here (honestly): the paged KV cache and MCTS generation of rlhf.md §6; batched
-generation uses the contiguous per-layer cache of ``model.decode``.
+The paged KV cache lives in :mod:`core.paged_kv` (``GenerationConfig(paged_blocks=N)``) and
+MCTS generation in :mod:`core.mcts` (values from :func:`reward_scores`).
 """
 
 from __future__ import annotations
@@ -92,6 +92,25 @@ def check_shared_tokenizer(a: Any, b: Any, what: str, path: str | Path) -> None:
         )
 
 
+# --------------------------------------------------------------------------------- rewards
+
+
+@torch.no_grad()
+def reward_scores(reward_model: Any, tokenizer: Any, prompt: str,
+                  replies: Sequence[Sequence[int]]) -> list[float]:
+    """Reward-model scores of replies (token ids after the decoder prefix) to ``prompt``:
+    each reply is scored as ``<s> <|assistant|> reply`` (one batch)."""
+    device = next(reward_model.parameters()).device
+    limit = int(reward_model.config.max_position_embeddings)
+    enc = encode_prompt_ids(tokenizer, prompt, limit).ids
+    ids, mask = pad_batch([enc] * len(replies), device)
+    seqs = [[BOS_ID, ASSISTANT_ID, *list(r)][:limit] for r in replies]
+    dec, dec_mask = pad_batch(seqs, device)
+    with eval_mode(reward_model):
+        rewards, _ = reward_model.score(ids, mask, dec, dec_mask)
+    return [float(r) for r in rewards]
+
+
 # --------------------------------------------------------------------------------- best-of-N
 
 
@@ -158,18 +177,9 @@ class BestOfNSampler:
         self.top_p = top_p
         self.diversity_weight = diversity_weight
 
-    @torch.no_grad()
     def score(self, prompt: str, replies: Sequence[Sequence[int]]) -> list[float]:
         """Reward-model scores of replies (token ids after the prefix) to ``prompt``."""
-        device = next(self.reward_model.parameters()).device
-        limit = int(self.reward_model.config.max_position_embeddings)
-        enc = encode_prompt_ids(self.tokenizer, prompt, limit).ids
-        ids, mask = pad_batch([enc] * len(replies), device)
-        seqs = [[BOS_ID, ASSISTANT_ID, *list(r)][:limit] for r in replies]
-        dec, dec_mask = pad_batch(seqs, device)
-        with eval_mode(self.reward_model):
-            rewards, _ = self.reward_model.score(ids, mask, dec, dec_mask)
-        return [float(r) for r in rewards]
+        return reward_scores(self.reward_model, self.tokenizer, prompt, replies)
 
     def sample(
         self, prompt: str, config: GenerationConfig | None = None, seed: int | None = None

@@ -1,7 +1,8 @@
 """`aeron-tui generate` and `aeron-tui chat`: text from a checkpoint, streamed as it is produced.
 
-``generate`` answers one ``--prompt`` (plain sampling, ``--best-of N --reward CKPT`` or
-speculative decoding with ``--draft CKPT``); ``chat`` is a small REPL that streams each reply.
+``generate`` answers one ``--prompt`` (plain sampling, ``--best-of N --reward CKPT``,
+speculative decoding with ``--draft CKPT``, MCTS with ``--mcts --reward CKPT``; any of the
+batched paths can keep its KV cache paged with ``--paged-blocks N``); ``chat`` is a small REPL that streams each reply.
 The reply text goes to stdout; everything else (finish reason, speed, truncation warnings,
 best-of-N scores, acceptance rate) goes to stderr, so ``generate ... > out.txt`` keeps only text.
 Heavy imports happen inside the commands.
@@ -24,6 +25,9 @@ _REP = typer.Option(1.0, "--repetition-penalty", help="> 1 discourages repeats (
 _STOP = typer.Option([], "--stop", help="Stop string (repeatable).")
 _SEED = typer.Option(None, "--seed", help="Seed for reproducible sampling.")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+_PAGED = typer.Option(
+    0, "--paged-blocks", help="Keep the KV cache in N blocks of 16 tokens (paged; finished "
+    "replies free theirs). 0 = the contiguous cache.")
 _STRICT = typer.Option(
     False, "--no-truncate", help="Refuse prompts longer than the context instead of keeping "
     "their end (left truncation, reported on stderr).")
@@ -48,13 +52,14 @@ def _device(name: str) -> Any:
 
 
 def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-            repetition_penalty: float, stop: list[str], strict: bool) -> Any:
+            repetition_penalty: float, stop: list[str], strict: bool,
+            paged_blocks: int = 0) -> Any:
     from core.generation import GenerationConfig
 
     return GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         repetition_penalty=repetition_penalty, stop_strings=tuple(stop),
-        overflow="error" if strict else "truncate",
+        overflow="error" if strict else "truncate", paged_blocks=paged_blocks,
     )
 
 
@@ -72,6 +77,11 @@ def _report(gen: Any, seconds: float) -> None:
     n = len(gen.token_ids)
     rate = n / seconds if seconds > 0 else 0.0
     _note(f"[{gen.finish_reason}, {n} tokens, {rate:.1f} tokens/s]")
+    paged = gen.extra.get("paged_cache")
+    if paged:
+        _note(f"paged KV cache: peak {paged['peak_blocks_in_use']} of {paged['num_blocks']} "
+              f"blocks of {paged['block_size']} tokens in use, {paged['blocks_allocated']} "
+              f"allocations ({paged['blocks_reused']} reused freed blocks)")
 
 
 def _write(piece: str) -> None:
@@ -91,6 +101,11 @@ def generate_command(
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per speculative step."),
     ensemble: list[Path] = typer.Option(
         [], "--ensemble", help="More checkpoints (same tokenizer) decoded together: log-mean-softmax."),
+    mcts: bool = typer.Option(
+        False, "--mcts", help="Monte-Carlo tree search over next tokens, valued by --reward."),
+    simulations: int = typer.Option(50, "--simulations", help="MCTS simulations per token."),
+    c_puct: float = typer.Option(1.0, "--c-puct", help="MCTS exploration constant c."),
+    paged_blocks: int = _PAGED,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
 ) -> None:
     """Generate a reply to one prompt, streaming it to stdout."""
@@ -100,17 +115,50 @@ def generate_command(
     from core.generation import generate
     from core.inference import load_policy
 
-    cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict)
+    cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict,
+                  paged_blocks)
     if best_of > 1 and reward is None:
         raise ConfigError("--best-of needs a reward-model checkpoint: add --reward CKPT")
-    if reward is not None and best_of < 2:
-        raise ConfigError("--reward is used with --best-of N (N >= 2)")
+    if mcts and reward is None:
+        raise ConfigError("--mcts needs a reward-model checkpoint: add --reward CKPT")
+    if mcts and (best_of > 1 or draft is not None or ensemble):
+        raise ConfigError("--mcts cannot be combined with --best-of, --draft or --ensemble")
+    if reward is not None and best_of < 2 and not mcts:
+        raise ConfigError("--reward is used with --best-of N (N >= 2) or --mcts")
     if draft is not None and best_of > 1:
         raise ConfigError("--draft and --best-of cannot be combined")
     if ensemble and (draft is not None or best_of > 1):
         raise ConfigError("--ensemble cannot be combined with --draft or --best-of")
+    if paged_blocks and (draft is not None or mcts):
+        raise ConfigError("--paged-blocks works with plain and --best-of generation; drop it "
+                          "with --draft or --mcts")
+    if paged_blocks and ensemble:
+        raise ConfigError("--paged-blocks needs a single model; drop it with --ensemble")
     dev = _device(device)
     model, tokenizer, _ = load_policy(checkpoint, dev)
+    if mcts:
+        from core.inference import check_shared_tokenizer, reward_scores
+        from core.mcts import MCTSGenerator
+        from core.train.rlhf.reward import load_reward_model
+
+        assert reward is not None
+        rm, rm_tok, loaded = load_reward_model(reward, dev)
+        check_shared_tokenizer(tokenizer, rm_tok, "reward model", loaded.path)
+
+        def scorer(text: str, replies: Any) -> list[float]:
+            return reward_scores(rm, tokenizer, text, replies)
+
+        t0 = time.perf_counter()
+        searcher = MCTSGenerator(model, tokenizer, scorer, simulations=simulations,
+                                 c_puct=c_puct)
+        found = searcher.generate(prompt, cfg, on_text=_write)
+        _write("\n")
+        _report(found.generation, time.perf_counter() - t0)
+        value = found.generation.extra.get("mcts_value")
+        _note(f"mcts: {simulations} simulations per token, {found.reward_evaluations} replies "
+              f"scored, {found.decoder_passes} decoder passes; reward of the reply "
+              + (f"{value:+.3f}" if value is not None else "n/a"))
+        return
     if ensemble:
         from core.inference import check_shared_tokenizer
         from core.merge import EnsemblePolicy

@@ -96,10 +96,12 @@ def check_shared_tokenizer(a: Any, b: Any, what: str, path: str | Path) -> None:
 
 
 @torch.no_grad()
-def reward_scores(reward_model: Any, tokenizer: Any, prompt: str,
-                  replies: Sequence[Sequence[int]]) -> list[float]:
-    """Reward-model scores of replies (token ids after the decoder prefix) to ``prompt``:
-    each reply is scored as ``<s> <|assistant|> reply`` (one batch)."""
+def reward_scores_with_std(
+    reward_model: Any, tokenizer: Any, prompt: str, replies: Sequence[Sequence[int]]
+) -> tuple[list[float], list[float] | None]:
+    """Scores of replies (token ids after the decoder prefix) to ``prompt``, each scored as
+    ``<s> <|assistant|> reply`` in one batch, and the scorer's per-reply std when it reports one
+    (a reward ensemble's ``outputs["reward_std"]``; None for a single reward model)."""
     device = next(reward_model.parameters()).device
     limit = int(reward_model.config.max_position_embeddings)
     enc = encode_prompt_ids(tokenizer, prompt, limit).ids
@@ -107,8 +109,15 @@ def reward_scores(reward_model: Any, tokenizer: Any, prompt: str,
     seqs = [[BOS_ID, ASSISTANT_ID, *list(r)][:limit] for r in replies]
     dec, dec_mask = pad_batch(seqs, device)
     with eval_mode(reward_model):
-        rewards, _ = reward_model.score(ids, mask, dec, dec_mask)
-    return [float(r) for r in rewards]
+        rewards, outputs = reward_model.score(ids, mask, dec, dec_mask)
+    std = outputs.get("reward_std") if isinstance(outputs, dict) else None
+    return [float(r) for r in rewards], None if std is None else [float(x) for x in std]
+
+
+def reward_scores(reward_model: Any, tokenizer: Any, prompt: str,
+                  replies: Sequence[Sequence[int]]) -> list[float]:
+    """Reward scores of replies to ``prompt`` (a reward model's, or a reward ensemble's mean)."""
+    return reward_scores_with_std(reward_model, tokenizer, prompt, replies)[0]
 
 
 # --------------------------------------------------------------------------------- best-of-N
@@ -152,6 +161,7 @@ class BestOfNResult:
     bonuses: list[float]
     scores: list[float]
     best_index: int
+    reward_stds: list[float] | None = None  # per candidate, when the scorer is an ensemble
 
 
 class BestOfNSampler:
@@ -181,6 +191,11 @@ class BestOfNSampler:
         """Reward-model scores of replies (token ids after the prefix) to ``prompt``."""
         return reward_scores(self.reward_model, self.tokenizer, prompt, replies)
 
+    def score_with_std(self, prompt: str, replies: Sequence[Sequence[int]]
+                       ) -> tuple[list[float], list[float] | None]:
+        """Scores and, for a reward ensemble, the members' std per reply."""
+        return reward_scores_with_std(self.reward_model, self.tokenizer, prompt, replies)
+
     def sample(
         self, prompt: str, config: GenerationConfig | None = None, seed: int | None = None
     ) -> BestOfNResult:
@@ -189,14 +204,14 @@ class BestOfNSampler:
         cfg = GenerationConfig(**{**base.__dict__, "temperature": self.temperature,
                                   "top_p": self.top_p, "do_sample": True})
         candidates = generate(self.policy, self.tokenizer, [prompt] * self.n, cfg, seed=seed)
-        rewards = self.score(prompt, [c.token_ids for c in candidates])
+        rewards, stds = self.score_with_std(prompt, [c.token_ids for c in candidates])
         bonuses = (
             diversity_bonus([c.token_ids for c in candidates])
             if self.diversity_weight else [0.0] * self.n
         )
         scores = [r + self.diversity_weight * b for r, b in zip(rewards, bonuses, strict=True)]
         best = max(range(self.n), key=lambda i: (scores[i], -i))
-        return BestOfNResult(candidates[best], candidates, rewards, bonuses, scores, best)
+        return BestOfNResult(candidates[best], candidates, rewards, bonuses, scores, best, stds)
 
 
 # --------------------------------------------------------------------------------- speculative

@@ -84,6 +84,17 @@ def _report(gen: Any, seconds: float) -> None:
               f"allocations ({paged['blocks_reused']} reused freed blocks)")
 
 
+def _reward_scorer(paths: list[Path], tokenizer: Any, device: Any) -> Any:
+    """One reward model, or the mean of K (``--reward`` repeated), sharing the policy's
+    tokenizer (ConfigError naming the checkpoint otherwise)."""
+    from core.inference import check_shared_tokenizer
+    from core.train.rlhf.ensemble import load_reward_scorer
+
+    scorer, rm_tok, loaded = load_reward_scorer(paths, device)
+    check_shared_tokenizer(tokenizer, rm_tok, "reward model", loaded[0].path)
+    return scorer
+
+
 def _write(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
@@ -95,7 +106,9 @@ def generate_command(
     max_new_tokens: int = _MAX_NEW, temperature: float = _TEMP, top_k: int = _TOP_K,
     top_p: float = _TOP_P, repetition_penalty: float = _REP, stop: list[str] = _STOP,
     best_of: int = typer.Option(1, "--best-of", help="Sample N replies, keep the best (--reward)."),
-    reward: Path | None = typer.Option(None, "--reward", help="Reward-model checkpoint for --best-of."),
+    reward: list[Path] = typer.Option(
+        [], "--reward", help="Reward-model checkpoint for --best-of or --mcts; repeat it for a "
+        "K-model ensemble (mean score; its std is shown)."),
     draft: Path | None = typer.Option(
         None, "--draft", help="Smaller draft model (same tokenizer) for speculative decoding."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per speculative step."),
@@ -117,13 +130,13 @@ def generate_command(
 
     cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict,
                   paged_blocks)
-    if best_of > 1 and reward is None:
+    if best_of > 1 and not reward:
         raise ConfigError("--best-of needs a reward-model checkpoint: add --reward CKPT")
-    if mcts and reward is None:
+    if mcts and not reward:
         raise ConfigError("--mcts needs a reward-model checkpoint: add --reward CKPT")
     if mcts and (best_of > 1 or draft is not None or ensemble):
         raise ConfigError("--mcts cannot be combined with --best-of, --draft or --ensemble")
-    if reward is not None and best_of < 2 and not mcts:
+    if reward and best_of < 2 and not mcts:
         raise ConfigError("--reward is used with --best-of N (N >= 2) or --mcts")
     if draft is not None and best_of > 1:
         raise ConfigError("--draft and --best-of cannot be combined")
@@ -137,13 +150,10 @@ def generate_command(
     dev = _device(device)
     model, tokenizer, _ = load_policy(checkpoint, dev)
     if mcts:
-        from core.inference import check_shared_tokenizer, reward_scores
+        from core.inference import reward_scores
         from core.mcts import MCTSGenerator
-        from core.train.rlhf.reward import load_reward_model
 
-        assert reward is not None
-        rm, rm_tok, loaded = load_reward_model(reward, dev)
-        check_shared_tokenizer(tokenizer, rm_tok, "reward model", loaded.path)
+        rm = _reward_scorer(reward, tokenizer, dev)
 
         def scorer(text: str, replies: Any) -> list[float]:
             return reward_scores(rm, tokenizer, text, replies)
@@ -155,6 +165,8 @@ def generate_command(
         _write("\n")
         _report(found.generation, time.perf_counter() - t0)
         value = found.generation.extra.get("mcts_value")
+        if len(reward) > 1:
+            _note(f"reward: mean of an ensemble of {len(reward)} reward models")
         _note(f"mcts: {simulations} simulations per token, {found.reward_evaluations} replies "
               f"scored, {found.decoder_passes} decoder passes; reward of the reply "
               + (f"{value:+.3f}" if value is not None else "n/a"))
@@ -184,21 +196,22 @@ def generate_command(
               f"{stats.target_passes} target passes")
         return
     if best_of > 1:
-        from core.inference import BestOfNSampler, check_shared_tokenizer
-        from core.train.rlhf.reward import load_reward_model
+        from core.inference import BestOfNSampler
 
-        assert reward is not None
-        rm, rm_tok, loaded = load_reward_model(reward, dev)
-        check_shared_tokenizer(tokenizer, rm_tok, "reward model", loaded.path)
+        rm = _reward_scorer(reward, tokenizer, dev)
         sampler = BestOfNSampler(model, rm, tokenizer, n=best_of, temperature=temperature or 0.8,
                                  top_p=top_p if top_p < 1.0 else 0.95)
         result = sampler.sample(prompt, cfg, seed=seed)
         _write(result.best.text + "\n")
         _report(result.best, time.perf_counter() - t0)
+        stds = result.reward_stds
+        if stds is not None:
+            _note(f"reward: mean ± std over an ensemble of {len(reward)} reward models")
         for i, (cand, score) in enumerate(zip(result.candidates, result.scores, strict=True)):
             mark = "*" if i == result.best_index else " "
             preview = cand.text.replace("\n", " ")[:60]
-            _note(f"{mark} {i}: reward {score:+.3f}  {preview}")
+            spread = f" ± {stds[i]:.3f}" if stds is not None else ""
+            _note(f"{mark} {i}: reward {score:+.3f}{spread}  {preview}")
         return
     [gen] = generate(model, tokenizer, [prompt], cfg, seed=seed,
                      on_text=lambda _row, piece: _write(piece))

@@ -5,6 +5,7 @@ reward that prefers a token, the search finds a reply greedy decoding misses; th
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,8 @@ def checkpoints(tmp_path_factory, policy, tok) -> dict[str, Path]:
     return {
         "policy": save_model_checkpoint(root / "policy", policy, tok),
         "reward": save_model_checkpoint(root / "reward", rm, tok, trainer="reward"),
+        "reward2": save_model_checkpoint(root / "reward2", RewardModel(small_config(
+            tok.vocab_size)), tok, trainer="reward"),
         "other_reward": save_model_checkpoint(
             root / "other", RewardModel(small_config(other_tok.vocab_size)), other_tok,
             trainer="reward"),
@@ -178,6 +181,8 @@ def test_generate_mcts_command(checkpoints, policy, tok) -> None:
         (["--mcts", "--reward", "{policy}"], "not a reward-model checkpoint"),
         (["--paged-blocks", "1", "--draft", "{policy}"], "drop it with --draft"),
         (["--paged-blocks", "-2"], "--paged-blocks must be >= 0"),
+        (["--mcts", "--reward", "{reward}", "--reward", "{other_reward}"],
+         "tokenizer differs from the ensemble's first member"),
     ],
 )
 def test_generate_command_bad_mcts_and_paged_input(checkpoints, args, message) -> None:
@@ -205,3 +210,47 @@ def test_generate_paged_command_equals_contiguous(checkpoints) -> None:
                                "--seed", "1", "--paged-blocks", "3"])
     assert best.exit_code == 0, best.output
     assert best.output.count("reward ") == 3 and "paged KV cache: peak" in best.output
+
+
+# ---------------------------------------------------------------- reward ensembles (--reward ×K)
+def test_best_of_and_mcts_with_a_reward_ensemble(checkpoints, policy, tok) -> None:
+    from core.inference import BestOfNSampler
+    from core.train.rlhf.ensemble import load_reward_scorer
+    from core.train.rlhf.reward import load_reward_model
+
+    paths = [checkpoints["reward"], checkpoints["reward2"]]
+    ensemble, _, _ = load_reward_scorer(paths)
+    members = [load_reward_model(p)[0] for p in paths]
+    # Best-of-N ranks by the members' mean and reports their spread per candidate.
+    result = BestOfNSampler(policy, ensemble, tok, n=3).sample(
+        "hi", GenerationConfig(max_new_tokens=8), seed=1)
+    each = [reward_scores(m, tok, "hi", [c.token_ids for c in result.candidates])
+            for m in members]
+    assert result.rewards == pytest.approx([(a + b) / 2 for a, b in zip(*each, strict=True)],
+                                           abs=1e-5)
+    assert result.reward_stds == pytest.approx([abs(a - b) / 2 for a, b in zip(*each, strict=True)],
+                                               abs=1e-5)
+    assert result.best_index == max(range(3), key=lambda i: result.rewards[i])
+    runner = CliRunner()
+    best = runner.invoke(app, ["generate", "--checkpoint", str(checkpoints["policy"]),
+                               "--prompt", "hi", "--best-of", "3", "--reward", str(paths[0]),
+                               "--reward", str(paths[1]), "--max-new-tokens", "8", "--seed", "1"])
+    assert best.exit_code == 0, best.output
+    notes = " ".join(best.output.split())
+    assert "ensemble of 2 reward models" in notes
+    assert len(re.findall(r"reward [+-]\d+\.\d{3} ± \d+\.\d{3}", notes)) == 3
+    # MCTS values are the ensemble mean.
+    found = MCTSGenerator(policy, tok, lambda p, rs: reward_scores(ensemble, tok, p, rs),
+                          simulations=3).generate("hello", GenerationConfig(max_new_tokens=5))
+    reply = found.generation.token_ids
+    mean = sum(reward_scores(m, tok, "hello", [reply])[0] for m in members) / 2
+    assert found.generation.extra["mcts_value"] == pytest.approx(mean, abs=1e-5)
+    res = runner.invoke(app, ["generate", "--checkpoint", str(checkpoints["policy"]),
+                              "--prompt", "hello", "--mcts", "--simulations", "3",
+                              "--max-new-tokens", "5", "--reward", str(paths[0]),
+                              "--reward", str(paths[1])])
+    assert res.exit_code == 0, res.output
+    notes = " ".join(res.output.split())
+    assert "mean of an ensemble of 2 reward models" in notes
+    assert f"reward of the reply {mean:+.3f}" in notes
+    assert found.generation.text in res.stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,17 +42,55 @@ class ChildFailed(RuntimeError):
     """The helper process died without a reply (its last stderr lines are in the message)."""
 
 
-def in_child(fn: Callable[..., T], *args: Any, timeout: float = 300.0) -> T:
-    """``fn(*args)`` in a fresh interpreter; an exception it raises is re-raised here."""
+class Cancelled(RuntimeError):
+    """The caller gave up (its screen closed, the console is quitting); the child was killed."""
+
+
+POLL_S = 0.1
+
+
+def in_child(fn: Callable[..., T], *args: Any, timeout: float = 300.0,
+             cancelled: Callable[[], bool] | None = None) -> T:
+    """``fn(*args)`` in a fresh interpreter; an exception it raises is re-raised here.
+
+    ``cancelled`` is polled while the child works: when it turns true the child is killed and
+    :class:`Cancelled` is raised. Pass the worker's ``is_cancelled`` — a thread worker cannot be
+    interrupted, and the console's exit waits for every worker thread, so without it quitting
+    right after opening the setup screen would hang until the estimates were done.
+    """
     payload = pickle.dumps((fn, args))
-    proc = subprocess.run([sys.executable, "-c", _CHILD], input=payload, capture_output=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    send: bytes | None = payload
+    while True:
+        try:
+            # Retrying communicate() after a timeout loses no output; the input goes once.
+            out, err = proc.communicate(input=send, timeout=POLL_S)
+            break
+        except subprocess.TimeoutExpired:
+            send = None
+            if cancelled is not None and cancelled():
+                _kill(proc)
+                raise Cancelled(f"{fn.__name__} cancelled") from None
+            if time.monotonic() > deadline:
+                _kill(proc)
+                raise ChildFailed(f"{fn.__name__} took longer than {timeout:.0f} s in a helper "
+                                  "process; killed it") from None
     try:
-        status, value = pickle.loads(proc.stdout)
+        status, value = pickle.loads(out)
     except Exception as exc:  # noqa: BLE001 - no reply: report what the child said
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-5:]
         raise ChildFailed(f"{fn.__name__} failed in a helper process (exit {proc.returncode}): "
                           + (" | ".join(tail) or "no output")) from exc
     if status == "err":
         raise value
     return value  # type: ignore[no-any-return]
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        pass

@@ -19,6 +19,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select
+from textual.worker import get_current_worker
 
 from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
 from aeron_tui.app.runsetup import (
@@ -184,15 +185,20 @@ class SetupScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="profiles", exit_on_error=False)
     def _load_profiles(self, trainer: str) -> None:
-        from aeron_tui.app.offload import in_child
+        from aeron_tui.app.offload import Cancelled, in_child
         from aeron_tui.app.runsetup import profile_rows
 
+        worker = get_current_worker()
         try:
-            auto, rows, notes = in_child(profile_rows, self.hardware, trainer)
+            auto, rows, notes = in_child(profile_rows, self.hardware, trainer,
+                                         cancelled=lambda: worker.is_cancelled)
             error = None
+        except Cancelled:
+            return  # the screen closed or the trainer changed: nobody waits for these rows
         except Exception as exc:  # noqa: BLE001 - shown in place; the form stays usable
             auto, rows, notes, error = None, [], [], f"{type(exc).__name__}: {exc}"
-        self.app.call_from_thread(self._show_profiles, auto, rows, notes, error)
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._show_profiles, auto, rows, notes, error)
 
     def _show_profiles(self, auto: str | None, rows: list[ProfileRow], notes: list[str],
                        error: str | None) -> None:

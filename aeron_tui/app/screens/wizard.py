@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, Select
+from textual.worker import get_current_worker
 
 from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
 from aeron_tui.app.widgets.hardware_panel import HardwarePanel
@@ -74,15 +75,19 @@ class WizardScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="wizard", exit_on_error=False)
     def _load(self) -> None:
-        from aeron_tui.app.offload import in_child
+        from aeron_tui.app.offload import Cancelled, in_child
         from aeron_tui.app.wizardview import wizard_view
 
+        worker = get_current_worker()
         try:
-            view = in_child(wizard_view, self.hardware)
+            view = in_child(wizard_view, self.hardware, cancelled=lambda: worker.is_cancelled)
             error = None
+        except Cancelled:
+            return  # the screen closed (or the console quits) before the plan was ready
         except Exception as exc:  # noqa: BLE001 - shown in place
             view, error = None, f"{type(exc).__name__}: {exc}"
-        self.app.call_from_thread(self._show_plan, view, error)
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._show_plan, view, error)
 
     def _show_plan(self, view: WizardView | None, error: str | None) -> None:
         status = self.query_one("#wizard-status", Label)

@@ -7,6 +7,12 @@
    draft for the small profile, greedy and sampled (T 1.0): tokens/s against the target alone
    (reference), acceptance rate, and a check that greedy speculative output equals greedy.
 
+3. paged vs contiguous KV cache (``GenerationConfig.paged_blocks``) on a batch whose rows finish
+   at different times (row i stops after ``(i+1)/B`` of ``--new-tokens``, like replies of mixed
+   length): KV bytes held, the smallest pool that runs the batch, the peak-RSS growth of the
+   run (each run in a fresh process), and generated tokens per CPU second (process time, so
+   other engineers' load counts less). Reference = the contiguous cache.
+
 Models are randomly initialised unless ``--target``/``--draft`` checkpoints are given; untrained
 models agree on few greedy tokens, so greedy acceptance (and the speed-up) is low — the figure
 says how the machinery performs, not what trained models would reach. Timings repeat
@@ -14,13 +20,17 @@ says how the machinery performs, not what trained models would reach. Timings re
 
     .venv/bin/python bench/generation.py                       # tiny + small, 256 tokens
     .venv/bin/python bench/generation.py --profiles small --rounds 3 --threads 1
+    .venv/bin/python bench/generation.py --paged-only --profiles tiny small --paged-batch 8
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,6 +83,94 @@ def time_it(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+# ----------------------------------------------------------------------------- paged KV cache
+def staggered(batch: int, n: int) -> tuple[list[int], Any]:
+    """Row i stops after ``n·(i+1)/batch`` tokens (replies of mixed length)."""
+    ends = [max(1, round(n * (i + 1) / batch)) for i in range(batch)]
+
+    def check(row: int, tokens: list[int]) -> bool:
+        return len(tokens) >= ends[row]
+
+    return ends, check
+
+
+def kv_child(args: argparse.Namespace) -> None:
+    """One measured run in this (fresh) process; prints a JSON line."""
+    import torch
+
+    from core.generation import GenerationConfig, generate_ids
+
+    torch.set_num_threads(args.threads)
+    model = build(args.kv_profile, 0)
+    ids, mask = prompt_ids(args.prompt_tokens)
+    b, n = args.paged_batch, args.new_tokens
+    ids, mask = ids.repeat(b, 1), mask.repeat(b, 1)
+    blocks = 0 if args.kv_child == "contiguous" else int(args.kv_child)
+    ends, check = staggered(b, n)
+    cfg = GenerationConfig(max_new_tokens=n, do_sample=False, stop_ids=(), paged_blocks=blocks)
+    warm = GenerationConfig(**{**cfg.__dict__, "max_new_tokens": 4})
+    generate_ids(model, ids, mask, warm)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = generate_ids(model, ids, mask, cfg, stop_check=check)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c = model.config
+    per_token = c.num_decoder_layers * 2 * c.num_kv_heads * c.head_dim * 4  # fp32 K+V bytes
+    print(json.dumps({
+        "cpu": cpu, "wall": wall, "rss_mb": (after - before) / 1024,
+        "tokens": int(out.lengths.sum()), "lengths_ok": out.lengths.tolist() == ends,
+        "rows": out.tokens.tolist(), "stats": out.cache_stats, "per_token": per_token,
+    }))
+
+
+def run_child(args: argparse.Namespace, profile: str, mode: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--kv-child", mode, "--kv-profile", profile,
+           "--paged-batch", str(args.paged_batch), "--new-tokens", str(args.new_tokens),
+           "--prompt-tokens", str(args.prompt_tokens), "--threads", str(args.threads)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def paged_section(args: argparse.Namespace) -> None:
+    from core.paged_kv import BLOCK_SIZE, blocks_needed
+
+    b, n = args.paged_batch, args.new_tokens
+    ends, _ = staggered(b, n)
+    positions = 2 + n - 1  # decoder prefix + generated tokens fed back
+    worst = blocks_needed(b, positions)
+    print(f"\n## Paged vs contiguous KV cache (batch {b}, rows stop after {ends[0]}..{ends[-1]} "
+          f"tokens, greedy, medians of {args.rounds} fresh-process runs)\n")
+    print("| profile | cache | KV bytes held at peak | pool blocks | peak RSS growth | "
+          "tok / CPU s | ratio vs contiguous |")
+    print("|---|---|---|---|---|---|---|")
+    for profile in args.profiles:
+        probe = run_child(args, profile, str(worst))  # a pool that always suffices
+        peak = probe["stats"]["peak_blocks_in_use"]
+        per_token, block_bytes = probe["per_token"], probe["stats"]["bytes_per_block"]
+        runs: dict[str, list[dict[str, Any]]] = {"contiguous": [], str(peak): []}
+        for _ in range(args.rounds):
+            for mode in runs:
+                runs[mode].append(run_child(args, profile, mode))
+        same = all(r["rows"] == runs["contiguous"][0]["rows"] and r["lengths_ok"]
+                   for rs in runs.values() for r in rs)
+        ref = None
+        for mode, rs in runs.items():
+            rate = statistics.median(r["tokens"] / r["cpu"] for r in rs)
+            rss = statistics.median(r["rss_mb"] for r in rs)
+            if mode == "contiguous":
+                held, pool, name = b * positions * per_token, "—", "contiguous"
+                ref = rate
+            else:
+                held, pool, name = peak * block_bytes, f"{peak} (worst case {worst})", "paged"
+            assert ref is not None
+            print(f"| {profile} | {name} | {held / 2**20:.2f} MiB | {pool} | {rss:.1f} MiB | "
+                  f"{rate:.1f} | **{rate / ref:.2f}×** |", flush=True)
+        print(f"\n({profile}: paged tokens equal contiguous tokens in every run: "
+              f"{'yes' if same else 'NO'}; block = {BLOCK_SIZE} tokens = "
+              f"{block_bytes / 1024:.0f} KiB)\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", nargs="+", default=["tiny", "small"], choices=list(PROFILES))
@@ -87,6 +185,13 @@ def main() -> None:
     ap.add_argument("--target", help="target checkpoint (default: random small)")
     ap.add_argument("--draft", help="draft checkpoint (default: random tiny)")
     ap.add_argument("--no-speculative", action="store_true")
+    ap.add_argument("--paged-batch", type=int, default=8,
+                    help="rows of the paged-vs-contiguous comparison")
+    ap.add_argument("--paged-only", action="store_true",
+                    help="run only the paged-vs-contiguous KV cache comparison")
+    ap.add_argument("--no-paged", action="store_true")
+    ap.add_argument("--kv-child", help=argparse.SUPPRESS)
+    ap.add_argument("--kv-profile", default="tiny", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.environ.get("GLIBC_TUNABLES") != _MALLOC:
         os.environ["GLIBC_TUNABLES"] = _MALLOC
@@ -97,6 +202,14 @@ def main() -> None:
     from core.generation import GenerationConfig, generate_ids
     from core.inference import SpeculativeDecoder
 
+    if args.kv_child:
+        kv_child(args)
+        return
+    if args.paged_only:
+        print(f"torch {torch.__version__}, {args.threads} thread(s), prompt "
+              f"{args.prompt_tokens} tokens, up to {args.new_tokens} new tokens (shared machine)")
+        paged_section(args)
+        return
     torch.set_num_threads(args.threads)
     ids, mask = prompt_ids(args.prompt_tokens)
     n = args.new_tokens
@@ -128,6 +241,8 @@ def main() -> None:
                   f"**{c / u:.1f}×** |", flush=True)
     print("\nCached and uncached outputs identical in every round:", "yes" if same else "NO")
 
+    if not args.no_paged:
+        paged_section(args)
     if args.no_speculative:
         return
     print(f"\n## Speculative decoding (draft tiny → target small, γ {args.gamma})\n")

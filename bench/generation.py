@@ -13,6 +13,9 @@
    run (each run in a fresh process), and generated tokens per CPU second (process time, so
    other engineers' load counts less). Reference = the contiguous cache.
 
+4. MCTS generation (``core.mcts.MCTSGenerator``, 50 simulations per token, a tiny reward model)
+   against greedy generation of the same length: CPU seconds and the work done (``--mcts-only``).
+
 Models are randomly initialised unless ``--target``/``--draft`` checkpoints are given; untrained
 models agree on few greedy tokens, so greedy acceptance (and the speed-up) is low — the figure
 says how the machinery performs, not what trained models would reach. Timings repeat
@@ -21,6 +24,7 @@ says how the machinery performs, not what trained models would reach. Timings re
     .venv/bin/python bench/generation.py                       # tiny + small, 256 tokens
     .venv/bin/python bench/generation.py --profiles small --rounds 3 --threads 1
     .venv/bin/python bench/generation.py --paged-only --profiles tiny small --paged-batch 8
+    .venv/bin/python bench/generation.py --mcts-only --profiles tiny --new-tokens 16
 """
 
 from __future__ import annotations
@@ -171,6 +175,43 @@ def paged_section(args: argparse.Namespace) -> None:
               f"{block_bytes / 1024:.0f} KiB)\n")
 
 
+# ----------------------------------------------------------------------------- MCTS
+def mcts_section(args: argparse.Namespace) -> None:
+    import torch
+
+    from core.config import NeuralNetConfig
+    from core.generation import GenerationConfig, encode_prompt_ids, generate_ids, pad_batch
+    from core.inference import reward_scores
+    from core.mcts import MCTSGenerator
+    from core.tokenizer import AeronTokenizer
+    from core.train.rlhf.reward import RewardModel
+
+    torch.set_num_threads(args.threads)
+    tok = AeronTokenizer.byte_level()
+    torch.manual_seed(3)
+    rm = RewardModel(NeuralNetConfig(vocab_size=VOCAB, max_position_embeddings=1024,
+                                     **PROFILES["tiny"])).eval()
+    n = args.new_tokens
+    cfg = GenerationConfig(max_new_tokens=n, do_sample=False, stop_ids=())
+    prompt = "Explain why the sky is blue in one sentence."
+    print(f"\n## MCTS ({args.simulations} simulations per token, {n} tokens, reward model tiny)\n")
+    print("| policy | greedy CPU s | MCTS CPU s | ratio | decoder passes | replies scored |")
+    print("|---|---|---|---|---|---|")
+    for profile in args.profiles:
+        model = build(profile, 0)
+        ids, mask = pad_batch([encode_prompt_ids(tok, prompt, 1024).ids])
+        c0 = time.process_time()
+        generate_ids(model, ids, mask, cfg)
+        greedy = time.process_time() - c0
+        gen = MCTSGenerator(model, tok, lambda p, rs: reward_scores(rm, tok, p, rs),
+                            simulations=args.simulations)
+        c0 = time.process_time()
+        found = gen.generate(prompt, cfg)
+        mcts = time.process_time() - c0
+        print(f"| {profile} | {greedy:.2f} | {mcts:.1f} | {mcts / greedy:.0f}× | "
+              f"{found.decoder_passes} | {found.reward_evaluations} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", nargs="+", default=["tiny", "small"], choices=list(PROFILES))
@@ -190,6 +231,8 @@ def main() -> None:
     ap.add_argument("--paged-only", action="store_true",
                     help="run only the paged-vs-contiguous KV cache comparison")
     ap.add_argument("--no-paged", action="store_true")
+    ap.add_argument("--mcts-only", action="store_true", help="run only the MCTS timing")
+    ap.add_argument("--simulations", type=int, default=50, help="MCTS simulations per token")
     ap.add_argument("--kv-child", help=argparse.SUPPRESS)
     ap.add_argument("--kv-profile", default="tiny", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -204,6 +247,10 @@ def main() -> None:
 
     if args.kv_child:
         kv_child(args)
+        return
+    if args.mcts_only:
+        print(f"torch {torch.__version__}, {args.threads} thread(s) (shared machine)")
+        mcts_section(args)
         return
     if args.paged_only:
         print(f"torch {torch.__version__}, {args.threads} thread(s), prompt "

@@ -7,10 +7,18 @@ Two independent parts (model.md §4.3, continual.md §2):
   ``x ⊙ (1 + γ) + β`` with ``(γ, β) = film(e)``, and ``e`` goes on to condition the reasoning
   engine's Tree-of-Thought branches; without one the stage is the identity.
 - :class:`ElasticWeightConsolidation` (outside the forward): ``consolidate(model, batches)``
-  accumulates the diagonal empirical Fisher ``F = mean_batches (∂L/∂θ)²`` over the named
-  parameters and anchors ``θ*``; ``penalty()`` is ``(λ/2)·Σ F·(θ − θ*)²``. Repeated calls add
-  Fishers (one per consolidated task) and move the anchor to the latest weights. Its state
-  (``ewc_state``) is a flat dict of tensors, saved next to the model weights in a checkpoint.
+  accumulates the diagonal empirical Fisher ``F = mean_samples (∂L/∂θ)²`` (``L`` a sample's
+  negative log-likelihood) over the named parameters and anchors ``θ*``; ``penalty()`` is
+  ``(λ/2)·Σ F·(θ − θ*)²``. Repeated calls add Fishers (one per consolidated task) and move the
+  anchor to the latest weights. Its state (``ewc_state``) is a flat dict of tensors, saved next
+  to the model weights in a checkpoint.
+
+The Fisher's scale is not portable: it grows with the tokens per sample and with how badly the
+old model fits its corpus (measured on two tiny models: mean F 1.0e-3 on short, well-fit
+sequences vs 0.21 on the sample corpus's longer ones — 200×), so a raw λ that protects one
+model freezes another. With ``normalize=True`` the penalty uses ``F / mean(F)`` (the mean over
+every consolidated element): λ then weighs the *relative* importance only and one default
+works across corpora and model sizes. The stored Fisher stays the raw one.
 """
 
 from __future__ import annotations
@@ -100,7 +108,8 @@ class ContinualLearningModule(nn.Module):
         if keys:
             self.ewc.load_state_dict({k[len(marker) :]: state_dict.pop(k) for k in keys})
         else:
-            self.ewc = ElasticWeightConsolidation(self.ewc.ewc_lambda, self.ewc.storage_device)
+            self.ewc = ElasticWeightConsolidation(self.ewc.ewc_lambda, self.ewc.storage_device,
+                                                  self.ewc.normalize)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # EWC conveniences: the module is where a checkpoint finds the model's consolidation state.
@@ -198,9 +207,12 @@ class ElasticWeightConsolidation:
     checkpoint call :meth:`bind` (or pass the model to ``penalty``).
     """
 
-    def __init__(self, ewc_lambda: float, storage_device: str | torch.device | None = None) -> None:
+    def __init__(self, ewc_lambda: float, storage_device: str | torch.device | None = None,
+                 normalize: bool = False) -> None:
         self.ewc_lambda = float(ewc_lambda)
         self.storage_device = storage_device
+        self.normalize = bool(normalize)
+        self._fisher_mean: float | None = None  # cached; reset whenever the Fisher changes
         self.fisher: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
         self.num_consolidations = 0
@@ -211,6 +223,22 @@ class ElasticWeightConsolidation:
     def active(self) -> bool:
         """True once something has been consolidated."""
         return bool(self.fisher)
+
+    def fisher_mean(self) -> float:
+        """The mean of the Fisher over every consolidated element (0.0 before consolidation)."""
+        if self._fisher_mean is not None:
+            return self._fisher_mean
+        total = sum(float(f.double().sum()) for f in self.fisher.values())
+        count = sum(f.numel() for f in self.fisher.values())
+        self._fisher_mean = total / count if count else 0.0
+        return self._fisher_mean
+
+    def effective_lambda(self) -> float:
+        """The factor on ``Σ F·(θ − θ*)²``: ``λ``, or ``λ / mean(F)`` when normalising."""
+        if not self.normalize:
+            return self.ewc_lambda
+        mean = self.fisher_mean()
+        return self.ewc_lambda / mean if mean > 0 else 0.0
 
     def bind(self, model: nn.Module) -> None:
         """Use ``model``'s parameters in :meth:`penalty` calls without an argument."""
@@ -271,13 +299,17 @@ class ElasticWeightConsolidation:
             fisher = (sums[name] / count).to(store or p.device)
             self.fisher[name] = self.fisher[name] + fisher if name in self.fisher else fisher
             self.anchor[name] = p.detach().float().clone().to(store or p.device)
+        self._fisher_mean = None
         self.num_consolidations += 1
         self.batches_seen += count
         self.bind(model)
         return count
 
     def penalty(self, model: nn.Module | None = None) -> Tensor:
-        """``(ewc_lambda / 2) · Σ F·(θ − θ*)²`` — differentiable in the model's parameters."""
+        """``(ewc_lambda / 2) · Σ F·(θ − θ*)²`` — differentiable in the model's parameters.
+
+        With ``normalize`` the Fisher is divided by its mean (see :meth:`effective_lambda`).
+        """
         if model is None:
             model = self._model() if self._model is not None else None
         if model is None:
@@ -291,7 +323,7 @@ class ElasticWeightConsolidation:
         names = list(self.fisher)
         tensors = [params[n] for n in names]
         return _EWCPenalty.apply(
-            0.5 * self.ewc_lambda, [self.fisher[n] for n in names], [self.anchor[n] for n in names],
+            0.5 * self.effective_lambda(), [self.fisher[n] for n in names], [self.anchor[n] for n in names],
             *tensors,
         )
 
@@ -303,6 +335,7 @@ class ElasticWeightConsolidation:
             state[f"fisher.{name}"] = fisher.detach().cpu().contiguous()
             state[f"anchor.{name}"] = self.anchor[name].detach().cpu().contiguous()
         state["meta.ewc_lambda"] = torch.tensor(self.ewc_lambda, dtype=torch.float64)
+        state["meta.normalize"] = torch.tensor(self.normalize)
         state["meta.num_consolidations"] = torch.tensor(self.num_consolidations)
         state["meta.batches_seen"] = torch.tensor(self.batches_seen)
         return state
@@ -320,8 +353,11 @@ class ElasticWeightConsolidation:
         dev = device or self.storage_device or "cpu"
         self.fisher = {n: t.float().to(dev) for n, t in fisher.items()}
         self.anchor = {n: t.float().to(dev) for n, t in anchor.items()}
+        self._fisher_mean = None
         if "meta.ewc_lambda" in state:
             self.ewc_lambda = float(state["meta.ewc_lambda"])
+        if "meta.normalize" in state:
+            self.normalize = bool(state["meta.normalize"])
         self.num_consolidations = int(state.get("meta.num_consolidations", torch.tensor(0)))
         self.batches_seen = int(state.get("meta.batches_seen", torch.tensor(0)))
 

@@ -12,9 +12,12 @@ event.
 
 Options (``--set key=value`` or the ``[options]`` table):
 ``from`` (checkpoint, required), ``old_data`` (the old corpus; default: the sample corpus),
-``recipe`` (default ``full``), ``replay_ratio`` 0.2, ``ewc_lambda`` (default: the model
-config's), ``ewc_batches`` 200, ``mirror_lambda`` 0.4, ``mirror_temperature`` 2.0,
-``mirror_on_new`` False, ``latent_lambda`` 0.1, ``retention_samples`` 256.
+``recipe`` (default ``full``), ``replay_ratio`` 0.2, ``ewc_lambda`` (default
+``NORMALIZED_EWC_LAMBDA`` with ``ewc_normalize``, else the model config's), ``ewc_normalize``
+True (penalty on ``F / mean(F)``: the raw Fisher's scale differs by orders of magnitude between
+corpora, see :mod:`core.continual`), ``ewc_batches`` 200, ``mirror_lambda`` 0.4,
+``mirror_temperature`` 2.0, ``mirror_on_new`` False, ``latent_lambda`` 0.1,
+``retention_samples`` 256.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "recipe": "full",
     "replay_ratio": 0.2,
     "ewc_lambda": None,
+    "ewc_normalize": True,
     "ewc_batches": 200,
     "mirror_lambda": 0.4,
     "mirror_temperature": 2.0,
@@ -52,6 +56,10 @@ DEFAULTS: dict[str, Any] = {
     "retention_samples": 256,
 }
 RETENTION_FILE = "retention.json"
+# λ on the mean-normalised Fisher: chosen on the sample corpus and the test corpora (see
+# bench/RESULTS.md ## continual_retention) as keeping most of the old corpus while the new one
+# is still learned.
+NORMALIZED_EWC_LAMBDA = 0.5
 
 
 class MixedLoader:
@@ -125,6 +133,10 @@ class ContinualTrainer(Trainer):
         self.opts = opts
         if not 0.0 <= float(opts["replay_ratio"]) < 1.0:
             raise ConfigError(f"continual option replay_ratio={opts['replay_ratio']} must be in [0, 1)")
+        if not isinstance(opts["ewc_normalize"], bool):
+            raise ConfigError(f"continual option ewc_normalize={opts['ewc_normalize']!r} must be true or false")
+        if opts["ewc_lambda"] is not None and not float(opts["ewc_lambda"]) >= 0:
+            raise ConfigError(f"continual option ewc_lambda={opts['ewc_lambda']} must be >= 0")
         if float(opts["mirror_temperature"]) <= 0:
             raise ConfigError("continual option mirror_temperature must be positive")
         self.source = self.config.options.get("from")
@@ -206,9 +218,14 @@ class ContinualTrainer(Trainer):
             self.before = self._measure(self.model)
             self.before["fresh_old_bpb"] = self._fresh_old_bpb()
         recipe = self.opts["recipe"]
+        ewc = ""
+        if self.terms["ewc"]:
+            state = self.model.continual_learning.ewc  # type: ignore[union-attr]
+            ewc = (f"; EWC λ {state.ewc_lambda:g}" + (" on F/mean(F)" if state.normalize else "")
+                   + f", mean Fisher {state.fisher_mean():.3g}")
         self.emit("warning", code="continual",
                   message=f"continual recipe {recipe}: " + ", ".join(k for k, v in self.terms.items() if v)
-                  + f"; before: old-corpus {self.before['old']['bpb']:.4f} bpb, new-corpus "
+                  + f"{ewc}; before: old-corpus {self.before['old']['bpb']:.4f} bpb, new-corpus "
                   f"{self.before['new']['bpb']:.4f} bpb", global_step=self.global_step)
 
     def _consolidate(self, resumed: bool) -> None:
@@ -218,8 +235,12 @@ class ContinualTrainer(Trainer):
                 "EWC needs the model's continual-learning module, but the checkpoint's config has "
                 "enable_continual=false; use --set recipe=replay (or mirror) instead"
             )
+        normalize = bool(self.opts["ewc_normalize"])
+        module.ewc.normalize = normalize
         if self.opts["ewc_lambda"] is not None:
             module.ewc.ewc_lambda = float(self.opts["ewc_lambda"])
+        elif normalize:
+            module.ewc.ewc_lambda = NORMALIZED_EWC_LAMBDA
         if module.ewc.active and resumed:
             module.ewc.bind(self.model)
             return

@@ -87,20 +87,59 @@ def _continue(tmp: Path, base: tuple[Path, Path, Path], recipe: str, **extra: An
 
 @pytest.mark.slow
 def test_replay_and_ewc_keep_the_old_corpus_better_than_plain(tmp_path: Path, base_checkpoint) -> None:
-    # Measured (80 steps, lr 3e-3): old-corpus bpb 0.157 before; after plain 1.845, replay 0.210;
-    # EWC at λ 200 did not beat plain here (1.885), so the issue's "EWC or replay" rests on replay.
+    # Measured (80 steps, lr 3e-3, EWC at the default λ 1 on the mean-normalised Fisher):
+    # old-corpus bpb 0.141 before; after plain 1.554, replay 0.178, EWC 0.495 (new-corpus 1.078,
+    # 1.119, 1.282 from 9.7). Before the Fisher was the sequence log-likelihood's and normalised,
+    # EWC at λ 200 on the per-token-mean Fisher (≈ 150× smaller here) did not beat plain (1.885).
     plain = _continue(tmp_path, base_checkpoint, "plain")
     replay = _continue(tmp_path, base_checkpoint, "replay")
+    ewc = _continue(tmp_path, base_checkpoint, "ewc")
     figures = {name: (r["before"]["old"]["bpb"], r["after"]["old"]["bpb"], r["after"]["new"]["bpb"])
-               for name, r in (("plain", plain), ("replay", replay))}
+               for name, r in (("plain", plain), ("replay", replay), ("ewc", ewc))}
     print("old-before / old-after / new-after bpb:", figures)
     # Plain fine-tuning forgets: its old-corpus bits per byte rise.
     assert plain["after"]["old"]["bpb"] > plain["before"]["old"]["bpb"]
     assert replay["after"]["old"]["bpb"] < 0.5 * plain["after"]["old"]["bpb"]
-    # ...and both learn the new corpus.
-    for r in (plain, replay):
-        assert r["after"]["new"]["bpb"] < r["before"]["new"]["bpb"]
+    assert ewc["after"]["old"]["bpb"] < 0.5 * plain["after"]["old"]["bpb"]
+    # ...and all three learn the new corpus.
+    for r in (plain, replay, ewc):
+        assert r["after"]["new"]["bpb"] < 0.5 * r["before"]["new"]["bpb"]
     assert replay["retained_fraction"] > plain["retained_fraction"]
+    assert ewc["retained_fraction"] > plain["retained_fraction"]
+
+
+def test_normalised_ewc_penalty_is_scale_free() -> None:
+    """With ``normalize`` the penalty uses F/mean(F): the Fisher's overall scale (which differs by
+    orders of magnitude between corpora) no longer changes the penalty; the raw one does."""
+    from core.continual import ElasticWeightConsolidation
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    raw = ElasticWeightConsolidation(2.0)
+    raw.consolidate(model, [(torch.randn(6, 4),)], loss_fn=lambda m, b: m(*b).square().sum())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    params = dict(model.named_parameters())
+    mean_f = float(sum(f.sum() for f in raw.fisher.values()) / sum(f.numel() for f in raw.fisher.values()))
+    assert raw.fisher_mean() == pytest.approx(mean_f, rel=1e-6)
+    expected = 1.0 * sum(float((raw.fisher[n] / mean_f * (params[n].detach() - raw.anchor[n]) ** 2).sum())
+                         for n in raw.fisher)
+    norm = ElasticWeightConsolidation(2.0, normalize=True)
+    norm.load_state_dict(raw.state_dict())
+    assert not norm.normalize  # the saved flag wins over the constructor's
+    norm = ElasticWeightConsolidation(2.0, normalize=True)
+    state = {k: v for k, v in raw.state_dict().items() if k != "meta.normalize"}
+    norm.load_state_dict(state)
+    assert float(norm.penalty(model)) == pytest.approx(expected, rel=1e-5)
+    scaled = ElasticWeightConsolidation(2.0, normalize=True)
+    scaled.load_state_dict({k: v * 1000 if k.startswith("fisher.") else v for k, v in state.items()})
+    assert float(scaled.penalty(model)) == pytest.approx(expected, rel=1e-5)
+    raw_scaled = ElasticWeightConsolidation(2.0)
+    raw_scaled.load_state_dict({k: v * 1000 if k.startswith("fisher.") else v for k, v in state.items()})
+    assert float(raw_scaled.penalty(model)) == pytest.approx(1000 * float(raw.penalty(model)), rel=1e-5)
+    # The flag travels in the state.
+    assert bool(scaled.state_dict()["meta.normalize"])
 
 
 @pytest.mark.slow
@@ -138,6 +177,10 @@ def test_bad_options_fail_before_training(tmp_path: Path) -> None:
         ContinualTrainer(_run_config(tmp_path / "b", data, "continual", 5, **{"from": "x", "recipe": "magic"}))
     with pytest.raises(ConfigError, match="replay_ratio"):
         ContinualTrainer(_run_config(tmp_path / "c", data, "continual", 5, **{"from": "x", "replay_ratio": 1.5}))
+    with pytest.raises(ConfigError, match="ewc_normalize"):
+        ContinualTrainer(_run_config(tmp_path / "e", data, "continual", 5, **{"from": "x", "ewc_normalize": "yes"}))
+    with pytest.raises(ConfigError, match="ewc_lambda"):
+        ContinualTrainer(_run_config(tmp_path / "f", data, "continual", 5, **{"from": "x", "ewc_lambda": -1.0}))
     with pytest.raises(ConfigError, match="unknown option"):
         ContinualTrainer(_run_config(tmp_path / "d", data, "continual", 5, **{"from": "x", "replay": 1}))
 

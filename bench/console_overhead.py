@@ -1,12 +1,14 @@
 """Console overhead: what watching a run in the console costs the run, and how snappy it is.
 
-    .venv/bin/python bench/console_overhead.py [--steps 40] [--rounds 2] [--profile tiny]
+    .venv/bin/python bench/console_overhead.py [--steps 40] [--rounds 2] [--profile tiny] [--threads N]
 
 Measures, on the same run configuration (one run.toml: the simple trainer, a size profile with a
 short sequence length, the sample corpus, a step event every 2 steps, no evals/checkpoints):
 1. trainer tokens/s with the console attached (``aeron-tui launch --start`` in a pseudo-terminal,
    drawing for real) vs. headless (``aeron-tui train ... --quiet``), rounds interleaved A/B;
-   ratio = attached / headless (target ≥ 0.95);
+   ratio = attached / headless (target ≥ 0.95); and, because wall-clock tokens/s on a shared
+   machine moves with everyone else's load, the trainer process's own CPU time per step in
+   both modes (psutil), whose ratio says whether the console slows the trainer's work itself;
 2. the console process's own CPU use while it watches that run (children excluded);
 3. key press → screen update latency while training, with the Textual Pilot (target < 100 ms);
 4. time from starting ``aeron-tui launch`` to its first complete frame (target < 1.5 s).
@@ -87,9 +89,12 @@ def _quit(proc: subprocess.Popen[bytes], master: int, keys: bytes = b"q") -> Non
         os.write(master, keys)
     except OSError:
         pass
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
+    # Keep reading while it exits: a console blocked on a full pty buffer never sees the key.
+    end = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < end:
+        _drain(master)
+        time.sleep(0.02)
+    if proc.poll() is None:
         proc.kill()
         proc.wait(5)
     os.close(master)
@@ -98,20 +103,27 @@ def _quit(proc: subprocess.Popen[bytes], master: int, keys: bytes = b"q") -> Non
 # ------------------------------------------------------------------------------ measurements
 
 
-def first_frame_times(env: dict[str, str], rounds: int) -> list[float]:
-    """Seconds from exec of ``aeron-tui launch`` to the first complete frame on the terminal."""
-    times = []
+def first_frame_times(env: dict[str, str], rounds: int) -> tuple[list[float], list[float]]:
+    """(wall seconds, console CPU seconds) from exec of ``aeron-tui launch`` to the first
+    complete frame on the terminal. The CPU seconds are what the start costs by itself; on a
+    loaded machine the wall time adds the wait for a core."""
+    import psutil
+
+    times, cpu = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
         proc, master = _spawn_pty([*AERON, "launch"], env)
+        console = psutil.Process(proc.pid)
         buf = bytearray()
         ok = _read_until(master, FIRST_FRAME_MARK, 30, buf)
         t1 = time.perf_counter()
+        c = console.cpu_times()
         _quit(proc, master)
         if not ok:
             raise RuntimeError(f"no first frame; output: {bytes(buf[-500:])!r}")
         times.append(t1 - t0)
-    return times
+        cpu.append(c.user + c.system)
+    return times, cpu
 
 
 def _tokens_per_s(run_dir: Path) -> float:
@@ -126,6 +138,19 @@ def _tokens_per_s(run_dir: Path) -> float:
     return statistics.mean(rates[1:])
 
 
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved RunConfig the trainer recorded in run_started (paths and ids left out)."""
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "run_started":
+            config = dict(event.get("config") or {})
+            for key in ("run_dir", "run_id"):
+                config.pop(key, None)
+            config["model_params"] = event.get("model_params")
+            return config
+    raise RuntimeError(f"{run_dir}: no run_started event")
+
+
 def write_bench_config(path: Path, profile: str, steps: int, data: str) -> Path:
     """The one run configuration both modes train (short sequences keep a round to minutes)."""
     path.write_text(
@@ -135,16 +160,96 @@ def write_bench_config(path: Path, profile: str, steps: int, data: str) -> Path:
     return path
 
 
-def headless_run(env: dict[str, str], args: list[str], run_dir: Path) -> float:
+_REFERENCE_CONFIG: dict[str, Any] = {}
+
+
+def same_config_as(run_dir: Path) -> None:
+    """Both modes must train exactly the same configuration, or the ratio means nothing."""
+    config = run_config(run_dir)
+    if not _REFERENCE_CONFIG:
+        _REFERENCE_CONFIG.update(config)
+        return
+    diff = {k: (_REFERENCE_CONFIG.get(k), config.get(k))
+            for k in set(config) | set(_REFERENCE_CONFIG)
+            if _REFERENCE_CONFIG.get(k) != config.get(k)}
+    if diff:
+        raise RuntimeError(f"{run_dir}: run configuration differs between modes: {diff}")
+
+
+class TrainerMeter:
+    """The trainer process's own CPU seconds per optimizer step, between its first and its last
+    step event (so imports, data loading and the final save are left out, as in tokens/s).
+
+    Polled: each poll reads the trainer's CPU time (psutil) and the newest ``global_step`` in
+    its events.jsonl. CPU time does not depend on how busy the shared machine is the way
+    wall-clock tokens/s does; the error is one poll interval of CPU at each end.
+    """
+
+    def __init__(self, pid: int, events: Path) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.events = events
+        self._offset = 0
+        self._partial = ""
+        self.step: int | None = None
+        self.first: tuple[int, float] | None = None
+        self.last: tuple[int, float] | None = None
+
+    def _cpu(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def poll(self) -> None:
+        try:
+            cpu = self._cpu()
+        except Exception:  # noqa: BLE001 - the trainer exited: keep the last good sample
+            return
+        try:
+            with open(self.events, encoding="utf-8") as fh:
+                fh.seek(self._offset)
+                text = fh.read()
+                self._offset = fh.tell()
+        except OSError:
+            return
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if '"type":"step"' in line:
+                self.step = int(json.loads(line)["global_step"])
+        if self.step is None:
+            return
+        if self.first is None:
+            self.first = (self.step, cpu)
+        self.last = (self.step, cpu)
+
+    def cpu_per_step(self) -> float:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            raise RuntimeError(f"{self.events}: too few step events to time the trainer's CPU")
+        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+
+
+def headless_run(env: dict[str, str], args: list[str], run_dir: Path) -> tuple[float, float]:
+    """(tokens/s, trainer CPU s per step) for ``aeron-tui train ... --quiet``."""
     from aeron_tui.launcher import trainer_env
 
-    subprocess.run([*AERON, "train", "simple", *args, "--run-dir", str(run_dir), "--quiet"],
-                   env=trainer_env(env), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return _tokens_per_s(run_dir)
+    proc = subprocess.Popen([*AERON, "train", "simple", *args, "--run-dir", str(run_dir),
+                             "--quiet"], env=trainer_env(env), cwd=ROOT,
+                            stdout=subprocess.DEVNULL)
+    meter = TrainerMeter(proc.pid, run_dir / "events.jsonl")
+    while proc.poll() is None:
+        meter.poll()
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        raise RuntimeError(f"headless run failed (exit code {proc.returncode})")
+    same_config_as(run_dir)
+    return _tokens_per_s(run_dir), meter.cpu_per_step()
 
 
-def attached_run(env: dict[str, str], args: list[str], runs_root: Path) -> tuple[float, float]:
-    """(tokens/s, console CPU %) for a run started by ``aeron-tui launch --start`` in a pty."""
+def attached_run(env: dict[str, str], args: list[str], runs_root: Path
+                 ) -> tuple[float, float, float]:
+    """(tokens/s, console CPU %, trainer CPU s per step) for a run started by
+    ``aeron-tui launch --start`` in a pty."""
     import psutil
 
     before = set(runs_root.glob("*")) if runs_root.exists() else set()
@@ -153,6 +258,7 @@ def attached_run(env: dict[str, str], args: list[str], runs_root: Path) -> tuple
     console = psutil.Process(proc.pid)
     cpu0 = wall0 = None
     run_dir = None
+    meter: TrainerMeter | None = None
     deadline = time.monotonic() + 1800
     try:
         while time.monotonic() < deadline:
@@ -163,6 +269,11 @@ def attached_run(env: dict[str, str], args: list[str], runs_root: Path) -> tuple
                 run_dir = new[0] if new else None
                 continue
             events = run_dir / "events.jsonl"
+            if meter is None:
+                trainers = [c for c in console.children() if "train" in c.cmdline()]
+                meter = TrainerMeter(trainers[0].pid, events) if trainers else None
+            if meter is not None:
+                meter.poll()
             text = events.read_text() if events.exists() else ""
             if cpu0 is None and '"type":"step"' in text:
                 t = console.cpu_times()
@@ -177,7 +288,10 @@ def attached_run(env: dict[str, str], args: list[str], runs_root: Path) -> tuple
     finally:
         _quit(proc, master, b"q")
     assert run_dir is not None
-    return _tokens_per_s(run_dir), cpu_pct
+    if meter is None:
+        raise RuntimeError("never saw the console's trainer child process")
+    same_config_as(run_dir)
+    return _tokens_per_s(run_dir), cpu_pct, meter.cpu_per_step()
 
 
 def key_latency(env: dict[str, str], config: Path, presses: int = 20) -> dict[str, float]:
@@ -265,17 +379,24 @@ def key_latency(env: dict[str, str], config: Path, presses: int = 20) -> dict[st
 # ------------------------------------------------------------------------------ main
 
 
+def _load() -> str:
+    """The 1/5/15-minute load averages: how busy the shared machine was."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--skip-runs", action="store_true", help="only startup and latency")
+    ap.add_argument("--frame-rounds", type=int, default=5, help="launches timed to first frame")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS for the trainer in both modes (1 steadies timings "
                     "on a loaded machine)")
     args = ap.parse_args()
 
+    load_before = _load()
     home = Path(tempfile.mkdtemp(prefix="aeron-bench-console-"))
     env = dict(os.environ, AERON_TUI_HOME=str(home), TERM="xterm-256color")
     if args.threads:
@@ -288,28 +409,47 @@ def main() -> None:
     run_args = ["--config", str(config)]
     rows: list[tuple[str, str, str]] = []
     try:
-        frames = first_frame_times(env, rounds=5)
-        rows.append(("launch → first frame (median of 5)", f"{statistics.median(frames):.2f} s",
-                     "target < 1.5 s"))
+        frames, frame_cpu = first_frame_times(env, rounds=args.frame_rounds)
+        rows.append((f"launch → first frame (median of {args.frame_rounds})",
+                     f"{statistics.median(frames):.2f} s",
+                     "target < 1.5 s; each: " + ", ".join(f"{t:.2f}" for t in frames)))
+        rows.append(("  console CPU time to first frame (median)",
+                     f"{statistics.median(frame_cpu):.2f} s",
+                     "the start's own cost, without the wait for a core"))
         if not args.skip_runs:
-            headless, attached, cpu = [], [], []
+            headless, attached, cpu, h_cpu, a_cpu = [], [], [], [], []
+
+            def run_headless(r: int) -> None:
+                tps, per_step = headless_run(env, run_args, home / f"headless-{r}")
+                headless.append(tps)
+                h_cpu.append(per_step)
+
             for r in range(args.rounds):
                 # ABBA order: a drift in the machine's background load hits both modes alike.
                 if r % 2 == 0:
-                    headless.append(headless_run(env, run_args, home / f"headless-{r}"))
-                tps, pct = attached_run(env, run_args, home / "console-runs")
+                    run_headless(r)
+                tps, pct, per_step = attached_run(env, run_args, home / "console-runs")
                 attached.append(tps)
                 cpu.append(pct)
+                a_cpu.append(per_step)
                 if r % 2 == 1:
-                    headless.append(headless_run(env, run_args, home / f"headless-{r}"))
-                print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s, console-attached "
-                      f"{attached[-1]:.0f} tok/s, console CPU {cpu[-1]:.1f} %", flush=True)
+                    run_headless(r)
+                print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s "
+                      f"({1000 * h_cpu[-1]:.0f} ms trainer CPU/step), console-attached "
+                      f"{attached[-1]:.0f} tok/s ({1000 * a_cpu[-1]:.0f} ms trainer CPU/step), "
+                      f"console CPU {cpu[-1]:.1f} %, load {_load()}", flush=True)
             h, a = statistics.median(headless), statistics.median(attached)
             ratios = [x / y for x, y in zip(attached, headless, strict=True)]
             rows.append(("tokens/s headless (median)", f"{h:,.1f}", "reference"))
             rows.append(("tokens/s console attached (median)", f"{a:,.1f}",
                          f"ratio {a / h:.3f} (target ≥ 0.95); per round "
                          + ", ".join(f"{r:.2f}" for r in ratios)))
+            hc, ac = statistics.median(h_cpu), statistics.median(a_cpu)
+            rows.append(("trainer CPU per step, headless (median)", f"{1000 * hc:.1f} ms",
+                         "process CPU time: load-independent"))
+            rows.append(("trainer CPU per step, console attached (median)", f"{1000 * ac:.1f} ms",
+                         f"throughput ratio by CPU time {hc / ac:.3f}; per round "
+                         + ", ".join(f"{x / y:.2f}" for x, y in zip(h_cpu, a_cpu, strict=True))))
             share = statistics.mean(cpu) / (100.0 * (os.cpu_count() or 1))
             rows.append(("console CPU while watching (mean)", f"{statistics.mean(cpu):.1f} %",
                          f"of one core = {share:.1%} of the machine: the most it can take "
@@ -328,7 +468,8 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     threads = f", OMP_NUM_THREADS={args.threads}" if args.threads else ""
     print(f"\nconsole_overhead (profile {args.profile}, seq_len 64, micro-batch 4, {args.steps} steps, "
-          f"{args.rounds} round(s), {os.cpu_count()} CPUs{threads}; shared machine — noisy)")
+          f"{args.rounds} round(s), {os.cpu_count()} CPUs{threads}; shared machine — noisy; "
+          f"load average {load_before} before, {_load()} after)")
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>12}  {note}")
 

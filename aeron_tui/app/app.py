@@ -307,6 +307,9 @@ class AeronConsole(App[None]):
 
     def _launched(self, proc: TrainerProcess) -> None:
         self._starting = False
+        if self.setup_choice.run_dir:
+            # That directory now holds this run: the next start gets a fresh one.
+            self.setup_choice = self.setup_choice.with_(run_dir=None)
         session = RunSession(source="child", run_dir=proc.run_dir, process=proc)
         self._set_session(session)
         self._feed_child(session, proc)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aeron_tui.launcher import LaunchSpec
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 
 AUTO = "auto"
 
@@ -168,6 +168,21 @@ def validate_data_path(text: str | None) -> str | None:
     return None
 
 
+def used_run_dir_problem(run_dir: Path) -> str | None:
+    """Why a new run cannot go into ``run_dir`` (it already holds a run), or None.
+
+    Two runs in one directory would interleave their events and overwrite checkpoints. A
+    directory with only a saved run.toml (set up, not started) is fine.
+    """
+    events = run_dir / "events.jsonl"
+    if events.is_file() and events.stat().st_size > 0:
+        return (f"run directory {run_dir} already holds a run ({events.name}); choose a new "
+                f"directory, or open it with `aeron-tui watch {run_dir}`")
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"run directory {run_dir} exists and is not a directory"
+    return None
+
+
 def prepare_launch(setup: RunSetup, runs_root: Path | None = None) -> LaunchSpec:
     """Resolve defaults, create the run directory with its run.toml, and return the command."""
     config_path = write_run_config(setup, runs_root)
@@ -192,8 +207,13 @@ def write_run_config(setup: RunSetup, runs_root: Path | None = None) -> Path:
     # "auto" goes through as is: the trainer resolves it with pick_profile in its own process
     # (it imports torch anyway) and records the profile it used in run.toml and run_started.
     profile = setup.profile
-    run_dir = Path(setup.run_dir) if setup.run_dir else new_run_dir(
-        runs_root or default_runs_root(), trainer, profile)
+    if setup.run_dir:
+        run_dir = Path(setup.run_dir).expanduser()
+        problem = used_run_dir_problem(run_dir)
+        if problem:
+            raise ConfigError(problem)
+    else:
+        run_dir = new_run_dir(runs_root or default_runs_root(), trainer, profile)
     fields: dict[str, Any] = {"trainer": trainer, "profile": profile, "run_dir": str(run_dir)}
     if setup.data:
         # Left out, the trainer picks its own default data (the bundled sample corpus file

@@ -81,6 +81,12 @@ def launch(
         problem = validate_data_path(data)
         if problem:
             raise ConfigError(f"--data {problem}")
+    if run_dir is not None:
+        from aeron_tui.app.runsetup import used_run_dir_problem
+
+        problem = used_run_dir_problem(run_dir.expanduser())
+        if problem:
+            raise ConfigError(f"--run-dir: {problem}")
     setup = RunSetup(trainer=trainer, profile=profile, preset=preset, data=data, steps=steps,
                      run_dir=str(run_dir) if run_dir else None, overrides=base)
     _run_console(mode="launch", setup=setup, start=start, runs_root=runs_root)

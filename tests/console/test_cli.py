@@ -25,20 +25,37 @@ def test_watch_rejects_a_missing_run_dir(tmp_path: Path) -> None:
     assert "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_launch_rejects_bad_data_trainer_profile_and_preset(tmp_path: Path) -> None:
+def test_launch_rejects_bad_data_and_trainer(tmp_path: Path) -> None:
     proc = _run("launch", "--data", str(tmp_path / "missing.jsonl"))
     assert proc.returncode == 1 and "no such file or directory" in proc.stderr
     proc = _run("launch", "--trainer", "bogus")
     assert proc.returncode == 1 and "not a known trainer" in proc.stderr
-    proc = _run("launch", "--profile", "huge")
-    assert proc.returncode == 1 and "unknown size profile 'huge'" in proc.stderr
-    assert "tiny" in proc.stderr  # lists the known ones
-    proc = _run("launch", "--trainer", "lonpt", "--preset", "turbo")
-    assert proc.returncode == 1 and "lonpt has no preset 'turbo'" in proc.stderr
-    assert "smoke" in proc.stderr
-    proc = _run("launch", "--trainer", "simple", "--preset", "smoke")
-    assert proc.returncode == 1 and "simple has no named presets" in proc.stderr
-    assert "Traceback" not in proc.stderr
+
+
+def _launch_error(*args: str) -> str:
+    """The error `aeron-tui launch ARGS` stops with, before any console opens (in-process)."""
+    from typer.testing import CliRunner
+
+    from aeron_tui.cli import app
+    from core.errors import ConfigError
+
+    result = CliRunner().invoke(app, ["launch", *args])
+    assert isinstance(result.exception, ConfigError), result.output
+    return str(result.exception)
+
+
+def test_launch_rejects_bad_profile_preset_and_used_run_dir(tmp_path: Path) -> None:
+    message = _launch_error("--profile", "huge")
+    assert "--profile" in message and "unknown size profile 'huge'" in message
+    assert "tiny" in message  # lists the known ones
+    message = _launch_error("--trainer", "lonpt", "--preset", "turbo")
+    assert "lonpt has no preset 'turbo'" in message and "smoke" in message
+    assert "simple has no named presets" in _launch_error("--trainer", "simple", "--preset", "smoke")
+    used = tmp_path / "old-run"
+    used.mkdir()
+    (used / "events.jsonl").write_text('{"v":1}\n')
+    message = _launch_error("--run-dir", str(used))
+    assert "already holds a run" in message and "aeron-tui watch" in message  # what to do
 
 
 def test_cli_import_stays_light() -> None:

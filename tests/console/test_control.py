@@ -108,3 +108,30 @@ async def test_quit_with_stop_stops_the_run_first(tmp_path: Path) -> None:
             await pilot.pause(0.1)
     assert started[0].returncode == 0
     assert '"status":"stopped"' in (tmp_path / "run0" / "events.jsonl").read_text()
+
+
+@sync
+async def test_a_given_run_dir_is_used_once(tmp_path: Path) -> None:
+    """`launch --run-dir DIR`: the first start goes there, the next one gets a fresh directory
+    (two runs in one directory would interleave events and overwrite checkpoints)."""
+    app, started = _app(tmp_path, "3", "--period", "0.01")
+    app.setup_choice = RunSetup(trainer="simple", run_dir=str(tmp_path / "chosen"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("s")
+        await wait_for(pilot, lambda: len(started) == 1 and app.session is not None)
+        assert app.setup_choice.run_dir is None
+        assert app.setup_choice.trainer == "simple"  # the rest of the choice stays
+
+
+def test_write_run_config_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> None:
+    import pytest
+
+    from aeron_tui.app.runsetup import write_run_config
+    from core.errors import ConfigError
+
+    fresh = RunSetup(trainer="simple", profile="tiny", run_dir=str(tmp_path / "a"))
+    assert write_run_config(fresh).parent == tmp_path / "a"  # set up, not started: fine
+    assert write_run_config(fresh).parent == tmp_path / "a"  # saving again too
+    (tmp_path / "a" / "events.jsonl").write_text('{"v":1}\n')
+    with pytest.raises(ConfigError, match="already holds a run"):
+        write_run_config(fresh)

@@ -149,7 +149,7 @@ def upgrade(
         bpb = compare_upgrade(checkpoint, path, data, samples=samples)
         console.print(
             f"old-corpus bits/byte: old model {bpb['old']:.4f}, upgraded {bpb['upgraded']:.4f}, "
-            f"random new embedding {bpb['random_embedding']:.4f}",
+            f"random new embedding {bpb['random_embedding']:.4f} (copied rows only {bpb['copied_only']:.4f})",
             highlight=False,
         )
 

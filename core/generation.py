@@ -3,7 +3,9 @@
 The prompt goes through ``model.encode`` once; the decoder then runs one cached step per new
 token, starting from the fixed prefix ``<s> <|assistant|>`` (the layout the model is trained
 on). Decoding strategies: greedy, temperature, top-k, top-p, repetition penalty; stop ids and
-stop strings; batches with padding and per-row finished flags; a streaming callback.
+stop strings; batches with padding and per-row finished flags; a streaming callback. The cache
+is the contiguous per-layer one of ``model.decode`` or, with ``GenerationConfig(paged_blocks=N)``,
+the block-paged :class:`core.paged_kv.PagedKVCache`.
 
 Two layers:
 

@@ -105,3 +105,32 @@ def test_upgrade_rejects_bad_inputs_before_writing(tmp_path: Path) -> None:
                                  "--out", str(out), "--no-eval"])
     assert r.exit_code != 0 and "bogus.json" in str(r.exception)
     assert not out.exists()
+
+
+def test_untied_output_projection_is_transferred_like_the_embedding(tmp_path: Path) -> None:
+    from core.checkpoint import build_model_from_checkpoint, save_checkpoint
+    from core.config import NeuralNetConfig
+    from core.model import TransformerNeuralNetBackbone
+    from core.tokenizer import NUM_SPECIAL, AeronTokenizer
+    from core.vocab_transfer import copied_token_ids, upgrade_checkpoint
+
+    texts = ["the cat sat on the mat", "def add(a, b): return a + b"] * 20
+    old_tok, new_tok = AeronTokenizer.train(texts, vocab_size=280), AeronTokenizer.train(texts, vocab_size=300)
+    new_tok.save(tmp_path / "newtok")
+    cfg = NeuralNetConfig(vocab_size=old_tok.vocab_size, d_model=32, nhead=4, num_kv_heads=2, num_encoder_layers=1,
+                          num_decoder_layers=1, dim_feedforward=64, max_position_embeddings=64,
+                          num_tot_branches=2, num_scratchpad_slots=4, enable_multimodal=False,
+                          tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = TransformerNeuralNetBackbone(cfg)
+    ckpt = save_checkpoint(tmp_path / "c", model=model, config=cfg, tokenizer=old_tok, trainer_state={"global_step": 0})
+    out, report = upgrade_checkpoint(ckpt, tmp_path / "newtok", tmp_path / "up")
+    assert report.composed > 0
+    upgraded, tok, new_cfg = build_model_from_checkpoint(out)
+    assert new_cfg.vocab_size == new_tok.vocab_size and upgraded.output_projection is not None
+    assert upgraded.output_projection.weight.shape[0] == new_tok.vocab_size
+    old_ids = {old_tok.token_bytes(i): i for i in range(old_tok.vocab_size)}
+    for j in [j for j in copied_token_ids(old_tok, new_tok) if j >= NUM_SPECIAL]:  # by bytes
+        i = old_ids[new_tok.token_bytes(j)]
+        assert torch.equal(upgraded.output_projection.weight[j], model.output_projection.weight[i])
+        assert torch.equal(upgraded.token_embedding.weight[j], model.token_embedding.weight[i])

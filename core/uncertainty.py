@@ -128,9 +128,14 @@ class UncertaintyQuantification(nn.Module):
 
 
 def nll_to_bins(nll: Tensor, vocab_size: int, num_bins: int = 15) -> Tensor:
-    """Bin index of each mean NLL among ``num_bins`` equal bins of ``[0, ln V]`` (last open)."""
+    """Bin index of each mean NLL among ``num_bins`` equal bins of ``[0, ln V]`` (last open).
+
+    A non-finite NLL (diverged weights) goes to the last bin: casting NaN to an integer would
+    give a garbage class index and crash the loss instead of letting the trainer skip the step.
+    """
     width = math.log(vocab_size) / num_bins
-    return (nll.detach().float() / width).floor().clamp(0, num_bins - 1).long()
+    bins = torch.nan_to_num(nll.detach().float() / width, nan=num_bins - 1.0)
+    return bins.floor().clamp(0, num_bins - 1).long()
 
 
 def sequence_nll(logits: Tensor, labels: Tensor) -> Tensor:

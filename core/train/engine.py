@@ -51,6 +51,7 @@ from core.train.config import RunConfig
 from core.train.control import ControlChannel
 from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, warmup_cosine_scale
+from core.uncertainty import auxiliary_loss
 
 TRAINER_STATE_VERSION = 1
 
@@ -494,12 +495,17 @@ class Trainer:
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 with self.autocast():
                     loss, outputs, _ = self.compute_loss(batch)
-                scaled = loss / self.grad_accum
+                    # training.md §3: + the UQ heads' loss (already x 0.01) against this batch's
+                    # own per-sequence NLL; the reported loss stays the task loss.
+                    uq = auxiliary_loss(outputs, batch.get("labels"), self.global_step) if outputs else None
+                scaled = (loss if uq is None else loss + uq) / self.grad_accum
                 if self.scaler is not None:
                     self.scaler.scale(scaled).backward()
                 else:
                     scaled.backward()
             self.metrics.add_micro_batch(loss, outputs, tokens, samples)
+            if uq is not None:
+                self.metrics.add_metric("uq_loss", uq)
             self._warn_enhancement_errors(outputs)
             loss_sum = (
                 loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()

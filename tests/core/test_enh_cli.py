@@ -76,6 +76,24 @@ def test_data_select_rejects_k_larger_than_the_pool(tiny_checkpoint: Path, tmp_p
     assert not out.exists()
 
 
+def test_data_select_bad_input_names_the_file_and_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from core.errors import CheckpointError, DataError
+
+    pool = _pool(tmp_path / "pool.jsonl", n=4)
+    with pool.open("a", encoding="utf-8") as fh:
+        fh.write('{"provider": "claude", "style_label": "qa", "user_input": 3}\n')  # line 7 (after a blank line 5, 6)
+    out = tmp_path / "chosen.jsonl"
+    args = ["data", "select", "--checkpoint", str(tiny_checkpoint), "--pool", str(pool), "-k", "2",
+            "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, DataError)
+    assert f"{pool}:7" in str(result.exception) and "user_input" in str(result.exception)
+    missing = CliRunner().invoke(app, [*args[:3], str(tmp_path / "nope"), *args[4:5],
+                                       str(_pool(tmp_path / "ok.jsonl", n=4)), *args[6:]])
+    assert isinstance(missing.exception, CheckpointError) and "nope" in str(missing.exception)
+    assert not out.exists()  # nothing half-written
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
                     or importlib.util.find_spec("onnxscript") is None,

@@ -113,6 +113,18 @@ def test_targets_from_logits_and_labels() -> None:
     assert nll_to_bins(torch.tensor([0.0, 0.5 * math.log(vocab), 99.0]), vocab).tolist() == [0, 7, 14]
 
 
+def test_diverged_nll_gives_valid_bins_and_a_nonfinite_loss_not_a_crash() -> None:
+    # Diverged weights (NaN logits) must not crash the UQ loss with a garbage class index: the
+    # trainer needs a non-finite loss so it can skip the update or roll back.
+    nan = float("nan")
+    bins = nll_to_bins(torch.tensor([nan, float("inf"), -float("inf")]), 96)
+    assert bins.tolist() == [14, 14, 0]
+    uq = _uq()
+    est = uq(torch.full((2, 4, 32), nan))
+    loss = uncertainty_loss(est, nll_to_bins(torch.tensor([nan, nan]), 96), step=1)
+    assert not torch.isfinite(loss)
+
+
 def test_ece_of_perfect_and_overconfident_predictions() -> None:
     targets = torch.tensor([0, 1, 2, 3])
     perfect = torch.eye(15)[targets]

@@ -239,9 +239,12 @@ def _engine_sets() -> list[str]:
 
     # Byte-level vocabulary (268) keeps every sample the same length; the episodic memory is
     # off because each rank would write its own samples' slots (see core/train/distributed.py).
+    # The uncertainty MC head's dropout is off too: its masks (which shape the UQ loss gradient)
+    # come from each rank's own RNG stream, so they cannot match one process's draws.
     return [
         *TINY_MODEL_SETS,
         "model.enable_memory=false",
+        "model.uq_mc_dropout=0.0",
         "tokenizer_vocab_size=268",
         "log_every=1",
         "eval_every=1000",

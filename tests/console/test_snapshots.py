@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 
 from aeron_tui.app.app import AeronConsole, ConsoleOptions
@@ -71,6 +72,7 @@ async def _setup_loaded(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
+@pytest.mark.slow  # the profile estimates run in a helper process (torch import)
 def test_setup_snapshot(snap_compare: Any, tmp_path: Path) -> None:
     assert snap_compare(_setup_app(tmp_path), terminal_size=(120, 36), run_before=_setup_loaded)
 
@@ -85,6 +87,7 @@ async def _wizard_loaded(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
+@pytest.mark.slow  # the wizard plan runs in a helper process (torch import)
 def test_wizard_snapshot(snap_compare: Any, tmp_path: Path) -> None:
     app = AeronConsole(ConsoleOptions(runs_root=tmp_path / "runs"), clock=lambda: FROZEN_NOW,
                        hardware=fixed_hardware("2x24gb"))

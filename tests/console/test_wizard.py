@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import DataTable, Select
 
 from aeron_tui.app.app import AeronConsole, ConsoleOptions
@@ -13,6 +14,7 @@ from profiles.settings import load_saved_choice
 from .helpers import fixed_hardware, sync, wait_for
 
 
+@pytest.mark.slow  # two helper processes estimate every profile (torch import each)
 @sync
 async def test_wizard_recommends_and_saves_the_chosen_profile(tmp_path: Path) -> None:
     app = AeronConsole(ConsoleOptions(runs_root=tmp_path / "runs"),

@@ -38,7 +38,7 @@ def continue_training(
     micro_batch: int | None = typer.Option(None, "--micro-batch"),
     seq_len: int | None = typer.Option(None, "--seq-len"),
     lr: float | None = typer.Option(None, "--lr"),
-    sets: list[str] = typer.Option([], "--set", help="key=value: replay_ratio, ewc_lambda, mirror_lambda, ..."),
+    sets: list[str] = typer.Option([], "--set", help="key=value: replay_ratio, ewc_lambda, ewc_normalize, mirror_lambda, ..."),
     events_stdout: bool = typer.Option(False, "--events-stdout"),
     control_stdin: bool = typer.Option(False, "--control-stdin"),
     quiet: bool = typer.Option(False, "--quiet"),

@@ -189,6 +189,6 @@ def reward_eval(
     typer.echo(f"{report['pairs']} {split} pairs of {prefs}, {report['members']} reward model(s)")
     typer.echo(f"accuracy {report['accuracy']:.3f}  margin {report['margin']:+.3f}  "
                f"ensemble std {report['reward_std']:.3f}")
-    for name, row in report["per_source"].items():
-        typer.echo(f"  {name:<12} {int(row['pairs']):>5} pairs  accuracy {row['accuracy']:.3f}  "
+    for name, row in (report["per_group"] or report["per_source"]).items():
+        typer.echo(f"  {name:<22} {int(row['pairs']):>5} pairs  accuracy {row['accuracy']:.3f}  "
                    f"margin {row['margin']:+.3f}")

@@ -1,6 +1,7 @@
 """Preference pairs and prompt sets for reward modelling, DPO and PPO (rlhf.md §1).
 
-Preference JSONL: ``{"prompt", "chosen", "rejected"}`` plus optional ``id`` and ``source``.
+Preference JSONL: ``{"prompt", "chosen", "rejected"}`` plus optional ``id``, ``source`` and
+``rejection`` (how the rejected reply fails, e.g. ``slip`` or ``truncated``; reports group by it).
 Prompt JSONL: ``{"prompt"}`` plus optional ``answer`` (for verifiable rewards), ``id`` and
 ``style_label``.
 """
@@ -27,6 +28,12 @@ class PreferencePair:
     id: str = ""
     source: str = ""
     line_no: int = 0
+    rejection: str = ""
+
+    @property
+    def group(self) -> str:
+        """``source/rejection`` (``-`` for a missing part): the row of per-kind reports."""
+        return f"{self.source or '-'}/{self.rejection or '-'}"
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ def read_preferences(
             )
         pair_id = _optional_str(obj, "id", path, line_no) or ""
         source = _optional_str(obj, "source", path, line_no) or ""
-        pairs.append(PreferencePair(prompt, chosen, rejected, pair_id, source, line_no))
+        rejection = _optional_str(obj, "rejection", path, line_no) or ""
+        pairs.append(PreferencePair(prompt, chosen, rejected, pair_id, source, line_no, rejection))
     return pairs
 
 

@@ -4,8 +4,24 @@ Built deterministically (byte-identical for the same Python build and seed) from
 Python installation has — the standard library's docstrings (``qa``) and signatures (``code``) —
 plus generated samples whose answers the builder computes (``reasoning``, ``math``, ``code``,
 ``format``, ``rewrite``). The style labels cover all three LONPT domains: code/format/rewrite →
-syntactic, qa → semantic, reasoning/math → reasoning. Alongside: a preference set (correct reply
-vs. a wrong one) and a prompt set with verifiable answers for RLHF.
+syntactic, qa → semantic, reasoning/math → reasoning. Alongside: a preference set and a prompt set
+with verifiable answers for RLHF.
+
+The preference set pairs a correct, complete, on-topic reply (chosen) with one that fails in a
+way real preference data does (rejected; the pair's ``rejection`` field names how):
+
+* ``slip`` — an arithmetic or logical slip that propagates to a wrong answer;
+* ``premature`` — the working stops after the first step and reports that step as the answer;
+* ``inconsistent`` — correct working, then a final answer that contradicts it;
+* ``off_topic`` — a worked reply to a different kind of question;
+* ``guess`` — no working, an unexplained wrong answer;
+* ``other`` — another object's summary or parameters (docstring pairs);
+* ``truncated`` — a summary or signature cut off mid-way;
+* ``unhelpful`` — a non-answer that only points elsewhere;
+* ``code_bug`` — a function that does something other than asked (code tasks).
+
+Slips and ``other`` need arithmetic or stdlib knowledge to spot; the rest are visible in the
+reply and the prompt themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -27,7 +44,7 @@ from core.data.stdlib_docs import DocEntry, collect_doc_entries_isolated
 from core.errors import DataError
 from core.paths import aeron_home, default_data_dir
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: preference pairs with several rejection kinds
 STYLES_FILE = "styles.jsonl"
 PREFERENCES_FILE = "preferences.jsonl"
 PROMPTS_FILE = "prompts.jsonl"
@@ -46,6 +63,25 @@ N_PREF_REASONING = 900
 N_PREF_MATH = 400
 N_PREF_CODE_TASKS = 200
 N_PREF_DOCS = 600
+# How a reasoning/math pair's rejected reply fails (weights); docs pairs: see _pairs_from_docs.
+PROBLEM_REJECTIONS = (
+    ("slip", 15), ("premature", 25), ("inconsistent", 10), ("off_topic", 10), ("guess", 40)
+)
+DOC_REJECTIONS = (("other", 20), ("truncated", 40), ("unhelpful", 40))
+GUESS_TEMPLATES = (  # some restate the question, so a guess is not always the shorter reply
+    "I'm not sure how to work this out, so I'll guess.\nAnswer: {answer}",
+    "The question is: {question}\nThat is hard to work out exactly, so I'll estimate it.\n"
+    "Answer: {answer}",
+    "Answer: {answer}",
+    "You asked: {question}\nIt is probably about {answer}.\nAnswer: {answer}",
+)
+UNHELPFUL_TEMPLATES = (
+    "See the Python documentation for `{name}`.",
+    "`{name}` is part of the Python standard library.",
+    "I don't know what `{name}` does; try help({name}).",
+    "You can look `{name}` up in the docs.",
+)
+RESULT_RE = re.compile(r"= \$?(-?\d+)(?: [a-z]+)?\.$")
 N_PROMPTS = 1000
 
 QA_TEMPLATES = (
@@ -145,12 +181,69 @@ def build_styles(seed: int = 0, entries: list[DocEntry] | None = None) -> list[d
     return rows
 
 
-def _pairs_from_problems(rng: random.Random, gens: Any, n: int, label: str) -> list[dict[str, str]]:
+def _weighted(rng: random.Random, table: tuple[tuple[str, int], ...]) -> str:
+    return rng.choices([k for k, _ in table], weights=[w for _, w in table])[0]
+
+
+def _premature(chosen: str, good: str) -> str | None:
+    """The working cut after its first step whose result differs from the final answer, with
+    that intermediate result given as the answer (None when no step states one)."""
+    steps = chosen.split("\n")[:-1]  # without the `Answer:` line
+    for k, line in enumerate(steps[:-1]):
+        m = RESULT_RE.search(line)
+        if m and m.group(1) != good:
+            return "\n".join([*steps[: k + 1], f"Answer: {m.group(1)}"])
+    return None
+
+
+def _problem_rejection(
+    rng: random.Random, p: synth.Problem, pool: tuple[Any, ...], mode: str
+) -> tuple[str, str, str]:
+    """(rejected reply, its final answer, the rejection kind actually used)."""
+    chosen, good = p.solve(0)
+    slipped, bad = p.solve(synth.wrong_slip(rng))
+    if mode == "premature":
+        cut = _premature(chosen, good)
+        if cut is not None:
+            return cut, synth.extract_answer(cut) or "", mode
+        mode = "slip"  # e.g. the ordering chain states no intermediate number
+    if mode == "inconsistent":
+        lines = chosen.split("\n")
+        return "\n".join([*lines[:-1], f"Answer: {bad}"]), bad, mode
+    if mode == "off_topic":
+        others = [g for g in pool if g(random.Random(0)).kind != p.kind]
+        for _ in range(10):
+            reply, answer = rng.choice(others)(rng).solve(0)
+            if answer != good:
+                return reply, answer, mode
+        mode = "slip"
+    if mode == "guess":
+        template = GUESS_TEMPLATES[rng.randrange(len(GUESS_TEMPLATES))]
+        return template.format(answer=bad, question=p.question), bad, mode
+    return slipped, bad, "slip"
+
+
+def _pairs_from_problems(
+    rng: random.Random, gens: Any, n: int, label: str, pool: tuple[Any, ...] = (),
+    seen: set[str] | None = None,
+) -> list[dict[str, str]]:
+    """Worked problems: the computed-correct reply vs. one failing as PROBLEM_REJECTIONS says
+    (``pool``: the generators an off-topic reply is drawn from; empty = slips only).
+
+    A prompt already in ``seen`` is drawn again, so no question appears twice in the set (the
+    hash split would otherwise put some copies on both sides).
+    """
     rows = []
+    seen = set() if seen is None else seen
     for i in range(n):
-        p = gens(rng) if callable(gens) else synth.draw(gens, rng)
+        for _ in range(100):
+            p = gens(rng) if callable(gens) else synth.draw(gens, rng)
+            if p.question not in seen:
+                break
+        seen.add(p.question)
         chosen, good = p.solve(0)
-        rejected, bad = p.solve(synth.wrong_slip(rng))
+        mode = _weighted(rng, PROBLEM_REJECTIONS) if pool else "slip"
+        rejected, bad, mode = _problem_rejection(rng, p, pool, mode)
         if chosen == rejected or good == bad:
             raise AssertionError(
                 f"sample builder produced an equal pair for {p.kind}"
@@ -162,64 +255,82 @@ def _pairs_from_problems(rng: random.Random, gens: Any, n: int, label: str) -> l
                 "rejected": rejected,
                 "id": f"pref:{label}:{p.kind}:{i:05d}",
                 "source": label,
+                "rejection": mode if pool else ("code_bug" if label == "code" else mode),
             }
         )
     return rows
 
 
+def _cut(text: str, rng: random.Random) -> str | None:
+    """``text`` cut off mid-way at a word boundary (None when too short to cut)."""
+    words = text.split(" ")
+    if len(words) < 4:
+        return None
+    return " ".join(words[: rng.randint(max(1, len(words) // 4), len(words) // 2)])
+
+
 def _pairs_from_docs(rng: random.Random, entries: list[DocEntry], n: int) -> list[dict[str, str]]:
-    """Right summary vs. another object's summary; right signature vs. another's parameters."""
+    """Right summary / signature vs. another object's, one cut off, or a non-answer."""
     rows = []
     signed = [e for e in entries if e.signature]
     picks = rng.sample(range(len(entries)), min(n, len(entries)))
     for j, idx in enumerate(picks):
         e = entries[idx]
+        mode = _weighted(rng, DOC_REJECTIONS)
         if j % 2 == 0 or not e.signature:
-            other = entries[(idx + 1 + rng.randrange(len(entries) - 1)) % len(entries)]
-            rows.append(
-                {
-                    "prompt": QA_TEMPLATES[j % len(QA_TEMPLATES)].format(name=e.name, kind=e.kind),
-                    "chosen": e.summary,
-                    "rejected": other.summary,
-                    "id": f"pref:qa:{e.name}",
-                    "source": "qa",
-                }
-            )
+            prompt = QA_TEMPLATES[j % len(QA_TEMPLATES)].format(name=e.name, kind=e.kind)
+            chosen = e.summary
+            rejected = _cut(e.summary, rng) if mode == "truncated" else None
+            if mode == "unhelpful":
+                template = UNHELPFUL_TEMPLATES[rng.randrange(len(UNHELPFUL_TEMPLATES))]
+                rejected = template.format(name=e.name)
+            if rejected is None:
+                mode = "other"
+                other = entries[(idx + 1 + rng.randrange(len(entries) - 1)) % len(entries)]
+                rejected = other.summary
+            source, pair_id = "qa", f"pref:qa:{e.name}"
         else:
-            other_sigs = [
-                o.signature
-                for o in signed
-                if o.signature and o.signature[len(o.name) :] != e.signature[len(e.name) :]
-            ]
-            other = other_sigs[rng.randrange(len(other_sigs))] if other_sigs else None
-            if other is None:
-                continue
-            wrong = e.name + other[other.index("(") :]
-            rows.append(
-                {
-                    "prompt": SIG_TEMPLATES[j % len(SIG_TEMPLATES)].format(
-                        name=e.name, kind=e.kind
-                    ),
-                    "chosen": f"```python\n{e.signature}\n```",
-                    "rejected": f"```python\n{wrong}\n```",
-                    "id": f"pref:code:{e.name}",
-                    "source": "code",
-                }
-            )
+            prompt = SIG_TEMPLATES[j % len(SIG_TEMPLATES)].format(name=e.name, kind=e.kind)
+            chosen = f"```python\n{e.signature}\n```"
+            params = e.signature[len(e.name) :]
+            rejected = None
+            if mode == "truncated" and len(params) > 6:
+                rejected = f"```python\n{e.name}{params[: len(params) // 2]}"
+            elif mode == "unhelpful":
+                rejected = f"Call `{e.name}` with the arguments it needs."
+            if rejected is None:
+                mode = "other"
+                other_sigs = [
+                    o.signature for o in signed
+                    if o.signature and o.signature[len(o.name) :] != params
+                ]
+                if not other_sigs:
+                    continue
+                other = other_sigs[rng.randrange(len(other_sigs))]
+                rejected = f"```python\n{e.name + other[other.index('(') :]}\n```"
+            source, pair_id = "code", f"pref:code:{e.name}"
+        if rejected == chosen:
+            continue
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "id": pair_id,
+                     "source": source, "rejection": mode})
     return rows
 
 
 def build_preferences(seed: int = 0, entries: list[DocEntry] | None = None) -> list[dict[str, str]]:
-    """Preference records: computed-correct vs. slipped chains, right vs. wrong docs and code."""
+    """Preference records (see the module docstring for the rejection kinds)."""
     entries = collect_doc_entries_isolated() if entries is None else entries
+    pool = synth.REASONING + synth.MATH
+    seen: set[str] = set()
     rows = _pairs_from_problems(
-        random.Random(f"{seed}:pref:reasoning"), synth.REASONING, N_PREF_REASONING, "reasoning"
+        random.Random(f"{seed}:pref:reasoning"), synth.REASONING, N_PREF_REASONING, "reasoning",
+        pool, seen,
     )
     rows += _pairs_from_problems(
-        random.Random(f"{seed}:pref:math"), synth.MATH, N_PREF_MATH, "math"
+        random.Random(f"{seed}:pref:math"), synth.MATH, N_PREF_MATH, "math", pool, seen
     )
     rows += _pairs_from_problems(
-        random.Random(f"{seed}:pref:code"), synth._code_task, N_PREF_CODE_TASKS, "code"
+        random.Random(f"{seed}:pref:code"), synth._code_task, N_PREF_CODE_TASKS, "code",
+        seen=seen,
     )
     rows += _pairs_from_docs(random.Random(f"{seed}:pref:docs"), entries, N_PREF_DOCS)
     return [r for r in rows if r["chosen"] != r["rejected"]]

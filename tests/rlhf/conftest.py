@@ -37,7 +37,8 @@ def sample_tokenizer(sample_corpus_dir: Path, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="session")
 def code_task_prefs(sample_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample preference set's synthetic code-task pairs (see test_rlhf_reward for why)."""
+    """The sample preference set's synthetic code-task pairs (~200; chosen and rejected differ in
+    facts checkable against the prompt), a small single-kind set for the quick DPO tests."""
     out = tmp_path_factory.mktemp("prefs") / "code_tasks.jsonl"
     with open(sample_corpus_dir / "preferences.jsonl", encoding="utf-8") as src, open(
         out, "w", encoding="utf-8"

@@ -151,7 +151,8 @@ def evaluate_reward_scorer(
     max_length: int | None = None,
 ) -> dict[str, Any]:
     """Pairwise accuracy, mean margin ``r_c − r_r`` and (ensemble) mean std of a scorer on
-    :class:`core.data.preferences.PreferencePair` s, overall and per ``source``.
+    :class:`core.data.preferences.PreferencePair` s, overall and per ``source`` and per
+    ``source/rejection`` group (when the pairs name their rejection kind).
 
     ``reward_std`` is the members' std averaged over every scored reply (0 for one model).
     """
@@ -182,11 +183,14 @@ def evaluate_reward_scorer(
     correct = (margin > 0).float()
     per_source: dict[str, dict[str, float]] = {}
     sources = [getattr(p, "source", "") or "-" for p in pairs]
-    for name in sorted(set(sources)):
-        idx = torch.tensor([j for j, s in enumerate(sources) if s == name])
-        per_source[name] = {"pairs": float(idx.numel()),
-                            "accuracy": correct[idx].mean().item(),
-                            "margin": margin[idx].mean().item()}
+    groups = [getattr(p, "group", "-/-") for p in pairs]
+    per_group: dict[str, dict[str, float]] = {}
+    for keys, table in ((sources, per_source), (groups, per_group)):
+        for name in sorted(set(keys)):
+            idx = torch.tensor([j for j, s in enumerate(keys) if s == name])
+            table[name] = {"pairs": float(idx.numel()),
+                           "accuracy": correct[idx].mean().item(),
+                           "margin": margin[idx].mean().item()}
     return {
         "pairs": len(pairs),
         "members": len(scorer) if isinstance(scorer, RewardEnsemble) else 1,
@@ -196,4 +200,5 @@ def evaluate_reward_scorer(
         "reward_rejected": rejected.mean().item(),
         "reward_std": std.mean().item(),
         "per_source": per_source,
+        "per_group": per_group if any(not g.endswith("/-") for g in groups) else {},
     }

@@ -228,10 +228,13 @@ class TrainerMeter:
             return
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
+        before = self.step
         for line in lines:
             if '"type":"step"' in line:
                 self.step = int(json.loads(line)["global_step"])
-        if self.step is None:
+        if self.step is None or self.step == before:
+            # Samples are taken only when a new step event shows up, so the work after the
+            # last step (final checkpoint, cleanup) is never charged to the steps.
             return
         if self.first is None:
             self.first = (self.step, cpu)

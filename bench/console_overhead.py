@@ -207,18 +207,31 @@ class TrainerMeter:
         self._offset = 0
         self._partial = ""
         self.step: int | None = None
-        self.first: tuple[int, float] | None = None
-        self.last: tuple[int, float] | None = None
+        self.finished = False
+        self.first: tuple[int, float, float, float] | None = None
+        self.last: tuple[int, float, float, float] | None = None
 
     def _cpu(self) -> float:
         t = self.proc.cpu_times()
         return t.user + t.system + t.children_user + t.children_system
 
+    def _waited(self) -> float:
+        """Seconds the trainer's threads sat runnable in the run queue (Linux schedstat)."""
+        total = 0.0
+        try:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                fields = (task / "schedstat").read_text().split()
+                total += int(fields[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+        return total
+
     def poll(self) -> None:
         try:
-            cpu = self._cpu()
+            cpu: float | None = self._cpu()
+            waited = self._waited()
         except Exception:  # noqa: BLE001 - the trainer exited: keep the last good sample
-            return
+            cpu, waited = None, float("nan")
         try:
             with open(self.events, encoding="utf-8") as fh:
                 fh.seek(self._offset)
@@ -232,18 +245,26 @@ class TrainerMeter:
         for line in lines:
             if '"type":"step"' in line:
                 self.step = int(json.loads(line)["global_step"])
-        if self.step is None or self.step == before:
+            elif '"type":"run_finished"' in line:
+                self.finished = True
+        if cpu is None or self.step is None or self.step == before:
             # Samples are taken only when a new step event shows up, so the work after the
             # last step (final checkpoint, cleanup) is never charged to the steps.
             return
+        now = time.monotonic()
         if self.first is None:
-            self.first = (self.step, cpu)
-        self.last = (self.step, cpu)
+            self.first = (self.step, cpu, waited, now)
+        self.last = (self.step, cpu, waited, now)
 
-    def cpu_per_step(self) -> float:
+    def per_step(self) -> tuple[float, float, float]:
+        """(CPU, run-queue wait, wall) seconds per step between the first and last step seen."""
         if self.first is None or self.last is None or self.last[0] <= self.first[0]:
             raise RuntimeError(f"{self.events}: too few step events to time the trainer's CPU")
-        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+        steps = self.last[0] - self.first[0]
+        return tuple((b - a) / steps for a, b in zip(self.first[1:], self.last[1:], strict=True))  # type: ignore[return-value]
+
+    def cpu_per_step(self) -> float:
+        return self.per_step()[0]
 
 
 def headless_run(env: dict[str, str], args: list[str], run_dir: Path) -> tuple[float, float]:
@@ -293,13 +314,13 @@ def attached_run(env: dict[str, str], args: list[str], runs_root: Path
             if meter is None:
                 trainers = [c for c in console.children() if "train" in c.cmdline()]
                 meter = TrainerMeter(trainers[0].pid, events) if trainers else None
-            if meter is not None:
-                meter.poll()
-            text = events.read_text() if events.exists() else ""
-            if cpu0 is None and '"type":"step"' in text:
+            if meter is None:
+                continue
+            meter.poll()  # reads only what is new: as light as the headless loop
+            if cpu0 is None and meter.step is not None:
                 t = console.cpu_times()
                 cpu0, wall0 = t.user + t.system, time.monotonic()
-            if '"type":"run_finished"' in text:
+            if meter.finished:
                 break
         else:
             raise RuntimeError("attached run did not finish")

@@ -4,7 +4,9 @@ Threads and who does what:
 - a thread worker per event source (the child's stdout, a tailed events.jsonl, or a replay)
   posts one coalesced :class:`EventsArrived` per ~150 ms;
 - the UI thread folds those batches into the session's :class:`RunState` (cheap) and a
-  ``set_interval`` renderer redraws changed widgets four times a second — never per step;
+  ``set_interval`` renderer redraws changed widgets twice a second — never per step (key
+  presses redraw at once; the tick only paces new events, and each tick is most of the
+  console's CPU use while watching: bench/console_overhead.py);
 - the hardware sampler thread posts replaceable :class:`HardwareSampled` messages;
 - anything slow (hardware probe, profile estimates, building the sample corpus, spawning the
   trainer) runs in thread workers, so the first frame is never delayed.
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from profiles.hardware import HardwareInfo
     from profiles.sampler import HardwareSample, HardwareSampler
 
-RENDER_INTERVAL_S = 0.25
+RENDER_INTERVAL_S = 0.5
 HARDWARE_PERIOD_S = 1.0
 EVENTS_FILE = "events.jsonl"
 

@@ -267,8 +267,10 @@ class TrainerMeter:
         return self.per_step()[0]
 
 
-def headless_run(env: dict[str, str], args: list[str], run_dir: Path) -> tuple[float, float]:
-    """(tokens/s, trainer CPU s per step) for ``aeron-tui train ... --quiet``."""
+def headless_run(env: dict[str, str], args: list[str], run_dir: Path
+                 ) -> tuple[float, tuple[float, float, float]]:
+    """(tokens/s, trainer (CPU, run-queue wait, wall) s per step) for ``aeron-tui train ...
+    --quiet``."""
     from aeron_tui.launcher import trainer_env
 
     # Its own session, like the console's trainer child (and like `aeron-tui train` typed in a
@@ -285,13 +287,13 @@ def headless_run(env: dict[str, str], args: list[str], run_dir: Path) -> tuple[f
     if proc.returncode != 0:
         raise RuntimeError(f"headless run failed (exit code {proc.returncode})")
     same_config_as(run_dir)
-    return _tokens_per_s(run_dir), meter.cpu_per_step()
+    return _tokens_per_s(run_dir), meter.per_step()
 
 
 def attached_run(env: dict[str, str], args: list[str], runs_root: Path
-                 ) -> tuple[float, float, float]:
-    """(tokens/s, console CPU %, trainer CPU s per step) for a run started by
-    ``aeron-tui launch --start`` in a pty."""
+                 ) -> tuple[float, float, tuple[float, float, float]]:
+    """(tokens/s, console CPU %, trainer (CPU, run-queue wait, wall) s per step) for a run
+    started by ``aeron-tui launch --start`` in a pty."""
     import psutil
 
     before = set(runs_root.glob("*")) if runs_root.exists() else set()
@@ -333,7 +335,7 @@ def attached_run(env: dict[str, str], args: list[str], runs_root: Path
     if meter is None:
         raise RuntimeError("never saw the console's trainer child process")
     same_config_as(run_dir)
-    return _tokens_per_s(run_dir), cpu_pct, meter.cpu_per_step()
+    return _tokens_per_s(run_dir), cpu_pct, meter.per_step()
 
 
 def key_latency(env: dict[str, str], config: Path, presses: int = 20) -> dict[str, float]:
@@ -463,12 +465,13 @@ def main() -> None:
                      f"{statistics.median(frame_cpu):.2f} s",
                      "the start's own cost, without the wait for a core"))
         if not args.skip_runs:
-            headless, attached, cpu, h_cpu, a_cpu = [], [], [], [], []
+            headless, attached, cpu, h_cpu, a_cpu, h_wait, a_wait = [], [], [], [], [], [], []
 
             def run_headless(r: int) -> None:
                 tps, per_step = headless_run(env, run_args, home / f"headless-{r}")
                 headless.append(tps)
-                h_cpu.append(per_step)
+                h_cpu.append(per_step[0])
+                h_wait.append(per_step[1])
 
             for r in range(args.rounds):
                 # ABBA order: a drift in the machine's background load hits both modes alike.
@@ -477,12 +480,14 @@ def main() -> None:
                 tps, pct, per_step = attached_run(env, run_args, home / "console-runs")
                 attached.append(tps)
                 cpu.append(pct)
-                a_cpu.append(per_step)
+                a_cpu.append(per_step[0])
+                a_wait.append(per_step[1])
                 if r % 2 == 1:
                     run_headless(r)
                 print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s "
-                      f"({1000 * h_cpu[-1]:.0f} ms trainer CPU/step), console-attached "
-                      f"{attached[-1]:.0f} tok/s ({1000 * a_cpu[-1]:.0f} ms trainer CPU/step), "
+                      f"({1000 * h_cpu[-1]:.0f} ms trainer CPU/step, {1000 * h_wait[-1]:.1f} ms "
+                      f"waiting for a core), console-attached {attached[-1]:.0f} tok/s "
+                      f"({1000 * a_cpu[-1]:.0f} ms CPU/step, {1000 * a_wait[-1]:.1f} ms waiting), "
                       f"console CPU {cpu[-1]:.1f} %, load {_load()}", flush=True)
             h, a = statistics.median(headless), statistics.median(attached)
             ratios = [x / y for x, y in zip(attached, headless, strict=True)]
@@ -496,6 +501,11 @@ def main() -> None:
             rows.append(("trainer CPU per step, console attached (median)", f"{1000 * ac:.1f} ms",
                          f"throughput ratio by CPU time {hc / ac:.3f}; per round "
                          + ", ".join(f"{x / y:.2f}" for x, y in zip(h_cpu, a_cpu, strict=True))))
+            rows.append(("trainer run-queue wait per step, headless / attached (median)",
+                         f"{1000 * statistics.median(h_wait):.1f} / "
+                         f"{1000 * statistics.median(a_wait):.1f} ms",
+                         "runnable but waiting for a core (Linux schedstat): what a busy "
+                         "machine and the console's own CPU cost the trainer"))
             share = statistics.mean(cpu) / (100.0 * (os.cpu_count() or 1))
             rows.append(("console CPU while watching (mean)", f"{statistics.mean(cpu):.1f} %",
                          f"of one core = {share:.1%} of the machine: the most it can take "

@@ -13,9 +13,10 @@ With ``p̄`` the mean of the MC and ensemble softmaxes, ``predictive_entropy = H
 ``aleatoric = mean_m H(p_m)`` and ``epistemic = predictive - aleatoric`` (the mutual
 information, never negative up to rounding). The module never changes the hidden states.
 
-The trainer adds :func:`uncertainty_loss` (× 0.01) to its objective; :func:`uncertainty_targets`
-turns logits and labels into the per-sequence target bins, and
-:func:`expected_calibration_error` reports calibration.
+The training engine (``core/train/engine.py``) adds :func:`auxiliary_loss` — :func:`uncertainty_loss`
+(× 0.01) against the bins of the batch's own per-sequence NLL — to every micro-batch's objective
+and reports it and :func:`batch_calibration_error` (15-bin ECE) as the step-event metrics
+``uq_loss`` and ``uq_ece``. :func:`uncertainty_targets` turns logits and labels into target bins.
 """
 
 from __future__ import annotations
@@ -192,6 +193,12 @@ def uncertainty_loss(estimates: dict[str, Any], target_nll_bins: Tensor, step: i
 
 def expected_calibration_error(probs: Tensor, targets: Tensor, num_bins: int = 15) -> float:
     """ECE with ``num_bins`` equal confidence bins: ``Σ_b (n_b/N)·|acc_b − conf_b|``."""
+    return float(calibration_error(probs, targets, num_bins))
+
+
+def calibration_error(probs: Tensor, targets: Tensor, num_bins: int = 15) -> Tensor:
+    """:func:`expected_calibration_error` as a 0-d tensor on ``probs``' device (no host sync:
+    the trainer averages it into its step events)."""
     probs = probs.detach().float()
     confidence, predicted = probs.max(dim=-1)
     correct = (predicted == targets.to(predicted.device)).float()
@@ -200,13 +207,13 @@ def expected_calibration_error(probs: Tensor, targets: Tensor, num_bins: int = 1
     which = torch.bucketize(confidence, edges[1:-1], right=False)
     n = confidence.numel()
     if n == 0:
-        return 0.0
+        return torch.zeros((), device=probs.device)
     counts = torch.zeros(num_bins, device=probs.device).index_add_(0, which, torch.ones_like(confidence))
     acc = torch.zeros(num_bins, device=probs.device).index_add_(0, which, correct)
     conf = torch.zeros(num_bins, device=probs.device).index_add_(0, which, confidence)
     nonzero = counts > 0
-    gap = (acc[nonzero] - conf[nonzero]).abs()
-    return float(gap.sum() / n)
+    gap = ((acc - conf).abs() * nonzero).sum()  # masked by multiplication: no sync on `nonzero`
+    return gap / n
 
 
 def auxiliary_loss(outputs: dict[str, Any], labels: Tensor | None, step: int) -> Tensor | None:
@@ -222,3 +229,19 @@ def auxiliary_loss(outputs: dict[str, Any], labels: Tensor | None, step: int) ->
     else:
         targets = uncertainty_targets(logits, labels, num_bins)
     return uncertainty_loss(est, targets, step)
+
+
+def batch_calibration_error(outputs: dict[str, Any], labels: Tensor | None) -> Tensor | None:
+    """15-bin ECE of the UQ heads' mean prediction against this batch's own NLL bins (the
+    trainer's calibration figure, averaged over a log interval), or None when the stage did not
+    run or there are no labels. Small batches overstate ECE; compare runs at equal batch size."""
+    est = outputs.get("uncertainty_estimates") or {}
+    logits = outputs.get("logits")
+    if "probs" not in est or labels is None or logits is None:
+        return None
+    num_bins = est["probs"].shape[-1]
+    if est.get("sequence_nll") is not None:
+        targets = nll_to_bins(est["sequence_nll"], logits.shape[-1], num_bins)
+    else:
+        targets = uncertainty_targets(logits, labels, num_bins)
+    return calibration_error(est["probs"], targets, num_bins)

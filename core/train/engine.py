@@ -51,7 +51,7 @@ from core.train.config import RunConfig
 from core.train.control import ControlChannel
 from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, warmup_cosine_scale
-from core.uncertainty import auxiliary_loss
+from core.uncertainty import auxiliary_loss, batch_calibration_error
 
 TRAINER_STATE_VERSION = 1
 
@@ -506,6 +506,9 @@ class Trainer:
             self.metrics.add_micro_batch(loss, outputs, tokens, samples)
             if uq is not None:
                 self.metrics.add_metric("uq_loss", uq)
+                ece = batch_calibration_error(outputs or {}, batch.get("labels"))
+                if ece is not None:
+                    self.metrics.add_metric("uq_ece", ece)
             self._warn_enhancement_errors(outputs)
             loss_sum = (
                 loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()

@@ -67,6 +67,8 @@ def test_uncertainty_heads_learn_and_the_loss_still_falls(tmp_path: Path, small_
     uq = [e["metrics"]["uq_loss"] for e in steps]
     # Weighted × 0.01: CE of the MC and ensemble heads (≈ ln 15 each at init) + evidential term.
     assert all(0.0 < v < 0.2 for v in uq), uq
+    ece = [e["metrics"]["uq_ece"] for e in steps]  # the spec's 15-bin calibration error
+    assert all(0.0 <= v <= 1.0 for v in ece) and any(v > 0 for v in ece), ece
     losses = [e["loss"] for e in steps]
     # The reported loss is the task loss alone, and it falls with the UQ term in the objective.
     assert sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
@@ -87,7 +89,7 @@ def test_without_the_auxiliary_loss_the_heads_get_no_gradient(
     assert all(torch.equal(trainer.start[n], end[n]) for n in trainer.start)
     steps = [e for e in read_events(tmp_path / "r" / "events.jsonl")
              if isinstance(e, dict) and e["type"] == "step"]
-    assert all("uq_loss" not in (e.get("metrics") or {}) for e in steps)
+    assert all(not {"uq_loss", "uq_ece"} & set(e.get("metrics") or {}) for e in steps)
 
 
 def test_a_failing_stage_is_bypassed_and_reported_once_as_a_warning(

@@ -8,7 +8,9 @@ short sequence length, the sample corpus, a step event every 2 steps, no evals/c
    drawing for real) vs. headless (``aeron-tui train ... --quiet``), rounds interleaved A/B;
    ratio = attached / headless (target ≥ 0.95); and, because wall-clock tokens/s on a shared
    machine moves with everyone else's load, the trainer process's own CPU time per step in
-   both modes (psutil), whose ratio says whether the console slows the trainer's work itself;
+   both modes (psutil), whose ratio says whether the console slows the trainer's work itself,
+   and its run-queue wait per step (schedstat: time runnable but without a core). Both
+   trainers run in their own session (the kernel's autogroup unit), as a typed command would;
 2. the console process's own CPU use while it watches that run (children excluded);
 3. key press → screen update latency while training, with the Textual Pilot (target < 100 ms);
 4. time from starting ``aeron-tui launch`` to its first complete frame (target < 1.5 s).

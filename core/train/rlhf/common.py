@@ -226,6 +226,33 @@ class RLHFTrainer(Trainer):
         self.config = self.config.with_overrides(options={option: str(path)})
         return path
 
+    def load_preference_data(self, full_sequence: bool) -> None:
+        """Read ``--prefs`` (or the sample preference set), split it by the stable hash, encode
+        both halves and build the training loader; sets ``train_examples``, ``val_examples``,
+        ``train_loader``, ``data_path`` and ``corpus``. ``full_sequence``: batches hold chosen
+        and rejected rows stacked (the reward model scores both in one pass)."""
+        from core.data.preferences import read_preferences, split_records
+        from core.data.sample import corpus_manifest
+
+        path = self.data_file("prefs", "preferences")
+        self.data_path = str(path)
+        records = read_preferences(path)
+        if not records:
+            raise DataError(f"{path}: no preference pairs")
+        if self.config.max_samples is not None:
+            records = records[: self.config.max_samples]
+        train, val = split_records(records)
+        if not train or not val:
+            raise DataError(f"{path}: {len(records)} pairs are too few for a train/validation split")
+        self.train_examples = encode_preferences(train, self.tokenizer, self.seq_len)
+        self.val_examples = encode_preferences(val, self.tokenizer, self.seq_len)
+        self.train_loader = PreferenceLoader(
+            self.train_examples, self.micro_batch, self.config.seed, full_sequence=full_sequence,
+            rank=self.rank, world_size=self.world_size,
+        )
+        self.corpus = corpus_manifest([path])
+        self.corpus.update(train_samples=len(train), val_samples=len(val))
+
     # -- starting point ----------------------------------------------------------------------
     def load_init_checkpoint(self) -> LoadedCheckpoint | None:
         """The ``--from`` checkpoint (loaded once), or None."""

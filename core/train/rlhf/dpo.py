@@ -25,13 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError
 from core.train.rlhf.common import (
     PreferenceExample,
-    PreferenceLoader,
     RLHFTrainer,
     collate_preferences,
-    encode_preferences,
     preference_batches,
 )
 from core.train.rlhf.losses import PREFERENCE_LOSSES, preference_loss, sequence_logprobs
@@ -78,29 +76,8 @@ class DPOTrainer(RLHFTrainer):
 
     # -- setup ---------------------------------------------------------------------------
     def build_data(self) -> None:
-        from core.data.preferences import read_preferences, split_records
-
         _ = self.loss_type, self.beta, self.reference_mode  # validate options before any work
-        path = self.data_file("prefs", "preferences")
-        self.data_path = str(path)
-        records = read_preferences(path)
-        if not records:
-            raise DataError(f"{path}: no preference pairs")
-        if self.config.max_samples is not None:
-            records = records[: self.config.max_samples]
-        train, val = split_records(records)
-        if not train or not val:
-            raise DataError(f"{path}: {len(records)} pairs are too few for a train/validation split")
-        self.train_examples = encode_preferences(train, self.tokenizer, self.seq_len)
-        self.val_examples = encode_preferences(val, self.tokenizer, self.seq_len)
-        self.train_loader = PreferenceLoader(
-            self.train_examples, self.micro_batch, self.config.seed, full_sequence=False,
-            rank=self.rank, world_size=self.world_size,
-        )
-        from core.data.sample import corpus_manifest
-
-        self.corpus = corpus_manifest([path])
-        self.corpus.update(train_samples=len(train), val_samples=len(val))
+        self.load_preference_data(full_sequence=False)
 
     def build_model(self) -> nn.Module:
         from core.model import TransformerNeuralNetBackbone

@@ -22,13 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from core.config import NeuralNetConfig
-from core.errors import CheckpointError, DataError
+from core.errors import CheckpointError
 from core.layers import init_linear
 from core.model import TransformerNeuralNetBackbone
 from core.train.rlhf.common import (
-    PreferenceLoader,
     RLHFTrainer,
-    encode_preferences,
     is_reward_checkpoint,
     preference_batches,
 )
@@ -106,30 +104,7 @@ class RewardTrainer(RLHFTrainer):
     description = "reward model: Bradley-Terry on preference pairs (pairwise accuracy, margin)"
 
     def build_data(self) -> None:
-        from core.data.preferences import read_preferences, split_records
-
-        path = self.data_file("prefs", "preferences")
-        self.data_path = str(path)
-        records = read_preferences(path)
-        if not records:
-            raise DataError(f"{path}: no preference pairs")
-        if self.config.max_samples is not None:
-            records = records[: self.config.max_samples]
-        train, val = split_records(records)
-        if not train or not val:
-            raise DataError(
-                f"{path}: {len(records)} pairs are too few for a train/validation split"
-            )
-        self.train_examples = encode_preferences(train, self.tokenizer, self.seq_len)
-        self.val_examples = encode_preferences(val, self.tokenizer, self.seq_len)
-        self.train_loader = PreferenceLoader(
-            self.train_examples, self.micro_batch, self.config.seed, full_sequence=True,
-            rank=self.rank, world_size=self.world_size,
-        )
-        from core.data.sample import corpus_manifest
-
-        self.corpus = corpus_manifest([path])
-        self.corpus.update(train_samples=len(train), val_samples=len(val))
+        self.load_preference_data(full_sequence=True)
 
     def build_model(self) -> nn.Module:
         model = RewardModel(self.model_config, self.float_option("head_dropout", 0.1))

@@ -32,7 +32,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any
 from core.data import synth
 from core.data.stdlib_docs import DocEntry, collect_doc_entries_isolated
 from core.errors import DataError
+from core.fileio import file_sha256, write_bytes_atomically
 from core.paths import aeron_home, default_data_dir
 
 BUILDER_VERSION = 2  # 2: preference pairs with several rejection kinds
@@ -360,29 +360,6 @@ def _jsonl_bytes(rows: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary shareable files
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _count_lines(path: Path) -> int:
     n = 0
     with open(path, "rb") as fh:
@@ -443,7 +420,7 @@ def build_sample_corpus(out_dir: str | os.PathLike[str], seed: int = 0) -> Sampl
     }
     try:
         for name, data in blobs.items():
-            _atomic_write_bytes(out / name, data)
+            write_bytes_atomically(out / name, data)
         counts = dict(sorted(Counter(r["style_label"] for r in styles).items()))
         manifest = {
             "builder_version": BUILDER_VERSION,
@@ -456,7 +433,7 @@ def build_sample_corpus(out_dir: str | os.PathLike[str], seed: int = 0) -> Sampl
             "counts": {"styles": len(styles), "preferences": len(prefs), "prompts": len(prompts)},
             "style_counts": counts,
         }
-        _atomic_write_bytes(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+        write_bytes_atomically(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     except OSError as exc:
         raise DataError(
             f"{out}: cannot write the sample corpus ({exc.strerror or exc}); "

@@ -21,6 +21,8 @@ from core.typecheck import type_name, type_ok
 
 MEMORY_WRITE_MODES = ("train", "always", "never")
 ACTIVATIONS = ("silu", "gelu")
+# Attention kernels (spec rlhf.md §6, core.layers.attention); "auto": FlashAttention-2 when usable.
+ATTENTION_BACKENDS = ("auto", "flash2", "sdpa", "manual")
 ENABLE_SWITCHES = (
     "enable_multimodal",
     "enable_knowledge_graph",
@@ -53,6 +55,7 @@ class NeuralNetConfig:
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = True
     use_gradient_checkpointing: bool = False
+    attention_backend: str = "auto"
     initializer_range: float = 0.02
     pad_token_id: int = 0
     bos_token_id: int = 1
@@ -194,6 +197,11 @@ class NeuralNetConfig:
             )
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, "
+                f"got {self.attention_backend!r}"
+            )
         if self.memory_write_mode not in MEMORY_WRITE_MODES:
             raise ConfigError(
                 f"memory_write_mode must be one of {MEMORY_WRITE_MODES}, "

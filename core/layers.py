@@ -1,8 +1,9 @@
 """Transformer building blocks of the Aeron model (spec model.md §2).
 
-RMSNorm, rotary position embeddings, grouped-query attention on
-``torch.nn.functional.scaled_dot_product_attention``, SwiGLU and the pre-norm encoder/decoder
-layers. Attention masks are boolean with True = attend; every query always sees at least one key.
+RMSNorm, rotary position embeddings, grouped-query attention (backends: FlashAttention-2,
+``torch.nn.functional.scaled_dot_product_attention`` or the manual reference, spec rlhf.md §6),
+SwiGLU and the pre-norm encoder/decoder layers. Attention masks are boolean with True = attend;
+every query always sees at least one key.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from core.config import ATTENTION_BACKENDS
+from core.errors import ConfigError
 
 # (self_k, self_v, cross_k, cross_v) of one decoder layer; cross entries may be None.
 LayerCache = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
@@ -194,16 +198,126 @@ class AttentionMask(NamedTuple):
 NO_MASK = AttentionMask(None, False)
 
 
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_attention_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`ATTENTION_BACKENDS`, else a ConfigError naming it."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(
+            f"attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _flash_attn_func():  # -> flash_attn_func or None
+    """The FlashAttention-2 kernel when the ``flash_attn`` package is installed, else None."""
+    try:
+        from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def _on_cuda(t: Tensor) -> bool:
+    """Whether ``t`` lives on a CUDA device (one place, so tests can fake a GPU)."""
+    return t.is_cuda
+
+
+def _flash_usable(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> bool:
+    """FlashAttention-2 handles this call: CUDA, fp16/bf16, no explicit mask, head_dim <= 256."""
+    return (
+        mask.mask is None and q.dtype in _FLASH_DTYPES and k.dtype == q.dtype
+        and v.dtype == q.dtype and q.shape[-1] <= 256 and _on_cuda(q)
+    )
+
+
+def manual_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask = NO_MASK,
+                     dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Reference ``softmax(q kᵀ/√d + mask) v`` in fp32 scores; returns ``(out, weights)``.
+
+    ``q`` is ``(B, H, Tq, D)``, ``k``/``v`` ``(B, G, Tk, D)`` with ``H % G == 0``. The causal mask
+    is aligned bottom-right (query ``i`` sees keys ``<= i + Tk - Tq``), as FlashAttention-2's.
+    """
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+    allowed = mask.mask
+    if mask.is_causal:
+        allowed = _combine(allowed, _causal(scores.shape[-2], scores.shape[-1], q.device))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    attn = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+    return torch.matmul(attn.to(v.dtype), v), weights
+
+
+def _causal(tq: int, tk: int, device: torch.device) -> Tensor:
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)
+
+
+def _combine(mask: Tensor | None, causal: Tensor) -> Tensor:
+    return causal if mask is None else mask & causal
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask = NO_MASK,
+              dropout_p: float = 0.0, backend: str = "auto") -> Tensor:
+    """Scaled dot-product attention ``(B, H, Tq, D)`` of ``q`` over ``k``/``v`` ``(B, G, Tk, D)``.
+
+    Backends (spec rlhf.md §6; all agree within dtype tolerance): ``"flash2"`` runs
+    ``flash_attn_func`` when the call allows it (CUDA, fp16/bf16, no explicit mask) and SDPA
+    otherwise, and needs the ``flash_attn`` package and a CUDA tensor (ConfigError if not);
+    ``"auto"`` is the same without the requirement; ``"sdpa"`` always uses
+    ``F.scaled_dot_product_attention``; ``"manual"`` the fp32-score reference.
+    """
+    check_attention_backend(backend)
+    if backend == "manual":
+        return manual_attention(q, k, v, mask, dropout_p)[0]
+    if backend == "flash2" and (_flash_attn_func() is None or not _on_cuda(q)):
+        raise ConfigError(
+            "attention_backend 'flash2' needs the flash_attn package and a CUDA device "
+            f"(flash_attn {'installed' if _flash_attn_func() else 'not installed'}, tensors on "
+            f"{q.device}); use attention_backend 'auto' to fall back to SDPA")
+    # Cheap tensor checks first: on the CPU the package is never looked up.
+    if backend != "sdpa" and _flash_usable(q, k, v, mask):
+        flash = _flash_attn_func()
+        if flash is not None:
+            # flash_attn takes (B, S, H, D) and does GQA and bottom-right causal natively.
+            out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                        dropout_p=dropout_p, softmax_scale=None, causal=mask.is_causal)
+            return out.transpose(1, 2)
+    attn_mask, is_causal = mask.mask, mask.is_causal
+    if is_causal and q.shape[-2] != k.shape[-2]:
+        # SDPA's is_causal is aligned top-left; keep every backend's bottom-right convention.
+        attn_mask, is_causal = _combine(attn_mask, _causal(q.shape[-2], k.shape[-2], q.device)), False
+    if v.dtype != q.dtype:  # e.g. cached fp32 K/V under autocast
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+def set_attention_backend(module: nn.Module, backend: str) -> nn.Module:
+    """Select ``backend`` for every :class:`GroupedQueryAttention` in ``module``; returns it."""
+    check_attention_backend(backend)
+    for sub in module.modules():
+        if isinstance(sub, GroupedQueryAttention):
+            sub.backend = backend
+    return module
+
+
 class GroupedQueryAttention(nn.Module):
     """Grouped-query attention; query head ``h`` reads key/value head ``h // num_kv_groups``.
 
     Self-attention (``kv_input`` None) may apply rotary embeddings; cross-attention never does.
     ``past_kv`` / ``use_cache`` implement the decoder KV cache: for self-attention the new keys
     are appended to the past ones; for cross-attention a given ``past_kv`` is used as is.
+    ``backend`` picks the attention kernel (see :func:`attention`).
     """
 
     def __init__(self, d_model: int, nhead: int, num_kv_heads: int, dropout: float = 0.0,
-                 kv_input_dim: int | None = None) -> None:
+                 kv_input_dim: int | None = None, backend: str = "auto") -> None:
         super().__init__()
         if d_model % nhead or nhead % num_kv_heads:
             raise ValueError(
@@ -214,6 +328,7 @@ class GroupedQueryAttention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = d_model // nhead
         self.dropout = dropout
+        self.backend = check_attention_backend(backend)
         kv_in = kv_input_dim or d_model
         self.q_proj = nn.Linear(d_model, nhead * self.head_dim, bias=False)
         self.k_proj = nn.Linear(kv_in, num_kv_heads * self.head_dim, bias=False)
@@ -264,34 +379,11 @@ class GroupedQueryAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         weights: Tensor | None = None
         if output_attentions:
-            out, weights = self._manual_attention(q, k, v, mask, dropout_p)
+            out, weights = manual_attention(q, k, v, mask, dropout_p)
         else:
-            if v.dtype != q.dtype:  # e.g. cached fp32 K/V under autocast
-                k, v = k.to(q.dtype), v.to(q.dtype)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask.mask, dropout_p=dropout_p, is_causal=mask.is_causal,
-                enable_gqa=self.nhead != self.num_kv_heads,
-            )
+            out = attention(q, k, v, mask, dropout_p, self.backend)
         out = out.transpose(1, 2).reshape(b, t, self.nhead * hd)
         return self.resid_dropout(self.out_proj(out)), weights, present
-
-    def _manual_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask,
-                          dropout_p: float) -> tuple[Tensor, Tensor]:
-        groups = self.nhead // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
-        allowed = mask.mask
-        if mask.is_causal:
-            tq, tk = scores.shape[-2:]
-            causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
-            allowed = causal if allowed is None else allowed & causal
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        weights = scores.softmax(dim=-1)
-        attn = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
-        out = torch.matmul(attn.to(v.dtype), v)
-        return out, weights
 
 
 class SwiGLU(nn.Module):

@@ -49,10 +49,14 @@ class _GuardedForward:
 
     def _fall_back(self, exc: BaseException) -> None:
         self.compiled = None
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        root: BaseException = exc
+        inner = getattr(exc, "inner_exception", None)  # dynamo wraps the compiler's own error
+        while isinstance(inner, BaseException):
+            root, inner = inner, getattr(inner, "inner_exception", None)
+        first_line = (str(root).strip().splitlines() or [""])[0][:200]
         warnings.warn(
             f"compile_model: {self.name} could not be compiled with backend "
-            f"{_backend_name(self.backend)!r} ({type(exc).__name__}: {first_line}); "
+            f"{_backend_name(self.backend)!r} ({type(root).__name__}: {first_line}); "
             "running it eagerly",
             RuntimeWarning,
             stacklevel=3,

@@ -63,12 +63,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{p}: not a checkpoint or run directory (no manifest.json)")
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, Path]:
+def load_policy(path: str | Path, device: str | torch.device = "cpu",
+                attention_backend: str | None = None) -> tuple[Any, Any, Path]:
     """``(model, tokenizer, checkpoint path)`` of a generating model, in eval mode.
 
-    A reward-model checkpoint is refused with a message saying what it is.
+    Attention runs on ``attention_backend`` (default: the checkpoint config's
+    ``attention_backend``). A reward-model checkpoint is refused with a message saying what it is.
     """
     from core.checkpoint import build_model_from_checkpoint, read_manifest
+    from core.layers import set_attention_backend
 
     ckpt = resolve_checkpoint(path)
     manifest = read_manifest(ckpt)
@@ -77,8 +80,9 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[A
             f"{ckpt}: is a reward-model checkpoint; generate from a policy checkpoint "
             "(and pass this one as --reward)"
         )
-    model, tokenizer, _ = build_model_from_checkpoint(ckpt, str(device))
+    model, tokenizer, config = build_model_from_checkpoint(ckpt, str(device))
     check_tokenizer_fits(model, tokenizer)
+    set_attention_backend(model, attention_backend or config.attention_backend)
     return model, tokenizer, ckpt
 
 

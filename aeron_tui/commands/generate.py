@@ -2,7 +2,9 @@
 
 ``generate`` answers one ``--prompt`` (plain sampling, ``--best-of N --reward CKPT``,
 speculative decoding with ``--draft CKPT``, MCTS with ``--mcts --reward CKPT``; any of the
-batched paths can keep its KV cache paged with ``--paged-blocks N``); ``chat`` is a small REPL that streams each reply.
+batched paths can keep its KV cache paged with ``--paged-blocks N``; ``--compile`` runs each
+encoder/decoder layer through ``torch.compile``, ``--attention`` picks the attention kernel);
+``chat`` is a small REPL that streams each reply.
 The reply text goes to stdout; everything else (finish reason, speed, truncation warnings,
 best-of-N scores, acceptance rate) goes to stderr, so ``generate ... > out.txt`` keeps only text.
 Heavy imports happen inside the commands.
@@ -31,6 +33,13 @@ _PAGED = typer.Option(
 _STRICT = typer.Option(
     False, "--no-truncate", help="Refuse prompts longer than the context instead of keeping "
     "their end (left truncation, reported on stderr).")
+
+_COMPILE = typer.Option(
+    False, "--compile", help="torch.compile each encoder/decoder layer (inductor); a layer that "
+    "fails to compile runs eagerly with a warning. Pays off on long or repeated generation.")
+_ATTENTION = typer.Option(
+    None, "--attention", help="Attention kernel: auto (FlashAttention-2 on CUDA fp16/bf16 when "
+    "installed, else SDPA), flash2, sdpa or manual. Default: the checkpoint's attention_backend.")
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +70,28 @@ def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
         repetition_penalty=repetition_penalty, stop_strings=tuple(stop),
         overflow="error" if strict else "truncate", paged_blocks=paged_blocks,
     )
+
+
+def _loader(device: Any, attention: str | None, compile_layers: bool) -> Any:
+    """``load_policy`` for this command: the chosen attention kernel, compiled when asked."""
+    from core.config import ATTENTION_BACKENDS
+    from core.errors import ConfigError
+
+    if attention is not None and attention not in ATTENTION_BACKENDS:
+        raise ConfigError(f"--attention must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                          f"got {attention!r}")
+
+    def load(path: Path) -> tuple[Any, Any, Path]:
+        from core.inference import load_policy
+
+        model, tokenizer, ckpt = load_policy(path, device, attention)
+        if compile_layers:
+            from core.compile import compile_model
+
+            compile_model(model)
+        return model, tokenizer, ckpt
+
+    return load
 
 
 def _note(message: str, style: str = "dim") -> None:
@@ -120,13 +151,13 @@ def generate_command(
     c_puct: float = typer.Option(1.0, "--c-puct", help="MCTS exploration constant c."),
     paged_blocks: int = _PAGED,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
+    compile_layers: bool = _COMPILE, attention: str | None = _ATTENTION,
 ) -> None:
     """Generate a reply to one prompt, streaming it to stdout."""
     import time
 
     from core.errors import ConfigError
     from core.generation import generate
-    from core.inference import load_policy
 
     cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict,
                   paged_blocks)
@@ -148,7 +179,8 @@ def generate_command(
     if paged_blocks and ensemble:
         raise ConfigError("--paged-blocks needs a single model; drop it with --ensemble")
     dev = _device(device)
-    model, tokenizer, _ = load_policy(checkpoint, dev)
+    load_policy = _loader(dev, attention, compile_layers)
+    model, tokenizer, _ = load_policy(checkpoint)
     if mcts:
         from core.inference import reward_scores
         from core.mcts import MCTSGenerator
@@ -177,7 +209,7 @@ def generate_command(
 
         members = [model]
         for path in ensemble:
-            member, member_tok, member_path = load_policy(path, dev)
+            member, member_tok, member_path = load_policy(path)
             check_shared_tokenizer(tokenizer, member_tok, "ensemble member", member_path)
             members.append(member)
         model = EnsemblePolicy(members).to(dev)
@@ -185,7 +217,7 @@ def generate_command(
     if draft is not None:
         from core.inference import SpeculativeDecoder, check_shared_tokenizer
 
-        draft_model, draft_tok, draft_path = load_policy(draft, dev)
+        draft_model, draft_tok, draft_path = load_policy(draft)
         check_shared_tokenizer(tokenizer, draft_tok, "draft model", draft_path)
         decoder = SpeculativeDecoder(model, draft_model, gamma=gamma)
         gen, stats = decoder.generate_text(tokenizer, prompt, cfg, seed=seed, on_text=_write)

@@ -371,13 +371,11 @@ class Trainer:
             from core.checkpoint import config_differences
 
             saved = resume.config_dict
+            # Run-time choices, not architecture: a resume may change them.
+            runtime = ("use_gradient_checkpointing", "attention_backend")
             diff = config_differences(
-                {k: v for k, v in saved.items() if k != "use_gradient_checkpointing"},
-                {
-                    k: v
-                    for k, v in model_config.to_dict().items()
-                    if k != "use_gradient_checkpointing"
-                },
+                {k: v for k, v in saved.items() if k not in runtime},
+                {k: v for k, v in model_config.to_dict().items() if k not in runtime},
             )
             if diff:
                 raise CheckpointError(
@@ -392,15 +390,21 @@ class Trainer:
         return TransformerNeuralNetBackbone(self.model_config)
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """The module forward runs on: DDP/FSDP wrapping (distributed) and ``torch.compile``."""
-        wrapped = model
+        """The module forward runs on: the model config's attention backend, ``compile``
+        (``torch.compile`` per encoder/decoder layer, in place, before DDP/FSDP wrapping; a layer
+        that fails to compile runs eagerly with a warning) and DDP/FSDP (distributed)."""
+        from core.layers import set_attention_backend
+
+        set_attention_backend(model, self.model_config.attention_backend)
+        if self.config.compile:
+            from core.compile import compile_model
+
+            compile_model(model)
         if self.dist is not None and self.world_size > 1:
             from core.train.distributed import wrap_model
 
-            wrapped = wrap_model(model, self.dist, bool(self.config.options.get("shard", False)))
-        if self.config.compile:
-            wrapped = torch.compile(wrapped)  # type: ignore[assignment]
-        return wrapped
+            return wrap_model(model, self.dist, bool(self.config.options.get("shard", False)))
+        return model
 
     def resolve_precision(self) -> str:
         """``auto`` → bf16 on CUDA ≥ sm80, fp16 + GradScaler on older CUDA, and on the CPU bf16

@@ -9,6 +9,7 @@ every query always sees at least one key.
 from __future__ import annotations
 
 import math
+import sys
 from typing import NamedTuple
 
 import torch
@@ -209,11 +210,21 @@ def check_attention_backend(backend: str) -> str:
     return backend
 
 
+_flash_import_failed = False
+
+
 def _flash_attn_func():  # -> flash_attn_func or None
-    """The FlashAttention-2 kernel when the ``flash_attn`` package is installed, else None."""
+    """The FlashAttention-2 kernel when the ``flash_attn`` package is installed, else None.
+
+    A failed import is remembered: retrying it on every attention call would scan sys.path.
+    """
+    global _flash_import_failed
+    if _flash_import_failed and "flash_attn" not in sys.modules:
+        return None
     try:
         from flash_attn import flash_attn_func  # type: ignore[import-not-found]
     except ImportError:
+        _flash_import_failed = True
         return None
     return flash_attn_func
 

@@ -181,6 +181,33 @@ def test_auto_falls_back_to_sdpa_without_the_package(
         attention(q, k, v, mask, backend="flash2")
 
 
+def test_a_missing_package_is_looked_up_once(monkeypatch: pytest.MonkeyPatch,
+                                             fake_cuda: None) -> None:
+    import builtins
+
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)  # really not installed here
+    monkeypatch.setattr(layers, "_flash_import_failed", False)
+    lookups: list[str] = []
+    real_import = builtins.__import__
+
+    def counting_import(name: str, *args: object, **kwargs: object) -> object:
+        if name == "flash_attn":
+            lookups.append(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", counting_import)
+    q, k, v = _qkv(1, 4, 2, 4, 4, dtype=torch.bfloat16)
+    for _ in range(3):
+        attention(q, k, v, AttentionMask(None, True), backend="auto")
+    assert lookups == ["flash_attn"]
+    fake = _FakeFlash()  # installed later (a fresh sys.modules entry): used from then on
+    module = types.ModuleType("flash_attn")
+    module.flash_attn_func = fake  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flash_attn", module)
+    attention(q, k, v, AttentionMask(None, True), backend="auto")
+    assert len(fake.calls) == 1
+
+
 def test_auto_falls_back_to_sdpa_on_cpu_in_fp32_and_with_padding(fake_flash: _FakeFlash,
                                                                  monkeypatch) -> None:
     q, k, v = _qkv(2, 4, 2, 6, 6, dtype=torch.bfloat16)

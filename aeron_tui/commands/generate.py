@@ -36,7 +36,8 @@ _STRICT = typer.Option(
 
 _COMPILE = typer.Option(
     False, "--compile", help="torch.compile each encoder/decoder layer (inductor); a layer that "
-    "fails to compile runs eagerly with a warning. Pays off on long or repeated generation.")
+    "fails to compile runs eagerly with a warning. The first reply pays for compilation (seconds to "
+    "minutes).")
 _ATTENTION = typer.Option(
     None, "--attention", help="Attention kernel: auto (FlashAttention-2 on CUDA fp16/bf16 when "
     "installed, else SDPA), flash2, sdpa or manual. Default: the checkpoint's attention_backend.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -213,7 +214,7 @@ def check_attention_backend(backend: str) -> str:
 _flash_import_failed = False
 
 
-def _flash_attn_func():  # -> flash_attn_func or None
+def _flash_attn_func() -> Callable[..., Tensor] | None:
     """The FlashAttention-2 kernel when the ``flash_attn`` package is installed, else None.
 
     A failed import is remembered: retrying it on every attention call would scan sys.path.

@@ -470,10 +470,16 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
         return dict(fh.metadata() or {})
 
 
+# Model-config fields that choose how the same weights are run, not what they are: a resume,
+# merge or load may differ in them (and checkpoints written before a field existed lack it).
+RUNTIME_CONFIG_FIELDS = frozenset({"use_gradient_checkpointing", "attention_backend"})
+
+
 def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Human-readable ``field: checkpoint X, this run Y`` for every differing field."""
+    """Human-readable ``field: checkpoint X, this run Y`` for every differing architecture
+    field (:data:`RUNTIME_CONFIG_FIELDS` are not compared)."""
     out = []
-    for name in sorted(set(saved) | set(expected)):
+    for name in sorted((set(saved) | set(expected)) - RUNTIME_CONFIG_FIELDS):
         a, b = saved.get(name, "<absent>"), expected.get(name, "<absent>")
         if a != b:
             out.append(f"{name}: checkpoint {a!r}, this run {b!r}")

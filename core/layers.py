@@ -310,6 +310,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask = NO_MASK,
     )
 
 
+def masked_mean_pool(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``Σ_s m·x / max(1, Σ_s m)`` over the sequence axis: ``(B, S, d) -> (B, d)``; the plain
+    mean without a mask. The pooling every enhancement stage and the reasoning engine use."""
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
 def set_attention_backend(module: nn.Module, backend: str) -> nn.Module:
     """Select ``backend`` for every :class:`GroupedQueryAttention` in ``module``; returns it."""
     check_attention_backend(backend)

@@ -30,18 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.layers import AeronRMSNorm
+from core.layers import AeronRMSNorm, masked_mean_pool
 
 USAGE_DECAY = 0.99
 STAT_POSITIONS = 64  # query positions per sample that the read statistics look at
-
-
-def masked_mean_pool(x: Tensor, mask: Tensor | None) -> Tensor:
-    """``Σ_s m·x / max(1, Σ_s m)``: ``(B,S,d) -> (B,d)``."""
-    if mask is None:
-        return x.mean(dim=1)
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
 @dataclass

@@ -36,11 +36,13 @@ from core.layers import (
     LayerCache,
     RotaryEmbedding,
     init_linear,
+    masked_mean_pool,
     maybe_checkpoint,
+    set_attention_backend,
 )
 from core.memory import NeuralMemoryNetwork
 from core.multimodal import MultimodalFusion, VisionPatchEmbedding, validate_vision_inputs
-from core.reasoning import AeronReasoningEngine, PendingWrite, masked_pool, skipped_info
+from core.reasoning import AeronReasoningEngine, PendingWrite, skipped_info
 from core.uncertainty import UncertaintyQuantification
 
 PastKeyValues = tuple[LayerCache, ...]
@@ -229,6 +231,7 @@ class TransformerNeuralNetBackbone(nn.Module):
         )
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
         self._export_mode = False
+        set_attention_backend(self, config.attention_backend)
         self._init_backbone_weights()
 
     # ------------------------------------------------------------------ initialisation
@@ -537,7 +540,7 @@ class TransformerNeuralNetBackbone(nn.Module):
 
         al = self.active_learning
         if al is not None and self.training:
-            pooled = masked_pool(res.x.detach(), mask)
+            pooled = masked_mean_pool(res.x.detach(), mask)
             score = estimates.get("epistemic") if estimates else None
 
             def record(outputs: dict[str, Any]) -> None:

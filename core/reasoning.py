@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.config import NeuralNetConfig
-from core.layers import NO_MASK, AeronRMSNorm, EncoderLayer, init_linear, rms_normalize
+from core.layers import (
+    NO_MASK,
+    AeronRMSNorm,
+    EncoderLayer,
+    init_linear,
+    masked_mean_pool,
+    rms_normalize,
+)
 
 
 class MemorySlotType(enum.IntEnum):
@@ -48,14 +55,6 @@ def few_rows(t: Tensor) -> torch.autocast:
     back) on each call, which costs far more than the matmul on a few rows.
     """
     return torch.autocast(device_type=t.device.type, enabled=False)
-
-
-def masked_pool(x: Tensor, mask: Tensor | None) -> Tensor:
-    """``pool(x, m) = sum_s m*x / max(1, sum_s m)``: ``(B, S, d) -> (B, d)``."""
-    if mask is None:
-        return x.mean(dim=1)
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
 def _mlp(d_in: int, d_hidden: int, std: float) -> nn.Sequential:
@@ -165,8 +164,8 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         b = x.shape[0]
         n, d = self.num_branches, x.shape[-1]
         if pooled_x is None:
-            pooled_x = masked_pool(x, mask)  # (B, d)
-        pooled_u = pooled_x if u is x else masked_pool(u, mask)
+            pooled_x = masked_mean_pool(x, mask)  # (B, d)
+        pooled_u = pooled_x if u is x else masked_mean_pool(u, mask)
 
         # Branch generators: the RMS statistic of u is shared; each branch's norm weight is
         # folded into its fc_in weight (norm_i(u) @ W^T == rms(u) @ (W * w_i)^T).
@@ -176,7 +175,7 @@ class AeronTreeOfThoughtProcessor(nn.Module):
                 * torch.stack([g.norm.weight for g in gens])[:, None, :]).flatten(0, 1)  # (N*d, d)
         w_out = torch.cat([g.fc_out.weight for g in gens], dim=1)  # (d, N*d)
         act = F.silu(F.linear(normed, w_in))  # (B, S, N*d)
-        pooled_act = masked_pool(act, mask).view(b, n, d)
+        pooled_act = masked_mean_pool(act, mask).view(b, n, d)
         with few_rows(x):  # everything on (B, N, d) summaries runs in fp32
             pooled_x, pooled_u = pooled_x.float(), pooled_u.float()
             # fc_out_i(pool(a_i)) for every branch in one batched product.
@@ -478,13 +477,13 @@ class AeronReasoningEngine(nn.Module):
     def complexity(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """Per-sample complexity ``c in (0, 1)``, shape ``(B,)``."""
         with few_rows(x):
-            return torch.sigmoid(self.complexity_gate(masked_pool(x, mask).float())).squeeze(-1)
+            return torch.sigmoid(self.complexity_gate(masked_mean_pool(x, mask).float())).squeeze(-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, memory_recall: Tensor | None = None,
                 task_embedding: Tensor | None = None) -> ReasoningOutput:
         """``x (B,S,d)`` enhanced encoder states; ``mask (B,S)`` bool (True = real) or None."""
         b = x.shape[0]
-        pooled_x = masked_pool(x, mask)
+        pooled_x = masked_mean_pool(x, mask)
         with few_rows(x):
             c = torch.sigmoid(self.complexity_gate(pooled_x.float())).squeeze(-1)
         run = c.detach() >= self.threshold

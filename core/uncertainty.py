@@ -28,16 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.layers import masked_mean_pool
+
 UQ_LOSS_WEIGHT = 0.01
 KL_ANNEAL_STEPS = 1000
-
-
-def masked_mean_pool(x: Tensor, mask: Tensor | None) -> Tensor:
-    """``Σ_s m·x / max(1, Σ_s m)`` over the sequence axis: ``(B,S,d) -> (B,d)``."""
-    if mask is None:
-        return x.mean(dim=1)
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
 def _entropy(p: Tensor) -> Tensor:

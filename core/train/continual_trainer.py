@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import ConfigError
-from core.memory import masked_mean_pool
+from core.layers import masked_mean_pool
 from core.train.engine import Trainer, load_pairs
 
 RECIPES: dict[str, dict[str, bool]] = {

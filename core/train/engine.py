@@ -370,13 +370,8 @@ class Trainer:
         if resume is not None:
             from core.checkpoint import config_differences
 
-            saved = resume.config_dict
-            # Run-time choices, not architecture: a resume may change them.
-            runtime = ("use_gradient_checkpointing", "attention_backend")
-            diff = config_differences(
-                {k: v for k, v in saved.items() if k not in runtime},
-                {k: v for k, v in model_config.to_dict().items() if k not in runtime},
-            )
+            # Run-time fields (checkpointing, attention backend) may change on resume.
+            diff = config_differences(resume.config_dict, model_config.to_dict())
             if diff:
                 raise CheckpointError(
                     f"{resume.path / 'config.json'}: the checkpoint's model config differs from "

@@ -290,3 +290,26 @@ def test_manual_attention_returns_normalised_weights() -> None:
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5))
     assert torch.all(weights.triu(1) == 0)
     torch.testing.assert_close(out, attention(q, k, v, AttentionMask(None, True), backend="sdpa"))
+
+
+def test_a_model_built_from_a_config_runs_on_its_backend() -> None:
+    from core.layers import GroupedQueryAttention
+    from core.model import TransformerNeuralNetBackbone
+
+    config = NeuralNetConfig(
+        vocab_size=64, d_model=32, nhead=2, num_kv_heads=1, num_encoder_layers=1,
+        num_decoder_layers=1, dim_feedforward=64, attention_backend="manual",
+    )
+    with torch.device("meta"):
+        model = TransformerNeuralNetBackbone(config)
+    backends = {m.backend for m in model.modules() if isinstance(m, GroupedQueryAttention)}
+    assert backends == {"manual"}
+
+
+def test_checkpoint_config_comparison_ignores_how_the_weights_are_run() -> None:
+    from core.checkpoint import config_differences
+
+    old = {"d_model": 32, "use_gradient_checkpointing": False}  # written before the field existed
+    new = {"d_model": 32, "use_gradient_checkpointing": True, "attention_backend": "manual"}
+    assert config_differences(old, new) == []
+    assert config_differences(old, {**new, "d_model": 64}) == ["d_model: checkpoint 32, this run 64"]

@@ -6,13 +6,13 @@ import pytest
 import torch
 from model_common import batch, build, small_config
 
+from core.layers import masked_mean_pool
 from core.reasoning import (
     AeronInternalScratchpad,
     AeronReasoningEngine,
     AeronTreeOfThoughtProcessor,
     MemoryPriority,
     MemorySlotType,
-    masked_pool,
     scratchpad_heads,
 )
 
@@ -36,11 +36,11 @@ def test_enums_match_the_spec() -> None:
     assert [m.name for m in MemoryPriority] == ["LOWEST", "LOW", "NORMAL", "HIGH", "CRITICAL"]
 
 
-def test_masked_pool() -> None:
+def test_masked_mean_pool() -> None:
     x = torch.arange(12.0).view(1, 4, 3)
     mask = torch.tensor([[True, True, False, False]])
-    torch.testing.assert_close(masked_pool(x, mask), x[:, :2].mean(1))
-    torch.testing.assert_close(masked_pool(x, None), x.mean(1))
+    torch.testing.assert_close(masked_mean_pool(x, mask), x[:, :2].mean(1))
+    torch.testing.assert_close(masked_mean_pool(x, None), x.mean(1))
 
 
 def test_scratchpad_heads_divide_d_model() -> None:
@@ -195,7 +195,7 @@ def test_reasoning_info_is_detached() -> None:
 
 def _reference_tree_of_thought(tot: AeronTreeOfThoughtProcessor, x, u, mask):
     """Spec §5 steps 3-8 written out literally, materialising every branch state h_i."""
-    pool = lambda t: masked_pool(t, mask)  # noqa: E731
+    pool = lambda t: masked_mean_pool(t, mask)  # noqa: E731
     h = [u + tot.branch_embed[i] + g.fc_out(torch.nn.functional.silu(g.fc_in(g.norm(u))))
          for i, g in enumerate(tot.generators)]
     s = torch.stack([pool(hi) for hi in h], dim=1)

@@ -21,3 +21,7 @@ class CheckpointError(AeronError):
 
 class EventSchemaError(AeronError, ValueError):
     """An event does not match the schema; the message names the field."""
+
+
+class ResourceError(AeronError):
+    """The machine ran out of something the run needs (device memory); says what to change."""

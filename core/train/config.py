@@ -59,6 +59,7 @@ class RunConfig:
     eval_max_batches: int = 50
     checkpoint_every: int = 200
     keep_last: int = 3
+    oom_retries: int = 3
     log_every: int = 10
     resume: str | None = None
     tokenizer: str | None = None
@@ -93,6 +94,8 @@ class RunConfig:
                 raise ConfigError(f"{source}: key {name!r} must be >= 1, got {value}")
         if self.keep_last < 1:
             raise ConfigError(f"{source}: key 'keep_last' must be >= 1, got {self.keep_last}")
+        if self.oom_retries < 0:
+            raise ConfigError(f"{source}: key 'oom_retries' must be >= 0, got {self.oom_retries}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigError(f"{source}: key 'warmup_steps' must be >= 0")
         if self.learning_rate is not None and not self.learning_rate > 0:

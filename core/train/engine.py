@@ -37,7 +37,7 @@ from core.checkpoint import (
     save_checkpoint,
     step_checkpoint_name,
 )
-from core.errors import AeronError, CheckpointError, ConfigError, DataError
+from core.errors import AeronError, CheckpointError, ConfigError, DataError, ResourceError
 from core.events import EventWriter
 from core.runs import (
     EVENTS_FILE,
@@ -141,6 +141,7 @@ class Trainer:
         self.total_steps = config.steps
         self.micro_batch = config.micro_batch or 1
         self.grad_accum = config.grad_accum or 1
+        self._oom_splits = 0  # micro-batch splits after out-of-memory errors (handle_oom)
         self.seq_len = config.seq_len or 256
         self.base_lr = config.learning_rate or 0.0
         self.warmup_steps = 0
@@ -577,8 +578,41 @@ class Trainer:
         return {}
 
     def handle_oom(self, exc: BaseException) -> bool:
-        """Out of memory in a step. Return True to retry the step; the default re-raises."""
-        raise exc
+        """Out of memory in a step. Return True to retry the step on the same samples.
+
+        The default splits the micro-batch (largest divisor at most half of it) and multiplies
+        the accumulation to match, so the effective batch — and the optimisation — is unchanged;
+        the change is a ``batch_change`` event and is kept in checkpoints, so a resume goes on
+        with it. It gives up with a :class:`ResourceError` saying what to change at micro-batch
+        1, after ``oom_retries`` splits, or with several processes (the other ranks are already
+        waiting in a collective for this one).
+        """
+        mb, ga = self.micro_batch, self.grad_accum
+        smaller = next((d for d in range(mb // 2, 0, -1) if mb % d == 0), None)
+        used = self._oom_splits
+        if smaller is None or used >= self.config.oom_retries or self.world_size > 1:
+            why = (f"after {used} micro-batch split(s)" if used else
+                   "with several processes" if self.world_size > 1 and smaller else
+                   f"at micro-batch {mb}")
+            raise ResourceError(
+                f"out of memory on {self.device} {why} (micro-batch {mb} × accumulation {ga}, "
+                f"sequence length {self.seq_len}): use a smaller --profile, a shorter --seq-len, "
+                "--set gradient_checkpointing=true, the compressed trainer, or a smaller "
+                "--micro-batch with a larger --grad-accum; `aeron-tui profile` shows what fits"
+            ) from exc
+        self._oom_splits += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        new_ga = ga * mb // smaller
+        self.emit(
+            "warning",
+            code="oom_retry",
+            global_step=self.global_step,
+            message=(f"out of memory at micro-batch {mb}: retrying step {self.global_step + 1} "
+                     f"with micro-batch {smaller} × accumulation {new_ga} (same effective batch)"),
+        )
+        self.set_micro_batch(smaller, new_ga, "oom")
+        return True
 
     # ==========================================================================================
     # Evaluation
@@ -950,6 +984,9 @@ class Trainer:
                 self.train_step()
                 return
             except torch.OutOfMemoryError as exc:
+                # The traceback's frames hold the failed step's activations: drop them (and the
+                # partial gradients) before a retry needs the memory.
+                exc.__traceback__ = None
                 if self.optimizer is not None:
                     self.optimizer.zero_grad(set_to_none=True)
                 if not self.handle_oom(exc):

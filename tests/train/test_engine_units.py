@@ -89,16 +89,21 @@ def test_oom_hook_retries_with_a_smaller_batch(tmp_path: Path, small_corpus: Pat
     assert events[-1]["global_step"] == 4
 
 
-def test_oom_default_reraises_and_fails_the_run(tmp_path: Path, small_corpus: Path) -> None:
+def test_oom_that_persists_fails_the_run_with_advice(tmp_path: Path, small_corpus: Path) -> None:
     class Oom(SimpleTrainer):
         def compute_loss(self, batch: dict[str, torch.Tensor]) -> Any:
             raise torch.OutOfMemoryError("out of memory (fake)")
 
-    with pytest.raises(torch.OutOfMemoryError):
+    from core.errors import ResourceError
+
+    with pytest.raises(ResourceError, match="out of memory") as info:
         Oom(run_config(tmp_path / "r", small_corpus, steps=2), tiny_model_config()).run()
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
     events = _events(tmp_path / "r")
+    # micro-batch 4 -> 2 -> 1 (two splits, each a batch_change), then the error
+    assert [e["micro_batch"] for e in events if e["type"] == "batch_change"] == [2, 1]
     assert events[-2]["type"] == "error" and "out of memory" in events[-2]["message"]
-    assert "traceback" in events[-2]
+    assert "gradient_checkpointing" in events[-2]["message"] and "traceback" in events[-2]
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
 
 

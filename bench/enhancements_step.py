@@ -39,11 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# glibc returning freed memory to the OS dominates run-to-run noise on CPU (GUIDE.md).
-_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+from bench_common import MALLOC_TUNABLES, PROFILES  # noqa: E402
 
-SMALL = dict(d_model=512, nhead=8, num_kv_heads=2, num_encoder_layers=6, num_decoder_layers=6,
-             dim_feedforward=2048, num_tot_branches=2, num_scratchpad_slots=16)
 SWITCHES = ("enable_multimodal", "enable_knowledge_graph", "enable_memory", "enable_continual",
             "enable_uncertainty", "enable_active_learning")
 
@@ -92,7 +89,7 @@ def build(name: str, precision: str, stages: bool, images: bool, ewc: bool,
     switches = dict.fromkeys(SWITCHES, stages)
     switches["enable_multimodal"] = images
     cfg = NeuralNetConfig(vocab_size=args.vocab, max_position_embeddings=max(2048, args.seq),
-                          **SMALL, **switches)
+                          **PROFILES["small"], **switches)
     model = TransformerNeuralNetBackbone(cfg).train()
     b, s = args.batch, args.seq
     gen = torch.Generator().manual_seed(args.seed)
@@ -200,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not set the glibc malloc tunables (noisier)")
     args = ap.parse_args(argv)
 
-    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != _MALLOC:
-        env = dict(os.environ, GLIBC_TUNABLES=_MALLOC)
+    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     import torch

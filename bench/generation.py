@@ -42,16 +42,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+from bench_common import MALLOC_TUNABLES, PROFILES  # noqa: E402
 
-PROFILES = {  # the catalog's model tables (profiles/catalog/*.toml)
-    "tiny": dict(d_model=256, nhead=4, num_kv_heads=2, num_encoder_layers=2,
-                 num_decoder_layers=2, dim_feedforward=512, num_tot_branches=2,
-                 num_scratchpad_slots=8),
-    "small": dict(d_model=512, nhead=8, num_kv_heads=2, num_encoder_layers=6,
-                  num_decoder_layers=6, dim_feedforward=2048, num_tot_branches=2,
-                  num_scratchpad_slots=16),
-}
 VOCAB = 2048  # the default tokenizer size of `aeron-tui train`
 
 
@@ -236,8 +228,8 @@ def main() -> None:
     ap.add_argument("--kv-child", help=argparse.SUPPRESS)
     ap.add_argument("--kv-profile", default="tiny", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if os.environ.get("GLIBC_TUNABLES") != _MALLOC:
-        os.environ["GLIBC_TUNABLES"] = _MALLOC
+    if os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
     import torch

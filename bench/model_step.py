@@ -27,19 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# glibc returning freed memory to the OS dominates run-to-run noise on CPU (GUIDE.md); keep it
-# for every variant alike by re-executing once with the tunables set.
-_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
-
-PROFILES = {  # the catalog's model tables at the benchmark vocabulary
-    "tiny": dict(d_model=256, nhead=4, num_kv_heads=2, num_encoder_layers=2,
-                 num_decoder_layers=2, dim_feedforward=512, num_tot_branches=2,
-                 num_scratchpad_slots=8),
-    "small": dict(d_model=512, nhead=8, num_kv_heads=2, num_encoder_layers=6,
-                  num_decoder_layers=6, dim_feedforward=2048, num_tot_branches=2,
-                  num_scratchpad_slots=16),
-}
-
+from bench_common import MALLOC_TUNABLES, PROFILES  # noqa: E402
 
 # The enhancement stages (memory, uncertainty, ...) have their own benchmark
 # (bench/enhancements_step.py); here: the backbone, with and without the reasoning engine.
@@ -279,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not set the glibc malloc tunables (noisier)")
     args = ap.parse_args(argv)
 
-    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != _MALLOC:
-        env = dict(os.environ, GLIBC_TUNABLES=_MALLOC)
+    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     import torch

@@ -32,8 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Same allocator settings as bench/model_step.py (GUIDE: glibc trimming dominates CPU noise).
-_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+from bench_common import MALLOC_TUNABLES  # noqa: E402
 
 
 def build_trainer(profile: str, precision: str, batch: int, seq: int, log_every: int,
@@ -151,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-malloc", action="store_true")
     args = ap.parse_args(argv)
 
-    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != _MALLOC:
-        env = dict(os.environ, GLIBC_TUNABLES=_MALLOC)
+    if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     import torch

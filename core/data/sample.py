@@ -44,7 +44,7 @@ from core.errors import DataError
 from core.fileio import file_sha256, write_bytes_atomically
 from core.paths import aeron_home, default_data_dir
 
-BUILDER_VERSION = 2  # 2: preference pairs with several rejection kinds
+BUILDER_VERSION = 3  # 2: preference pairs with several rejection kinds; 3: no install paths
 STYLES_FILE = "styles.jsonl"
 PREFERENCES_FILE = "preferences.jsonl"
 PROMPTS_FILE = "prompts.jsonl"

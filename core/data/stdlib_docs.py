@@ -68,11 +68,21 @@ def summarize(doc: str) -> str | None:
     return None
 
 
+# Defaults that hold this installation's paths (``platform.architecture(executable=...)``) are
+# written symbolically, so the sample corpus — and every tokenizer and model trained on it — is
+# the same on every machine and in every checkout.
+_MACHINE_VALUES = (("sys.executable", sys.executable), ("sys.prefix", sys.prefix),
+                   ("sys.base_prefix", sys.base_prefix))
+
+
 def _signature(name: str, obj: object) -> str | None:
     try:
         sig = str(inspect.signature(obj))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+    for symbol, value in _MACHINE_VALUES:
+        if value:
+            sig = sig.replace(repr(value), symbol)
     # Reprs with addresses change between runs; very long ones are not good samples.
     if " at 0x" in sig or len(sig) > MAX_SIGNATURE_CHARS:
         return None

@@ -63,7 +63,8 @@ def test_reward_model_reaches_80_percent_held_out(sample_corpus_dir: Path, sampl
     """The tiny profile from scratch on the whole bundled sample preference set (2100 pairs, the
     ~410 hash-split held-out pairs share no question with training).
 
-    Recipe: 200 steps of 8 pairs, lr 2e-3 (20 warmup steps, cosine to 10 %), fp32 (bf16 autocast on CPU is slower and rounds
+    Recipe: 200 steps of 8 pairs, lr 1e-3 (20 warmup steps, cosine to 10 %; held-out accuracy
+    0.835 / 0.844 / 0.844 over seeds 42 / 1 / 2, where lr 2e-3 gave 0.808-0.820), fp32 (bf16 autocast on CPU is slower and rounds
     close rewards into ties), the backbone + reasoning engine with the optional enhancement
     modules off (as in the GRPO test; they roughly double the time). ~40 s of CPU.
 
@@ -78,7 +79,7 @@ def test_reward_model_reaches_80_percent_held_out(sample_corpus_dir: Path, sampl
     prefs = sample_corpus_dir / "preferences.jsonl"
     result = CliRunner().invoke(app, [
         "rlhf", "reward", "--profile", "tiny", "--prefs", str(prefs),
-        "--steps", str(REWARD_STEPS), "--lr", "2e-3", "--precision", "fp32",
+        "--steps", str(REWARD_STEPS), "--lr", "1e-3", "--precision", "fp32",
         "--set", "warmup_steps=20",
         "--run-dir", str(run), "--quiet", "--set", f"tokenizer={sample_tokenizer}",
         "--set", f"eval_every={REWARD_STEPS}", "--set", "log_every=50",

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
-
-import torch
 
 from core.config import NeuralNetConfig
 
@@ -48,15 +44,3 @@ def tiny_config(**overrides: Any) -> NeuralNetConfig:
     )
     fields.update(overrides)
     return NeuralNetConfig(**fields)
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run tiny-tensor work on one thread: with 2 shared cores, two threads per op mostly wait
-    on each other (measured 40× slower for a toy MLP on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -11,7 +11,6 @@ import copy
 import json
 import random
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,6 @@ import torch
 from core.compile import compile_model, compiled_layers
 from core.config import NeuralNetConfig
 from core.model import TransformerNeuralNetBackbone
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _config(vocab: int = 64, **kw: Any) -> NeuralNetConfig:

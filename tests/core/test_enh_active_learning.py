@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 
 from core.active_learning import ActiveLearningManager, mean_pairwise_distance, select
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _clustered_pool(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

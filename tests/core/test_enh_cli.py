@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 from typer.testing import CliRunner
 
 from aeron_tui.cli import app
 from core.checkpoint import save_checkpoint
 from core.model import TransformerNeuralNetBackbone
 from core.tokenizer import AeronTokenizer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

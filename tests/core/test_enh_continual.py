@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 from torch import Tensor, nn
 
 from core.continual import ContinualLearningModule, ElasticWeightConsolidation
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 class ToyClassifier(nn.Module):

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 
 from core.export import ExportError, export_model_to_onnx, require_onnx
 from core.model import TransformerNeuralNetBackbone
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript"))
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _inputs(b: int, s: int, t: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

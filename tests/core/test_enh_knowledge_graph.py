@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 
 from core.knowledge_graph import KnowledgeGraphAttention, validate_kg_inputs
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _kg(**overrides: object) -> KnowledgeGraphAttention:

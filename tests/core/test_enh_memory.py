@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 
 from core.memory import NeuralMemoryNetwork
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _memory(**overrides: object) -> NeuralMemoryNetwork:

@@ -6,15 +6,9 @@ import math
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 
 from core.multimodal import MultimodalFusion, VisionPatchEmbedding, sinusoidal_positions
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def test_sinusoidal_positions_follow_the_formula() -> None:

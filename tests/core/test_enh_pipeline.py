@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 
 from core.active_learning import ActiveLearningManager
 from core.config import NeuralNetConfig
@@ -25,12 +25,6 @@ SPEC_DEFAULT_COUNTS = {
     "active_learning": 0,
     "reasoning_engine": 124_047_368,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _model(**overrides: Any) -> TransformerNeuralNetBackbone:

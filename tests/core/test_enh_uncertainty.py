@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from enh_common import single_thread, tiny_config
+from enh_common import tiny_config
 
 from core.uncertainty import (
     UncertaintyQuantification,
@@ -17,12 +17,6 @@ from core.uncertainty import (
     uncertainty_loss,
     uncertainty_targets,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _uq(**overrides: object) -> UncertaintyQuantification:

@@ -38,16 +38,6 @@ def small_config(vocab: int = 268, **kw: object) -> NeuralNetConfig:
     return NeuralNetConfig(**base)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared 2-core machine intra-op thread
-    # syncs cost ~100x the work itself (measured: SDPA 0.07 ms with 1 thread vs 8-12 ms with 2).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> TransformerNeuralNetBackbone:
     torch.manual_seed(0)

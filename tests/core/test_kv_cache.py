@@ -7,14 +7,6 @@ import torch
 from model_common import VOCAB, batch, build
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("overrides", [{}, {"num_kv_heads": 1}, {"enable_reasoning": False}])
 def test_token_by_token_decoding_equals_full_forward(overrides: dict) -> None:
     model = build(**overrides).eval()

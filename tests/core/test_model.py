@@ -19,16 +19,6 @@ from core.model import (
     count_parameters,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors on 2 shared cores: a second thread mostly waits.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CONFIGS = {
     "gqa": {},
     "mha": {"num_kv_heads": 4},

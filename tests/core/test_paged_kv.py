@@ -23,14 +23,6 @@ from core.paged_kv import BLOCK_SIZE, PagedCacheExhausted, PagedKVCache, blocks_
 from core.tokenizer import AeronTokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> TransformerNeuralNetBackbone:
     torch.manual_seed(0)

@@ -17,14 +17,6 @@ from core.reasoning import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _engine(seed: int = 0, **overrides) -> AeronReasoningEngine:
     torch.manual_seed(seed)
     return AeronReasoningEngine(small_config(**overrides))

@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Small CPU models gain nothing from intra-op threads, and on a shared 2-core machine the
-    # thread syncs cost far more than the work (measured: SDPA 0.07 ms at 1 thread, 8-12 ms at 2).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -22,15 +22,6 @@ from core.train.compressed import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """Tiny tensors on a shared 2-core machine: extra threads only spin (10x slower measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _Named(nn.Module):
     """A module tree using the spec's state-dict names (model.md §4-6), tiny sizes."""
 

@@ -1,7 +1,7 @@
 """Headless progress: a renderer of the event stream, like the console but in a terminal line.
 
-It is an :class:`core.events.EventWriter` listener that folds every event into the same
-:class:`core.events.RunState` the console uses, and draws only from that state:
+It is an :class:`core.runs.events.EventWriter` listener that folds every event into the same
+:class:`core.runs.events.RunState` the console uses, and draws only from that state:
 
 * ``rich``  — a live progress bar (loss, lr, tokens/s, step/total, ETA, phase/domain) refreshed
   at most 4× a second, with evals, checkpoints and warnings printed above it;
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from core.events import RunState, describe_event
+from core.runs.events import RunState, describe_event
 
 MODES = ("rich", "plain", "off")
 NOTABLE = ("eval", "checkpoint", "warning", "error", "status", "phase_change", "domain_change",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from core.events import ParseProblem, parse_event_line
+from core.runs.events import ParseProblem, parse_event_line
 
 # Keep freed memory in the trainer's heap instead of returning it to the OS each step: measured
 # 20-35 % faster small-profile steps and much less run-to-run noise (GUIDE, "Measured").

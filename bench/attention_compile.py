@@ -36,14 +36,14 @@ VOCAB = 2048
 def build(attention: str = "auto") -> Any:
     import torch
 
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
 
     torch.manual_seed(0)
     cfg = NeuralNetConfig(vocab_size=VOCAB, max_position_embeddings=1024,
                           attention_backend=attention, **TINY)
     model = TransformerNeuralNetBackbone(cfg)
-    from core.layers import set_attention_backend
+    from core.model.layers import set_attention_backend
 
     return set_attention_backend(model, attention)
 
@@ -75,7 +75,7 @@ def train_step(model: Any, batch: int, seq: int) -> Callable[[], float]:
 def generation(model: Any, new_tokens: int) -> Callable[[], list[int]]:
     import torch
 
-    from core.generation import GenerationConfig, generate_ids
+    from core.infer.generation import GenerationConfig, generate_ids
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(12, VOCAB, (1, 24), generator=g)
@@ -106,7 +106,7 @@ def main() -> None:
 
     import torch
 
-    from core.compile import compile_model, compiled_layers
+    from core.model.compile import compile_model, compiled_layers
 
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, load average {os.getloadavg()[0]:.2f}")

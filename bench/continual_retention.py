@@ -82,9 +82,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from core.checkpoint import latest_checkpoint
-    from core.config import NeuralNetConfig
     from core.data.sample import ensure_sample_corpus
+    from core.model.config import NeuralNetConfig
+    from core.runs.checkpoint import latest_checkpoint
     from core.train.continual_trainer import ContinualTrainer
     from core.train.simple import SimpleTrainer
 

@@ -81,9 +81,9 @@ def build(name: str, precision: str, stages: bool, images: bool, ewc: bool,
           args: argparse.Namespace) -> Variant:
     import torch
 
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
-    from core.uncertainty import auxiliary_loss
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.model.uncertainty import auxiliary_loss
 
     torch.manual_seed(args.seed)
     switches = dict.fromkeys(SWITCHES, stages)

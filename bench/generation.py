@@ -1,9 +1,9 @@
 """Generation speed (issue 9): KV cache vs. full recomputation, and speculative decoding.
 
 1. tokens/s of greedy generation of ``--new-tokens`` (256) tokens with and without the KV cache
-   (``core.generation.generate_ids``, ``use_cache`` True/False), per profile; ratio cached /
+   (``core.infer.generation.generate_ids``, ``use_cache`` True/False), per profile; ratio cached /
    uncached (reference = uncached; the issue asks ≥ 5× at the small profile).
-2. speculative decoding (``core.inference.SpeculativeDecoder``, γ 4) with the tiny profile as
+2. speculative decoding (``core.infer.inference.SpeculativeDecoder``, γ 4) with the tiny profile as
    draft for the small profile, greedy and sampled (T 1.0): tokens/s against the target alone
    (reference), acceptance rate, and a check that greedy speculative output equals greedy.
 
@@ -13,7 +13,7 @@
    run (each run in a fresh process), and generated tokens per CPU second (process time, so
    other engineers' load counts less). Reference = the contiguous cache.
 
-4. MCTS generation (``core.mcts.MCTSGenerator``, 50 simulations per token, a tiny reward model)
+4. MCTS generation (``core.infer.mcts.MCTSGenerator``, 50 simulations per token, a tiny reward model)
    against greedy generation of the same length: CPU seconds and the work done (``--mcts-only``).
 
 Models are randomly initialised unless ``--target``/``--draft`` checkpoints are given; untrained
@@ -50,8 +50,8 @@ VOCAB = 2048  # the default tokenizer size of `aeron-tui train`
 def build(profile: str, seed: int) -> Any:
     import torch
 
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
 
     torch.manual_seed(seed)
     cfg = NeuralNetConfig(vocab_size=VOCAB, max_position_embeddings=1024, **PROFILES[profile])
@@ -59,7 +59,7 @@ def build(profile: str, seed: int) -> Any:
 
 
 def load(path: str) -> Any:
-    from core.inference import load_policy
+    from core.infer.inference import load_policy
 
     return load_policy(path)[0]
 
@@ -94,7 +94,7 @@ def kv_child(args: argparse.Namespace) -> None:
     """One measured run in this (fresh) process; prints a JSON line."""
     import torch
 
-    from core.generation import GenerationConfig, generate_ids
+    from core.infer.generation import GenerationConfig, generate_ids
 
     torch.set_num_threads(args.threads)
     model = build(args.kv_profile, 0)
@@ -129,7 +129,7 @@ def run_child(args: argparse.Namespace, profile: str, mode: str) -> dict[str, An
 
 
 def paged_section(args: argparse.Namespace) -> None:
-    from core.paged_kv import BLOCK_SIZE, blocks_needed
+    from core.infer.paged_kv import BLOCK_SIZE, blocks_needed
 
     b, n = args.paged_batch, args.new_tokens
     ends, _ = staggered(b, n)
@@ -171,11 +171,11 @@ def paged_section(args: argparse.Namespace) -> None:
 def mcts_section(args: argparse.Namespace) -> None:
     import torch
 
-    from core.config import NeuralNetConfig
-    from core.generation import GenerationConfig, encode_prompt_ids, generate_ids, pad_batch
-    from core.inference import reward_scores
-    from core.mcts import MCTSGenerator
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.infer.generation import GenerationConfig, encode_prompt_ids, generate_ids, pad_batch
+    from core.infer.inference import reward_scores
+    from core.infer.mcts import MCTSGenerator
+    from core.model.config import NeuralNetConfig
     from core.train.rlhf.reward import RewardModel
 
     torch.set_num_threads(args.threads)
@@ -234,8 +234,8 @@ def main() -> None:
 
     import torch
 
-    from core.generation import GenerationConfig, generate_ids
-    from core.inference import SpeculativeDecoder
+    from core.infer.generation import GenerationConfig, generate_ids
+    from core.infer.inference import SpeculativeDecoder
 
     if args.kv_child:
         kv_child(args)

@@ -162,8 +162,8 @@ def build_aeron(profile: str, vocab: int, reasoning: bool, precision: str, batch
                 seq: int, seed: int) -> Variant:
     import torch
 
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
 
     torch.manual_seed(seed)
     cfg = NeuralNetConfig(vocab_size=vocab, max_position_embeddings=max(2048, seq),
@@ -192,7 +192,7 @@ def build_t5(profile: str, vocab: int, precision: str, batch: int, seq: int,
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
     p = PROFILES[profile]
     ours = NeuralNetConfig(**p)
@@ -321,8 +321,8 @@ def loss_parity(steps: int, vocab: int, seed: int) -> None:
     same initial weights; print the losses side by side (bf16 must stay within noise)."""
     import torch
 
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
 
     cfg = NeuralNetConfig(vocab_size=vocab, max_position_embeddings=2048, **BACKBONE_ONLY,
                           **PROFILES["tiny"])

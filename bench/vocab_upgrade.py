@@ -54,13 +54,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from aeron_tui.commands.tokenizer import corpus_texts
-    from core.checkpoint import build_model_from_checkpoint, latest_checkpoint
-    from core.config import NeuralNetConfig
     from core.data.sample import ensure_sample_corpus
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.evolve.vocab_transfer import compare_upgrade, upgrade_checkpoint
+    from core.model.config import NeuralNetConfig
+    from core.runs.checkpoint import build_model_from_checkpoint, latest_checkpoint
     from core.train.config import RunConfig
     from core.train.simple import SimpleTrainer
-    from core.vocab_transfer import compare_upgrade, upgrade_checkpoint
 
     tmp = tempfile.TemporaryDirectory(prefix="aeron-vocab-") if args.workdir is None else None
     root = args.workdir or Path(tmp.name)  # type: ignore[union-attr]
@@ -100,8 +100,8 @@ def main() -> None:
     # Chance: the same architecture untrained, on either tokenizer.
     from core.data.formatting import encode_styles_sample
     from core.data.styles import read_styles, split_samples
-    from core.evaluation import evaluate_pairs
-    from core.model import TransformerNeuralNetBackbone
+    from core.evolve.evaluation import evaluate_pairs
+    from core.model.model import TransformerNeuralNetBackbone
 
     _, val = split_samples(read_styles(data))
     chance = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.events import format_loss
+from core.runs.events import format_loss
 
 
 def _num(value: Any, fmt: str) -> str:

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.checkpoint import CHECKPOINTS_DIR, load_checkpoint, load_model_state
 from core.errors import CheckpointError, ConfigError, DataError
-from core.events import EventWriter
+from core.runs.checkpoint import CHECKPOINTS_DIR, load_checkpoint, load_model_state
+from core.runs.events import EventWriter
 from core.train.config import RunConfig
 from core.train.control import ControlChannel
 from core.train.engine import StopTraining, Trainer

@@ -35,7 +35,7 @@ from core.errors import ConfigError
 from profiles.settings import PRECISIONS, aeron_home
 
 if TYPE_CHECKING:
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 TOP_LEVEL_KEYS = ("name", "description", "base", "model", "train")
@@ -167,7 +167,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_profile_file(path: Path, builtin: bool = False, _seen: tuple[str, ...] = ()) -> SizeProfile:
     """Load and validate one profile file (``base`` profiles are resolved recursively)."""
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
     path = Path(path)
     data = _read_toml(path)

@@ -2,7 +2,7 @@
 
 ``estimate = weights + gradients + optimizer + activations + logits + overhead`` (training.md §4).
 
-* **Parameters** are exact: the model is built on the ``meta`` device (``core.model``). Text-only
+* **Parameters** are exact: the model is built on the ``meta`` device (``core.model.model``). Text-only
   training gives gradients (and optimizer state) only to the components a text batch reaches;
   the multimodal path, the knowledge-graph tables and the continual-learning FiLM never see a
   gradient without images, entities or task ids (:data:`INACTIVE_IN_TEXT_TRAINING`).
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
 GiB = 1024**3
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -218,8 +218,8 @@ def _facts_cached(key: str) -> ParameterFacts:
         return _FACTS[key]
     import torch
 
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
 
     config = NeuralNetConfig(**json.loads(key))
     with _INIT_LOCK, _skip_init(), torch.device("meta"):
@@ -726,7 +726,7 @@ def measure_training_memory(
     )
     cuda_api = cuda if cuda is not None else (torch.cuda if device == "cuda" else None)
     tensor_device = torch.device(getattr(cuda, "tensor_device", device) if cuda is not None else device)
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.model import TransformerNeuralNetBackbone
 
     torch.manual_seed(seed)
     model = TransformerNeuralNetBackbone(config).to(tensor_device).train()
@@ -759,7 +759,7 @@ def measure_training_memory(
         loss = out["loss"]
         estimates = out.get("uncertainty_estimates")
         if estimates:  # the trainer-side UQ loss (training.md §3), so the UQ heads train too
-            from core.uncertainty import uncertainty_loss, uncertainty_targets
+            from core.model.uncertainty import uncertainty_loss, uncertainty_targets
 
             targets = uncertainty_targets(out["logits"], dec, config.uq_num_bins)
             loss = loss + uncertainty_loss(estimates, targets, 1)
@@ -836,21 +836,21 @@ def measure_module_saved(config: NeuralNetConfig, block: str, micro_batch: int, 
                          precision: str = "fp32", seed: int = 0) -> int:
     """Bytes autograd saves in one enhancement stage run on its own (steady state).
 
-    ``"memory"``: :class:`core.memory.NeuralMemoryNetwork` with every slot written (a long run
+    ``"memory"``: :class:`core.model.memory.NeuralMemoryNetwork` with every slot written (a long run
     fills the bank: each sample writes one slot per step); ``"enhancements"``:
-    :class:`core.uncertainty.UncertaintyQuantification` in training mode.
+    :class:`core.model.uncertainty.UncertaintyQuantification` in training mode.
     """
     import torch
 
     torch.manual_seed(seed)
     if block == "memory":
-        from core.memory import NeuralMemoryNetwork
+        from core.model.memory import NeuralMemoryNetwork
 
         module: Any = NeuralMemoryNetwork(config).train()
         m = config.memory_dim
         module.write(torch.randn(config.memory_slots, m), torch.randn(config.memory_slots, m))
     elif block == "enhancements":
-        from core.uncertainty import UncertaintyQuantification
+        from core.model.uncertainty import UncertaintyQuantification
 
         module = UncertaintyQuantification(config).train()
     else:
@@ -900,7 +900,7 @@ def calibrate(
     """
     import torch
 
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
     base = dict(
         vocab_size=512, num_encoder_layers=1, num_decoder_layers=1, max_position_embeddings=256,

@@ -37,7 +37,7 @@ from aeron_tui.app.screens.help import HelpScreen
 from aeron_tui.app.screens.quit import QuitScreen
 from aeron_tui.app.session import RunSession
 from aeron_tui.launcher import STDERR_LOG, TrainerProcess
-from core.events import describe_event
+from core.runs.events import describe_event
 
 if TYPE_CHECKING:
     from profiles.hardware import HardwareInfo

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aeron_tui.launcher import TrainerProcess
-from core.events import EventTail, ParseProblem, read_events
+from core.runs.events import EventTail, ParseProblem, read_events
 
 Item = dict[str, Any] | ParseProblem
 Post = Callable[[list[Item]], None]

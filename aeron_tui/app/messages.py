@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from core.events import ParseProblem
+from core.runs.events import ParseProblem
 
 if TYPE_CHECKING:
     from profiles.hardware import HardwareInfo

@@ -194,7 +194,7 @@ def prepare_launch(setup: RunSetup, runs_root: Path | None = None) -> LaunchSpec
 
 def write_run_config(setup: RunSetup, runs_root: Path | None = None) -> Path:
     """Resolve the setup and write RUN_DIR/run.toml (a new run dir unless one is set)."""
-    from core.runs import RUN_CONFIG_FILE, default_runs_root, new_run_dir
+    from core.runs.registry import RUN_CONFIG_FILE, default_runs_root, new_run_dir
     from core.train.config import RunConfig
 
     trainer, preset = setup.trainer, setup.preset

@@ -1,7 +1,7 @@
 """The run the dashboard shows: its folded :class:`RunState` plus where its events come from.
 
 No Textual here. Every number the console shows comes from ``state`` (the shared
-:class:`core.events.RunState` fold); the session only adds what a live view needs on top of the
+:class:`core.runs.events.RunState` fold); the session only adds what a live view needs on top of the
 same events: per-metric histories for sparklines and the queue of new event-log lines.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aeron_tui.launcher import TrainerProcess
-from core.events import ParseProblem, RunState
+from core.runs.events import ParseProblem, RunState
 
 # Event types RunState keeps in its log (plus run_started): what the event log widget shows.
 LOG_TYPES = frozenset({
@@ -117,7 +117,7 @@ class RunSession:
             return False
         now = time.monotonic()
         if now - self._gone_checked_at >= every_s:
-            from core.runs import trainer_alive
+            from core.runs.registry import trainer_alive
 
             self._gone_checked_at = now
             self._gone = trainer_alive(self.run_dir) is False or (
@@ -129,7 +129,7 @@ class RunSession:
         """The trainer pid of a watched run on this host, from its pid file (None if unknown)."""
         if self.run_dir is None:
             return None
-        from core.runs import PID_FILE, trainer_alive
+        from core.runs.registry import PID_FILE, trainer_alive
 
         if trainer_alive(self.run_dir) is not True:
             return None

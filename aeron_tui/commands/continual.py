@@ -45,8 +45,8 @@ def continue_training(
 ) -> None:
     """Continue training; the retention report lands in RUN_DIR/retention.json."""
     from aeron_tui.commands.train import build_run_config, execute
-    from core.checkpoint import load_checkpoint
-    from core.runs import default_runs_root, run_dir_name
+    from core.runs.checkpoint import load_checkpoint
+    from core.runs.registry import default_runs_root, run_dir_name
 
     base = load_checkpoint(source, load_optimizer=False)  # fails early, naming the file
     profile = profile or (base.trainer_state.get("run_config") or {}).get("profile") or "auto"

@@ -200,12 +200,12 @@ def select_samples(
     from rich.console import Console
     from rich.table import Table
 
-    from core.active_learning import pool_embeddings, select
-    from core.checkpoint import build_model_from_checkpoint
     from core.data.formatting import encode_styles_sample
     from core.data.loader import collate
     from core.data.styles import read_styles
     from core.errors import ConfigError
+    from core.model.active_learning import pool_embeddings, select
+    from core.runs.checkpoint import build_model_from_checkpoint
 
     samples = read_styles(pool)
     if not 1 <= k <= len(samples):

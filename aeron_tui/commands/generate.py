@@ -64,7 +64,7 @@ def _device(name: str) -> Any:
 def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
             repetition_penalty: float, stop: list[str], strict: bool,
             paged_blocks: int = 0) -> Any:
-    from core.generation import GenerationConfig
+    from core.infer.generation import GenerationConfig
 
     return GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -75,19 +75,19 @@ def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
 
 def _loader(device: Any, attention: str | None, compile_layers: bool) -> Any:
     """``load_policy`` for this command: the chosen attention kernel, compiled when asked."""
-    from core.config import ATTENTION_BACKENDS
     from core.errors import ConfigError
+    from core.model.config import ATTENTION_BACKENDS
 
     if attention is not None and attention not in ATTENTION_BACKENDS:
         raise ConfigError(f"--attention must be one of {', '.join(ATTENTION_BACKENDS)}, "
                           f"got {attention!r}")
 
     def load(path: Path) -> tuple[Any, Any, Path]:
-        from core.inference import load_policy
+        from core.infer.inference import load_policy
 
         model, tokenizer, ckpt = load_policy(path, device, attention)
         if compile_layers:
-            from core.compile import compile_model
+            from core.model.compile import compile_model
 
             compile_model(model)
         return model, tokenizer, ckpt
@@ -119,7 +119,7 @@ def _report(gen: Any, seconds: float) -> None:
 def _reward_scorer(paths: list[Path], tokenizer: Any, device: Any) -> Any:
     """One reward model, or the mean of K (``--reward`` repeated), sharing the policy's
     tokenizer (ConfigError naming the checkpoint otherwise)."""
-    from core.inference import check_shared_tokenizer
+    from core.infer.inference import check_shared_tokenizer
     from core.train.rlhf.ensemble import load_reward_scorer
 
     scorer, rm_tok, loaded = load_reward_scorer(paths, device)
@@ -158,7 +158,7 @@ def generate_command(
     import time
 
     from core.errors import ConfigError
-    from core.generation import generate
+    from core.infer.generation import generate
 
     cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict,
                   paged_blocks)
@@ -183,8 +183,8 @@ def generate_command(
     load_policy = _loader(dev, attention, compile_layers)
     model, tokenizer, _ = load_policy(checkpoint)
     if mcts:
-        from core.inference import reward_scores
-        from core.mcts import MCTSGenerator
+        from core.infer.inference import reward_scores
+        from core.infer.mcts import MCTSGenerator
 
         rm = _reward_scorer(reward, tokenizer, dev)
 
@@ -205,8 +205,8 @@ def generate_command(
               + (f"{value:+.3f}" if value is not None else "n/a"))
         return
     if ensemble:
-        from core.inference import check_shared_tokenizer
-        from core.merge import EnsemblePolicy
+        from core.evolve.merge import EnsemblePolicy
+        from core.infer.inference import check_shared_tokenizer
 
         members = [model]
         for path in ensemble:
@@ -216,7 +216,7 @@ def generate_command(
         model = EnsemblePolicy(members).to(dev)
     t0 = time.perf_counter()
     if draft is not None:
-        from core.inference import SpeculativeDecoder, check_shared_tokenizer
+        from core.infer.inference import SpeculativeDecoder, check_shared_tokenizer
 
         draft_model, draft_tok, draft_path = load_policy(draft)
         check_shared_tokenizer(tokenizer, draft_tok, "draft model", draft_path)
@@ -229,7 +229,7 @@ def generate_command(
               f"{stats.target_passes} target passes")
         return
     if best_of > 1:
-        from core.inference import BestOfNSampler
+        from core.infer.inference import BestOfNSampler
 
         rm = _reward_scorer(reward, tokenizer, dev)
         sampler = BestOfNSampler(model, rm, tokenizer, n=best_of, temperature=temperature or 0.8,
@@ -265,8 +265,8 @@ def chat_command(
     """
     import time
 
-    from core.generation import generate
-    from core.inference import load_policy
+    from core.infer.generation import generate
+    from core.infer.inference import load_policy
 
     cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict)
     model, tokenizer, path = load_policy(checkpoint, _device(device))

@@ -33,7 +33,7 @@ def merge(
     from rich.console import Console
     from rich.table import Table
 
-    from core.merge import MergeParams, greedy_soup_checkpoints, merge_checkpoints
+    from core.evolve.merge import MergeParams, greedy_soup_checkpoints, merge_checkpoints
 
     console = Console()
     sanity_data = None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
 model_app = typer.Typer(help="Inspect the Aeron model: configuration, parameter counts, smoke test.",
                         no_args_is_help=True)
@@ -33,7 +33,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Print a profile's model configuration and its exact parameter count per component."""
-    from core.model import BACKBONE_COMPONENTS, backbone_parameter_count, count_parameters
+    from core.model.model import BACKBONE_COMPONENTS, backbone_parameter_count, count_parameters
 
     config = _profile_model(profile)
     counts = count_parameters(config)  # meta device: nothing allocated
@@ -90,7 +90,7 @@ def smoke(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Build a small model on CPU, run forward + backward, show loss, branch scores, scratchpad."""
-    from core.smoke import run_smoke
+    from core.infer.smoke import run_smoke
 
     result = run_smoke(seed=seed)
     if as_json:
@@ -141,8 +141,13 @@ def export(
 
     if fmt.lower() != "onnx":
         raise ConfigError(f"--format {fmt!r} is not supported; use --format onnx (GGUF is out of scope)")
-    from core.checkpoint import build_model_from_checkpoint
-    from core.export import example_inputs, export_model_to_onnx, require_onnx, verify_onnx_export
+    from core.infer.export import (
+        example_inputs,
+        export_model_to_onnx,
+        require_onnx,
+        verify_onnx_export,
+    )
+    from core.runs.checkpoint import build_model_from_checkpoint
 
     require_onnx()  # fail before loading a large checkpoint
     model, _, config = build_model_from_checkpoint(checkpoint)
@@ -179,8 +184,8 @@ def _read_catalog_model(profile: str) -> NeuralNetConfig:
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
 
-    from core.config import NeuralNetConfig
     from core.errors import ConfigError
+    from core.model.config import NeuralNetConfig
 
     path = Path(profile) if profile.endswith(".toml") else (
         Path(__file__).resolve().parents[2] / "profiles" / "catalog" / f"{profile}.toml")

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from core.runs import default_runs_root, list_runs
+        from core.runs.registry import default_runs_root, list_runs
 
         base = root or default_runs_root()
         runs = list_runs(base)
@@ -56,9 +56,9 @@ def register(app: typer.Typer) -> None:
         """Status, progress, losses, checkpoints and the last error of one run."""
         from rich.console import Console
 
-        from core.checkpoint import list_checkpoints
         from core.errors import ConfigError
-        from core.runs import is_run_dir, summarize_run
+        from core.runs.checkpoint import list_checkpoints
+        from core.runs.registry import is_run_dir, summarize_run
 
         if not is_run_dir(run_dir):
             raise ConfigError(f"{run_dir}: not a run directory (no run.toml or events.jsonl)")
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.tree import Tree
 
-        from core.lineage import default_roots, lineage_tree
+        from core.runs.lineage import default_roots, lineage_tree
 
         roots = [*default_roots(checkpoint.resolve()), *search]
         root = lineage_tree(checkpoint, roots)

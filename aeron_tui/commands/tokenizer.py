@@ -63,7 +63,7 @@ def train(
 
     from rich.console import Console
 
-    from core.tokenizer import BASE_VOCAB_SIZE, AeronTokenizer
+    from core.data.tokenizer import BASE_VOCAB_SIZE, AeronTokenizer
 
     paths = list(corpus or [])
     if not paths:
@@ -107,7 +107,7 @@ def info(
     """Show a tokenizer's size, special-token ids and SHA-256."""
     from rich.console import Console
 
-    from core.tokenizer import SPECIAL_TOKENS, AeronTokenizer
+    from core.data.tokenizer import SPECIAL_TOKENS, AeronTokenizer
 
     tok = AeronTokenizer.load(path)
     specials = " ".join(f"{t}={i}" for i, t in enumerate(SPECIAL_TOKENS))
@@ -131,7 +131,7 @@ def upgrade(
     """Move a checkpoint to a new tokenizer: shared tokens keep their rows, new ones are composed."""
     from rich.console import Console
 
-    from core.vocab_transfer import compare_upgrade, upgrade_checkpoint
+    from core.evolve.vocab_transfer import compare_upgrade, upgrade_checkpoint
 
     console = Console()
     path, report = upgrade_checkpoint(checkpoint, tokenizer, out)

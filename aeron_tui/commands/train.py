@@ -211,7 +211,7 @@ def _read_toml_table(path: Path) -> dict[str, Any]:
 def _resume_run_dir(resume: str, trainer: str) -> str | None:
     """The run a bare ``--resume`` (or ``--resume PATH``) refers to."""
     from core.errors import CheckpointError
-    from core.runs import is_run_dir, latest_run
+    from core.runs.registry import is_run_dir, latest_run
 
     if resume == "latest":
         found = latest_run(trainer=trainer)

@@ -1,2 +1,3 @@
-"""Data layer: styles.jsonl, plain text, preference and prompt readers, the bundled sample corpus,
-sequence formatting and the resumable batch loader. Import the submodules directly."""
+"""Data layer: the byte-level BPE tokenizer, styles.jsonl, plain text, preference and prompt
+readers, the bundled sample corpus, sequence formatting and the resumable batch loader. Import the
+submodules directly (``from core.data.tokenizer import AeronTokenizer``)."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, PROVIDER_ID, STYLE_ID, USER_ID
+from core.data.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, PROVIDER_ID, STYLE_ID, USER_ID
 
 IGNORE_INDEX = -100  # label value the loss skips (padding, unscored prefix)
 

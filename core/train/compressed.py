@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.quant import (
+from core.train.quant import (
     BLOCK_SIZE,
     QTensor,
     dequantize_blockwise,

@@ -15,7 +15,7 @@ Options (``--set key=value`` or the ``[options]`` table):
 ``recipe`` (default ``full``), ``replay_ratio`` 0.2, ``ewc_lambda`` (default
 ``NORMALIZED_EWC_LAMBDA`` with ``ewc_normalize``, else the model config's), ``ewc_normalize``
 True (penalty on ``F / mean(F)``: the raw Fisher's scale differs by orders of magnitude between
-corpora, see :mod:`core.continual`), ``ewc_batches`` 200, ``mirror_lambda`` 0.4,
+corpora, see :mod:`core.model.continual`), ``ewc_batches`` 200, ``mirror_lambda`` 0.4,
 ``mirror_temperature`` 2.0, ``mirror_on_new`` False, ``latent_lambda`` 0.1,
 ``retention_samples`` 256.
 """
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import ConfigError
-from core.layers import masked_mean_pool
+from core.model.layers import masked_mean_pool
 from core.train.engine import Trainer, load_pairs
 
 RECIPES: dict[str, dict[str, bool]] = {
@@ -153,7 +153,7 @@ class ContinualTrainer(Trainer):
     # ------------------------------------------------------------------ setup
     def _base_checkpoint(self) -> Any:
         if self.base is None:
-            from core.checkpoint import load_checkpoint
+            from core.runs.checkpoint import load_checkpoint
 
             self.base = load_checkpoint(self.source, load_optimizer=False)
         return self.base
@@ -194,7 +194,7 @@ class ContinualTrainer(Trainer):
         self.corpus["old_corpus"] = str(self.old_data_path())
 
     def build_model(self) -> nn.Module:
-        from core.checkpoint import load_model_state
+        from core.runs.checkpoint import load_model_state
 
         model = super().build_model()
         base = self._base_checkpoint()
@@ -319,7 +319,7 @@ class ContinualTrainer(Trainer):
 
     # ------------------------------------------------------------------ retention
     def _measure(self, model: nn.Module) -> dict[str, Any]:
-        from core.evaluation import evaluate_pairs
+        from core.evolve.evaluation import evaluate_pairs
 
         n = int(self.opts["retention_samples"])
         return {
@@ -328,8 +328,8 @@ class ContinualTrainer(Trainer):
         }
 
     def _fresh_old_bpb(self) -> float:
-        from core.evaluation import evaluate_pairs
-        from core.model import TransformerNeuralNetBackbone
+        from core.evolve.evaluation import evaluate_pairs
+        from core.model.model import TransformerNeuralNetBackbone
 
         with torch.random.fork_rng():
             torch.manual_seed(self.config.seed)
@@ -359,7 +359,7 @@ class ContinualTrainer(Trainer):
 
     def retention_report(self) -> dict[str, Any]:
         from core.data.styles import read_styles
-        from core.retention import (
+        from core.evolve.retention import (
             per_word_nll,
             representation_drift,
             retained_fraction,
@@ -372,7 +372,7 @@ class ContinualTrainer(Trainer):
         old_path = self.old_data_path()
         texts = [s.assistant_reply for s in read_styles(old_path)] if old_path.suffix == ".jsonl" else []
         words = {w for w, c in word_counts(texts).items() if c >= 5}
-        from core.evaluation import evaluation_subset
+        from core.evolve.evaluation import evaluation_subset
 
         subset = evaluation_subset(self.old_val, int(self.opts["retention_samples"]))
         reference = self.teacher if self.teacher is not None else self._reload_base()
@@ -394,8 +394,8 @@ class ContinualTrainer(Trainer):
         }
 
     def _reload_base(self) -> nn.Module:
-        from core.checkpoint import load_model_state
-        from core.model import TransformerNeuralNetBackbone
+        from core.model.model import TransformerNeuralNetBackbone
+        from core.runs.checkpoint import load_model_state
 
         model = TransformerNeuralNetBackbone(self.model_config)
         load_model_state(model, self._base_checkpoint().model_state, self._base_checkpoint().path)

@@ -5,8 +5,8 @@ A run reads like a recipe::
     trainer = SimpleTrainer(run_config, model_config)
     trainer.run()          # setup() → train() → cleanup(), events all the way
 
-Everything a user sees comes from the events this engine emits (``core.events``); everything a
-resumed run needs comes from the checkpoints it writes (``core.checkpoint``).
+Everything a user sees comes from the events this engine emits (``core.runs.events``); everything a
+resumed run needs comes from the checkpoints it writes (``core.runs.checkpoint``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.checkpoint import (
+from core.errors import AeronError, CheckpointError, ConfigError, DataError, ResourceError
+from core.model.uncertainty import auxiliary_loss, batch_calibration_error
+from core.runs.checkpoint import (
     CHECKPOINTS_DIR,
     LoadedCheckpoint,
     capture_rng_state,
@@ -37,9 +39,8 @@ from core.checkpoint import (
     save_checkpoint,
     step_checkpoint_name,
 )
-from core.errors import AeronError, CheckpointError, ConfigError, DataError, ResourceError
-from core.events import EventWriter
-from core.runs import (
+from core.runs.events import EventWriter
+from core.runs.registry import (
     EVENTS_FILE,
     RUN_CONFIG_FILE,
     default_runs_root,
@@ -51,7 +52,6 @@ from core.train.config import RunConfig
 from core.train.control import ControlChannel
 from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, warmup_cosine_scale
-from core.uncertainty import auxiliary_loss, batch_calibration_error
 
 TRAINER_STATE_VERSION = 1
 
@@ -88,7 +88,7 @@ class Trainer:
         ``model_state_for_checkpoint()`` / ``optimizer_state_for_checkpoint()`` — what is saved
         (distributed runs gather full states here).
     Events
-        ``self.events`` is the run's :class:`core.events.EventWriter`; ``self.emit(type, ...)``
+        ``self.events`` is the run's :class:`core.runs.events.EventWriter`; ``self.emit(type, ...)``
         adds ``global_step`` where the schema wants it. Only the main rank writes.
     """
 
@@ -294,7 +294,7 @@ class Trainer:
     def build_tokenizer(self) -> Any:
         """The run's tokenizer: ``config.tokenizer`` if given, else one trained on the corpus
         (cached by corpus hash and vocabulary size under ``$AERON_TUI_HOME/cache/tokenizers``)."""
-        from core.tokenizer import AeronTokenizer
+        from core.data.tokenizer import AeronTokenizer
 
         if self.config.tokenizer:
             return AeronTokenizer.load(self.config.tokenizer)
@@ -350,7 +350,7 @@ class Trainer:
     def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
         """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the
         ``[model]`` overrides; a resumed run must match its checkpoint's config."""
-        from core.config import NeuralNetConfig
+        from core.model.config import NeuralNetConfig
 
         base = self.base_model_config
         if base is None:
@@ -369,7 +369,7 @@ class Trainer:
         except ConfigError as exc:
             raise ConfigError(f"run config [model]: {exc}") from exc
         if resume is not None:
-            from core.checkpoint import config_differences
+            from core.runs.checkpoint import config_differences
 
             # Run-time fields (checkpointing, attention backend) may change on resume.
             diff = config_differences(resume.config_dict, model_config.to_dict())
@@ -381,7 +381,7 @@ class Trainer:
         return model_config
 
     def build_model(self) -> nn.Module:
-        from core.model import TransformerNeuralNetBackbone
+        from core.model.model import TransformerNeuralNetBackbone
 
         return TransformerNeuralNetBackbone(self.model_config)
 
@@ -389,11 +389,11 @@ class Trainer:
         """The module forward runs on: the model config's attention backend, ``compile``
         (``torch.compile`` per encoder/decoder layer, in place, before DDP/FSDP wrapping; a layer
         that fails to compile runs eagerly with a warning) and DDP/FSDP (distributed)."""
-        from core.layers import set_attention_backend
+        from core.model.layers import set_attention_backend
 
         set_attention_backend(model, self.model_config.attention_backend)
         if self.config.compile:
-            from core.compile import compile_model
+            from core.model.compile import compile_model
 
             compile_model(model)
         if self.dist is not None and self.world_size > 1:
@@ -404,7 +404,7 @@ class Trainer:
 
     def resolve_precision(self) -> str:
         """``auto`` → bf16 on CUDA ≥ sm80, fp16 + GradScaler on older CUDA, and on the CPU bf16
-        where ``core.precision.default_precision`` says it is native and faster, else fp32.
+        where ``core.model.precision.default_precision`` says it is native and faster, else fp32.
         An explicit precision is always honoured, except bf16 on a GPU without it."""
         wanted = self.config.precision
         dev = self.device
@@ -1174,10 +1174,10 @@ class Trainer:
 
 
 def default_precision(device: torch.device) -> str:
-    """``core.precision.default_precision`` (the model engineer's measured rule), or — when that
+    """``core.model.precision.default_precision`` (the model engineer's measured rule), or — when that
     module is absent — the capability rule on CUDA and fp32 on the CPU."""
     try:
-        from core.precision import default_precision as measured
+        from core.model.precision import default_precision as measured
     except ImportError:
         if device.type == "cuda":
             index = device.index if device.index is not None else torch.cuda.current_device()
@@ -1241,9 +1241,9 @@ def corpus_texts(path: Path) -> Iterator[str]:
 
 def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
     """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
-    from core.checkpoint import file_sha256
+    from core.data.tokenizer import AeronTokenizer
     from core.paths import aeron_home
-    from core.tokenizer import AeronTokenizer
+    from core.runs.checkpoint import file_sha256
 
     files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
     import hashlib

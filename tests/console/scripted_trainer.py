@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from core.events import EventWriter  # noqa: E402
+from core.runs.events import EventWriter  # noqa: E402
 
 
 def main() -> int:

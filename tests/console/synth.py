@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from core.events import encode_event, make_event
+from core.runs.events import encode_event, make_event
 
 T0 = 1_700_000_000.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from aeron_tui.app.feeds import pump_replay, pump_tail
 from aeron_tui.app.format import debiased_ema, downsample, fmt_duration, sparkline
 from aeron_tui.app.session import RunSession
-from core.events import ParseProblem, encode_event
+from core.runs.events import ParseProblem, encode_event
 
 from .synth import synthetic_events, write_events
 

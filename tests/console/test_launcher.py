@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from aeron_tui.launcher import GLIBC_TUNABLES, LaunchSpec, TrainerProcess, read_tail
-from core.events import ParseProblem
+from core.runs.events import ParseProblem
 
 SCRIPT = str(Path(__file__).with_name("scripted_trainer.py"))
 

@@ -61,8 +61,8 @@ def _run_config(run_dir: Path, data: Path, trainer: str, steps: int, **options: 
 
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from core.checkpoint import latest_checkpoint
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
+    from core.runs.checkpoint import latest_checkpoint
     from core.train.simple import SimpleTrainer
 
     root = tmp_path_factory.mktemp("continual")
@@ -111,7 +111,7 @@ def test_replay_and_ewc_keep_the_old_corpus_better_than_plain(tmp_path: Path, ba
 def test_normalised_ewc_penalty_is_scale_free() -> None:
     """With ``normalize`` the penalty uses F/mean(F): the Fisher's overall scale (which differs by
     orders of magnitude between corpora) no longer changes the penalty; the raw one does."""
-    from core.continual import ElasticWeightConsolidation
+    from core.model.continual import ElasticWeightConsolidation
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
@@ -144,8 +144,8 @@ def test_normalised_ewc_penalty_is_scale_free() -> None:
 
 @pytest.mark.slow
 def test_full_recipe_report_events_and_lineage(tmp_path: Path, base_checkpoint) -> None:
-    from core.checkpoint import latest_checkpoint, read_manifest
-    from core.events import fold, read_events
+    from core.runs.checkpoint import latest_checkpoint, read_manifest
+    from core.runs.events import fold, read_events
 
     full = _continue(tmp_path, base_checkpoint, "full")
     assert full["terms"] == {"replay": True, "ewc": True, "mirror": True, "latent": True}

@@ -12,10 +12,10 @@ from aeron_tui.cli import app
 
 
 def _ckpt(path: Path, seed: int) -> Path:
-    from core.checkpoint import save_checkpoint
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.runs.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     cfg = NeuralNetConfig(vocab_size=268, d_model=32, nhead=4, num_kv_heads=2, num_encoder_layers=1,
@@ -28,9 +28,9 @@ def _ckpt(path: Path, seed: int) -> Path:
 
 
 def test_lineage_tree_across_merge_and_upgrade(tmp_path: Path) -> None:
-    from core.lineage import lineage_tree
-    from core.tokenizer import AeronTokenizer
-    from core.vocab_transfer import upgrade_checkpoint
+    from core.data.tokenizer import AeronTokenizer
+    from core.evolve.vocab_transfer import upgrade_checkpoint
+    from core.runs.lineage import lineage_tree
 
     a, b = _ckpt(tmp_path / "runs" / "a", 1), _ckpt(tmp_path / "runs" / "b", 2)
     runner = CliRunner()
@@ -57,7 +57,7 @@ def test_lineage_tree_across_merge_and_upgrade(tmp_path: Path) -> None:
 def test_missing_parent_is_reported_not_fatal(tmp_path: Path) -> None:
     import shutil
 
-    from core.lineage import lineage_tree
+    from core.runs.lineage import lineage_tree
 
     a = _ckpt(tmp_path / "a", 1)
     b = _ckpt(tmp_path / "b", 2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.tokenizer import NUM_SPECIAL, AeronTokenizer
-from core.vocab_transfer import old_pieces, transfer_embedding
+from core.data.tokenizer import NUM_SPECIAL, AeronTokenizer
+from core.evolve.vocab_transfer import old_pieces, transfer_embedding
 
 TEXTS = [
     "the cat sat on the mat with another cat",

@@ -22,12 +22,12 @@ def _corpus(sample_corpus_dir: Path, path: Path, n: int = 800) -> Path:
 
 
 def _train_old_checkpoint(tmp_path: Path, data: Path, tok: object, steps: int = 200) -> Path:
-    from core.checkpoint import save_checkpoint
-    from core.config import NeuralNetConfig
     from core.data.formatting import encode_styles_sample
     from core.data.loader import collate
     from core.data.styles import read_styles, split_samples
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.runs.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     cfg = NeuralNetConfig(
@@ -52,9 +52,9 @@ def _train_old_checkpoint(tmp_path: Path, data: Path, tok: object, steps: int = 
 
 @pytest.mark.slow
 def test_upgrade_keeps_bits_per_byte_close(tmp_path: Path, sample_corpus_dir: Path) -> None:
-    from core.checkpoint import read_manifest
     from core.data.styles import read_styles
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.runs.checkpoint import read_manifest
 
     data = _corpus(sample_corpus_dir, tmp_path / "styles.jsonl")
     texts = [t for s in read_styles(data) for t in (s.user_input, s.assistant_reply)]
@@ -75,7 +75,7 @@ def test_upgrade_keeps_bits_per_byte_close(tmp_path: Path, sample_corpus_dir: Pa
     assert counts["copied"] == 400 and counts["random"] == 0
     assert counts["composed"] == counts["new_vocab_size"] - 400 > 0
 
-    from core.vocab_transfer import compare_upgrade
+    from core.evolve.vocab_transfer import compare_upgrade
 
     bpb = compare_upgrade(old, out, data, samples=64)
     print("old-corpus bits/byte:", bpb)
@@ -88,10 +88,10 @@ def test_upgrade_keeps_bits_per_byte_close(tmp_path: Path, sample_corpus_dir: Pa
 
 
 def test_upgrade_rejects_bad_inputs_before_writing(tmp_path: Path) -> None:
-    from core.checkpoint import save_checkpoint
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.runs.checkpoint import save_checkpoint
 
     cfg = NeuralNetConfig(vocab_size=268, d_model=32, nhead=4, num_kv_heads=2, num_encoder_layers=1,
                           num_decoder_layers=1, dim_feedforward=64, max_position_embeddings=64,
@@ -108,11 +108,11 @@ def test_upgrade_rejects_bad_inputs_before_writing(tmp_path: Path) -> None:
 
 
 def test_untied_output_projection_is_transferred_like_the_embedding(tmp_path: Path) -> None:
-    from core.checkpoint import build_model_from_checkpoint, save_checkpoint
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
-    from core.tokenizer import NUM_SPECIAL, AeronTokenizer
-    from core.vocab_transfer import copied_token_ids, upgrade_checkpoint
+    from core.data.tokenizer import NUM_SPECIAL, AeronTokenizer
+    from core.evolve.vocab_transfer import copied_token_ids, upgrade_checkpoint
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.runs.checkpoint import build_model_from_checkpoint, save_checkpoint
 
     texts = ["the cat sat on the mat", "def add(a, b): return a + b"] * 20
     old_tok, new_tok = AeronTokenizer.train(texts, vocab_size=280), AeronTokenizer.train(texts, vocab_size=300)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.config import NeuralNetConfig
+from core.model.config import NeuralNetConfig
 
 
 def tiny_config(**overrides: Any) -> NeuralNetConfig:

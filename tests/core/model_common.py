@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from core.config import NeuralNetConfig
-from core.model import TransformerNeuralNetBackbone
+from core.model.config import NeuralNetConfig
+from core.model.model import TransformerNeuralNetBackbone
 
 VOCAB = 128
 

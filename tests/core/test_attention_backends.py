@@ -14,10 +14,10 @@ import types
 import pytest
 import torch
 
-import core.layers as layers
-from core.config import NeuralNetConfig
+import core.model.layers as layers
 from core.errors import ConfigError
-from core.layers import (
+from core.model.config import NeuralNetConfig
+from core.model.layers import (
     NO_MASK,
     AttentionMask,
     GroupedQueryAttention,
@@ -272,7 +272,7 @@ def test_set_attention_backend_routes_every_layer(fake_flash: _FakeFlash, fake_c
 
 @pytest.fixture
 def tiny_model() -> torch.nn.Module:
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.model import TransformerNeuralNetBackbone
 
     torch.manual_seed(0)
     cfg = NeuralNetConfig(
@@ -293,8 +293,8 @@ def test_manual_attention_returns_normalised_weights() -> None:
 
 
 def test_a_model_built_from_a_config_runs_on_its_backend() -> None:
-    from core.layers import GroupedQueryAttention
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.layers import GroupedQueryAttention
+    from core.model.model import TransformerNeuralNetBackbone
 
     config = NeuralNetConfig(
         vocab_size=64, d_model=32, nhead=2, num_kv_heads=1, num_encoder_layers=1,
@@ -307,7 +307,7 @@ def test_a_model_built_from_a_config_runs_on_its_backend() -> None:
 
 
 def test_checkpoint_config_comparison_ignores_how_the_weights_are_run() -> None:
-    from core.checkpoint import config_differences
+    from core.runs.checkpoint import config_differences
 
     old = {"d_model": 32, "use_gradient_checkpointing": False}  # written before the field existed
     new = {"d_model": 32, "use_gradient_checkpointing": True, "attention_backend": "manual"}

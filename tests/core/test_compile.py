@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import torch
 
-from core.compile import compile_model, compiled_layers
-from core.config import NeuralNetConfig
-from core.model import TransformerNeuralNetBackbone
+from core.model.compile import compile_model, compiled_layers
+from core.model.config import NeuralNetConfig
+from core.model.model import TransformerNeuralNetBackbone
 
 
 def _config(vocab: int = 64, **kw: Any) -> NeuralNetConfig:
@@ -86,7 +86,7 @@ def test_compiled_layers_train_with_the_same_gradients() -> None:
 
 
 def test_cached_generation_equals_uncompiled() -> None:
-    from core.generation import GenerationConfig, generate_ids
+    from core.infer.generation import GenerationConfig, generate_ids
 
     ids, mask, _ = _batch()
     cfg = GenerationConfig(max_new_tokens=8, temperature=0.0, stop_ids=())
@@ -173,8 +173,8 @@ def test_generate_compile_flag(tmp_path: Path, inductor_as_eager: list[Any]) -> 
     from typer.testing import CliRunner
 
     from aeron_tui.cli import app
-    from core.checkpoint import save_checkpoint
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.runs.checkpoint import save_checkpoint
 
     tok = AeronTokenizer.byte_level()
     torch.manual_seed(1)

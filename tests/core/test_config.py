@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from core.config import NeuralNetConfig
 from core.errors import ConfigError
+from core.model.config import NeuralNetConfig
 
 
 def test_defaults_are_the_v401_configuration() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from enh_common import tiny_config
 
-from core.active_learning import ActiveLearningManager, mean_pairwise_distance, select
+from core.model.active_learning import ActiveLearningManager, mean_pairwise_distance, select
 
 
 def _clustered_pool(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,9 +12,9 @@ from enh_common import tiny_config
 from typer.testing import CliRunner
 
 from aeron_tui.cli import app
-from core.checkpoint import save_checkpoint
-from core.model import TransformerNeuralNetBackbone
-from core.tokenizer import AeronTokenizer
+from core.data.tokenizer import AeronTokenizer
+from core.model.model import TransformerNeuralNetBackbone
+from core.runs.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from enh_common import tiny_config
 from torch import Tensor, nn
 
-from core.continual import ContinualLearningModule, ElasticWeightConsolidation
+from core.model.continual import ContinualLearningModule, ElasticWeightConsolidation
 
 
 class ToyClassifier(nn.Module):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from enh_common import tiny_config
 
-from core.export import ExportError, export_model_to_onnx, require_onnx
-from core.model import TransformerNeuralNetBackbone
+from core.infer.export import ExportError, export_model_to_onnx, require_onnx
+from core.model.model import TransformerNeuralNetBackbone
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript"))
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None

@@ -6,7 +6,7 @@ import pytest
 import torch
 from enh_common import tiny_config
 
-from core.knowledge_graph import KnowledgeGraphAttention, validate_kg_inputs
+from core.model.knowledge_graph import KnowledgeGraphAttention, validate_kg_inputs
 
 
 def _kg(**overrides: object) -> KnowledgeGraphAttention:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from enh_common import tiny_config
 
-from core.memory import NeuralMemoryNetwork
+from core.model.memory import NeuralMemoryNetwork
 
 
 def _memory(**overrides: object) -> NeuralMemoryNetwork:

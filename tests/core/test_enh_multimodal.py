@@ -8,7 +8,7 @@ import pytest
 import torch
 from enh_common import tiny_config
 
-from core.multimodal import MultimodalFusion, VisionPatchEmbedding, sinusoidal_positions
+from core.model.multimodal import MultimodalFusion, VisionPatchEmbedding, sinusoidal_positions
 
 
 def test_sinusoidal_positions_follow_the_formula() -> None:

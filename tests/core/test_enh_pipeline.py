@@ -8,14 +8,14 @@ import pytest
 import torch
 from enh_common import tiny_config
 
-from core.active_learning import ActiveLearningManager
-from core.config import NeuralNetConfig
-from core.continual import ContinualLearningModule
-from core.knowledge_graph import KnowledgeGraphAttention
-from core.memory import NeuralMemoryNetwork
-from core.model import TransformerNeuralNetBackbone, count_parameters
-from core.multimodal import MultimodalFusion, VisionPatchEmbedding
-from core.uncertainty import UncertaintyQuantification, auxiliary_loss
+from core.model.active_learning import ActiveLearningManager
+from core.model.config import NeuralNetConfig
+from core.model.continual import ContinualLearningModule
+from core.model.knowledge_graph import KnowledgeGraphAttention
+from core.model.memory import NeuralMemoryNetwork
+from core.model.model import TransformerNeuralNetBackbone, count_parameters
+from core.model.multimodal import MultimodalFusion, VisionPatchEmbedding
+from core.model.uncertainty import UncertaintyQuantification, auxiliary_loss
 
 SPEC_DEFAULT_COUNTS = {
     "knowledge_graph": 23_560_449,
@@ -273,8 +273,8 @@ def test_export_mode_skips_every_stage() -> None:
 
 # ------------------------------------------------------------------------------ EWC
 def test_ewc_on_the_model_and_its_checkpoint_round_trip(tmp_path) -> None:
-    from core.checkpoint import build_model_from_checkpoint, save_checkpoint
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.runs.checkpoint import build_model_from_checkpoint, save_checkpoint
 
     tok = AeronTokenizer.byte_level()
     model = _model(vocab_size=tok.vocab_size)
@@ -295,7 +295,7 @@ def test_ewc_on_the_model_and_its_checkpoint_round_trip(tmp_path) -> None:
 
 
 def test_backbone_keeps_the_sequence_nll_for_the_uq_targets() -> None:
-    from core.uncertainty import sequence_nll
+    from core.model.uncertainty import sequence_nll
 
     model = _model().train()
     batch = _batch()

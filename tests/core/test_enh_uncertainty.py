@@ -8,7 +8,7 @@ import pytest
 import torch
 from enh_common import tiny_config
 
-from core.uncertainty import (
+from core.model.uncertainty import (
     UncertaintyQuantification,
     evidential_loss,
     expected_calibration_error,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from core.events import EventWriter, ParseProblem, RunState, describe_event, read_events
+from core.runs.events import EventWriter, ParseProblem, RunState, describe_event, read_events
 
 
 def test_a_non_finite_loss_is_written_read_back_and_shown(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""core.generation: KV-cache decoding equals full recomputation, sampling filters against
+"""core.infer.generation: KV-cache decoding equals full recomputation, sampling filters against
 hand-computed distributions, batching, stop ids/strings, streaming, over-long prompts."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from core.config import NeuralNetConfig
+from core.data.tokenizer import AeronTokenizer
 from core.errors import ConfigError
-from core.generation import (
+from core.infer.generation import (
     FINISH_LENGTH,
     FINISH_STOP,
     FINISH_STOP_STRING,
@@ -24,8 +24,8 @@ from core.generation import (
     top_k_filter,
     top_p_filter,
 )
-from core.model import TransformerNeuralNetBackbone
-from core.tokenizer import AeronTokenizer
+from core.model.config import NeuralNetConfig
+from core.model.model import TransformerNeuralNetBackbone
 
 
 def small_config(vocab: int = 268, **kw: object) -> NeuralNetConfig:
@@ -216,7 +216,7 @@ def test_sampling_frequencies_match_filtered_distribution() -> None:
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     cfg = GenerationConfig(top_k=3, top_p=0.9, temperature=1.0)
     expected = next_token_probs(logits, None, cfg)[0]
-    from core.generation import pick_tokens
+    from core.infer.generation import pick_tokens
 
     g = torch.Generator().manual_seed(0)
     draws = torch.stack([pick_tokens(logits, None, cfg, g) for _ in range(4000)]).flatten()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.layers import (
+from core.model.layers import (
     AeronRMSNorm,
     AttentionMask,
     GroupedQueryAttention,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from model_common import VOCAB, batch, build, small_config
 
-from core.config import NeuralNetConfig
-from core.model import (
+from core.model.config import NeuralNetConfig
+from core.model.model import (
     BACKBONE_COMPONENTS,
     OUTPUT_KEYS,
     EncoderOutput,

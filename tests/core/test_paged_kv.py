@@ -1,4 +1,4 @@
-"""core.paged_kv: the block pool and its tables by hand; paged generation gives the tokens of
+"""core.infer.paged_kv: the block pool and its tables by hand; paged generation gives the tokens of
 the contiguous cache and of full recomputation (rows finishing at different steps); finished
 rows free their blocks for reuse; a too-small pool is a clear error."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.config import NeuralNetConfig
+from core.data.tokenizer import AeronTokenizer
 from core.errors import ConfigError
-from core.generation import (
+from core.infer.generation import (
     FINISH_LENGTH,
     FINISH_STOP,
     GenerationConfig,
@@ -18,9 +18,9 @@ from core.generation import (
     generate_ids,
     pad_batch,
 )
-from core.model import TransformerNeuralNetBackbone
-from core.paged_kv import BLOCK_SIZE, PagedCacheExhausted, PagedKVCache, blocks_needed
-from core.tokenizer import AeronTokenizer
+from core.infer.paged_kv import BLOCK_SIZE, PagedCacheExhausted, PagedKVCache, blocks_needed
+from core.model.config import NeuralNetConfig
+from core.model.model import TransformerNeuralNetBackbone
 
 
 @pytest.fixture(scope="module")

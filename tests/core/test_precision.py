@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core import precision
 from core.errors import ConfigError
+from core.model import precision
 
 
 def _cpuinfo(tmp_path, flags: str):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from model_common import batch, build, small_config
 
-from core.layers import masked_mean_pool
-from core.reasoning import (
+from core.model.layers import masked_mean_pool
+from core.model.reasoning import (
     AeronInternalScratchpad,
     AeronReasoningEngine,
     AeronTreeOfThoughtProcessor,

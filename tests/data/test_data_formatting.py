@@ -10,7 +10,7 @@ from core.data.formatting import (
     encode_text_windows,
 )
 from core.data.styles import StyleSample
-from core.tokenizer import (
+from core.data.tokenizer import (
     ASSISTANT_ID,
     BOS_ID,
     EOS_ID,

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import CheckpointError, ConfigError, DataError
-from core.tokenizer import (
+from core.data.tokenizer import (
     ASSISTANT_ID,
     BOS_ID,
     EOS_ID,
@@ -27,6 +26,7 @@ from core.tokenizer import (
     USER_ID,
     AeronTokenizer,
 )
+from core.errors import CheckpointError, ConfigError, DataError
 
 TRAIN_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -133,7 +133,7 @@ def test_training_is_deterministic_across_processes(
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps(TRAIN_TEXTS))
     code = (
-        "import json,sys; from core.tokenizer import AeronTokenizer;"
+        "import json,sys; from core.data.tokenizer import AeronTokenizer;"
         f"print(AeronTokenizer.train(json.load(open({str(texts)!r})), vocab_size=600).sha256)"
     )
     out = subprocess.run(

@@ -8,10 +8,10 @@ import torch
 
 
 def test_build_model_from_hpf_checkpoint_matches_the_factorised_model(tmp_path: Path) -> None:
-    from core.checkpoint import build_model_from_checkpoint, save_checkpoint
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.runs.checkpoint import build_model_from_checkpoint, save_checkpoint
     from lonpt.hpf import apply_hpf
 
     torch.manual_seed(0)

@@ -204,7 +204,7 @@ def test_stop_and_resume_continues_the_curriculum_exactly(tmp_path: Path, corpus
 
 
 def test_hpf_model_trains_saves_and_resumes_factorised(tmp_path: Path, corpus: Path) -> None:
-    from core.checkpoint import load_checkpoint
+    from core.runs.checkpoint import load_checkpoint
     from lonpt.hpf import HPFLinear
 
     run_dir = tmp_path / "hpf"

@@ -13,7 +13,7 @@ from aeron_tui.cli import app
 
 
 def _config(**changes):
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
     base = dict(
         vocab_size=268, d_model=32, nhead=4, num_kv_heads=2, num_encoder_layers=1, num_decoder_layers=1,
@@ -26,9 +26,9 @@ def _config(**changes):
 
 
 def _checkpoint(path: Path, seed: int, tokenizer=None, **changes) -> Path:
-    from core.checkpoint import save_checkpoint
-    from core.model import TransformerNeuralNetBackbone
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.runs.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     cfg = _config(**changes)
@@ -53,7 +53,7 @@ def _styles(tmp_path: Path) -> Path:
 
 
 def test_ties_merge_writes_a_loadable_checkpoint_with_lineage_and_report(tmp_path: Path, ckpts: list[Path]) -> None:
-    from core.checkpoint import build_model_from_checkpoint, read_manifest
+    from core.runs.checkpoint import build_model_from_checkpoint, read_manifest
 
     out = tmp_path / "merged"
     result = CliRunner().invoke(app, [
@@ -89,7 +89,7 @@ def test_merge_of_identical_checkpoints_is_identity(tmp_path: Path, ckpts: list[
 
 
 def test_refuses_different_configs_and_tokenizers_before_writing(tmp_path: Path, ckpts: list[Path]) -> None:
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
 
     other_cfg = _checkpoint(tmp_path / "wide", seed=5, d_model=64)
     tok = AeronTokenizer.train(["hello world hello world"] * 20, vocab_size=280)
@@ -137,7 +137,7 @@ def test_generate_with_an_ensemble_of_checkpoints(tmp_path: Path, ckpts: list[Pa
     assert solo.stdout.splitlines()[0] == same.stdout.splitlines()[0]
     mixed = runner.invoke(app, [*args, "--ensemble", str(ckpts[1])])
     assert mixed.exit_code == 0, mixed.output
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
 
     tok = AeronTokenizer.train(["hello world hello world"] * 20, vocab_size=280)
     other = _checkpoint(tmp_path / "othertok", seed=9, tokenizer=tok, vocab_size=tok.vocab_size)

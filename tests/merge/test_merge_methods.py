@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core.merge import (
+from core.evolve.merge import (
     MergeError,
     MergeParams,
     dare_drop,
@@ -177,7 +177,7 @@ def test_streaming_merge_equals_in_memory(tmp_path, method: str) -> None:
     for i, sd in enumerate(sds):
         paths.append(tmp_path / f"m{i}.safetensors")
         save_file(sd, str(paths[-1]))
-    from core.merge import merge_safetensors
+    from core.evolve.merge import merge_safetensors
 
     params = MergeParams(method, density=0.5, seed=3)
     base = sds[0] if method != "slerp" else None
@@ -194,7 +194,7 @@ def test_streaming_merge_equals_in_memory(tmp_path, method: str) -> None:
 def test_streaming_merge_writes_nothing_on_mismatch(tmp_path) -> None:
     from safetensors.torch import save_file
 
-    from core.merge import merge_safetensors
+    from core.evolve.merge import merge_safetensors
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "a.safetensors"))
     save_file({"w": torch.zeros(3)}, str(tmp_path / "b.safetensors"))
@@ -209,7 +209,7 @@ def test_streaming_merge_writes_nothing_on_mismatch(tmp_path) -> None:
 def test_ewc_state_is_carried_not_merged_and_feeds_fisher_merge(tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from core.merge import fisher_key, merge_safetensors
+    from core.evolve.merge import fisher_key, merge_safetensors
 
     a = {"w": t(0, 10), fisher_key("w"): t(3, 1), "continual_learning.ewc_state.anchor.w": t(0, 10)}
     b = {"w": t(10, 0), fisher_key("w"): t(1, 1)}  # only the first model has an anchor
@@ -223,8 +223,8 @@ def test_ewc_state_is_carried_not_merged_and_feeds_fisher_merge(tmp_path) -> Non
 
 
 def _tiny_model(seed: int):
-    from core.config import NeuralNetConfig
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.config import NeuralNetConfig
+    from core.model.model import TransformerNeuralNetBackbone
 
     torch.manual_seed(seed)
     cfg = NeuralNetConfig(vocab_size=40, d_model=32, nhead=4, num_kv_heads=2, num_encoder_layers=1,
@@ -235,8 +235,8 @@ def _tiny_model(seed: int):
 
 
 def test_ensemble_policy_averages_probabilities_and_generates_with_cache() -> None:
-    from core.generation import GenerationConfig, generate_ids
-    from core.merge import EnsemblePolicy
+    from core.evolve.merge import EnsemblePolicy
+    from core.infer.generation import GenerationConfig, generate_ids
 
     a, b = _tiny_model(0), _tiny_model(1)
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -256,7 +256,7 @@ def test_ensemble_policy_averages_probabilities_and_generates_with_cache() -> No
 
 
 def test_ensemble_rejects_mismatched_vocabularies() -> None:
-    from core.merge import EnsemblePolicy
+    from core.evolve.merge import EnsemblePolicy
 
     a = _tiny_model(0)
     a.config = a.config.replace(vocab_size=41)

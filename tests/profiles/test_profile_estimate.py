@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from core.errors import ConfigError
-from core.model import count_parameters
+from core.model.model import count_parameters
 from profiles.catalog import load_profile
 from profiles.estimate import (
     GiB,
@@ -43,7 +43,7 @@ def tiny_config():
 
 
 def test_parameters_are_exact(micro_config) -> None:
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.model import TransformerNeuralNetBackbone
 
     real = TransformerNeuralNetBackbone(micro_config).num_parameters(by_component=False)
     assert parameter_facts(micro_config).total == real

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def sample_tokenizer(sample_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BPE tokenizer trained once on the sample styles corpus (saved directory)."""
-    from core.tokenizer import AeronTokenizer
+    from core.data.tokenizer import AeronTokenizer
 
     texts = []
     with open(sample_corpus_dir / "styles.jsonl", encoding="utf-8") as fh:

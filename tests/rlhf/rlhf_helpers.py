@@ -8,7 +8,7 @@ from typing import Any
 
 
 def small_config(vocab: int, **kw: Any) -> Any:
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
     base: dict[str, Any] = dict(
         vocab_size=vocab, d_model=64, nhead=4, num_kv_heads=2, num_encoder_layers=2,
@@ -21,7 +21,7 @@ def small_config(vocab: int, **kw: Any) -> Any:
 
 def save_model_checkpoint(path: Path, model: Any, tokenizer: Any, trainer: str = "simple") -> Path:
     """A real checkpoint directory (what the trainers write), without training."""
-    from core.checkpoint import save_checkpoint
+    from core.runs.checkpoint import save_checkpoint
 
     return save_checkpoint(path, model=model, config=model.config, tokenizer=tokenizer,
                            trainer_state={"global_step": 0}, extra={"trainer": trainer})

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from aeron_tui.cli import app
 from aeron_tui.commands.train import build_run_config
-from core.tokenizer import AeronTokenizer
+from core.data.tokenizer import AeronTokenizer
 from core.train.rlhf.common import preference_batches
 from core.train.rlhf.dpo import REFERENCE_CACHE, DPOTrainer
 

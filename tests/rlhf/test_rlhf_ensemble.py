@@ -13,9 +13,9 @@ from rlhf_helpers import read_events, save_model_checkpoint, small_config
 from typer.testing import CliRunner
 
 from aeron_tui.cli import app
+from core.data.tokenizer import AeronTokenizer
 from core.errors import CheckpointError
-from core.generation import pad_batch
-from core.tokenizer import AeronTokenizer
+from core.infer.generation import pad_batch
 from core.train.rlhf.ensemble import (
     RewardEnsemble,
     evaluate_reward_scorer,
@@ -35,7 +35,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(1)
     b = RewardModel(small_config(tok.vocab_size))
     torch.manual_seed(2)
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.model import TransformerNeuralNetBackbone
 
     policy = TransformerNeuralNetBackbone(small_config(tok.vocab_size))
     prefs = root / "prefs.jsonl"
@@ -109,7 +109,7 @@ def test_member_with_another_tokenizer_is_refused_by_name(ckpts) -> None:
 
 
 def test_best_of_n_takes_the_ensemble_as_its_scorer(ckpts) -> None:
-    from core.inference import BestOfNSampler, load_policy
+    from core.infer.inference import BestOfNSampler, load_policy
 
     policy, tok, _ = load_policy(ckpts["policy"])
     single, _, _ = load_reward_model(ckpts["a"])

@@ -11,23 +11,23 @@ from rlhf_helpers import save_model_checkpoint, small_config
 from typer.testing import CliRunner
 
 from aeron_tui.cli import app
+from core.data.tokenizer import AeronTokenizer
 from core.errors import ConfigError
-from core.generation import (
+from core.infer.generation import (
     GenerationConfig,
     encode_prompt_ids,
     generate,
     generate_ids,
     pad_batch,
 )
-from core.inference import (
+from core.infer.inference import (
     BestOfNSampler,
     SpeculativeDecoder,
     accept_or_resample,
     diversity_bonus,
     edit_distance,
 )
-from core.model import TransformerNeuralNetBackbone
-from core.tokenizer import AeronTokenizer
+from core.model.model import TransformerNeuralNetBackbone
 from core.train.rlhf.reward import RewardModel
 
 

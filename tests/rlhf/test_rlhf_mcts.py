@@ -14,12 +14,12 @@ from rlhf_helpers import save_model_checkpoint, small_config
 from typer.testing import CliRunner
 
 from aeron_tui.cli import app
+from core.data.tokenizer import EOS_ID, AeronTokenizer
 from core.errors import ConfigError
-from core.generation import GenerationConfig, generate
-from core.inference import reward_scores
-from core.mcts import MCTS, MCTSGenerator, MCTSNode
-from core.model import TransformerNeuralNetBackbone
-from core.tokenizer import EOS_ID, AeronTokenizer
+from core.infer.generation import GenerationConfig, generate
+from core.infer.inference import reward_scores
+from core.infer.mcts import MCTS, MCTSGenerator, MCTSNode
+from core.model.model import TransformerNeuralNetBackbone
 from core.train.rlhf.reward import RewardModel
 
 
@@ -93,8 +93,8 @@ def policy(tok: AeronTokenizer) -> TransformerNeuralNetBackbone:
 
 
 def _root_top5(policy: TransformerNeuralNetBackbone, tok: AeronTokenizer, prompt: str) -> list[int]:
-    from core.generation import encode_prompt_ids, pad_batch
-    from core.mcts import PolicyOracle
+    from core.infer.generation import encode_prompt_ids, pad_batch
+    from core.infer.mcts import PolicyOracle
 
     ids, mask = pad_batch([encode_prompt_ids(tok, prompt, 64).ids])
     return [t for t, _ in PolicyOracle(policy, ids, mask, 8, (EOS_ID,)).priors(())]
@@ -214,7 +214,7 @@ def test_generate_paged_command_equals_contiguous(checkpoints) -> None:
 
 # ---------------------------------------------------------------- reward ensembles (--reward ×K)
 def test_best_of_and_mcts_with_a_reward_ensemble(checkpoints, policy, tok) -> None:
-    from core.inference import BestOfNSampler
+    from core.infer.inference import BestOfNSampler
     from core.train.rlhf.ensemble import load_reward_scorer
     from core.train.rlhf.reward import load_reward_model
 

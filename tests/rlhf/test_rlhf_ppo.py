@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from aeron_tui.cli import app
 from aeron_tui.commands.train import build_run_config
+from core.data.tokenizer import AeronTokenizer
 from core.errors import CheckpointError
-from core.inference import load_policy
-from core.model import TransformerNeuralNetBackbone
-from core.tokenizer import AeronTokenizer
+from core.infer.inference import load_policy
+from core.model.model import TransformerNeuralNetBackbone
 from core.train.rlhf.ppo import PPOTrainer, decoder_tensors, verifiable_reward
 from core.train.rlhf.reward import RewardModel
 
@@ -160,7 +160,7 @@ OPTIONAL_MODULES = ("knowledge_graph", "memory", "continual", "uncertainty", "ac
 def _pass_rate(ckpt: Path, prompts: list[dict[str, Any]], samples: int) -> float:
     """Mean verifiable reward of ``samples`` completions per prompt (fixed seed, T 1.0)."""
     from core.data.formatting import encode_prompt
-    from core.generation import GenerationConfig, generate_ids, pad_batch
+    from core.infer.generation import GenerationConfig, generate_ids, pad_batch
 
     model, tok, _ = load_policy(ckpt)
     ids, mask = pad_batch([encode_prompt(p["prompt"], tok, 96, style="reasoning",

@@ -12,9 +12,9 @@ from rlhf_helpers import read_events, save_model_checkpoint, small_config
 from typer.testing import CliRunner
 
 from aeron_tui.cli import app
+from core.data.tokenizer import AeronTokenizer
 from core.errors import CheckpointError
-from core.generation import pad_batch
-from core.tokenizer import AeronTokenizer
+from core.infer.generation import pad_batch
 from core.train.rlhf.common import PreferenceExample, collate_preferences
 from core.train.rlhf.reward import RewardModel, load_reward_model
 
@@ -130,7 +130,7 @@ def test_bad_preference_file_names_the_line(tmp_path: Path) -> None:
 
 
 def test_load_reward_model_refuses_a_policy_checkpoint(tmp_path: Path) -> None:
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.model import TransformerNeuralNetBackbone
 
     tok = AeronTokenizer.byte_level()
     ckpt = save_model_checkpoint(tmp_path / "policy",

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-import core.checkpoint as ckpt_mod
-from core.checkpoint import (
+import core.runs.checkpoint as ckpt_mod
+from core.errors import CheckpointError
+from core.runs.checkpoint import (
     build_model_from_checkpoint,  # noqa: F401 - imported to check it exists at module level
     capture_rng_state,
     latest_checkpoint,
@@ -23,13 +24,12 @@ from core.checkpoint import (
     save_checkpoint,
     step_checkpoint_name,
 )
-from core.errors import CheckpointError
 
 TOKENIZER_JSON = json.dumps({"version": "1.0", "model": {"type": "BPE"}})
 
 
 def _config(**changes: object) -> dict:
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
     base = {"vocab_size": 10, "d_model": 8, "nhead": 2, "num_kv_heads": 1}
     return NeuralNetConfig(**{**base, **changes}).to_dict()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from train_helpers import cli_train_args
 
-from core.events import ParseProblem, read_events
+from core.runs.events import ParseProblem, read_events
 
 
 def _spawn(args: list[str], home: Path, **kwargs: Any) -> subprocess.Popen[str]:
@@ -72,7 +72,7 @@ def test_sigkill_between_checkpoints_then_resume_equals_uninterrupted(
     child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
 
-    from core.runs import summarize_run
+    from core.runs.registry import summarize_run
 
     assert summarize_run(part_dir).status == "crashed"
 
@@ -104,7 +104,7 @@ def test_sigterm_stops_after_a_checkpoint(tmp_path: Path, small_corpus: Path,
     assert finished["type"] == "run_finished" and finished["status"] == "stopped"
     ckpt = [e for e in rest if e["type"] == "checkpoint"]
     assert ckpt and ckpt[-1]["global_step"] == finished["global_step"]
-    from core.checkpoint import latest_checkpoint
+    from core.runs.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(run_dir)
     assert latest is not None and latest.name == f"step_{finished['global_step']:06d}"
@@ -168,7 +168,7 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 
 
 def _fix_manifest(ckpt: Path, name: str) -> None:
-    from core.checkpoint import file_sha256
+    from core.runs.checkpoint import file_sha256
 
     manifest = json.loads((ckpt / "manifest.json").read_text())
     f = ckpt / name

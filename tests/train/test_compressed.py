@@ -313,7 +313,7 @@ def _compressed_trainer(cfg: Any, **kwargs: Any) -> Any:
 
 
 def _run_events(run_dir: Path) -> list[dict[str, Any]]:
-    from core.events import ParseProblem, read_events
+    from core.runs.events import ParseProblem, read_events
 
     events = list(read_events(run_dir / "events.jsonl"))
     assert not any(isinstance(e, ParseProblem) for e in events)
@@ -446,7 +446,7 @@ def test_persistent_loss_spikes_end_the_run_with_a_clear_error(
 def test_group_parameters_on_the_real_model() -> None:
     from train_helpers import tiny_model_config
 
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.model import TransformerNeuralNetBackbone
 
     model = TransformerNeuralNetBackbone(tiny_model_config())
     groups = group_parameters(model)

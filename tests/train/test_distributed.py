@@ -103,7 +103,7 @@ def test_sharded_optimizer_state_needs_the_same_world_size() -> None:
 
 
 def test_zero_dependency_reaches_every_output_shape() -> None:
-    from core.reasoning import ReasoningOutput
+    from core.model.reasoning import ReasoningOutput
 
     z = torch.zeros((), requires_grad=True)
     x = torch.ones(2, 3)
@@ -324,7 +324,7 @@ def _checkpoint_layout(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _event_types(run_dir: Path) -> list[str]:
-    from core.events import ParseProblem, read_events
+    from core.runs.events import ParseProblem, read_events
 
     events = list(read_events(run_dir / "events.jsonl"))
     assert not any(isinstance(e, ParseProblem) for e in events)

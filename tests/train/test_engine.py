@@ -10,7 +10,7 @@ import pytest
 from train_helpers import run_config, tiny_model_config
 
 from core.errors import ConfigError, DataError
-from core.events import ParseProblem, fold, read_events
+from core.runs.events import ParseProblem, fold, read_events
 
 
 def _trainer(cfg: Any, **kwargs: Any) -> Any:
@@ -135,7 +135,7 @@ def test_control_pause_checkpoint_stop(tmp_path: Path, small_corpus: Path) -> No
     ckpts = [e["name"] for e in events if e["type"] == "checkpoint"]
     assert ckpts == ["step_000003", "step_000006"]  # checkpoint-now, then the final one
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "stopped"
-    from core.checkpoint import latest_checkpoint
+    from core.runs.checkpoint import latest_checkpoint
 
     assert latest_checkpoint(run_dir).name == "step_000006"
 
@@ -198,7 +198,7 @@ def test_retention_keeps_last_k_and_the_best(tmp_path: Path, small_corpus: Path)
 def test_build_model_from_checkpoint(tmp_path: Path, small_corpus: Path) -> None:
     import torch
 
-    from core.checkpoint import build_model_from_checkpoint
+    from core.runs.checkpoint import build_model_from_checkpoint
     from core.train.simple import SimpleTrainer
 
     trainer = SimpleTrainer(run_config(tmp_path / "r", small_corpus, steps=4), tiny_model_config())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import run_config, tiny_model_config
 
-from core.events import read_events
+from core.runs.events import read_events
 from core.train.metrics import StepMetrics, memory_stats
 from core.train.simple import SimpleTrainer
 
@@ -41,7 +41,7 @@ def test_explicit_bf16_on_old_gpu_is_an_error(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_auto_precision_on_cpu_follows_the_measured_default(tmp_path: Path) -> None:
-    from core.precision import default_precision
+    from core.model.precision import default_precision
 
     trainer = SimpleTrainer(run_config(tmp_path, tmp_path, precision="auto"), tiny_model_config())
     assert trainer.resolve_precision() == default_precision("cpu")

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from aeron_tui.headless import HeadlessDisplay, choose_mode, status_line
-from core.events import EventWriter, fold, read_events
+from core.runs.events import EventWriter, fold, read_events
 
 
 class _Tty(io.StringIO):

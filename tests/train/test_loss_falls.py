@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.events import fold, read_events
+from core.runs.events import fold, read_events
 
 
 @pytest.mark.slow

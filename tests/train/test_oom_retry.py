@@ -11,7 +11,7 @@ import torch
 from train_helpers import run_config, tiny_model_config
 
 from core.errors import ResourceError
-from core.events import ParseProblem, read_events
+from core.runs.events import ParseProblem, read_events
 
 
 def _oom_above(limit: int, times: int | None = None) -> type:

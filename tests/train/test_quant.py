@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.quant import (
+from core.train.quant import (
     BLOCK_SIZE,
     dequantize_blockwise,
     pack12,

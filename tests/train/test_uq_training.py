@@ -14,7 +14,7 @@ import pytest
 import torch
 from train_helpers import run_config, tiny_model_config
 
-from core.events import read_events
+from core.runs.events import read_events
 
 
 def _uq_biases(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Any
 
 def tiny_model_config() -> Any:
     """d_model 64, 1+1 layers, small enhancement modules: a step takes milliseconds."""
-    from core.config import NeuralNetConfig
+    from core.model.config import NeuralNetConfig
 
     return NeuralNetConfig(
         d_model=64, nhead=4, num_kv_heads=2, num_encoder_layers=1, num_decoder_layers=1,

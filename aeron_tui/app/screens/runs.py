@@ -18,7 +18,7 @@ from aeron_tui.app.format import fmt_float
 from aeron_tui.app.widgets.run_panel import STATUS_ICON, STATUS_STYLE
 
 if TYPE_CHECKING:
-    from core.runs import RunSummary
+    from core.runs.registry import RunSummary
 
 EXTRA_STATUS_STYLE = {"crashed": "bold red", "empty": "dim"}
 
@@ -59,7 +59,7 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def _load(self) -> None:
-        from core.runs import default_runs_root, list_runs
+        from core.runs.registry import default_runs_root, list_runs
 
         root = self.root or default_runs_root()
         try:

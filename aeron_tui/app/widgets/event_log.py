@@ -7,7 +7,7 @@ from textual.widgets import RichLog
 
 from aeron_tui.app.format import fmt_clock
 from aeron_tui.app.session import LogLine, RunSession
-from core.events import describe_event
+from core.runs.events import describe_event
 
 KIND_STYLE = {
     "run_started": "bold",

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.checkpoint import LoadedCheckpoint, load_checkpoint
 from core.data.formatting import IGNORE_INDEX, decoder_sequence, encode_prompt
 from core.data.loader import BatchLoader
+from core.data.tokenizer import PAD_ID
 from core.errors import CheckpointError, ConfigError, DataError
-from core.tokenizer import PAD_ID
+from core.runs.checkpoint import LoadedCheckpoint, load_checkpoint
 from core.train.engine import Trainer
 
 REWARD_HEAD_PREFIX = "reward_head."
@@ -264,7 +264,7 @@ class RLHFTrainer(Trainer):
             if not path.exists():
                 raise CheckpointError(f"{path}: checkpoint not found (check --from)")
             if not (path / "manifest.json").exists() and (path / "checkpoints").is_dir():
-                from core.checkpoint import latest_checkpoint
+                from core.runs.checkpoint import latest_checkpoint
 
                 found = latest_checkpoint(path)
                 if found is None:
@@ -277,7 +277,7 @@ class RLHFTrainer(Trainer):
         init = self.load_init_checkpoint()
         if init is not None:
             if self.config.tokenizer:
-                from core.tokenizer import AeronTokenizer
+                from core.data.tokenizer import AeronTokenizer
 
                 check_same_tokenizer(init.tokenizer, AeronTokenizer.load(self.config.tokenizer),
                                      self.config.tokenizer, "given")

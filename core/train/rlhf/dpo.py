@@ -80,7 +80,7 @@ class DPOTrainer(RLHFTrainer):
         self.load_preference_data(full_sequence=False)
 
     def build_model(self) -> nn.Module:
-        from core.model import TransformerNeuralNetBackbone
+        from core.model.model import TransformerNeuralNetBackbone
 
         model = TransformerNeuralNetBackbone(self.model_config)
         self.init_weights(model)
@@ -138,7 +138,7 @@ class DPOTrainer(RLHFTrainer):
             json.dumps(self.model_config.to_dict(), sort_keys=True),
         ]
         if os.path.isfile(self.data_path):
-            from core.checkpoint import file_sha256
+            from core.runs.checkpoint import file_sha256
 
             parts.append(file_sha256(self.data_path))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()

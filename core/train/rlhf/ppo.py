@@ -1,7 +1,7 @@
 """PPO and GRPO on prompts (spec rlhf.md §4; ``aeron-tui rlhf ppo [--grpo]``).
 
 One engine step is one PPO iteration: sample completions for ``micro_batch`` prompts with the KV
-cache (:func:`core.generation.generate_ids`, temperature 1.0), score them — with a reward-model
+cache (:func:`core.infer.generation.generate_ids`, temperature 1.0), score them — with a reward-model
 checkpoint (option ``reward_model``; its tokenizer must equal the policy's; a list of
 checkpoints is a :class:`core.train.rlhf.ensemble.RewardEnsemble` — mean score, std reported as
 ``reward_std``) or the verifiable
@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from core.data.formatting import IGNORE_INDEX, encode_prompt
 from core.data.loader import BatchLoader
+from core.data.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID
 from core.errors import ConfigError, DataError
-from core.generation import GenerationConfig, generate_ids, pad_batch
-from core.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID
+from core.infer.generation import GenerationConfig, generate_ids, pad_batch
 from core.train.rlhf.common import RLHFTrainer, check_same_tokenizer
 from core.train.rlhf.losses import (
     AdaptiveKLController,
@@ -264,7 +264,7 @@ class PPOTrainer(RLHFTrainer):
         return config
 
     def build_model(self) -> nn.Module:
-        from core.model import TransformerNeuralNetBackbone
+        from core.model.model import TransformerNeuralNetBackbone
 
         model = TransformerNeuralNetBackbone(self.model_config)
         self.init_weights(model)

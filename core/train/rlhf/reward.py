@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.config import NeuralNetConfig
 from core.errors import CheckpointError
-from core.layers import init_linear
-from core.model import TransformerNeuralNetBackbone
+from core.model.config import NeuralNetConfig
+from core.model.layers import init_linear
+from core.model.model import TransformerNeuralNetBackbone
 from core.train.rlhf.common import (
     RLHFTrainer,
     is_reward_checkpoint,
@@ -82,7 +82,7 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
 ]:
     """``(reward model, tokenizer, loaded checkpoint)`` in eval mode; CheckpointError when the
     checkpoint holds no reward head."""
-    from core.checkpoint import load_checkpoint, load_model_state
+    from core.runs.checkpoint import load_checkpoint, load_model_state
 
     loaded = load_checkpoint(path, device="cpu", load_optimizer=False)
     if not is_reward_checkpoint(loaded):

@@ -22,9 +22,9 @@ T0 = 1_700_000_000.0
 
 
 def main() -> None:
-    from core.config import NeuralNetConfig
     from core.data.sample import build_sample_corpus
-    from core.events import encode_event, read_events
+    from core.model.config import NeuralNetConfig
+    from core.runs.events import encode_event, read_events
     from core.train.config import RunConfig
     from core.train.simple import SimpleTrainer
 

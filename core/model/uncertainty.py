@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.layers import masked_mean_pool
+from core.model.layers import masked_mean_pool
 
 UQ_LOSS_WEIGHT = 0.01
 KL_ANNEAL_STEPS = 1000

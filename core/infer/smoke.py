@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from core.config import NeuralNetConfig
-from core.model import TransformerNeuralNetBackbone
+from core.model.config import NeuralNetConfig
+from core.model.model import TransformerNeuralNetBackbone
 
 SMOKE_CONFIG = dict(
     vocab_size=512, d_model=64, nhead=4, num_kv_heads=2, num_encoder_layers=2,

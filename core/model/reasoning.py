@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.config import NeuralNetConfig
-from core.layers import (
+from core.model.config import NeuralNetConfig
+from core.model.layers import (
     NO_MASK,
     AeronRMSNorm,
     EncoderLayer,

@@ -47,7 +47,7 @@ _STATE_PATTERNS = (
     r"(^|\.)num_batches_tracked$",
 )
 _STATE_RE = re.compile("|".join(_STATE_PATTERNS))
-EWC_PREFIX = "ewc_state."  # core.continual stores Fishers as continual_learning.ewc_state.*
+EWC_PREFIX = "ewc_state."  # core.model.continual stores Fishers as continual_learning.ewc_state.*
 _LAYER_RE = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.")
 
 
@@ -476,7 +476,7 @@ def check_checkpoints_mergeable(paths: Sequence[str | os.PathLike[str]]) -> dict
     """
     import json
 
-    from core.checkpoint import CONFIG_FILE, config_differences, verify_checkpoint
+    from core.runs.checkpoint import CONFIG_FILE, config_differences, verify_checkpoint
 
     first = Path(paths[0])
     manifests = [verify_checkpoint(p) for p in paths]
@@ -521,7 +521,7 @@ def merge_checkpoints(
     import json
     import tempfile
 
-    from core.checkpoint import (
+    from core.runs.checkpoint import (
         ALIASES_KEY,
         MODEL_FILE,
         TOKENIZER_FILE,
@@ -573,8 +573,8 @@ def sanity_check(
     checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathLike[str], samples: int = 128
 ) -> dict[str, dict[str, float]]:
     """Validation loss / perplexity / bits per byte of each checkpoint on ``data``'s val split."""
-    from core.checkpoint import build_model_from_checkpoint
-    from core.evaluation import evaluate_pairs
+    from core.evolve.evaluation import evaluate_pairs
+    from core.runs.checkpoint import build_model_from_checkpoint
 
     results: dict[str, dict[str, float]] = {}
     encoded: dict[str, list[Any]] = {}  # mergeable checkpoints share a tokenizer: encode once
@@ -604,7 +604,7 @@ def greedy_soup_checkpoints(
     not get worse. Holds a running sum plus one candidate in memory."""
     from safetensors.torch import load_file
 
-    from core.checkpoint import MODEL_FILE, build_model_from_checkpoint, load_model_state
+    from core.runs.checkpoint import MODEL_FILE, build_model_from_checkpoint, load_model_state
 
     out_path = Path(out)
     if out_path.exists():
@@ -616,7 +616,7 @@ def greedy_soup_checkpoints(
     pairs = _validation_pairs(data, tok, cfg)
 
     def score(state: Mapping[str, torch.Tensor]) -> float:
-        from core.evaluation import evaluate_pairs
+        from core.evolve.evaluation import evaluate_pairs
 
         load_model_state(model, dict(state), "greedy soup")
         return evaluate_pairs(model, pairs, max_samples=samples).loss
@@ -666,7 +666,7 @@ def _validation_pairs(data: str | os.PathLike[str], tok: Any, cfg: Any) -> list[
 
 class EnsemblePolicy(torch.nn.Module):
     """Decode with several checkpoints at once: ``log mean_k softmax(logits_k)`` (or the mean of
-    the logits). It has the backbone's ``encode``/``decode`` interface, so ``core.generation``
+    the logits). It has the backbone's ``encode``/``decode`` interface, so ``core.infer.generation``
     drives it like one model; the models must share the tokenizer and vocabulary.
     """
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import ATTENTION_BACKENDS
 from core.errors import ConfigError
+from core.model.config import ATTENTION_BACKENDS
 
 # (self_k, self_v, cross_k, cross_v) of one decoder layer; cross entries may be None.
 LayerCache = tuple[Tensor, Tensor, Tensor | None, Tensor | None]

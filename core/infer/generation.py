@@ -5,7 +5,7 @@ token, starting from the fixed prefix ``<s> <|assistant|>`` (the layout the mode
 on). Decoding strategies: greedy, temperature, top-k, top-p, repetition penalty; stop ids and
 stop strings; batches with padding and per-row finished flags; a streaming callback. The cache
 is the contiguous per-layer one of ``model.decode`` or, with ``GenerationConfig(paged_blocks=N)``,
-the block-paged :class:`core.paged_kv.PagedKVCache`.
+the block-paged :class:`core.infer.paged_kv.PagedKVCache`.
 
 Two layers:
 
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core.data.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, PAD_ID, STYLE_ID, USER_ID
 from core.errors import ConfigError
-from core.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, PAD_ID, STYLE_ID, USER_ID
 
 DECODER_PREFIX = (BOS_ID, ASSISTANT_ID)  # `<s> <|assistant|>`: the reply starts after these
 
@@ -68,7 +68,7 @@ class GenerationConfig:
     overflow: str = "truncate"
     max_prompt_tokens: int | None = None  # default: the model's max_position_embeddings
     # 0: the contiguous per-layer cache of ``model.decode``; N > 0: a paged KV cache of N
-    # blocks of 16 tokens (core.paged_kv), finished rows leave the batch and free their blocks.
+    # blocks of 16 tokens (core.infer.paged_kv), finished rows leave the batch and free their blocks.
     paged_blocks: int = 0
 
     def __post_init__(self) -> None:
@@ -262,8 +262,8 @@ def generate_ids(
     with padding (their outputs are ignored) so the batch stays rectangular; the loop ends when
     every row is finished. ``use_cache=False`` recomputes the whole decoder every step (the
     reference the cache is tested against). ``config.paged_blocks`` N > 0 keeps the cache in a
-    :class:`core.paged_kv.PagedKVCache` of N blocks instead: finished rows leave the batch and
-    free their blocks (same tokens; :class:`core.paged_kv.PagedCacheExhausted` when N is too
+    :class:`core.infer.paged_kv.PagedKVCache` of N blocks instead: finished rows leave the batch and
+    free their blocks (same tokens; :class:`core.infer.paged_kv.PagedCacheExhausted` when N is too
     small).
     """
     config = config or GenerationConfig()
@@ -286,7 +286,7 @@ def generate_ids(
         past = None
         paged = None
         if config.paged_blocks:
-            from core.paged_kv import PagedDecoder
+            from core.infer.paged_kv import PagedDecoder
 
             # The last generated token is never fed back: prefix + max_new - 1 positions.
             paged = PagedDecoder(model, encoded, config.paged_blocks,

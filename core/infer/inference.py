@@ -1,4 +1,4 @@
-"""Inference on top of :mod:`core.generation` (spec rlhf.md §6): loading a policy checkpoint,
+"""Inference on top of :mod:`core.infer.generation` (spec rlhf.md §6): loading a policy checkpoint,
 best-of-N sampling with a reward model, and speculative decoding with a smaller draft model.
 
 * :class:`BestOfNSampler` — N samples (temperature 0.8, top-p 0.95), scored by a reward-model
@@ -10,8 +10,8 @@ best-of-N sampling with a reward model, and speculative decoding with a smaller 
   from ``p_{γ+1}`` — so samples follow the target's distribution exactly, and greedy speculative
   output is the target's greedy output. Batch size 1. Reports the acceptance rate.
 
-The paged KV cache lives in :mod:`core.paged_kv` (``GenerationConfig(paged_blocks=N)``) and
-MCTS generation in :mod:`core.mcts` (values from :func:`reward_scores`).
+The paged KV cache lives in :mod:`core.infer.paged_kv` (``GenerationConfig(paged_blocks=N)``) and
+MCTS generation in :mod:`core.infer.mcts` (values from :func:`reward_scores`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core.data.tokenizer import ASSISTANT_ID, BOS_ID
 from core.errors import CheckpointError, ConfigError
-from core.generation import (
+from core.infer.generation import (
     DECODER_PREFIX,
     FINISH_LENGTH,
     FINISH_STOP,
@@ -41,7 +42,6 @@ from core.generation import (
     next_token_probs,
     pad_batch,
 )
-from core.tokenizer import ASSISTANT_ID, BOS_ID
 
 # --------------------------------------------------------------------------------- loading
 
@@ -54,7 +54,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (p / "manifest.json").exists():
         return p
     if (p / "checkpoints").is_dir():
-        from core.checkpoint import latest_checkpoint
+        from core.runs.checkpoint import latest_checkpoint
 
         found = latest_checkpoint(p)
         if found is None:
@@ -70,8 +70,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu",
     Attention runs on ``attention_backend`` (default: the checkpoint config's
     ``attention_backend``). A reward-model checkpoint is refused with a message saying what it is.
     """
-    from core.checkpoint import build_model_from_checkpoint, read_manifest
-    from core.layers import set_attention_backend
+    from core.model.layers import set_attention_backend
+    from core.runs.checkpoint import build_model_from_checkpoint, read_manifest
 
     ckpt = resolve_checkpoint(path)
     manifest = read_manifest(ckpt)
@@ -410,7 +410,7 @@ class SpeculativeDecoder:
         if seed is not None:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed)
-        from core.generation import TextStreamer
+        from core.infer.generation import TextStreamer
 
         streamer = TextStreamer(tokenizer, config.stop_ids)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from core.tokenizer import NUM_SPECIAL, AeronTokenizer
+from core.data.tokenizer import NUM_SPECIAL, AeronTokenizer
 
 EMBEDDING_KEY = "token_embedding.weight"
 OUTPUT_KEY = "output_projection.weight"  # present only when tie_word_embeddings is false
@@ -161,8 +161,8 @@ def upgrade_checkpoint(
     All other weights are copied; ``vocab_size`` changes; lineage records ``upgraded``. Every
     input is validated before anything is written, and the output appears atomically.
     """
-    from core.checkpoint import load_checkpoint, save_checkpoint
     from core.errors import CheckpointError, DataError
+    from core.runs.checkpoint import load_checkpoint, save_checkpoint
 
     out_path = Path(out)
     if out_path.exists():
@@ -208,10 +208,10 @@ def compare_upgrade(
     a random new embedding instead of the transferred one (the baseline, ``random_embedding``),
     and with the copied rows kept but the composed ones random (``copied_only``: what composing
     adds over copying alone)."""
-    from core.checkpoint import build_model_from_checkpoint
     from core.data.formatting import encode_styles_sample
     from core.data.styles import read_styles, split_samples
-    from core.evaluation import evaluate_pairs
+    from core.evolve.evaluation import evaluate_pairs
+    from core.runs.checkpoint import build_model_from_checkpoint
 
     _, val = split_samples(read_styles(data))
 

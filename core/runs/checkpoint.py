@@ -284,7 +284,7 @@ def tensor_sha256(tensor: Any) -> str:
 
 @dataclass
 class LoadedCheckpoint:
-    """A verified checkpoint. ``config`` is a NeuralNetConfig when ``core.config`` is present."""
+    """A verified checkpoint. ``config`` is a NeuralNetConfig when ``core.model.config`` is present."""
 
     path: Path
     model_state: dict[str, Any]
@@ -301,7 +301,7 @@ class LoadedCheckpoint:
     def tokenizer(self) -> Any:
         """The checkpoint's tokenizer (an ``AeronTokenizer``), loaded on first use."""
         if self._tokenizer is None:
-            from core.tokenizer import AeronTokenizer
+            from core.data.tokenizer import AeronTokenizer
 
             self._tokenizer = AeronTokenizer.load(self.tokenizer_path)
         return self._tokenizer
@@ -440,7 +440,7 @@ def load_checkpoint(
         model_state[alias] = model_state[stored]
     config: Any = config_dict
     try:
-        from core.config import NeuralNetConfig
+        from core.model.config import NeuralNetConfig
 
         config = NeuralNetConfig.from_dict(config_dict)
     except ImportError:
@@ -490,7 +490,7 @@ def build_model_from_checkpoint(
     path: str | os.PathLike[str], device: str = "cpu"
 ) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, config)`` from a checkpoint, in eval mode (generation, merge, export)."""
-    from core.model import TransformerNeuralNetBackbone
+    from core.model.model import TransformerNeuralNetBackbone
 
     loaded = load_checkpoint(path, device="cpu", load_optimizer=False)
     model = TransformerNeuralNetBackbone(loaded.config)

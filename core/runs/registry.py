@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.events import ParseProblem, RunState, read_events
+from core.runs.events import ParseProblem, RunState, read_events
 from core.fileio import write_bytes_atomically
 from core.paths import aeron_home
 

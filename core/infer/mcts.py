@@ -15,7 +15,7 @@ Two layers:
   (tested by hand on a tiny tree);
 * :class:`MCTSGenerator` — a policy model supplies the priors and greedy completions (one
   cached decoder pass gives both, memoised for every prefix along the completion), a reply
-  scorer (a reward model through :func:`core.inference.reward_scores`, or any function of the
+  scorer (a reward model through :func:`core.infer.inference.reward_scores`, or any function of the
   reply ids) supplies the values.
 
 Values are the scorer's raw numbers (no normalisation), as the spec's formula reads; a scorer
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from core.errors import ConfigError
-from core.generation import (
+from core.infer.generation import (
     DECODER_PREFIX,
     FINISH_LENGTH,
     FINISH_STOP,
@@ -264,7 +264,7 @@ class MCTSGenerator:
     """MCTS generation of one reply with a policy model and a reply scorer (rlhf.md §6).
 
     ``scorer(prompt, replies)`` returns one value per reply (token ids after the decoder
-    prefix, stop id included) — :func:`core.inference.reward_scores` with a reward model, or
+    prefix, stop id included) — :func:`core.infer.inference.reward_scores` with a reward model, or
     any function for tests. Values are memoised per completed reply.
     """
 
@@ -281,7 +281,7 @@ class MCTSGenerator:
     def generate(self, prompt: str, config: GenerationConfig | None = None,
                  on_text: Callable[[str], None] | None = None) -> MCTSResult:
         """Search token by token; ``on_text`` streams the emitted text."""
-        from core.generation import TextStreamer
+        from core.infer.generation import TextStreamer
 
         config = config or GenerationConfig()
         limit = int(self.policy.config.max_position_embeddings)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data.formatting import IGNORE_INDEX, EncodedPair
-from core.evaluation import evaluation_subset
+from core.evolve.evaluation import evaluation_subset
 
 WORD = re.compile(rb"[A-Za-z][A-Za-z']+")
 

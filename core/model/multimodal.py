@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.layers import AeronRMSNorm, GroupedQueryAttention, SwiGLU
+from core.model.layers import AeronRMSNorm, GroupedQueryAttention, SwiGLU
 
 
 def validate_vision_inputs(

@@ -21,7 +21,7 @@ from core.typecheck import type_name, type_ok
 
 MEMORY_WRITE_MODES = ("train", "always", "never")
 ACTIVATIONS = ("silu", "gelu")
-# Attention kernels (spec rlhf.md §6, core.layers.attention); "auto": FlashAttention-2 when usable.
+# Attention kernels (spec rlhf.md §6, core.model.layers.attention); "auto": FlashAttention-2 when usable.
 ATTENTION_BACKENDS = ("auto", "flash2", "sdpa", "manual")
 ENABLE_SWITCHES = (
     "enable_multimodal",

@@ -6,9 +6,9 @@ enhancement stages 1-5 -> reasoning engine -> decoder (cross-attends to the reas
 episodic-memory write, active-learning record) run in
 :meth:`TransformerNeuralNetBackbone._after_graph`, once the autograd graph is complete.
 
-The enhancement stages (spec §4) live in their own modules — ``core.knowledge_graph``,
-``core.memory``, ``core.continual``, ``core.uncertainty``, ``core.active_learning`` — and the
-multimodal path in ``core.multimodal``; each is switched by an ``enable_*`` config field and
+The enhancement stages (spec §4) live in their own modules — ``core.model.knowledge_graph``,
+``core.model.memory``, ``core.model.continual``, ``core.model.uncertainty``, ``core.model.active_learning`` — and the
+multimodal path in ``core.model.multimodal``; each is switched by an ``enable_*`` config field and
 error-isolated here (spec §7).
 """
 
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.active_learning import ActiveLearningManager
-from core.config import NeuralNetConfig
-from core.continual import ContinualLearningModule, validate_task_id
-from core.knowledge_graph import KnowledgeGraphAttention, validate_kg_inputs
-from core.layers import (
+from core.model.active_learning import ActiveLearningManager
+from core.model.config import NeuralNetConfig
+from core.model.continual import ContinualLearningModule, validate_task_id
+from core.model.knowledge_graph import KnowledgeGraphAttention, validate_kg_inputs
+from core.model.layers import (
     NO_MASK,
     AeronRMSNorm,
     AttentionMask,
@@ -40,10 +40,14 @@ from core.layers import (
     maybe_checkpoint,
     set_attention_backend,
 )
-from core.memory import NeuralMemoryNetwork
-from core.multimodal import MultimodalFusion, VisionPatchEmbedding, validate_vision_inputs
-from core.reasoning import AeronReasoningEngine, PendingWrite, skipped_info
-from core.uncertainty import UncertaintyQuantification
+from core.model.memory import NeuralMemoryNetwork
+from core.model.multimodal import (
+    MultimodalFusion,
+    VisionPatchEmbedding,
+    validate_vision_inputs,
+)
+from core.model.reasoning import AeronReasoningEngine, PendingWrite, skipped_info
+from core.model.uncertainty import UncertaintyQuantification
 
 PastKeyValues = tuple[LayerCache, ...]
 

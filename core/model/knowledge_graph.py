@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.layers import AeronRMSNorm, AttentionMask, GroupedQueryAttention
+from core.model.layers import AeronRMSNorm, AttentionMask, GroupedQueryAttention
 
 TRIPLES_FORM = "a LongTensor of shape (B, Tk, 3) holding (head, relation, tail) ids"
 

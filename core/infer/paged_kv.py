@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from core.errors import ConfigError
-from core.layers import NO_MASK, AttentionMask
+from core.model.layers import NO_MASK, AttentionMask
 
 BLOCK_SIZE = 16  # tokens per block (spec)
 

@@ -74,7 +74,7 @@ def _backend_name(backend: str | Callable[..., Any]) -> str:
 
 def _layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     """``(name, layers)`` of every Aeron encoder and decoder stack inside ``model``."""
-    from core.model import AeronDecoder, AeronEncoder
+    from core.model.model import AeronDecoder, AeronEncoder
 
     return [(f"{name}.layers" if name else "layers", module.layers)
             for name, module in model.named_modules()

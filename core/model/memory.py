@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.layers import AeronRMSNorm, masked_mean_pool
+from core.model.layers import AeronRMSNorm, masked_mean_pool
 
 USAGE_DECAY = 0.99
 STAT_POSITIONS = 64  # query positions per sample that the read statistics look at

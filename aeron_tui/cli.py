@@ -79,9 +79,9 @@ def _report(exc: BaseException) -> None:
 
     if not isinstance(exc, (AeronError, OSError, ValueError)):
         message = f"{type(exc).__name__}: {message} (run with --debug for the traceback)"
-    from rich.console import Console
+    from aeron_tui.commands.common import print_error
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    print_error(message)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from aeron_tui.cli import app
-from core.tokenizer import AeronTokenizer
+from core.data.tokenizer import AeronTokenizer
 
 runner = CliRunner()
 
@@ -51,8 +52,13 @@ def test_stats_on_text(tmp_path: Path) -> None:
     assert json.loads(result.output)["documents"] == 2
 
 
-def test_bad_input_is_one_red_line_and_nonzero(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.jsonl"
+@pytest.mark.parametrize("depth", [1, 6])
+def test_bad_input_is_one_red_line_and_nonzero(tmp_path: Path, depth: int) -> None:
+    # Deep, long paths too: Rich used to hard-wrap the line at 80 columns when stderr was a pipe,
+    # splitting it wherever the path happened to end.
+    folder = tmp_path.joinpath(*["a_rather_long_folder_name_for_wrapping"] * depth)
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = folder / "bad.jsonl"
     bad.write_text(
         '{"provider": "x", "style_label": "qa", "user_input": "u", "assistant_reply": "r"}\n{oops\n'
     )
@@ -63,7 +69,10 @@ def test_bad_input_is_one_red_line_and_nonzero(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode != 0
-    assert f"{bad}:2: bad JSON" in proc.stderr.replace("\n", "")
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert f"{bad}:2: bad JSON" in lines[0]
     assert "Traceback" not in proc.stderr
 
 

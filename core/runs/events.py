@@ -36,9 +36,24 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "domain_change": {"global_step": (int,), "domain": (str,)},
     "batch_change": {"global_step": (int,), "micro_batch": (int,), "grad_accum": (int,)},
     "status": {"status": (str,)},
+    # Informational lines ("resumed from ...") that are not warnings.
+    "info": {"message": (str,)},
     "warning": {"message": (str,)},
     "error": {"message": (str,)},
     "run_finished": {"status": (str,), "global_step": (int,)},
+    # The planned number of optimizer steps changed after run_started (LONPT's ACT, early
+    # stopping): every renderer uses the newest total for %, ETA and the progress bar.
+    "total_changed": {"global_step": (int,), "total_steps": (int,)},
+    # What the trainer is doing outside training steps ("loading data", "building tokenizer",
+    # "compiling", "training", "evaluating", "saving checkpoint"); optional done/of for progress.
+    "activity": {"activity": (str,)},
+    # Emitted at least every 2 s while the trainer is alive, so silence means a dead trainer.
+    "heartbeat": {"global_step": (int,)},
+    # Greedy continuations of fixed validation prompts at an evaluation (list of
+    # {"prompt": str, "text": str} objects in "samples").
+    "sample": {"global_step": (int,), "samples": (list,)},
+    # The console went away (SIGHUP, "leave running") and the trainer goes on unattended.
+    "detached": {"reason": (str,)},
 }
 EVENT_TYPES = tuple(REQUIRED)
 
@@ -88,6 +103,16 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "epochs": (int,),
     "best_loss": _OPT_NUM,
     "checkpoint_dir": (str,),
+    # total_changed / activity / heartbeat
+    "total_steps": (int,),
+    "activity": (str,),
+    "done": (int,),
+    "of": (int,),
+    # eval: bits per byte of the validation targets and the reference baselines (first eval)
+    "bpb": _OPT_NUM,
+    "baseline_bigram_bpb": _NUM,
+    "baseline_unigram_bpb": _NUM,
+    "pid": (int,),
 }
 
 RUN_STATUSES = ("starting", "running", "paused", "stopping", "stopped", "finished", "failed")

@@ -1,12 +1,21 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to a floor (training.md §7).
+"""Learning-rate schedules (training.md §7): linear warmup, then a decay that ends with the run.
 
-The schedule is a pure function of the step, so "scheduler state" is just the global step and the
-run config — nothing to drift on resume.
+Two shapes, both pure functions of the step (so "scheduler state" is just the global step and the
+run config — nothing to drift on resume), both fitted to the run's own length ``total_steps``
+(which may change mid-run: the engine passes the newest total):
+
+* ``cosine`` — a half cosine from the peak down to ``min_ratio`` at ``total_steps``;
+* ``constant_decay`` — the peak held until the last ``decay_fraction`` of the run, then a linear
+  decay to ``min_ratio`` (warmup-stable-decay). A short run spends most of its steps at the peak
+  learning rate, which is where it learns fastest; the final decay still anneals the weights.
 """
 
 from __future__ import annotations
 
 import math
+
+SCHEDULES = ("cosine", "constant_decay")
+DEFAULT_DECAY_FRACTION = 0.2
 
 
 def default_warmup_steps(total_steps: int) -> int:
@@ -28,3 +37,28 @@ def warmup_cosine_scale(step: int, total_steps: int, warmup_steps: int, min_rati
     progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_ratio + (1.0 - min_ratio) * cosine
+
+
+def constant_decay_scale(step: int, total_steps: int, warmup_steps: int, min_ratio: float,
+                         decay_fraction: float = DEFAULT_DECAY_FRACTION) -> float:
+    """Warmup, then 1.0 until the last ``decay_fraction`` of ``total_steps``, then linear down
+    to ``min_ratio``, reached on the run's last step (``total_steps - 1``) and kept beyond."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, round(decay_fraction * total_steps))
+    decay_start = max(warmup_steps, total_steps - decay_steps)
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
+    return 1.0 - (1.0 - min_ratio) * progress
+
+
+def lr_scale(schedule: str, step: int, total_steps: int, warmup_steps: int, min_ratio: float,
+             decay_fraction: float = DEFAULT_DECAY_FRACTION) -> float:
+    """The multiplier of ``schedule`` (one of :data:`SCHEDULES`) at optimizer step ``step``."""
+    if schedule == "cosine":
+        return warmup_cosine_scale(step, total_steps, warmup_steps, min_ratio)
+    if schedule == "constant_decay":
+        return constant_decay_scale(step, total_steps, warmup_steps, min_ratio, decay_fraction)
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of "
+                     f"{', '.join(SCHEDULES)}")

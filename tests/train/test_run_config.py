@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import ConfigError
 from core.train.config import RunConfig, parse_set_option
-from core.train.schedule import default_warmup_steps, warmup_cosine_scale
+from core.train.schedule import default_warmup_steps, lr_scale, warmup_cosine_scale
 
 
 def test_toml_round_trip(tmp_path: Path) -> None:
@@ -92,6 +92,20 @@ def test_schedule_warmup_then_cosine_to_floor() -> None:
     assert max(scales) == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(scales[49:], scales[50:], strict=False))
     assert warmup_cosine_scale(total, total, warm, 0.1) == pytest.approx(0.1)
+
+
+def test_constant_then_decay_holds_the_peak_and_ends_with_the_run() -> None:
+    total, warm = 500, 10
+    scales = [lr_scale("constant_decay", s, total, warm, 0.1, 0.2) for s in range(total)]
+    assert scales[0] == pytest.approx(1 / 10) and scales[9] == pytest.approx(1.0)
+    assert all(x == 1.0 for x in scales[9:400])  # the peak until the last 20 %
+    assert scales[400] < 1.0 and scales[-1] == pytest.approx(0.1)  # reaches the floor on the last step
+    assert all(a > b for a, b in zip(scales[400:], scales[401:], strict=False))
+    assert lr_scale("constant_decay", total + 5, total, warm, 0.1) == pytest.approx(0.1)
+    # The decay follows the run's length: a longer run holds the peak longer.
+    assert lr_scale("constant_decay", 450, 1000, warm, 0.1) == 1.0
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        RunConfig(lr_schedule="linear")
 
 
 def test_profile_defaults_to_saved_choice_then_auto() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.fileio import write_bytes_atomically
+from core.train.schedule import SCHEDULES
 from core.typecheck import coerce, type_name, type_ok
 
 if sys.version_info >= (3, 11):
@@ -45,6 +46,8 @@ class RunConfig:
     seed: int = 42
     learning_rate: float | None = None
     warmup_steps: int | None = None
+    lr_schedule: str = "cosine"
+    lr_decay_fraction: float = 0.2
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -57,6 +60,11 @@ class RunConfig:
     compile: bool = False
     eval_every: int = 200
     eval_max_batches: int = 50
+    # Live samples: greedy continuations of fixed validation prompts at evaluations. An int is
+    # how many validation prompts to take (0 = off); a list gives the prompt texts themselves.
+    sample_prompts: int | list[str] = 3
+    sample_every: int | None = None  # steps between samples (default: every evaluation; 0 = off)
+    sample_max_tokens: int = 32
     checkpoint_every: int = 200
     keep_last: int = 3
     oom_retries: int = 3
@@ -92,6 +100,13 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{source}: key {name!r} must be >= 1, got {value}")
+        if isinstance(self.sample_prompts, int) and self.sample_prompts < 0:
+            raise ConfigError(f"{source}: key 'sample_prompts' must be >= 0 (0 = off) or a list "
+                              "of prompt texts")
+        if self.sample_every is not None and self.sample_every < 0:
+            raise ConfigError(f"{source}: key 'sample_every' must be >= 0 (0 = off)")
+        if self.sample_max_tokens < 1:
+            raise ConfigError(f"{source}: key 'sample_max_tokens' must be >= 1")
         if self.keep_last < 1:
             raise ConfigError(f"{source}: key 'keep_last' must be >= 1, got {self.keep_last}")
         if self.oom_retries < 0:
@@ -102,6 +117,13 @@ class RunConfig:
             raise ConfigError(f"{source}: key 'learning_rate' must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"{source}: key 'min_lr_ratio' must be in [0, 1]")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"{source}: key 'lr_schedule' is {self.lr_schedule!r}; expected one of "
+                f"{', '.join(SCHEDULES)}"
+            )
+        if not 0.0 < self.lr_decay_fraction <= 1.0:
+            raise ConfigError(f"{source}: key 'lr_decay_fraction' must be in (0, 1]")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError(f"{source}: 'weight_decay' and 'grad_clip' must be >= 0")
         if self.precision not in PRECISIONS:

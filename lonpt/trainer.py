@@ -186,6 +186,7 @@ class LonptTrainer(Trainer):
         self.loaders: dict[str, Any] = {}
         self.domain_val_pairs: dict[str, list[Any]] = {}
         self._domain_val_batches: dict[str, list[dict[str, Tensor]]] = {}
+        self._domain_eval_pairs: dict[str, list[Any]] = {}
         self.position = Position()
         self.domain_best: dict[str, float] = {}
         self.domain_last: dict[str, float] = {}
@@ -579,9 +580,18 @@ class LonptTrainer(Trainer):
             if len(pairs) > limit:
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
-            self._domain_val_batches[name] = [collate(pairs[i:i + b])
+            self._domain_eval_pairs[name] = pairs
+            self._domain_val_batches[name] = [collate(pairs[i:i + b], with_target_bytes=True)
                                               for i in range(0, len(pairs), b)]
         return self._domain_val_batches[name]
+
+    def baseline_pairs(self) -> tuple[list[Any], list[Any]]:
+        """Every domain's training pairs, and the pairs all the domain validations score."""
+        for name in self.domain_val_pairs:
+            self.domain_validation_batches(name)
+        train = [p for loader in self.loaders.values() for p in loader.pairs]
+        val = [p for name in self.domain_val_pairs for p in self._domain_eval_pairs[name]]
+        return train, val
 
     def _validate_domain(self, domain: Domain) -> None:
         """Validate, move the position on, save a new per-domain best, emit the eval event."""
@@ -606,10 +616,13 @@ class LonptTrainer(Trainer):
             path = self.save_checkpoint(name, best=overall, val_loss=loss)
             self._keep_domain_checkpoint(domain.name, name, path)
         self.emit(
-            "eval", loss=loss, perplexity=result["perplexity"], best=improved,
-            best_loss=loss if improved else previous, domain=domain.name, cycle=cycle,
-            global_step=self.global_step, metrics={"tokens": result["tokens"]},
+            "eval", loss=loss, perplexity=result["perplexity"], bpb=result.get("bpb"),
+            best=improved, best_loss=loss if improved else previous, domain=domain.name,
+            cycle=cycle, global_step=self.global_step, metrics={"tokens": result["tokens"]},
+            **self.reference_baselines(),
         )
+        if self.samples_due():
+            self.emit_samples()
 
     def _keep_domain_checkpoint(self, domain: str, name: str, path: Path) -> None:
         kept = self.domain_checkpoints.setdefault(domain, [])

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core.data.ngram import bits_per_byte
 from core.errors import AeronError, CheckpointError, ConfigError, DataError, ResourceError
 from core.model.uncertainty import auxiliary_loss, batch_calibration_error
 from core.runs.checkpoint import (
@@ -51,7 +52,7 @@ from core.runs.registry import (
 from core.train.config import RunConfig
 from core.train.control import ControlChannel
 from core.train.metrics import StepMetrics, memory_stats
-from core.train.schedule import default_warmup_steps, warmup_cosine_scale
+from core.train.schedule import default_warmup_steps, lr_scale
 
 TRAINER_STATE_VERSION = 1
 
@@ -98,6 +99,9 @@ class Trainer:
     # class that declares it is strict (``vars(type(self))``), so subclasses adding their own
     # options are not broken by a parent's list.
     accepted_options: frozenset[str] | None = None
+    # Language-model trainers score target tokens: their first eval carries the count-based
+    # reference baselines and their evals are followed by live samples. (Not RLHF trainers.)
+    language_model = True
 
     def __init__(
         self,
@@ -135,6 +139,10 @@ class Trainer:
         self.train_loader: Any = None
         self.val_pairs: list[Any] = []
         self._val_batches: list[dict[str, Tensor]] | None = None
+        self._val_eval_pairs: list[Any] = []
+        self._baselines_sent = False
+        self._sample_prompts: list[Any] | None = None
+        self.last_sample_step = -1
         self.corpus: dict[str, Any] = {}
         self.data_path = ""
         self.global_step = 0
@@ -457,9 +465,9 @@ class Trainer:
         return outputs["loss"], outputs, n_tokens
 
     def lr_at(self, step: int) -> float:
-        return self.base_lr * warmup_cosine_scale(
-            step, self.total_steps, self.warmup_steps, self.config.min_lr_ratio
-        )
+        cfg = self.config
+        return self.base_lr * lr_scale(cfg.lr_schedule, step, self.total_steps, self.warmup_steps,
+                                       cfg.min_lr_ratio, cfg.lr_decay_fraction)
 
     def apply_lr(self, lr: float) -> None:
         assert self.optimizer is not None
@@ -629,15 +637,18 @@ class Trainer:
             if len(pairs) > limit:
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
+            self._val_eval_pairs = pairs
             self._val_batches = [
-                collate(pairs[i : i + self.micro_batch])
+                collate(pairs[i : i + self.micro_batch], with_target_bytes=True)
                 for i in range(0, len(pairs), self.micro_batch)
             ]
         return self._val_batches
 
     @torch.no_grad()
     def evaluate(self, batches: list[dict[str, Tensor]] | None = None) -> dict[str, float]:
-        """Token-weighted cross-entropy over the validation batches; perplexity = exp(loss).
+        """Token-weighted cross-entropy over the validation batches; perplexity = exp(loss);
+        ``bpb`` = summed nats ÷ ln 2 ÷ UTF-8 bytes of the targets, when the batches carry
+        ``target_bytes`` (None otherwise).
 
         Runs with a forked RNG so evaluating never changes the training random stream.
         """
@@ -646,25 +657,107 @@ class Trainer:
         self.train_model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
+        nbytes = torch.zeros((), device=self.device, dtype=torch.float64)
+        all_bytes = True
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             for cpu_batch in batches:
-                batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
+                batch = {k: v.to(self.device) for k, v in cpu_batch.items() if k != "target_bytes"}
                 with self.autocast():
                     loss, _, n_tokens = self.compute_loss(batch)
                 total += loss.detach().double() * n_tokens
                 count += n_tokens
+                if "target_bytes" in cpu_batch:
+                    nbytes += float(cpu_batch["target_bytes"].sum())
+                else:
+                    all_bytes = False
         if was_training:
             self.train_model.train()
         if self.dist is not None and self.world_size > 1:
             import torch.distributed as tdist
 
-            both = torch.stack([total, count])
+            both = torch.stack([total, count, nbytes])
             tdist.all_reduce(both)
-            total, count = both[0], both[1]
+            total, count, nbytes = both[0], both[1], both[2]
         n = float(count.item())
         loss_value = float(total.item()) / n if n else float("nan")
-        return {"loss": loss_value, "perplexity": _safe_exp(loss_value), "tokens": n}
+        bpb = bits_per_byte(float(total.item()), float(nbytes.item())) if all_bytes else None
+        return {"loss": loss_value, "perplexity": _safe_exp(loss_value), "tokens": n, "bpb": bpb}
+
+    # ==========================================================================================
+    # Reference baselines and live samples (what the first eval and every eval carry)
+    # ==========================================================================================
+
+    def baseline_pairs(self) -> tuple[list[Any], list[Any]]:
+        """(training pairs, validation pairs) the n-gram baselines are counted and scored on:
+        the training split and the pairs :meth:`validation_batches` evaluates."""
+        self.validation_batches()
+        train = list(getattr(self.train_loader, "pairs", []) or [])
+        return train, list(self._val_eval_pairs)
+
+    def reference_baselines(self) -> dict[str, float]:
+        """``baseline_bigram_bpb`` / ``baseline_unigram_bpb`` for the first eval event (empty for
+        trainers that are not language models, or when a split has no scored bytes)."""
+        if not self.language_model or self._baselines_sent or not self.is_main:
+            return {}
+        self._baselines_sent = True
+        from core.data.ngram import ngram_baselines
+
+        train, val = self.baseline_pairs()
+        try:
+            found = ngram_baselines(train, val, int(self.tokenizer.vocab_size))
+        except ValueError as exc:
+            self.emit("warning", code="baselines", global_step=self.global_step,
+                      message=f"no reference baselines for this run: {exc}")
+            return {}
+        out = {"baseline_bigram_bpb": found.bigram_bpb, "baseline_unigram_bpb": found.unigram_bpb}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def sample_prompts(self) -> list[Any]:
+        """The run's fixed sample prompts (chosen once; ``sample_prompts`` in the config)."""
+        if self._sample_prompts is None:
+            from core.train.samples import choose_prompts, prompts_from_texts
+
+            wanted = self.config.sample_prompts
+            if isinstance(wanted, list):
+                self._sample_prompts = prompts_from_texts(
+                    wanted, self.val_pairs or self.baseline_pairs()[0], self.tokenizer,
+                    self.seq_len)
+            else:
+                self._sample_prompts = choose_prompts(self.val_pairs, self.tokenizer, wanted)
+        return self._sample_prompts
+
+    def samples_due(self) -> bool:
+        """Samples follow an eval when enabled, ``sample_every`` steps have passed since the
+        last ones (default: at every eval) or the run has reached its last step."""
+        cfg = self.config
+        if not self.language_model or not self.is_main or cfg.sample_every == 0:
+            return False
+        if not cfg.sample_prompts or self.last_sample_step == self.global_step:
+            return False
+        if self.world_size > 1 and cfg.options.get("shard"):
+            return False  # the main rank alone cannot run a sharded model
+        if cfg.sample_every is None or self.global_step >= self.total_steps:
+            return True
+        return self.last_sample_step < 0 or (
+            self.global_step - self.last_sample_step >= cfg.sample_every)
+
+    def emit_samples(self) -> list[dict[str, str]]:
+        """Generate the live samples and emit a ``sample`` event (a failure is one warning)."""
+        from core.train.samples import generate_samples
+
+        self.last_sample_step = self.global_step
+        try:
+            samples = generate_samples(self.model, self.tokenizer, self.sample_prompts(),
+                                       self.config.sample_max_tokens, self.device,
+                                       self.autocast())
+        except (RuntimeError, ValueError, AeronError) as exc:
+            self.emit("warning", code="samples", global_step=self.global_step,
+                      message=f"live samples failed and are skipped: {exc}")
+            return []
+        if samples:
+            self.emit("sample", global_step=self.global_step, samples=samples)
+        return samples
 
     # ==========================================================================================
     # Checkpoints
@@ -679,7 +772,7 @@ class Trainer:
             "global_step": self.global_step,
             "total_steps": self.total_steps,
             "scheduler": {
-                "type": "warmup_cosine",
+                "type": self.config.lr_schedule,
                 "base_lr": self.base_lr,
                 "warmup_steps": self.warmup_steps,
                 "total_steps": self.total_steps,
@@ -1049,11 +1142,15 @@ class Trainer:
             "eval",
             loss=loss,
             perplexity=result["perplexity"],
+            bpb=result.get("bpb"),
             best=best,
             global_step=self.global_step,
             metrics={"tokens": result["tokens"]},
+            **self.reference_baselines(),
             **{k: v for k, v in self.step_event_extra().items() if k in ("phase", "domain")},
         )
+        if self.samples_due():
+            self.emit_samples()
         if best:
             self.save_checkpoint(best=True, val_loss=loss)
         return result

@@ -77,6 +77,15 @@ def test_curriculum_events_checkpoints_and_falling_loss(tmp_path: Path, corpus: 
     second = {e["domain"]: e["loss"] for e in evals[3:]}
     assert all(second[d] < first[d] for d in first)
     assert steps[-1]["loss"] < steps[0]["loss"]
+    # Every domain validation has bits per byte; the first carries the n-gram baselines, counted
+    # on all domains' training pairs; live samples follow each validation.
+    assert all(e["bpb"] > 0 for e in evals)
+    assert evals[0]["baseline_bigram_bpb"] < evals[0]["baseline_unigram_bpb"]
+    assert not any("baseline_bigram_bpb" in e for e in evals[1:])
+    order = [e["type"] for e in events if e["type"] in ("eval", "sample")]
+    assert order == ["eval", "sample"] * len(evals)
+    prompts = {s["prompt"] for e in events if e["type"] == "sample" for s in e["samples"]}
+    assert prompts and all(p.startswith("What is ") for p in prompts)
     finished = events[-1]
     assert finished["type"] == "run_finished" and finished["checkpoint_dir"].endswith("checkpoints")
 

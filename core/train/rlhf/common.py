@@ -185,6 +185,7 @@ class RLHFTrainer(Trainer):
 
     name = "rlhf"
     description = "shared RLHF plumbing"
+    language_model = False  # preference / reward losses: no n-gram baselines, no live samples
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from core.runs.events import RunState, describe_event
+from core.runs.events import RunState, describe_event, describe_samples
 
 MODES = ("rich", "plain", "off")
 NOTABLE = ("eval", "checkpoint", "warning", "error", "status", "phase_change", "domain_change",
@@ -113,6 +113,14 @@ class HeadlessDisplay:
             self._style = log_style(self.state.trainer)
         if self._style is not None:
             self._styled(event)
+            return
+        if kind == "sample":
+            # Under the eval line they follow (the trainer emits them right after it).
+            for line in describe_samples(event):
+                if self.mode == "plain":
+                    self._write(line)
+                elif self._console is not None:
+                    self._console.print(line, highlight=False, markup=False)
             return
         if self.mode == "plain":
             if kind == "step":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.runs.events import format_loss
+from core.runs.events import describe_bpb, describe_samples, format_loss
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -79,12 +79,15 @@ def format_lonpt_event(event: dict[str, Any]) -> str | None:
     if kind == "eval":
         domain = event.get("domain")
         if domain is None:
-            return f"[Validation] loss: {format_loss(event['loss'])}"
+            return f"[Validation] loss: {format_loss(event['loss'])}{describe_bpb(event)}"
         if event.get("best"):
             verdict = "✓ BEST"
         else:
             verdict = f"no improvement, best {_num(event.get('best_loss'), '.4f')}"
-        return f"[Domain:{domain}] Validation loss: {format_loss(event['loss'])} ({verdict})"
+        return (f"[Domain:{domain}] Validation loss: {format_loss(event['loss'])} ({verdict})"
+                f"{describe_bpb(event)}")
+    if kind == "sample":
+        return "\n".join(["[Samples]", *describe_samples(event)])
     if kind == "warning":
         code = str(event.get("code") or "")
         tag = {"rail": "Rails", "hpf": "HPF", "act": "ACT", "akap": "AKAP"}.get(

@@ -505,7 +505,7 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "eval":
         where = f" ({event['domain']})" if event.get("domain") else ""
         best = " ✓ best" if event.get("best") else ""
-        return f"{at}validation loss {format_loss(event['loss'])}{where}{best}"
+        return f"{at}validation loss {format_loss(event['loss'])}{describe_bpb(event)}{where}{best}"
     if kind == "checkpoint":
         val = event.get("val_loss")
         val_txt = f" val_loss={val:.4f}" if isinstance(val, (int, float)) else ""
@@ -524,8 +524,46 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"{at}error: {event['message']}"
     if kind == "status":
         return f"status → {event['status']}"
+    if kind == "sample":
+        return f"{at}{len(event['samples'])} sample(s)"
     if kind == "run_finished":
         return f"{at}run {event['status']}"
     if kind == "run_started":
         return f"run {event['run_id']} started ({event['trainer']}, {event['total_steps']} steps)"
     return f"{at}{kind}"
+
+
+def describe_bpb(event: dict[str, Any]) -> str:
+    """`` · 1.812 bpb (bigram 1.763, unigram 3.288)`` for an eval event ("" without bpb)."""
+    parts = []
+    if isinstance(event.get("bpb"), _NUM):
+        parts.append(f" · {event['bpb']:.3f} bpb")
+    refs = [f"{name} {event[key]:.3f}" for name, key in
+            (("bigram", "baseline_bigram_bpb"), ("unigram", "baseline_unigram_bpb"))
+            if isinstance(event.get(key), _NUM)]
+    if refs:
+        parts.append(f" ({', '.join(refs)})")
+    return "".join(parts)
+
+
+SAMPLE_PROMPT_CHARS = 60
+SAMPLE_TEXT_CHARS = 160
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` on one line (line breaks shown as ⏎), cut to ``limit`` characters with …."""
+    flat = text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def describe_samples(event: dict[str, Any]) -> list[str]:
+    """One line per sample of a ``sample`` event: ``  [style] prompt → reply``."""
+    lines = []
+    for sample in event.get("samples") or []:
+        if not isinstance(sample, dict):
+            continue
+        style = f"[{sample['style']}] " if sample.get("style") else ""
+        prompt = one_line(str(sample.get("prompt", "")), SAMPLE_PROMPT_CHARS)
+        text = one_line(str(sample.get("text", "")), SAMPLE_TEXT_CHARS)
+        lines.append(f"  {style}{prompt} → {text or '(empty)'}")
+    return lines

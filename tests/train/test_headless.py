@@ -68,3 +68,21 @@ def test_off_writes_nothing(tmp_path: Path) -> None:
     with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
         _emit_run(writer)
     assert out.getvalue() == "" and display.state.global_step == 10
+
+
+def test_bpb_baselines_and_samples_print_under_the_eval_line(tmp_path: Path) -> None:
+    out = io.StringIO()
+    display = HeadlessDisplay("plain", out)
+    with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
+        writer.emit("run_started", run_id="r1", trainer="simple", total_steps=10)
+        writer.emit("eval", global_step=10, loss=2.5, bpb=1.2345, best=True,
+                    baseline_bigram_bpb=1.7631, baseline_unigram_bpb=3.2878)
+        writer.emit("sample", global_step=10, samples=[
+            {"prompt": "What is 2 plus 2?", "text": "2 plus 2 is 4.", "style": "qa"},
+            {"prompt": "Line one\nline two " + "x" * 80, "text": "a\nb"}])
+        writer.emit("run_finished", status="finished", global_step=10)
+    lines = out.getvalue().splitlines()
+    at = next(i for i, ln in enumerate(lines) if "validation loss 2.5000" in ln)
+    assert "1.234 bpb (bigram 1.763, unigram 3.288)" in lines[at]
+    assert lines[at + 1] == "  [qa] What is 2 plus 2? → 2 plus 2 is 4."
+    assert lines[at + 2].startswith("  Line one⏎line two xxx") and "… → a⏎b" in lines[at + 2]

@@ -371,6 +371,11 @@ class RunState:
     train_losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     best_val_loss: float | None = None
+    # Bits per byte of the validation evals, and the n-gram reference baselines (first eval).
+    val_bpbs: list[tuple[int, float]] = field(default_factory=list)
+    best_val_bpb: float | None = None
+    baseline_bigram_bpb: float | None = None
+    baseline_unigram_bpb: float | None = None
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
     problems: list[ParseProblem] = field(default_factory=list)
@@ -434,6 +439,7 @@ class RunState:
                     self.best_val_loss = float(loss)
             if event.get("metrics"):
                 self.metrics.update(event["metrics"])
+            self._apply_bpb(event)
             self._log(event)
         elif kind == "checkpoint":
             self.checkpoints.append(event)
@@ -459,6 +465,16 @@ class RunState:
             self._log(event)
         if self.started_at is not None:
             self.elapsed_s = t - self.started_at
+
+    def _apply_bpb(self, event: dict[str, Any]) -> None:
+        bpb = event.get("bpb")
+        if bpb is not None:
+            self._push(self.val_bpbs, (event["global_step"], float(bpb)))
+            if self.best_val_bpb is None or bpb < self.best_val_bpb:
+                self.best_val_bpb = float(bpb)
+        for name in ("baseline_bigram_bpb", "baseline_unigram_bpb"):
+            if event.get(name) is not None:
+                setattr(self, name, float(event[name]))
 
     def _push(self, seq: list[Any], item: Any) -> None:
         seq.append(item)

@@ -85,7 +85,8 @@ def status_line(state: RunState) -> str:
     if state.domain:
         parts.append(f"domain {state.domain}")
     if state.best_val_loss is not None:
-        parts.append(f"best val {state.best_val_loss:.4f}")
+        bpb = f" ({state.best_val_bpb:.3f} bpb)" if state.best_val_bpb is not None else ""
+        parts.append(f"best val {state.best_val_loss:.4f}{bpb}")
     parts.append(f"ETA {format_duration(state.eta_s)}")
     return " | ".join(parts)
 

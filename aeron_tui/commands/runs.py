@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
             ("data", s.data or "-"),
             ("last loss", f"{run.last_loss:.4f}" if run.last_loss is not None else "-"),
             ("best val loss", f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-"),
+            ("best val bpb", _bpb_row(s)),
             ("started", _when(run.started_at)),
             ("elapsed", f"{s.elapsed_s:.0f}s"),
         ]
@@ -130,6 +131,16 @@ def register(app: typer.Typer) -> None:
         Console().print(tree, highlight=False)
 
     app.add_typer(runs_app, name="runs")
+
+
+def _bpb_row(state: Any) -> str:
+    """``1.7120 (bigram 1.7631, unigram 3.2878)``: bits per byte beside the reference models."""
+    if state.best_val_bpb is None:
+        return "-"
+    refs = [f"{name} {value:.4f}" for name, value in
+            (("bigram", state.baseline_bigram_bpb), ("unigram", state.baseline_unigram_bpb))
+            if value is not None]
+    return f"{state.best_val_bpb:.4f}" + (f" ({', '.join(refs)})" if refs else "")
 
 
 def _status_markup(status: str) -> str:

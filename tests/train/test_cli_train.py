@@ -257,6 +257,12 @@ def test_runs_list_shows_status(finished_run: Path, monkeypatch: pytest.MonkeyPa
     assert rows[0]["trainer"] == "simple" and rows[0]["profile"] == "tiny"
     code, out, _ = _run_cli(["runs", "show", str(finished_run)], monkeypatch, capsys)
     assert code == 0 and "finished" in out and "step_000008" in out
+    # Loss and bits per byte of the run's eval, beside the reference baselines it carried.
+    [ev] = [e for e in read_events(finished_run / "events.jsonl")
+            if isinstance(e, dict) and e["type"] == "eval"]
+    assert f"best val loss  {ev['loss']:.4f}" in out
+    assert (f"best val bpb  {ev['bpb']:.4f} (bigram {ev['baseline_bigram_bpb']:.4f}, "
+            f"unigram {ev['baseline_unigram_bpb']:.4f})") in out
 
 
 def test_unknown_config_key_exits_nonzero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -258,6 +258,7 @@ class LonptTrainer(Trainer):
         self.corpus["train_samples"] = sum(len(d.train) for d in self.domains)
         self.corpus["val_samples"] = sum(len(d.val) for d in self.domains)
         self.corpus["domains"] = {d.name: len(d.samples) for d in self.domains}
+        self.record_prompt_format([p for loader in self.loaders.values() for p in loader.pairs])
 
     def _estimate_total_steps(self) -> int:
         """cycles × Σ_domains epochs × min(steps_per_domain, ⌈train/(b·accum)⌉) at the start batch."""

@@ -42,6 +42,13 @@ _ATTENTION = typer.Option(
     None, "--attention", help="Attention kernel: auto (FlashAttention-2 on CUDA fp16/bf16 when "
     "installed, else SDPA), flash2, sdpa or manual. Default: the checkpoint's attention_backend.")
 
+_STYLE = typer.Option(
+    None, "--style", help="Style label the prompt is tagged with, as in training "
+    "(<|style|> LABEL). Default: the checkpoint's most common training style; '' for none.")
+_PROVIDER = typer.Option(
+    None, "--provider", help="Provider the prompt is tagged with, as in training "
+    "(<|provider|> NAME). Default: the checkpoint's most common training provider; '' for none.")
+
 
 def register(app: typer.Typer) -> None:
     """Add ``generate`` and ``chat``."""
@@ -102,6 +109,33 @@ def _note(message: str, style: str = "dim") -> None:
     Console(stderr=True, highlight=False).print(Text(message, style=style))
 
 
+def _prompt_format(ckpt: Path, style: str | None, provider: str | None, cfg: Any) -> Any:
+    """``cfg`` with the prompt head training used: the given ``--style``/``--provider``, else
+    what the checkpoint recorded about its training prompts (the most common of each)."""
+    from dataclasses import replace
+
+    from core.runs.checkpoint import read_manifest
+
+    recorded = (read_manifest(ckpt).get("corpus") or {}).get("prompt_format") or {}
+    if style is None:
+        style = recorded.get("style")
+    if provider is None:
+        provider = recorded.get("provider")
+    style, provider = style or None, provider or None
+    known = recorded.get("styles") or []
+    if style is not None and known and style not in known:
+        _note(f"warning: style {style!r} never occurred in training (its styles: "
+              f"{', '.join(known)})", "yellow")
+    head = "".join(
+        [f"<|provider|> {provider} " if provider else "", f"<|style|> {style} " if style else ""])
+    if head:
+        _note(f"prompt formatted as in training: {head}<|user|> …")
+    elif not recorded:
+        _note("the checkpoint does not record its training prompt format; give --style/--provider "
+              "if its training samples had them")
+    return replace(cfg, style=style, provider=provider)
+
+
 def _report(gen: Any, seconds: float) -> None:
     if gen.prompt_truncated:
         _note(f"warning: the prompt was longer than the context; its first "
@@ -153,8 +187,9 @@ def generate_command(
     paged_blocks: int = _PAGED,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
     compile_layers: bool = _COMPILE, attention: str | None = _ATTENTION,
+    style: str | None = _STYLE, provider: str | None = _PROVIDER,
 ) -> None:
-    """Generate a reply to one prompt, streaming it to stdout."""
+    """Generate a reply to one prompt (formatted as in training), streaming it to stdout."""
     import time
 
     from core.errors import ConfigError
@@ -181,7 +216,8 @@ def generate_command(
         raise ConfigError("--paged-blocks needs a single model; drop it with --ensemble")
     dev = _device(device)
     load_policy = _loader(dev, attention, compile_layers)
-    model, tokenizer, _ = load_policy(checkpoint)
+    model, tokenizer, ckpt = load_policy(checkpoint)
+    cfg = _prompt_format(ckpt, style, provider, cfg)
     if mcts:
         from core.infer.inference import reward_scores
         from core.infer.mcts import MCTSGenerator
@@ -257,6 +293,7 @@ def chat_command(
     max_new_tokens: int = _MAX_NEW, temperature: float = _TEMP, top_k: int = _TOP_K,
     top_p: float = _TOP_P, repetition_penalty: float = _REP, stop: list[str] = _STOP,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
+    style: str | None = _STYLE, provider: str | None = _PROVIDER,
 ) -> None:
     """A simple REPL: each line you type is answered, streamed token by token.
 
@@ -270,6 +307,7 @@ def chat_command(
 
     cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict)
     model, tokenizer, path = load_policy(checkpoint, _device(device))
+    cfg = _prompt_format(path, style, provider, cfg)
     _note(f"chatting with {path} — empty line or Ctrl-D to quit")
     turn = 0
     while True:

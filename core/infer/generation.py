@@ -32,7 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.data.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, PAD_ID, STYLE_ID, USER_ID
+from core.data.tokenizer import (
+    ASSISTANT_ID,
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    PROVIDER_ID,
+    STYLE_ID,
+    USER_ID,
+)
 from core.errors import ConfigError
 
 DECODER_PREFIX = (BOS_ID, ASSISTANT_ID)  # `<s> <|assistant|>`: the reply starts after these
@@ -70,6 +78,10 @@ class GenerationConfig:
     # 0: the contiguous per-layer cache of ``model.decode``; N > 0: a paged KV cache of N
     # blocks of 16 tokens (core.infer.paged_kv), finished rows leave the batch and free their blocks.
     paged_blocks: int = 0
+    # The prompt head training used: ``<|provider|> provider <|style|> style <|user|> prompt``
+    # (None leaves that part out). ``generate`` reads them from the checkpoint by default.
+    style: str | None = None
+    provider: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -364,15 +376,17 @@ def encode_prompt_ids(
     max_tokens: int,
     overflow: str = "truncate",
     style: str | None = None,
+    provider: str | None = None,
 ) -> EncodedPrompt:
-    """``[<|style|> s] <|user|> prompt </s>`` (the training layout) fitted to ``max_tokens``.
+    """``[<|provider|> p] [<|style|> s] <|user|> prompt </s>`` (the training layout) fitted to
+    ``max_tokens``.
 
     Too long: ``overflow="truncate"`` drops tokens from the start of the prompt text (the
     control tokens and ``</s>`` stay); ``"error"`` raises a ConfigError naming both lengths.
     """
     from core.data.formatting import encoder_ids
 
-    full = encoder_ids(tokenizer, prompt, 10**9, style=style)
+    full = encoder_ids(tokenizer, prompt, 10**9, style=style, provider=provider)
     if len(full) <= max_tokens:
         return EncodedPrompt(full, False, 0)
     if overflow == "error":
@@ -380,7 +394,9 @@ def encode_prompt_ids(
             f"the prompt is {len(full)} tokens, longer than the model's context of "
             f"{max_tokens}; shorten it (or allow left truncation)"
         )
-    head = [STYLE_ID, *tokenizer.encode(style)] if style is not None else []
+    head = [PROVIDER_ID, *tokenizer.encode(provider)] if provider is not None else []
+    if style is not None:
+        head += [STYLE_ID, *tokenizer.encode(style)]
     head.append(USER_ID)
     room = max_tokens - len(head) - 1
     if room < 1:
@@ -461,7 +477,9 @@ def generate(
     check_tokenizer_fits(model, tokenizer)
     device = device if device is not None else next(model.parameters()).device
     limit = config.max_prompt_tokens or int(model.config.max_position_embeddings)
-    encoded = [encode_prompt_ids(tokenizer, p, limit, config.overflow, style) for p in prompts]
+    style = style if style is not None else config.style
+    encoded = [encode_prompt_ids(tokenizer, p, limit, config.overflow, style, config.provider)
+               for p in prompts]
     ids, mask = pad_batch([e.ids for e in encoded], device)
     generator = None
     if seed is not None:

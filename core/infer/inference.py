@@ -404,7 +404,8 @@ class SpeculativeDecoder:
             int(self.target.config.max_position_embeddings),
             int(self.draft.config.max_position_embeddings),
         )
-        enc = encode_prompt_ids(tokenizer, prompt, limit, config.overflow)
+        enc = encode_prompt_ids(tokenizer, prompt, limit, config.overflow, config.style,
+                                config.provider)
         ids, mask = pad_batch([enc.ids], device)
         generator = None
         if seed is not None:

@@ -291,7 +291,7 @@ class MCTSGenerator:
                 f"({limit} positions); use at most {limit - len(DECODER_PREFIX)}"
             )
         enc = encode_prompt_ids(self.tokenizer, prompt, config.max_prompt_tokens or limit,
-                                config.overflow)
+                                config.overflow, config.style, config.provider)
         device = next(self.policy.parameters()).device
         ids, mask = pad_batch([enc.ids], device)
         oracle = PolicyOracle(self.policy, ids, mask, config.max_new_tokens, config.stop_ids,

@@ -354,6 +354,14 @@ class Trainer:
         self.corpus = corpus_manifest([path])
         self.corpus["train_samples"] = len(train_pairs)
         self.corpus["val_samples"] = len(val_pairs)
+        self.record_prompt_format(train_pairs)
+
+    def record_prompt_format(self, pairs: list[Any]) -> None:
+        """Keep how training prompts are formatted in the checkpoints' corpus record (the most
+        common provider and style), so ``generate`` formats its prompts the same way."""
+        from core.train.samples import prompt_format
+
+        self.corpus["prompt_format"] = prompt_format(pairs, self.tokenizer)
 
     def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
         """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the

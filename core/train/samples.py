@@ -85,6 +85,35 @@ def prompts_from_texts(texts: Sequence[str], pairs: Sequence[EncodedPair], token
     return out
 
 
+def head_provider(tokenizer: Any, head: Sequence[int]) -> str | None:
+    """The provider inside a head (None when it has none)."""
+    if PROVIDER_ID not in head:
+        return None
+    start = list(head).index(PROVIDER_ID) + 1
+    end = start
+    while end < len(head) and head[end] not in (STYLE_ID, USER_ID):
+        end += 1
+    return tokenizer.decode(list(head[start:end])).strip() or None
+
+
+def prompt_format(pairs: Sequence[EncodedPair], tokenizer: Any) -> dict[str, Any]:
+    """How the training prompts look, for checkpoints (``generate`` formats prompts alike):
+    ``{"kind": "styles", "provider": p, "style": s, "styles": [...]}`` with the most common
+    provider and style, or ``{"kind": "text"}`` for plain-text continuation windows."""
+    heads = Counter(split_head(p.input_ids)[0] for p in pairs)
+    if not heads or all(not h for h in heads):
+        return {"kind": "text"}
+    head = heads.most_common(1)[0][0]
+    styles = sorted({s for h in heads if (s := head_style(tokenizer, h)) is not None})
+    out: dict[str, Any] = {"kind": "styles", "styles": styles}
+    provider, style = head_provider(tokenizer, head), head_style(tokenizer, head)
+    if provider is not None:
+        out["provider"] = provider
+    if style is not None:
+        out["style"] = style
+    return out
+
+
 def _prompt(tokenizer: Any, ids: Sequence[int]) -> SamplePrompt:
     head, text = split_head(ids)
     return SamplePrompt(tuple(int(i) for i in ids), tokenizer.decode(text).strip(),

@@ -292,3 +292,33 @@ def test_unknown_option_for_simple_trainer_is_named(
     args = cli_train_args(tmp_path / "r", small_corpus, 2) + ["--set", "lerning_rate=0.1"]
     code, _, err = _run_cli(args, monkeypatch, capsys)
     assert code == 1 and "no option 'lerning_rate'" in err.replace("\n", "")
+
+
+def test_generate_formats_prompts_as_training_did(
+    finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`generate` at temperature 0 from the final checkpoint repeats the run's last live sample
+    for the same prompt: the prompt got the same provider/style head the trainer gave it."""
+    events = [e for e in read_events(finished_run / "events.jsonl") if isinstance(e, dict)]
+    sample = [e for e in events if e["type"] == "sample"][-1]
+    assert sample["global_step"] == 8
+    ckpt = finished_run / "checkpoints" / "step_000008"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    recorded = manifest["corpus"]["prompt_format"]
+    assert recorded["provider"] == "synthetic" and recorded["styles"] == ["code", "math", "qa"]
+    for s in sample["samples"]:
+        args = ["generate", "--checkpoint", str(ckpt), "--prompt", s["prompt"],
+                "--temperature", "0", "--max-new-tokens", "32", "--style", s["style"]]
+        code, out, err = _run_cli(args, monkeypatch, capsys)
+        assert code == 0, err
+        assert out == s["text"] + "\n"
+        assert f"<|provider|> synthetic <|style|> {s['style']} <|user|>" in err
+    # Without --style the checkpoint's most common training style is used; '' drops it.
+    code, _, err = _run_cli(["generate", "--checkpoint", str(ckpt), "--prompt", "What is 1 plus 1?",
+                             "--temperature", "0", "--max-new-tokens", "4"], monkeypatch, capsys)
+    assert code == 0 and f"<|style|> {recorded['style']} <|user|>" in err
+    code, _, err = _run_cli(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--style",
+                             "poetry", "--provider", "", "--temperature", "0",
+                             "--max-new-tokens", "2"], monkeypatch, capsys)
+    assert code == 0 and "style 'poetry' never occurred in training" in err
+    assert "<|provider|>" not in err

@@ -19,6 +19,7 @@ from aeron_tui.app.widgets.event_log import EventLog
 from aeron_tui.app.widgets.hardware_panel import HardwarePanel
 from aeron_tui.app.widgets.loss_chart import LossChart
 from aeron_tui.app.widgets.run_panel import RunPanel
+from aeron_tui.app.widgets.samples_panel import SamplesPanel
 from aeron_tui.app.widgets.scratchpad_grid import ScratchpadGrid
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class DashboardScreen(Screen[None]):
         Binding("x", "app.stop_run", "Stop"),
         Binding("c", "app.checkpoint_now", "Checkpoint"),
         Binding("m", "toggle_smoothing", "Smooth", show=False),
+        Binding("b", "toggle_bpb", "Loss/bpb", show=False),
+        Binding("h", "samples_history", "Samples", show=False),
     ]
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -60,6 +63,7 @@ class DashboardScreen(Screen[None]):
                     yield _box("pad-box", "scratchpad", ScratchpadGrid(id="scratchpad"))
             with Horizontal(id="bottom"):
                 yield _box("log-box", "events", EventLog(id="events"))
+                yield _box("samples-box", "samples", SamplesPanel(id="samples"))
                 yield _box("ckpt-box", "checkpoints", CheckpointsTable(id="checkpoints"))
         yield Footer()
 
@@ -76,6 +80,7 @@ class DashboardScreen(Screen[None]):
         box.border_title = "trainer metrics" if metrics_only else "ToT branches"
         self.query_one(ScratchpadGrid).show(session)
         self.query_one(EventLog).show(session)
+        self.query_one(SamplesPanel).show(session)
         self.query_one(CheckpointsTable).show(session)
 
     def render_hardware(self, info: HardwareInfo | None, sample: HardwareSample | None) -> None:
@@ -96,6 +101,15 @@ class DashboardScreen(Screen[None]):
         if not self.is_mounted:
             return False
         return bool(self.query(RunPanel)) and bool(self.query(HardwarePanel))
+
+    def action_toggle_bpb(self) -> None:
+        self.query_one(LossChart).toggle_mode()
+
+    def action_samples_history(self) -> None:
+        from aeron_tui.app.screens.samples import SamplesScreen
+
+        history = self.query_one(SamplesPanel).history()
+        self.app.push_screen(SamplesScreen(history))
 
     def action_toggle_smoothing(self) -> None:
         # No toast: the chart's title says "EMA" or "raw", and a toast would cost a relayout.

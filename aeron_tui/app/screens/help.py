@@ -27,6 +27,8 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("x", "stop the run (asks first; writes a final checkpoint)"),
         ("c", "checkpoint now"),
         ("m", "toggle loss smoothing (debiased EMA)"),
+        ("b", "chart: loss ↔ validation bits per byte (with the bigram/unigram baselines)"),
+        ("h", "every set of live samples so far (the panel shows the newest)"),
         ("tab", "move focus (event log, checkpoints)"),
     ]),
     ("Run setup", [

@@ -1,5 +1,11 @@
 """Loss chart: train loss per step and validation loss per eval on one rescaling plot.
 
+``b`` switches to bits per byte (validation; comparable across tokenizers). In both modes the
+run's count-based reference models — the bigram ("pairs of tokens") and unigram ("word
+frequencies") baselines of its first eval — are drawn as flat lines, so a user sees when the
+model has passed them (in loss mode converted to nats per token with the validation set's own
+bytes-per-token ratio, exact because baseline and eval score the same pairs).
+
 Drawn with the console's own braille renderer (:mod:`aeron_tui.app.braille`): a redraw costs a
 millisecond or two, so a key press or a new batch of events shows at once even on a busy
 machine. Series are downsampled to about two points per column first, so the cost is the same
@@ -20,6 +26,9 @@ SMOOTHING_WEIGHT = 0.8
 TRAIN_STYLE = "rgb(90,170,255)"
 TRAIN_RAW_STYLE = "rgb(70,90,130)"
 VAL_STYLE = "rgb(255,170,60)"
+BIGRAM_STYLE = "rgb(110,190,110)"
+UNIGRAM_STYLE = "rgb(170,110,190)"
+MODES = ("loss", "bpb")
 
 
 class LossChart(Widget):
@@ -32,6 +41,7 @@ class LossChart(Widget):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.smoothing = True
+        self.mode = "loss"
         self.train_points = 0
         self.val_points = 0
         self._key: tuple[object, ...] = ()
@@ -46,8 +56,9 @@ class LossChart(Widget):
         n_train = len(st.train_losses) if st else 0
         n_val = len(st.val_losses) if st else 0
         last = st.train_losses[-1] if st and st.train_losses else None
+        refs = (st.baseline_bigram_bpb, st.baseline_unigram_bpb, len(st.val_bpbs)) if st else ()
         key = (session.id if session else None, n_train, n_val, last, self.smoothing,
-               self.size.width)
+               self.size.width, self.mode, refs)
         if key == self._key and not force:
             return
         self._key = key
@@ -63,6 +74,12 @@ class LossChart(Widget):
         self.show(self._session, force=True)
         return self.smoothing
 
+    def toggle_mode(self) -> str:
+        """Loss ↔ bits per byte; returns the new mode."""
+        self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
+        self.show(self._session, force=True)
+        return self.mode
+
     def on_resize(self) -> None:
         self.show(self._session, force=True)
 
@@ -71,16 +88,43 @@ class LossChart(Widget):
         box = self.parent
         if box is None:
             return
-        mode = f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
-        box.border_title = f"loss · {mode} (m) · x: step"
         legend = Text()
-        legend.append("━ train", TRAIN_STYLE)
-        if self.smoothing:
-            legend.append(" (", "grey50")
-            legend.append("raw", TRAIN_RAW_STYLE)
-            legend.append(")", "grey50")
-        legend.append("  ● val", VAL_STYLE)
+        if self.mode == "bpb":
+            box.border_title = "validation bits per byte · loss (b) · x: step"
+            legend.append("● val bpb", VAL_STYLE)
+        else:
+            mode = f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
+            box.border_title = f"loss · {mode} (m) · bpb (b) · x: step"
+            legend.append("━ train", TRAIN_STYLE)
+            if self.smoothing:
+                legend.append(" (", "grey50")
+                legend.append("raw", TRAIN_RAW_STYLE)
+                legend.append(")", "grey50")
+            legend.append("  ● val", VAL_STYLE)
+        for name, style, _ in self.reference_levels():
+            legend.append(f"  ─ {name}", style)
         box.border_subtitle = legend  # type: ignore[assignment]
+
+    def reference_levels(self) -> list[tuple[str, str, float]]:
+        """(name, style, y) of the baselines in the current mode's unit (none while unknown)."""
+        st = self._session.state if self._session else None
+        if st is None:
+            return []
+        scale = 1.0
+        if self.mode == "loss":
+            # nats/token = bpb × ln 2 × bytes/token: the ratio of the newest eval with both.
+            losses = dict(st.val_losses)
+            both = [(step, bpb) for step, bpb in st.val_bpbs if step in losses and bpb > 0]
+            if not both:
+                return []
+            step, bpb = both[-1]
+            scale = losses[step] / bpb
+        out = []
+        for name, style, value in (("bigram", BIGRAM_STYLE, st.baseline_bigram_bpb),
+                                   ("unigram", UNIGRAM_STYLE, st.baseline_unigram_bpb)):
+            if value is not None:
+                out.append((name, style, value * scale))
+        return out
 
     def _make_series(self) -> list[Series]:
         st = self._session.state if self._session else None
@@ -88,6 +132,12 @@ class LossChart(Widget):
             return []
         buckets = max(20, 2 * max(10, self.size.width - 8))
         out: list[Series] = []
+        if self.mode == "bpb":
+            if st.val_bpbs:
+                vx = [float(step) for step, _ in st.val_bpbs]
+                vy = [v for _, v in st.val_bpbs]
+                out.append(Series(vx, vy, VAL_STYLE, line=len(vx) > 1, marker="●"))
+            return self._with_references(out)
         if st.train_losses:
             xs, ys = downsample(st.train_losses, buckets)
             if self.smoothing and len(st.train_losses) > 2:
@@ -103,12 +153,25 @@ class LossChart(Widget):
             vx = [float(s) for s, _ in st.val_losses]
             vy = [v for _, v in st.val_losses]
             out.append(Series(vx, vy, VAL_STYLE, line=len(vx) > 1, marker="●"))
-        return out
+        return self._with_references(out)
+
+    def _with_references(self, series: list[Series]) -> list[Series]:
+        """The baselines as flat lines across the plotted steps, drawn first (under the data)."""
+        xs = [x for s in series for x in s.xs]
+        if not xs:
+            return series
+        x0, x1 = min(xs), max(xs)
+        if x1 <= x0:
+            x1 = x0 + 1.0
+        refs = [Series([x0, x1], [y, y], style) for _, style, y in self.reference_levels()]
+        return [*refs, *series]
 
     def render(self) -> Text:
         width, height = self.size.width, self.size.height
         if not self._series:
-            return Text("no loss yet — step events will draw here", style="dim")
+            what = "no bits per byte yet — evaluations will draw here" if self.mode == "bpb" else (
+                "no loss yet — step events will draw here")
+            return Text(what, style="dim")
         if self._lines is None or len(self._lines) != height:
             self._lines = render_chart(self._series, width, height)
         return Text("\n").join(self._lines)

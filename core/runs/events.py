@@ -113,6 +113,15 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "baseline_bigram_bpb": _NUM,
     "baseline_unigram_bpb": _NUM,
     "pid": (int,),
+    # eval / checkpoint: how long it took (the ETA times the evaluations and checkpoints to come)
+    "duration_s": _NUM,
+    # run_started / total_changed: the plan from this step on — evaluations still to come and
+    # scheduled (periodic + final) checkpoints still to come; the validation batch count
+    "evals_left": (int,),
+    "checkpoints_left": (int,),
+    "eval_batches": (int,),
+    # eval: a new best of its own domain (LONPT), as opposed to ``best`` = the run's best
+    "best_of_domain": (bool,),
 }
 
 RUN_STATUSES = ("starting", "running", "paused", "stopping", "stopped", "finished", "failed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -322,3 +323,10 @@ def test_generate_formats_prompts_as_training_did(
                              "--max-new-tokens", "2"], monkeypatch, capsys)
     assert code == 0 and "style 'poetry' never occurred in training" in err
     assert "<|provider|>" not in err
+    # chat formats each turn the same way.
+    s = sample["samples"][0]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(s["prompt"] + "\n\n"))
+    code, out, err = _run_cli(["chat", "--checkpoint", str(ckpt), "--temperature", "0",
+                               "--max-new-tokens", "32", "--style", s["style"]], monkeypatch, capsys)
+    assert code == 0, err
+    assert out == s["text"] + "\n"

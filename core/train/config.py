@@ -59,7 +59,9 @@ class RunConfig:
     gradient_checkpointing: bool | None = None
     compile: bool = False
     eval_every: int = 200
-    eval_max_batches: int = 50
+    # None: sized by the engine (a sample count with a stable estimate, capped so validating
+    # costs at most ~10 % of the training between evaluations); an int fixes the batch count.
+    eval_max_batches: int | None = None
     # Live samples: greedy continuations of fixed validation prompts at evaluations. An int is
     # how many validation prompts to take (0 = off); a list gives the prompt texts themselves.
     sample_prompts: int | list[str] = 3
@@ -91,12 +93,12 @@ class RunConfig:
                     f"{source}: key {f.name!r} should be {type_name(hints[f.name])}, "
                     f"got {type(value).__name__} {value!r}"
                 )
-        positive = ("steps", "eval_every", "eval_max_batches", "checkpoint_every", "log_every",
+        positive = ("steps", "eval_every", "checkpoint_every", "log_every",
                     "tokenizer_vocab_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{source}: key {name!r} must be >= 1, got {getattr(self, name)}")
-        for name in ("micro_batch", "grad_accum", "seq_len", "max_samples"):
+        for name in ("micro_batch", "grad_accum", "seq_len", "max_samples", "eval_max_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{source}: key {name!r} must be >= 1, got {value}")

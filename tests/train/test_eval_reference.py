@@ -121,3 +121,29 @@ def test_bpb_aggregates_nats_and_bytes_over_batches_by_hand(tmp_path: Path,
     # batch 1: 2 tokens at 3 nats; batch 2: 6 tokens at 5 nats; 11 bytes in all.
     assert result["loss"] == pytest.approx((2 * 3 + 6 * 5) / 8)
     assert result["bpb"] == pytest.approx((2 * 3 + 6 * 5) / math.log(2) / 11)
+
+
+def test_default_evaluation_size_follows_the_training_between_evaluations(
+        tmp_path: Path, small_corpus: Path) -> None:
+    """eval_max_batches unset: at most EVAL_SAMPLES samples, and no more than a forward pass of
+    10 % of the training between two evaluations; an explicit value wins."""
+    from core.train import engine
+    from core.train.simple import SimpleTrainer
+
+    def batches(**changes: Any) -> tuple[int, int]:
+        cfg = run_config(tmp_path / "run", small_corpus, **{"eval_max_batches": None, **changes})
+        trainer = SimpleTrainer(cfg, tiny_model_config())
+        trainer.micro_batch, trainer.grad_accum = cfg.micro_batch, cfg.grad_accum or 1
+        trainer.total_steps = cfg.steps
+        return trainer.eval_max_batches(), trainer.micro_batch
+
+    # 30 steps of 8 samples, one evaluation at the end: 0.1 × 240 / 0.33 ≈ 73 samples.
+    n, mb = batches(steps=30, eval_every=200, micro_batch=8)
+    assert n == math.ceil(0.1 * 240 / engine.FORWARD_COST / mb) == 10
+    # Long runs with rare evaluations stop at EVAL_SAMPLES.
+    n, mb = batches(steps=5000, eval_every=1000, micro_batch=8)
+    assert n * mb == engine.EVAL_SAMPLES
+    # A very short run still validates MIN_EVAL_SAMPLES.
+    n, mb = batches(steps=2, eval_every=200, micro_batch=8)
+    assert n * mb == engine.MIN_EVAL_SAMPLES
+    assert batches(steps=30, eval_max_batches=3)[0] == 3

@@ -211,7 +211,7 @@ class DPOTrainer(RLHFTrainer):
         """Held-out loss, implicit-reward margin and accuracy (chosen reward > rejected)."""
         if batches is None:
             if self._val_batches is None:
-                limit = self.config.eval_max_batches * self.micro_batch
+                limit = self.eval_max_batches() * self.micro_batch
                 self._val_batches = preference_batches(
                     self.val_examples[:limit], self.micro_batch, full_sequence=False
                 )

@@ -148,7 +148,7 @@ class RewardTrainer(RLHFTrainer):
         """Held-out Bradley–Terry loss, pairwise accuracy and mean margin ``r_c − r_r``."""
         if batches is None:
             if self._val_batches is None:
-                limit = self.config.eval_max_batches * self.micro_batch
+                limit = self.eval_max_batches() * self.micro_batch
                 self._val_batches = preference_batches(
                     self.val_examples[:limit], self.micro_batch, full_sequence=True
                 )

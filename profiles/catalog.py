@@ -55,6 +55,9 @@ class TrainSettings:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     learning_rate: float = 3e-4
+    # "cosine" or "constant_decay" (core.train.schedule); warmup None = min(100, 5 %) of the run
+    lr_schedule: str = "cosine"
+    warmup_steps: int | None = None
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     max_steps: int = 1000
@@ -68,6 +71,13 @@ class TrainSettings:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        from core.train.schedule import SCHEDULES
+
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.weight_decay < 0 or self.grad_clip <= 0:
             raise ValueError("weight_decay must be >= 0 and grad_clip > 0")
 

@@ -18,8 +18,9 @@ from typer.core import TyperCommand
 RUN_FIELDS_FROM_PROFILE = {
     "seq_len": "seq_len", "micro_batch": "micro_batch", "grad_accum": "grad_accum",
     "precision": "precision", "gradient_checkpointing": "gradient_checkpointing",
-    "learning_rate": "learning_rate", "weight_decay": "weight_decay", "grad_clip": "grad_clip",
-    "max_steps": "steps", "eval_every": "eval_every",
+    "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps",
+    "weight_decay": "weight_decay", "grad_clip": "grad_clip", "max_steps": "steps",
+    "eval_every": "eval_every",
 }
 
 

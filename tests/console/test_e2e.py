@@ -146,3 +146,35 @@ async def test_watch_follows_a_live_headless_run_and_can_stop_it(
     finally:
         if child.poll() is None:
             child.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@sync
+async def test_make_run_ends_with_a_final_sample(tmp_path: Path, sample_corpus_dir: Path) -> None:
+    """What `make run` starts (the default trainer and preset, here with a very small model):
+    when the run finishes, the samples panel shows the replies generated at its last step."""
+    from aeron_tui.app.widgets.samples_panel import SamplesPanel
+
+    small = {k: v for k, v in TINY.items() if k in ("model", "tokenizer_vocab_size", "device")}
+    setup = RunSetup(data=str(sample_corpus_dir / "styles.jsonl"), overrides=small)
+    received: list[dict[str, Any]] = []
+
+    def hook(message: Message) -> None:
+        if isinstance(message, EventsArrived):
+            received.extend(e for e in message.items if isinstance(e, dict))
+
+    app = AeronConsole(ConsoleOptions(setup=setup, start=True, runs_root=tmp_path / "runs"),
+                       hardware=fixed_hardware())
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        await wait_for(pilot, lambda: app.session is not None and app.session.state.finished,
+                       timeout=240, what="the default run to finish")
+        app.render_now()
+        await pilot.pause()
+        assert app.session.state.status == "finished"
+        finished = next(e for e in received if e["type"] == "run_finished")
+        last = [e for e in received if e["type"] == "sample"][-1]
+        assert last["global_step"] == finished["global_step"] > 0
+        panel = app.dashboard.query_one(SamplesPanel)
+        assert panel.shown_step == finished["global_step"]
+        assert panel.shown == last["samples"] and len(panel.shown) >= 2

@@ -18,6 +18,7 @@ from core.data.formatting import EncodedPair
 from core.data.tokenizer import EOS_ID, PROVIDER_ID, STYLE_ID, USER_ID
 
 MIN_PROMPT_TOKENS = 3  # a prompt shorter than this (text ids) says too little to show learning
+CONTINUATION_CHARS = 160  # how much of a plain-text prompt's end the event keeps
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,12 @@ def prompt_format(pairs: Sequence[EncodedPair], tokenizer: Any) -> dict[str, Any
 
 
 def _prompt(tokenizer: Any, ids: Sequence[int]) -> SamplePrompt:
-    head, text = split_head(ids)
-    return SamplePrompt(tuple(int(i) for i in ids), tokenizer.decode(text).strip(),
-                        head_style(tokenizer, head))
+    head, text_ids = split_head(ids)
+    text = tokenizer.decode(text_ids).strip()
+    if not head and len(text) > CONTINUATION_CHARS:
+        # A plain-text window: the reply continues its end, so the end is what to show.
+        text = "…" + text[-CONTINUATION_CHARS:]
+    return SamplePrompt(tuple(int(i) for i in ids), text, head_style(tokenizer, head))
 
 
 def generate_samples(model: Any, tokenizer: Any, prompts: Sequence[SamplePrompt],

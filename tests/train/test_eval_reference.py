@@ -147,3 +147,29 @@ def test_default_evaluation_size_follows_the_training_between_evaluations(
     n, mb = batches(steps=2, eval_every=200, micro_batch=8)
     assert n * mb == engine.MIN_EVAL_SAMPLES
     assert batches(steps=30, eval_max_batches=3)[0] == 3
+
+
+def test_plain_text_corpus_samples_continue_the_end_of_a_window(tmp_path: Path) -> None:
+    import random
+
+    from core.data.tokenizer import USER_ID
+    from core.train.samples import CONTINUATION_CHARS
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6)))
+             for _ in range(400)]
+    docs = [" ".join(rng.choice(words) for _ in range(150)) for _ in range(40)]
+    corpus = tmp_path / "prose.txt"
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    trainer, events = _train(tmp_path, corpus, steps=2, eval_every=2, sample_prompts=2,
+                             sample_max_tokens=4, seq_len=120)
+    [event] = [e for e in events if e["type"] == "sample"]
+    prompts = trainer.sample_prompts()
+    assert len(event["samples"]) == 2 and all(USER_ID not in p.ids for p in prompts)
+    for sample, prompt in zip(event["samples"], prompts, strict=True):
+        # The window's end, which the reply continues (longer windows are cut at the front).
+        window = trainer.tokenizer.decode(list(prompt.ids)).strip()
+        assert len(window) > CONTINUATION_CHARS
+        assert sample["prompt"] == "…" + window[-CONTINUATION_CHARS:]
+        assert "style" not in sample
+    assert trainer.corpus["prompt_format"] == {"kind": "text"}

@@ -56,14 +56,15 @@ from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, lr_scale
 
 TRAINER_STATE_VERSION = 1
-# Default evaluation size (bench/RESULTS.md "Default evaluation size"): 512 validation samples
-# put the standard error of the validation loss at 0.06 nats on the bundled corpus (0.10 at 256,
-# 0.30 at 32); a sample's forward pass costs 0.33 of its training step (tiny, bf16, CPU). Every
-# evaluation of a run scores the same pairs, so its curve has no sampling noise.
+# Default evaluation size (bench/RESULTS.md "eval_size"): 512 validation samples put the
+# standard error of the validation loss at 0.06 nats on the bundled corpus (0.10 at 256, 0.30 at
+# 32); a sample's forward pass costs 0.33-0.42 of its training step (tiny, bf16, CPU; two paired
+# measurements on a loaded box — the larger is used). Every evaluation of a run scores the same
+# pairs, so its curve has no sampling noise.
 EVAL_SAMPLES = 512
 MIN_EVAL_SAMPLES = 32
 EVAL_TIME_SHARE = 0.10
-FORWARD_COST = 0.33
+FORWARD_COST = 0.42
 
 
 class StopTraining(Exception):

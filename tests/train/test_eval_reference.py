@@ -137,9 +137,9 @@ def test_default_evaluation_size_follows_the_training_between_evaluations(
         trainer.total_steps = cfg.steps
         return trainer.eval_max_batches(), trainer.micro_batch
 
-    # 30 steps of 8 samples, one evaluation at the end: 0.1 × 240 / 0.33 ≈ 73 samples.
+    # 30 steps of 8 samples, one evaluation at the end: 0.1 × 240 / 0.42 ≈ 57 samples.
     n, mb = batches(steps=30, eval_every=200, micro_batch=8)
-    assert n == math.ceil(0.1 * 240 / engine.FORWARD_COST / mb) == 10
+    assert n == math.ceil(0.1 * 240 / engine.FORWARD_COST / mb) == 8
     # Long runs with rare evaluations stop at EVAL_SAMPLES.
     n, mb = batches(steps=5000, eval_every=1000, micro_batch=8)
     assert n * mb == engine.EVAL_SAMPLES

@@ -1,8 +1,10 @@
-"""The simple trainer (training.md §7): AdamW, warmup then cosine, clipping; no controllers.
+"""The simple trainer (training.md §7): AdamW, warmup then a decay to the run's end, clipping.
 
-lr 3e-4 for tiny/small models, 1e-4 for larger ones; warmup ``min(100, 5 %)`` steps then cosine
-to 10 %; clip 1.0; evaluate every 200 steps; keep the last 3 checkpoints plus the best. All of
-it is the engine's default behaviour — this class only chooses the learning rate.
+A run from the CLI or the console takes its learning rate and schedule from the size profile's
+``[train]`` table (the tiny profile's were chosen by measurement: lr 1e-3, constant then decay,
+bench/RESULTS.md "recipe_search"). Without one, this class chooses: 1e-3 for tiny, 3e-4 for
+small (unmeasured there), 1e-4 for larger models. Warmup ``min(100, 5 %)`` steps; clip 1.0; keep
+the last 3 checkpoints plus the best. All of it is the engine's default behaviour.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class SimpleTrainer(Trainer):
 
     def default_learning_rate(self) -> float:
         profile = (self.config.profile or "").lower()
+        if profile == "tiny":
+            return 1e-3  # the tiny profile's measured learning rate (profiles/catalog/tiny.toml)
         if profile in SMALL_PROFILES:
             return 3e-4
         base = self.base_model_config

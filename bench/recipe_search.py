@@ -45,6 +45,9 @@ TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 STAGES = ("lr", "schedule", "shape", "reasoning", "final")
 CALIBRATION_WARM, CALIBRATION_STEPS = 4, 20
 SWEEP_VAL_SAMPLES = 640
+# Every run is scored on the validation pairs encoded at this length (the tiny profile's; 99.8 %
+# of the bundled corpus's samples fit whole), whatever length it trained at.
+SCORE_SEQ_LEN = 128
 
 
 # ==============================================================================================
@@ -129,14 +132,15 @@ def _trainer_class(name: str = "simple") -> type:
     return CPUTimedTrainer
 
 
-def corpus_val_pairs(trainer: Any) -> list[Any]:
-    """The corpus's hash validation split encoded with the run's tokenizer and length (LONPT
-    validates only the sampled fraction of it, so runs are scored on this instead)."""
+def corpus_val_pairs(trainer: Any, seq_len: int) -> list[Any]:
+    """The corpus's hash validation split encoded with the run's tokenizer at ``seq_len``: every
+    run is scored on the same pairs whatever length it trained at (a run at 64 would otherwise
+    be scored on truncated samples), LONPT runs too (they validate only their fraction)."""
     from core.data.formatting import encode_styles_sample
     from core.data.styles import read_styles, split_samples
 
     _, val = split_samples(read_styles(Path(trainer.data_path)))
-    return [encode_styles_sample(s, trainer.tokenizer, trainer.seq_len) for s in val]
+    return [encode_styles_sample(s, trainer.tokenizer, seq_len) for s in val]
 
 
 def score(trainer: Any, max_samples: int | None, pairs: list[Any] | None = None
@@ -198,7 +202,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         lonpt = spec.get("trainer") == "lonpt"
         out.update(score(trainer, spec.get("val_samples"),
-                         corpus_val_pairs(trainer) if lonpt else None))
+                         corpus_val_pairs(trainer, SCORE_SEQ_LEN)))
         finite = [x for x in step_losses if x is not None]
         out["first_logged_loss"] = finite[0] if finite else None
         out["last_logged_loss"] = finite[-1] if finite else None
@@ -220,6 +224,39 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 # ==============================================================================================
 # The sweep (parent process)
 # ==============================================================================================
+
+
+def crossing(profile: str, seed: int, steps: int, every: int) -> dict[str, Any]:
+    """The profile's default run (only the length and the evaluation set are fixed) evaluated
+    every ``every`` steps on 512 validation pairs: the first step whose validation bpb is below
+    the run's own bigram baseline (scored on the same pairs), and the training CPU time to it."""
+    import torch
+
+    from aeron_tui.commands.train import build_run_config
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="recipe-crossing-"))
+    evals: list[dict[str, Any]] = []
+    cfg, model_cfg = build_run_config(
+        "simple", profile=profile,
+        flags={"run_dir": str(work / "run"), "steps": steps, "seed": seed},
+        sets=[f"eval_every={every}", f"checkpoint_every={10**9}", "keep_last=1",
+              "sample_prompts=0"])
+    cfg = cfg.with_overrides(eval_max_batches=max(1, 512 // (cfg.micro_batch or 1)))
+    trainer = _trainer_class()(cfg, model_cfg,
+                               listeners=[lambda e: evals.append(e) if e["type"] == "eval" else None])
+    trainer.step_cpu = []
+    trainer.run()
+    bigram = evals[0]["baseline_bigram_bpb"]
+    below = next((e["global_step"] for e in evals if e["bpb"] < bigram), None)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return {"seed": seed, "bigram_bpb": bigram, "unigram_bpb": evals[0]["baseline_unigram_bpb"],
+            "crossing_step": below,
+            "crossing_cpu_s": sum(trainer.step_cpu[:below]) if below else None,
+            "curve": [(e["global_step"], round(e["bpb"], 4)) for e in evals],
+            "lr": cfg.learning_rate, "schedule": cfg.lr_schedule, "micro_batch": cfg.micro_batch}
 
 
 def spec_key(spec: dict[str, Any]) -> str:
@@ -281,8 +318,11 @@ class Sweep:
         shape = {k: recipe[k] for k in ("micro_batch", "seq_len", "reasoning") if k in recipe}
         per_step = self.cpu_per_step(shape)
         steps = max(10, round(budget / per_step))
+        # Runs at the profile's length were always scored at SCORE_SEQ_LEN; others say so.
+        scored = ({} if recipe.get("seq_len") in (None, SCORE_SEQ_LEN)
+                  else {"score_seq_len": SCORE_SEQ_LEN})
         return [{"profile": self.args.profile, **recipe, "seed": s, "budget": budget,
-                 "steps": steps, "val_samples": val_samples} for s in seeds]
+                 "steps": steps, "val_samples": val_samples, **scored} for s in seeds]
 
     def measure(self, recipes: list[dict[str, Any]], final: bool = False
                 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -343,8 +383,8 @@ class Sweep:
             own = load_config(preset).learning_rate  # the preset's lr is always measured too
             for lr in sorted({own, *a.lonpt_lrs}):
                 specs += [{"trainer": "lonpt", "profile": "tiny", "preset": preset, "lr": lr,
-                           "seed": seed, "budget": 0.0, "val_samples": SWEEP_VAL_SAMPLES}
-                          for seed in a.seeds]
+                           "seed": seed, "budget": 0.0, "val_samples": SWEEP_VAL_SAMPLES,
+                           "score_seq_len": SCORE_SEQ_LEN} for seed in a.seeds]
         self.run_all(specs)
 
     def stage_final(self, chosen: dict[str, Any]) -> None:
@@ -399,6 +439,8 @@ def report(path: Path, profile: str, lonpt: bool = False) -> str:
         if spec.get("calibrate") or spec["profile"] != profile or (
                 spec.get("trainer") == "lonpt") != lonpt:
             continue
+        if spec.get("seq_len") not in (None, SCORE_SEQ_LEN) and "score_seq_len" not in spec:
+            continue  # an early run scored on its own (truncated) lengths: superseded
         label = _label(spec)
         groups.setdefault((label, spec["budget"]), []).append(row)
     lines = ["| recipe | CPU-s budget | steps | seeds | val loss (nats) | val bpb | "
@@ -411,6 +453,27 @@ def report(path: Path, profile: str, lonpt: bool = False) -> str:
             f"{statistics.mean(r['cpu_s'] for r in rs):.0f} | "
             f"{max(r['max_loss_rise'] for r in rs):.2f} |")
     return "\n".join(lines)
+
+
+def reference_lines(seq_len: int, val_samples: int | None) -> str:
+    """The bigram and unigram baselines (core.data.ngram) on the very pairs the runs were scored
+    on: the training split of the bundled corpus counted, the same validation subset scored."""
+    from core.data.ngram import ngram_baselines
+    from core.data.sample import ensure_sample_corpus
+    from core.train.engine import cached_corpus_tokenizer, load_pairs
+
+    path = ensure_sample_corpus().styles
+    tok = cached_corpus_tokenizer(path, 2048)
+    train, val = load_pairs(path, tok, seq_len)
+    pairs = sorted(val, key=len)
+    if val_samples is not None and len(pairs) > val_samples:
+        stride = len(pairs) / val_samples
+        pairs = [pairs[int(i * stride)] for i in range(val_samples)]
+    found = ngram_baselines(train, pairs, tok.vocab_size)
+    return (f"reference models on the same {len(pairs)} validation pairs (seq_len {seq_len}): "
+            f"bigram {found.bigram_loss:.4f} nats / {found.bigram_bpb:.4f} bpb (k "
+            f"{found.bigram_k:g}), unigram {found.unigram_loss:.4f} nats / "
+            f"{found.unigram_bpb:.4f} bpb (k {found.unigram_k:g})")
 
 
 def _mean(rs: list[dict[str, Any]]) -> float:
@@ -429,7 +492,10 @@ def _spread(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="tiny")
-    parser.add_argument("--stage", choices=(*STAGES, "all", "lonpt", "report"), default="all")
+    parser.add_argument("--stage", choices=(*STAGES, "all", "lonpt", "extra", "crossing",
+                                            "report"), default="all")
+    parser.add_argument("--crossing-steps", type=int, default=500,
+                        help="--stage crossing: length of the default run evaluated every 25 steps")
     parser.add_argument("--budget", type=float, default=120.0,
                         help="CPU seconds of training per sweep run")
     parser.add_argument("--final-budget", type=float, default=300.0,
@@ -449,7 +515,8 @@ def main() -> int:
     parser.add_argument("--home", type=Path, default=None,
                         help="AERON_TUI_HOME (corpus and tokenizer cache; default: a temp dir)")
     parser.add_argument("--recipe", help="JSON recipe for the final stage instead of the sweep's "
-                        "choice, e.g. '{\"lr\": 0.002, \"schedule\": \"constant_decay\"}'")
+                        "choice, e.g. '{\"lr\": 0.002, \"schedule\": \"constant_decay\"}' "
+                        "(for --stage extra: a JSON list of recipes)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -457,7 +524,11 @@ def main() -> int:
         print("RESULT " + json.dumps(run_one(json.loads(args.one))), flush=True)
         return 0
     if args.stage == "report":
+        if args.home is not None:
+            os.environ["AERON_TUI_HOME"] = str(args.home)
         print(report(args.results, args.profile))
+        for val in (SWEEP_VAL_SAMPLES, None):
+            print(reference_lines(128, val))
         print()
         print(report(args.results, args.profile, lonpt=True))
         return 0
@@ -470,6 +541,16 @@ def main() -> int:
     if args.stage == "lonpt":
         sweep.stage_lonpt()
         print(report(args.results, args.profile, lonpt=True))
+        return 0
+    if args.stage == "crossing":
+        for seed in args.seeds:
+            print(json.dumps(crossing(args.profile, seed, args.crossing_steps, 25)), flush=True)
+        return 0
+    if args.stage == "extra":
+        # One more recipe at the sweep budget on every --seeds seed (a check outside the chain).
+        for recipe in json.loads(args.recipe):
+            sweep.run_all(sweep.specs(recipe, args.seeds, args.budget, SWEEP_VAL_SAMPLES))
+        print(report(args.results, args.profile))
         return 0
     last = STAGES.index("final" if args.stage == "all" else args.stage)
     recipe: dict[str, Any] = {}

@@ -1,8 +1,15 @@
-"""The simple trainer learns: the tiny profile on the bundled sample corpus, 200 CPU steps.
+"""The default tiny run learns more than a bigram model: the tiny profile's recipe exactly as
+`aeron-tui train simple --profile tiny --steps N` runs it, on the bundled sample corpus.
 
-Measured (shared 2-core box, 1 torch thread, fp32, seq_len 64, micro-batch 8, tokenizer vocab
-2048): step-1 loss 7.651 (≈ ln 2048) → 4.431 averaged over steps 191-200, a 42.1 % fall;
-validation loss at step 200: 4.275. 220 s under a load average of 16. The test asks for 30 %.
+Its first (and only) evaluation carries the run's own bigram and unigram baselines, counted on its
+training split and scored on the same validation pairs as the model; the model must end below
+both in bits per byte. Measured (bench/RESULTS.md "recipe_search", `bench/recipe_search.py --stage
+crossing`, 1 thread, evaluated every 25 steps on the same 512 validation pairs; bigram 1.761 bpb,
+unigram 3.296): a 300-step run first evaluates below the bigram at step 275 (seeds 0 and 1, about
+95 CPU-s of training) and ends at 1.684 / 1.688 bpb; a 250-step run ends above it (1.783), since
+the last 20 % of a run (the lr decay) is where it gains most. CI_STEPS = 300 is the shortest run
+with a clear margin (0.075 bpb, against 0.004 between the two seeds); it costs about 90-110
+CPU-s on this box, within the issue's "below the bigram within 5 CPU-minutes".
 """
 
 from __future__ import annotations
@@ -11,27 +18,31 @@ from pathlib import Path
 
 import pytest
 
-from core.runs.events import fold, read_events
+from core.runs.events import read_events
+
+CROSSING = 275  # the first evaluation below the bigram in a 300-step run (both seeds measured)
+CI_STEPS = 300
 
 
 @pytest.mark.slow
-def test_loss_falls_30_percent_in_200_steps(tmp_path: Path, sample_corpus_dir: Path) -> None:
-    from core.train.config import RunConfig
-    from core.train.simple import SimpleTrainer
-    from profiles.catalog import load_profile
+def test_default_tiny_run_falls_below_its_bigram_baseline(tmp_path: Path,
+                                                         sample_corpus_dir: Path) -> None:
+    from aeron_tui.commands.train import build_run_config, execute
 
-    profile = load_profile("tiny")
-    cfg = RunConfig(
-        run_dir=str(tmp_path / "run"), data=str(sample_corpus_dir / "styles.jsonl"),
-        profile="tiny", steps=200, seq_len=64, micro_batch=8, precision="fp32", device="cpu",
-        log_every=1, eval_every=200, eval_max_batches=8, checkpoint_every=1000, seed=0,
-    )
-    assert SimpleTrainer(cfg, profile.model).run() == "finished"
-    state = fold(read_events(tmp_path / "run" / "events.jsonl"))
-    losses = [loss for _, loss in state.train_losses]
-    assert len(losses) == 200
-    first, last = losses[0], sum(losses[-10:]) / 10
-    fall = 1 - last / first
-    print(f"loss {first:.3f} -> {last:.3f} ({fall:.1%} fall), val {state.best_val_loss:.3f}")
-    assert fall >= 0.30, (first, last)
-    assert state.best_val_loss is not None and state.best_val_loss < 0.7 * first
+    run_dir = tmp_path / "run"
+    cfg, model = build_run_config(
+        "simple", profile="tiny",
+        flags={"run_dir": str(run_dir), "data": str(sample_corpus_dir / "styles.jsonl"),
+               "steps": CI_STEPS, "seed": 0},
+        sets=[f"eval_every={CI_STEPS}", f"checkpoint_every={CI_STEPS}"])
+    assert execute("simple", cfg, model, quiet=True) == "finished"
+    events = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, dict)]
+    [ev] = [e for e in events if e["type"] == "eval"]
+    steps = [e["loss"] for e in events if e["type"] == "step"]
+    print(f"step loss {steps[0]:.3f} -> {steps[-1]:.3f}; val {ev['loss']:.4f} nats, "
+          f"{ev['bpb']:.4f} bpb; bigram {ev['baseline_bigram_bpb']:.4f}, unigram "
+          f"{ev['baseline_unigram_bpb']:.4f} bpb")
+    assert ev["global_step"] == CI_STEPS
+    assert ev["bpb"] < ev["baseline_bigram_bpb"] < ev["baseline_unigram_bpb"]
+    # The run ends with a live sample of the final model.
+    assert [e for e in events if e["type"] == "sample"][-1]["global_step"] == CI_STEPS

@@ -48,6 +48,13 @@ SWEEP_VAL_SAMPLES = 640
 # Every run is scored on the validation pairs encoded at this length (the tiny profile's; 99.8 %
 # of the bundled corpus's samples fit whole), whatever length it trained at.
 SCORE_SEQ_LEN = 128
+# Each profile's recipe before this search (its batch shape and schedule written out, so a spec
+# means the same run after the profile's defaults change): the chain starts here and the final
+# stage compares against it.
+BEFORE: dict[str, dict[str, Any]] = {
+    "tiny": {"lr": 3e-4, "schedule": "cosine", "micro_batch": 8, "seq_len": 128},
+    "small": {"lr": 3e-4, "schedule": "cosine", "micro_batch": 8, "seq_len": 256},
+}
 
 
 # ==============================================================================================
@@ -353,7 +360,8 @@ class Sweep:
         return min(ok, key=lambda m: statistics.mean(x["val_loss"] for x in m[1]))[0]
 
     def stage_lr(self) -> dict[str, Any]:
-        recipes = [{"lr": lr} for lr in self.args.lrs]
+        base = BEFORE.get(self.args.profile, {})
+        recipes = [{**base, "lr": lr} for lr in self.args.lrs]
         return self.best(self.measure(recipes))
 
     def stage_schedule(self, base: dict[str, Any]) -> dict[str, Any]:
@@ -393,7 +401,7 @@ class Sweep:
         ``--lrs`` value) on every final seed at the sweep budget (the equal-CPU comparison)."""
         a = self.args
         self.measure([chosen], final=True)
-        today = {"lr": a.lrs[0]}
+        today = {**BEFORE.get(a.profile, {}), "lr": a.lrs[0]}
         batches = [self.specs(r, a.final_seeds, a.budget, SWEEP_VAL_SAMPLES)
                    for r in (today, chosen)]
         self.run_all([s for b in batches for s in b])
@@ -408,18 +416,25 @@ def _describe(row: dict[str, Any]) -> str:
     if spec.get("calibrate"):
         return (f"calibration {spec}: {row['cpu_per_step'] * 1000:.0f} CPU-ms/step "
                 f"({row['precision']})")
-    return (f"{_label(spec)} seed {spec['seed']}: val {row['val_loss']:.4f} nats, "
+    return (f"{_label(spec, row)} seed {spec['seed']}: val {row['val_loss']:.4f} nats, "
             f"{row['val_bpb']:.4f} bpb, {row['steps']} steps, {row['cpu_s']:.0f} CPU-s")
 
 
-def _label(spec: dict[str, Any]) -> str:
+def _label(spec: dict[str, Any], row: dict[str, Any] | None = None) -> str:
+    """The recipe in words; with a result ``row``, what the run actually trained with (the
+    schedule, warmup and batch shape it got from the profile where the spec left them out)."""
     if spec.get("trainer") == "lonpt":
         return f"LONPT {spec['preset']}, lr {spec['lr']:g}"
+    got = row or {}
     parts = [f"lr {spec['lr']:g}" if spec.get("lr") is not None else "lr default"]
-    parts.append(spec.get("schedule") or "default schedule")
-    if spec.get("warmup_frac") is not None:
+    parts.append(got.get("schedule") or spec.get("schedule") or "default schedule")
+    if got.get("warmup_steps") is not None and got.get("steps"):
+        parts.append(f"warmup {got['warmup_steps'] / got['steps']:.0%}")
+    elif spec.get("warmup_frac") is not None:
         parts.append(f"warmup {spec['warmup_frac']:.0%}")
-    if spec.get("micro_batch") is not None:
+    if got.get("micro_batch") is not None:
+        parts.append(f"{got['micro_batch']}×{got['seq_len']}")
+    elif spec.get("micro_batch") is not None:
         parts.append(f"{spec['micro_batch']}×{spec['seq_len']}")
     if spec.get("reasoning") is False:
         parts.append("reasoning off")
@@ -441,7 +456,7 @@ def report(path: Path, profile: str, lonpt: bool = False) -> str:
             continue
         if spec.get("seq_len") not in (None, SCORE_SEQ_LEN) and "score_seq_len" not in spec:
             continue  # an early run scored on its own (truncated) lengths: superseded
-        label = _label(spec)
+        label = _label(spec, row)
         groups.setdefault((label, spec["budget"]), []).append(row)
     lines = ["| recipe | CPU-s budget | steps | seeds | val loss (nats) | val bpb | "
              "CPU-s used | max train-loss rise |",

@@ -1,16 +1,25 @@
-"""LONPT vs. the simple trainer at the same token budget and seed (issue 6's experiment).
+"""LONPT vs. the simple trainer at the same token budget and seed, on two kinds of corpus.
 
-    .venv/bin/python bench/lonpt_vs_simple.py [--seeds 0 1 2] [--steps-per-domain 20]
-        [--cycles 2] [--seq-len 64] [--ablate auto|always|never] [--threads 1]
+    .venv/bin/python bench/lonpt_vs_simple.py [--corpus bundled prose] [--seeds 0 1]
+        [--steps-per-domain 20 60] [--cycles 2] [--seq-len 64] [--lonpt-lr LR]
+        [--ablate akap|all|none] [--threads 1]
 
-The tiny profile on the bundled sample corpus. For each seed: a LONPT run (the ``light`` preset
-with the tiny profile's learning rate 3e-4, all data, batch 4 that ACT may grow), then a simple
-run (engine defaults: warmup + cosine, micro-batch 8) with as many samples as LONPT consumed.
-Both final models are scored on the same held-out set (the corpus's hash validation split,
-``--val-batches`` batches of 8), so the numbers are comparable. Training throughput is
-tokens / time spent inside optimizer steps (validation and checkpoints excluded); the wall time
-of the whole run is shown too. If LONPT's mean validation loss is worse, each module (PNCEC,
-ACT, HPF, AKAP) is switched off in turn (``--ablate auto``) to see which one costs.
+The tiny profile, 1 torch thread, precision ``auto`` (what a user gets). Corpora:
+
+* ``bundled`` — the bundled sample corpus: styles of very different kinds (documentation Q/A,
+  code, arithmetic reasoning); AKAP assigns domains by style (``style_map``);
+* ``prose`` — plain documentation prose: the full docstrings of the standard-library modules the
+  sample corpus also draws on, cut into paragraphs, each paragraph a continuation pair (its first
+  sentences → the rest); one style, so AKAP splits it into three equal random domains (``equal``).
+
+For each corpus, budget (``--steps-per-domain``: the length of one domain pass; 3 domains ×
+``--cycles`` passes each) and seed: a LONPT run (the ``light`` preset at ``--lonpt-lr``, by
+default the preset's own re-checked learning rate, all data, batch 4 that ACT may grow), the
+same without AKAP at the same number of samples (``--ablate akap``: one domain, three times the
+steps per pass), and a simple run with the tiny profile's default recipe (its learning rate,
+schedule and warmup, micro-batch 8) and as many samples as LONPT consumed. Every final model is
+scored on the same held-out pairs (the corpus's hash validation split, ``--val-batches``
+batches of 8, length-spread). ``--ablate all`` also switches PNCEC, ACT and HPF off one at a time.
 
 Every figure comes from the runs themselves; the machine is shared, so timings are noisy.
 """
@@ -18,8 +27,11 @@ Every figure comes from the runs themselves; the machine is shared, so timings a
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,17 +41,66 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Keeping freed memory (GUIDE "Measured on this kind of machine") removes most step-time noise.
-TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+from bench_common import MALLOC_TUNABLES  # noqa: E402
 
 # Each variant keeps the token budget: without ACT the micro-batch stays at 4, so twice the
 # steps; without AKAP there is one domain, so three times the steps per (single) domain.
 ABLATIONS = {
+    "no AKAP": ({"akap_enable": False}, 3),
     "no PNCEC": ({"pncec_enable": False}, 1),
     "no ACT": ({"act_enable": False}, 2),
     "no HPF": ({"hpf_enable": False}, 1),
-    "no AKAP": ({"akap_enable": False}, 3),
 }
+
+# Runs in a fresh interpreter (torch, once imported, patches inspect): every standard-library
+# module's docstrings, the module's and its own classes' and functions' longer ones.
+_PROSE_SCRIPT = r"""
+import importlib, inspect, json, sys, warnings
+warnings.simplefilter("ignore")
+out = {}
+for name in sys.argv[1:]:
+    try:
+        mod = importlib.import_module(name)
+    except Exception:
+        continue
+    parts = [inspect.cleandoc(mod.__doc__)] if mod.__doc__ else []
+    for attr in sorted(vars(mod)):
+        obj = getattr(mod, attr)
+        if attr.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+            continue
+        doc = inspect.getdoc(obj)
+        if doc and len(doc) > 200:
+            parts.append(doc)
+    out[name] = parts
+print(json.dumps(out))
+"""
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def build_prose_corpus(out: Path) -> Path:
+    """``out/styles.jsonl`` of continuation pairs from standard-library documentation prose."""
+    from core.data.stdlib_docs import STDLIB_MODULES
+
+    found = subprocess.run([sys.executable, "-I", "-c", _PROSE_SCRIPT, *STDLIB_MODULES],
+                           capture_output=True, text=True, check=True, timeout=300)
+    docs: dict[str, list[str]] = json.loads(found.stdout)
+    rows = []
+    for module in sorted(docs):
+        for d, doc in enumerate(docs[module]):
+            for p, para in enumerate(doc.split("\n\n")):
+                text = " ".join(para.split())
+                sentences = [s for s in _SENTENCE.split(text) if s]
+                if len(text) < 120 or len(sentences) < 2:
+                    continue  # a pair needs a prompt and a continuation
+                cut = max(1, len(sentences) // 2)
+                rows.append({"provider": "python-docs", "style_label": "prose",
+                             "user_input": " ".join(sentences[:cut]),
+                             "assistant_reply": " ".join(sentences[cut:]),
+                             "turn_id": f"{module}:{d}:{p}"})
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "styles.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 class _Counting:
@@ -57,9 +118,9 @@ class _Counting:
         return batch
 
     def train_step(self) -> None:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         super().train_step()  # type: ignore[misc]
-        self.step_time += time.perf_counter() - t0
+        self.step_time += time.process_time() - t0
 
 
 def _classes() -> tuple[type, type]:
@@ -82,12 +143,13 @@ def _common_val_batches(trainer: Any, styles: Path, n_batches: int) -> list[Any]
     from core.data.styles import read_styles, split_samples
 
     _, val = split_samples(read_styles(styles))
-    pairs = sorted((encode_styles_sample(s, trainer.tokenizer, trainer.seq_len) for s in val), key=len)
+    pairs = sorted((encode_styles_sample(s, trainer.tokenizer, trainer.seq_len) for s in val),
+                   key=len)
     limit = n_batches * 8
     if len(pairs) > limit:
         stride = len(pairs) / limit
         pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
-    return [collate(pairs[i:i + 8]) for i in range(0, len(pairs), 8)]
+    return [collate(pairs[i:i + 8], with_target_bytes=True) for i in range(0, len(pairs), 8)]
 
 
 def _run(cls: type, cfg: Any, model_cfg: Any, styles: Path, val_batches: int) -> dict[str, Any]:
@@ -100,37 +162,46 @@ def _run(cls: type, cfg: Any, model_cfg: Any, styles: Path, val_batches: int) ->
     result = trainer.evaluate(_common_val_batches(trainer, styles, val_batches))
     return {
         "val_loss": result["loss"],
+        "val_bpb": result["bpb"],
         "tokens": trainer.tokens_seen,
         "samples": trainer.samples_seen,
         "steps": trainer.global_step,
-        "tok_s": trainer.tokens_seen / max(1e-9, trainer.step_time),
+        "tok_cpu_s": trainer.tokens_seen / max(1e-9, trainer.step_time),
         "wall_s": wall,
         "params": sum(p.numel() for p in trainer.model.parameters()),
+        "lr": trainer.base_lr,
     }
+
+
+QUIET = ["checkpoint_every=1000000", "keep_last=1", "sample_prompts=0"]
 
 
 def _lonpt_cfg(run_dir: Path, styles: Path, seed: int, args: argparse.Namespace,
-               extra: dict[str, Any]) -> Any:
-    from core.train.config import RunConfig
+               corpus: str, steps_per_domain: int, extra: dict[str, Any]) -> tuple[Any, Any]:
+    from aeron_tui.commands.train import build_run_config
 
-    options: dict[str, Any] = {
-        "preset": "light", "dataset_fraction": 1.0, "domain_cycles": args.cycles,
-        "steps_per_domain": args.steps_per_domain, "val_max_batches": 10, "log_every": 10,
-        **extra,
-    }
-    return RunConfig(trainer="lonpt", profile="tiny", run_dir=str(run_dir), data=str(styles),
-                     seed=seed, seq_len=args.seq_len, learning_rate=3e-4, precision="fp32",
-                     device="cpu", tokenizer_vocab_size=2048, options=options)
+    sets = [*QUIET, "dataset_fraction=1.0", f"domain_cycles={args.cycles}",
+            f"steps_per_domain={steps_per_domain}", "val_max_batches=10", "log_every=10",
+            "tokenizer_vocab_size=2048"]
+    if corpus == "prose":
+        sets.append('akap_assignment="equal"')
+    sets += [f"{k}={json.dumps(v)}" for k, v in extra.items()]
+    flags: dict[str, Any] = {"run_dir": str(run_dir), "data": str(styles), "seed": seed,
+                             "seq_len": args.seq_len, "preset": "light"}
+    if args.lonpt_lr is not None:
+        flags["learning_rate"] = args.lonpt_lr
+    return build_run_config("lonpt", profile="tiny", flags=flags, sets=sets)
 
 
-def _simple_cfg(run_dir: Path, styles: Path, seed: int, steps: int, args: argparse.Namespace) -> Any:
-    from core.train.config import RunConfig
+def _simple_cfg(run_dir: Path, styles: Path, seed: int, steps: int,
+                args: argparse.Namespace) -> tuple[Any, Any]:
+    from aeron_tui.commands.train import build_run_config
 
-    return RunConfig(trainer="simple", profile="tiny", run_dir=str(run_dir), data=str(styles),
-                     seed=seed, steps=steps, micro_batch=8, seq_len=args.seq_len,
-                     learning_rate=3e-4, precision="fp32", device="cpu",
-                     tokenizer_vocab_size=2048, eval_every=10_000, checkpoint_every=10_000,
-                     keep_last=1, log_every=10)
+    flags = {"run_dir": str(run_dir), "data": str(styles), "seed": seed, "steps": steps,
+             "micro_batch": 8, "seq_len": args.seq_len}
+    return build_run_config("simple", profile="tiny", flags=flags,
+                            sets=[*QUIET, "eval_every=1000000", "log_every=10",
+                                  "tokenizer_vocab_size=2048"])
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -141,21 +212,23 @@ def _mean_spread(values: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps-per-domain", type=int, default=20)
+    parser.add_argument("--corpus", nargs="+", choices=("bundled", "prose"),
+                        default=["bundled", "prose"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps-per-domain", type=int, nargs="+", default=[20, 60])
     parser.add_argument("--cycles", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--val-batches", type=int, default=40)
-    parser.add_argument("--ablate", choices=("auto", "always", "never"), default="auto")
-    parser.add_argument("--ablation-seeds", type=int, default=2,
-                        help="seeds (the first N of --seeds) per ablation")
+    parser.add_argument("--lonpt-lr", type=float, default=None,
+                        help="LONPT's learning rate (default: the light preset's)")
+    parser.add_argument("--ablate", choices=("akap", "all", "none"), default="akap")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--home", type=Path, default=None,
                         help="AERON_TUI_HOME for the corpus/tokenizer cache (default: a temp dir)")
     args = parser.parse_args()
 
-    if os.environ.get("GLIBC_TUNABLES") is None:
-        os.environ["GLIBC_TUNABLES"] = TUNABLES
+    if os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
         os.execv(sys.executable, [sys.executable, *sys.argv])  # the allocator reads it at start
 
     home = args.home or Path(tempfile.mkdtemp(prefix="lonpt-bench-"))
@@ -165,79 +238,69 @@ def main() -> int:
     import torch
 
     from core.data.sample import ensure_sample_corpus
-    from profiles.catalog import load_profile
 
     torch.set_num_threads(args.threads)
-    styles = ensure_sample_corpus().styles
-    model_cfg = load_profile("tiny").model
     lonpt_cls, simple_cls = _classes()
     work = Path(tempfile.mkdtemp(prefix="lonpt-bench-runs-"))
+    corpora = {"bundled": lambda: ensure_sample_corpus().styles,
+               "prose": lambda: build_prose_corpus(home / "prose")}
+    ablations = {"akap": ["no AKAP"], "all": list(ABLATIONS), "none": []}[args.ablate]
     t_start = time.perf_counter()
+    table: list[str] = []
 
-    def lonpt_run(seed: int, extra: dict[str, Any], tag: str) -> dict[str, Any]:
-        run_dir = work / f"lonpt-{tag}-{seed}"
-        out = _run(lonpt_cls, _lonpt_cfg(run_dir, styles, seed, args, extra), model_cfg, styles,
-                   args.val_batches)
+    def run_lonpt(styles: Path, corpus: str, seed: int, spd: int, tag: str,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+        run_dir = work / f"lonpt-{corpus}-{spd}-{tag}-{seed}"
+        cfg, model = _lonpt_cfg(run_dir, styles, seed, args, corpus, spd, extra)
+        out = _run(lonpt_cls, cfg, model, styles, args.val_batches)
         shutil.rmtree(run_dir, ignore_errors=True)
         return out
 
-    print(f"tiny profile, sample corpus {styles}, seq_len {args.seq_len}, seeds {args.seeds}, "
-          f"{args.threads} thread(s)")
-    rows: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
-    for seed in args.seeds:
-        lon = lonpt_run(seed, {}, "full")
-        steps = max(1, round(lon["samples"] / 8))
-        run_dir = work / f"simple-{seed}"
-        sim = _run(simple_cls, _simple_cfg(run_dir, styles, seed, steps, args), model_cfg, styles,
-                   args.val_batches)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        rows.append((seed, lon, sim))
-        print(f"seed {seed}: LONPT val {lon['val_loss']:.4f} ({lon['steps']} steps, "
-              f"{lon['tokens']:,} tok, {lon['tok_s']:,.0f} tok/s, {lon['wall_s']:.0f}s wall) | "
-              f"simple val {sim['val_loss']:.4f} ({sim['steps']} steps, {sim['tokens']:,} tok, "
-              f"{sim['tok_s']:,.0f} tok/s, {sim['wall_s']:.0f}s wall)", flush=True)
-
-    lon_loss = [r[1]["val_loss"] for r in rows]
-    sim_loss = [r[2]["val_loss"] for r in rows]
-    lon_tps = statistics.mean(r[1]["tok_s"] for r in rows)
-    sim_tps = statistics.mean(r[2]["tok_s"] for r in rows)
-    lon_tok = statistics.mean(r[1]["tokens"] for r in rows)
-    sim_tok = statistics.mean(r[2]["tokens"] for r in rows)
+    for corpus in args.corpus:
+        styles = corpora[corpus]()
+        for spd in args.steps_per_domain:
+            rows: dict[str, list[dict[str, Any]]] = {"LONPT": [], "simple": []}
+            for seed in args.seeds:
+                lon = run_lonpt(styles, corpus, seed, spd, "full", {})
+                steps = max(1, round(lon["samples"] / 8))
+                run_dir = work / f"simple-{corpus}-{spd}-{seed}"
+                cfg, model = _simple_cfg(run_dir, styles, seed, steps, args)
+                sim = _run(simple_cls, cfg, model, styles, args.val_batches)
+                shutil.rmtree(run_dir, ignore_errors=True)
+                rows["LONPT"].append(lon)
+                rows["simple"].append(sim)
+                for name in ablations:
+                    extra, factor = ABLATIONS[name]
+                    out = run_lonpt(styles, corpus, seed, spd * factor, name.replace(" ", "_"),
+                                    extra)
+                    rows.setdefault(f"LONPT {name}", []).append(out)
+                print(f"{corpus}, {spd} steps/domain, seed {seed}: " + "; ".join(
+                    f"{k} {v[-1]['val_loss']:.4f} ({v[-1]['steps']} steps, "
+                    f"{v[-1]['samples']} samples)" for k, v in rows.items()), flush=True)
+            for name, runs in rows.items():
+                table.append(
+                    f"| {corpus} | {spd} | {name} | {runs[0]['lr']:g} | "
+                    f"{statistics.mean(r['steps'] for r in runs):.0f} | "
+                    f"{statistics.mean(r['samples'] for r in runs):,.0f} | "
+                    f"{_mean_spread([r['val_loss'] for r in runs])} | "
+                    f"{_mean_spread([r['val_bpb'] for r in runs])} | "
+                    f"{statistics.mean(r['tok_cpu_s'] for r in runs):,.0f} |")
+            lon_l = [r["val_loss"] for r in rows["LONPT"]]
+            sim_l = [r["val_loss"] for r in rows["simple"]]
+            print(f"  LONPT − simple: {statistics.mean(lon_l) - statistics.mean(sim_l):+.4f} "
+                  f"(per seed {', '.join(f'{a - b:+.4f}' for a, b in zip(lon_l, sim_l, strict=True))})",
+                  flush=True)
+            if "LONPT no AKAP" in rows:
+                no = [r["val_loss"] for r in rows["LONPT no AKAP"]]
+                print(f"  AKAP effect (LONPT − LONPT without AKAP): "
+                      f"{statistics.mean(lon_l) - statistics.mean(no):+.4f}", flush=True)
     print()
-    print("| trainer | params | steps | train tokens | final val loss (mean ± sd) | tokens/s (steps only) | wall s |")
-    print("|---|---|---|---|---|---|---|")
-    for name, idx in (("LONPT (light, tiny)", 1), ("simple", 2)):
-        runs = [r[idx] for r in rows]
-        print(f"| {name} | {runs[0]['params']:,} | {statistics.mean(x['steps'] for x in runs):.0f} | "
-              f"{statistics.mean(x['tokens'] for x in runs):,.0f} | "
-              f"{_mean_spread([x['val_loss'] for x in runs])} | "
-              f"{statistics.mean(x['tok_s'] for x in runs):,.0f} | "
-              f"{statistics.mean(x['wall_s'] for x in runs):.0f} |")
-    print()
-    print(f"val loss LONPT − simple: {statistics.mean(lon_loss) - statistics.mean(sim_loss):+.4f} "
-          f"(per seed: {', '.join(f'{a - b:+.4f}' for a, b in zip(lon_loss, sim_loss, strict=True))})")
-    print(f"tokens/s ratio LONPT / simple: {lon_tps / sim_tps:.3f} "
-          f"(overhead {100 * (1 - lon_tps / sim_tps):+.1f} %); "
-          f"token budget ratio {lon_tok / sim_tok:.3f}")
-
-    lonpt_loses = statistics.mean(lon_loss) > statistics.mean(sim_loss)
-    if args.ablate == "always" or (args.ablate == "auto" and lonpt_loses):
-        seeds = args.seeds[: max(1, args.ablation_seeds)]
-        base = [r[1]["val_loss"] for r in rows if r[0] in seeds]
-        print()
-        print(f"Ablations (each module off, seeds {seeds}; LONPT full on these seeds: "
-              f"{_mean_spread(base)}):")
-        print("| variant | final val loss | Δ vs LONPT full | train tokens | tokens/s | steps |")
-        print("|---|---|---|---|---|---|")
-        for name, (extra, factor) in ABLATIONS.items():
-            extra = {**extra, "steps_per_domain": args.steps_per_domain * factor}
-            runs = [lonpt_run(seed, extra, name.replace(" ", "_")) for seed in seeds]
-            losses = [x["val_loss"] for x in runs]
-            print(f"| {name} | {_mean_spread(losses)} | "
-                  f"{statistics.mean(losses) - statistics.mean(base):+.4f} | "
-                  f"{statistics.mean(x['tokens'] for x in runs):,.0f} | "
-                  f"{statistics.mean(x['tok_s'] for x in runs):,.0f} | "
-                  f"{statistics.mean(x['steps'] for x in runs):.0f} |", flush=True)
+    print(f"seq_len {args.seq_len}, {args.cycles} cycles, seeds {args.seeds}, "
+          f"{args.threads} thread(s), val {args.val_batches} batches of 8")
+    print("| corpus | steps/domain | trainer | lr | steps | samples | val loss (mean ± sd) | "
+          "val bpb | tokens / CPU-s in steps |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(table))
     shutil.rmtree(work, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     return 0

@@ -1,7 +1,9 @@
 """The seed's ``styles.jsonl`` format: reader, deterministic train/val split, statistics.
 
 One object per line: ``provider``, ``style_label``, ``user_input``, ``assistant_reply`` (all
-non-empty strings) and ``turn_id`` (string, may be empty). Extra fields are ignored.
+non-empty strings) and ``turn_id`` (string, may be empty). Optional ``triples``, ``entities``,
+``image`` and ``task`` feed the model's knowledge-graph, vision and task inputs
+(:mod:`core.data.extras`). Other fields are ignored.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core.data.extras import Triple, parse_record_extras
 from core.data.jsonl import MAX_LINE_BYTES, canonical_json, iter_jsonl, require_str
 from core.errors import DataError
 
@@ -33,6 +36,16 @@ class StyleSample:
     # Key hashed for the split: the turn_id, or the canonical JSON of the line when the turn_id
     # is empty or already used by an earlier line (so appending lines never moves old ones).
     split_key: str = ""
+    # Optional model inputs beside the text (core.data.extras.parse_record_extras fills them).
+    triples: tuple[Triple, ...] = ()
+    entities: tuple[str, ...] = ()
+    image: str | None = None  # resolved path (relative paths are relative to the data file)
+    task: str | None = None
+
+    @property
+    def has_extras(self) -> bool:
+        """True when the record carries any knowledge-graph, image or task input."""
+        return bool(self.triples or self.entities or self.image or self.task)
 
 
 def hash_is_validation(key: str, val_percent: int = VAL_PERCENT) -> bool:
@@ -98,7 +111,8 @@ def parse_style_record(
         seen_ids.add(turn_id)
     else:
         key = canonical_json(obj)
-    return StyleSample(provider, style, user, reply, turn_id, line_no, key)
+    extras = parse_record_extras(obj, path, line_no)
+    return StyleSample(provider, style, user, reply, turn_id, line_no, key, **extras)
 
 
 def split_samples(

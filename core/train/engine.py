@@ -398,11 +398,17 @@ class Trainer:
         for loader in loaders:
             if loader is not None and hasattr(loader, "image_shape"):
                 loader.image_shape = self.image_shape
+        pairs = [*getattr(getattr(self.train_loader, "new", self.train_loader), "pairs", []),
+                 *self.val_pairs]
         if self.image_shape is not None:
-            pairs = [*getattr(getattr(self.train_loader, "new", self.train_loader), "pairs", []),
-                     *self.val_pairs]
             c, size, _ = self.image_shape
             check_images((p.inputs for p in pairs), size, c)
+            return
+        first = next((p.inputs for p in pairs if p.inputs is not None and p.inputs.image), None)
+        if first is not None:
+            raise DataError(
+                f"{first.where}: the record has an image but model.enable_multimodal is off; "
+                "remove --set model.enable_multimodal=false or the records' 'image' fields")
 
     def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
         """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the

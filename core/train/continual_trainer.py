@@ -229,6 +229,17 @@ class ContinualTrainer(Trainer):
                            if self.old_task is not None else vocab)
         return vocab
 
+    def resolve_modules(self, model_config: Any, resume: Any) -> Any:
+        """As the engine, but EWC keeps its Fisher in the continual module: with the ``ewc``
+        term the module is built even when no task feeds it (``task_per_corpus=false``)."""
+        resolved = super().resolve_modules(model_config, resume)
+        if (self.terms["ewc"] and not resolved.enable_continual
+                and "enable_continual" not in self.config.model):
+            self.setup_notes.append("task conditioning module built without tasks: EWC keeps "
+                                    "its Fisher there (task_per_corpus is off)")
+            resolved = resolved.replace(enable_continual=True)
+        return resolved
+
     def fed_inputs(self) -> Any:
         """What either corpus feeds: replayed old records need their modules too."""
         fed = super().fed_inputs()
@@ -297,8 +308,8 @@ class ContinualTrainer(Trainer):
         module = getattr(self.model, "continual_learning", None)
         if module is None:
             raise ConfigError(
-                "EWC needs the model's continual-learning module, but the checkpoint's config has "
-                "enable_continual=false; use --set recipe=replay (or mirror) instead"
+                "EWC needs the model's continual-learning module, but model.enable_continual is "
+                "false; drop that setting or use --set recipe=replay (or mirror) instead"
             )
         normalize = bool(self.opts["ewc_normalize"])
         module.ewc.normalize = normalize

@@ -280,3 +280,21 @@ def test_continuing_between_checkpoints_with_and_without_a_module_is_explained()
     assert [n.split(":")[1].split(" module")[0].strip() for n in notes] == [
         "the knowledge graph", "has no task conditioning"]
     assert torch.count_nonzero(tasks.reasoning_engine.task_proj.weight) == 0  # starts as identity
+
+
+def test_merging_a_checkpoint_with_and_one_without_a_module_is_explained(tmp_path: Path) -> None:
+    from core.data.tokenizer import AeronTokenizer
+    from core.evolve.merge import MergeError, check_checkpoints_mergeable
+    from core.model.model import TransformerNeuralNetBackbone
+    from core.runs.checkpoint import save_checkpoint
+
+    tok = AeronTokenizer.train(["hello world"] * 20, vocab_size=300)
+    paths = []
+    for name, kg in (("with", True), ("without", False)):
+        config = tiny_model_config().replace(vocab_size=300, enable_knowledge_graph=kg,
+                                             enable_multimodal=False, enable_continual=False)
+        paths.append(save_checkpoint(tmp_path / name, model=TransformerNeuralNetBackbone(config),
+                                     config=config, tokenizer=tok, trainer_state={},
+                                     input_vocab={"entities": ["<unk>"]}))
+    with pytest.raises(MergeError, match="only one of them has the knowledge graph module"):
+        check_checkpoints_mergeable(paths)

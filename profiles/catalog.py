@@ -118,6 +118,25 @@ def run_model_config(
     return resolve_enabled_modules(config, fed, set(overrides))[0]
 
 
+def run_parameter_count(
+    profile: str | SizeProfile,
+    data: str | Path | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+) -> int:
+    """Parameters of "the model this run will build": ``profile`` (name or SizeProfile) on
+    ``data`` (a corpus path; None = the bundled text corpus) with the run's ``[model]``
+    overrides, at ``vocab_size`` (the tokenizer's; None = the profile's). For setup screens."""
+    from core.data.extras import scan_data_inputs
+
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    coverage = scan_data_inputs(data) if data is not None else None
+    config = run_model_config(prof.model, coverage, model_overrides)
+    if vocab_size is not None:
+        config = config.replace(vocab_size=int(vocab_size))
+    return parameter_count(config)
+
+
 def parameter_count(config: NeuralNetConfig) -> int:
     """Exact parameter count of ``config`` (a ``meta``-device model; cached per configuration)."""
     from profiles.estimate import parameter_facts

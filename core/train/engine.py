@@ -452,8 +452,17 @@ class Trainer:
 
         explicit = set(self.config.model)
         if resume is not None and isinstance(resume.config, type(model_config)):
+            from core.model.modules import MODULE_NAMES
+            from core.runs.checkpoint import unfed_modules
+
             keep = [*DATA_FED_MODULES, "kg_num_entities", "kg_num_relations", "num_tasks"]
             saved = {k: getattr(resume.config, k) for k in keep if k not in explicit}
+            old = unfed_modules(resume)
+            if old:
+                self.setup_notes.append(
+                    f"{resume.path} predates data-fed modules: its "
+                    f"{', '.join(MODULE_NAMES[s] for s in old)} module(s) are kept as saved for "
+                    "an exact resume; a new run (or `continue`) builds only what the data feeds")
             return model_config.replace(**saved)
         resolved, notes = resolve_enabled_modules(model_config, self.fed_inputs(), explicit)
         self.setup_notes.extend(notes)

@@ -298,3 +298,36 @@ def test_merging_a_checkpoint_with_and_one_without_a_module_is_explained(tmp_pat
                                      input_vocab={"entities": ["<unk>"]}))
     with pytest.raises(MergeError, match="only one of them has the knowledge graph module"):
         check_checkpoints_mergeable(paths)
+
+
+def test_the_planned_parameter_count_is_the_model_the_run_builds(tmp_path: Path) -> None:
+    """What setup screens show (profiles.catalog.run_parameter_count) equals the parameters of
+    the model the trainer builds on the same data; on text the data-fed modules are left out."""
+    from core.train.simple import SimpleTrainer
+    from profiles.catalog import load_profile, run_parameter_count
+
+    data = write_fed_corpus(tmp_path / "fed", n=12)
+    profile = load_profile("tiny")
+    cfg = run_config(tmp_path / "run", data, model=dict(VISION_SETS))
+    trainer = SimpleTrainer(cfg, profile.model)
+    trainer.setup()
+    built = sum(p.numel() for p in trainer.model.parameters())
+    vocab = trainer.model_config.vocab_size
+    trainer.cleanup()
+    assert run_parameter_count("tiny", data, dict(VISION_SETS), vocab_size=vocab) == built
+    assert run_parameter_count("tiny", None, dict(VISION_SETS), vocab_size=vocab) < built
+
+
+def test_a_resume_keeps_the_checkpoints_modules(tmp_path: Path, small_corpus: Path) -> None:
+    """The data no longer decides on resume: a run that built the knowledge graph explicitly
+    resumes with it even when the resumed command does not say so again."""
+    from core.train.simple import SimpleTrainer
+
+    first = run_config(tmp_path / "run", small_corpus, steps=2, checkpoint_every=2,
+                       eval_every=100, model={"enable_knowledge_graph": True})
+    assert SimpleTrainer(first, tiny_model_config()).run() == "finished"
+    again = run_config(tmp_path / "run", small_corpus, steps=3, checkpoint_every=2,
+                       eval_every=100, resume="latest")
+    trainer = SimpleTrainer(again, tiny_model_config())
+    assert trainer.run() == "finished"
+    assert trainer.global_step == 3 and trainer.model.knowledge_graph is not None

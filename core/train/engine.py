@@ -987,9 +987,25 @@ class Trainer:
                 path = found
         loaded = load_checkpoint(path, device="cpu", load_optimizer=True)
         check_trainer_state(loaded.trainer_state, loaded.path / "trainer_state.json")
+        self._check_model_overrides(loaded)
         if self.config.tokenizer:
             self._check_resume_tokenizer(loaded)
         return loaded
+
+    def _check_model_overrides(self, loaded: LoadedCheckpoint) -> None:
+        """``[model]`` values that contradict the checkpoint, found before the event stream
+        opens (:meth:`resolve_model_config` compares the whole config later)."""
+        from core.runs.checkpoint import RUNTIME_CONFIG_FIELDS
+
+        saved = loaded.config_dict
+        diff = [f"{key}: checkpoint {saved.get(key, '<absent>')!r}, this run {value!r}"
+                for key, value in sorted(self.config.model.items())
+                if key not in RUNTIME_CONFIG_FIELDS and saved.get(key, "<absent>") != value]
+        if diff:
+            raise CheckpointError(
+                f"{loaded.path / 'config.json'}: the checkpoint's model config differs from "
+                f"this run's: {'; '.join(diff[:6])} — resume with the checkpoint's settings"
+            )
 
     def _check_resume_tokenizer(self, loaded: LoadedCheckpoint) -> None:
         """A resumed run keeps its checkpoint's tokenizer: a different ``tokenizer`` is refused

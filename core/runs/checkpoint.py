@@ -301,7 +301,7 @@ def _write_tokenizer(directory: Path, tokenizer: Any) -> None:
             if name.startswith("tokenizer"):
                 _write_with(directory / name, lambda p: None)
         return
-    if isinstance(tokenizer, (str, os.PathLike)) and Path(tokenizer).exists():
+    if isinstance(tokenizer, (str, os.PathLike)) and _existing_path(tokenizer):
         src = Path(tokenizer)
         if src.is_dir():
             for f in sorted(src.glob("tokenizer*.json")):
@@ -316,6 +316,15 @@ def _write_tokenizer(directory: Path, tokenizer: Any) -> None:
         _write_bytes(directory / TOKENIZER_FILE, data)
         return
     raise CheckpointError(f"cannot save a tokenizer of type {type(tokenizer).__name__}")
+
+
+def _existing_path(value: str | os.PathLike[str]) -> bool:
+    """True when ``value`` names an existing file or directory (JSON text is not a path: a long
+    one makes ``exists()`` raise "File name too long")."""
+    try:
+        return Path(value).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

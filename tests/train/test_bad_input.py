@@ -2,7 +2,7 @@
 
 Every case asserts the exit code, that stderr is exactly one ``error: ...`` line (or empty when
 the input is accepted) naming the option, file or field, and that the pre-existing run directory
-(one small real run, built once for the module) is byte-identical afterwards. Most cases never
+(one small real run, built once per session) is byte-identical afterwards. Most cases never
 reach torch; the CLI runs in-process so the suite stays fast.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from train_helpers import TINY_MODEL_SETS, cli_train_args, write_styles
+from train_helpers import cli_train_args
 
 # Warnings Python hides by default never reach a user's terminal.
 _HIDDEN = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
@@ -55,36 +55,6 @@ def snapshot(root: Path) -> dict[str, str]:
         out[rel] = "dir" if p.is_dir() and not p.is_symlink() else (
             "link:" + os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest())
     return out
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One finished 8-step simple run (checkpoints at 4 and 8) and its corpus, built once."""
-    import torch
-
-    from aeron_tui.commands.train import build_run_config, execute
-
-    base = tmp_path_factory.mktemp("bad_input")
-    data = write_styles(base / "styles.jsonl")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AERON_TUI_HOME", str(base / "home"))
-        args = cli_train_args(base / "run", data, 8)
-        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-        cfg, model = build_run_config(
-            "simple", profile="tiny", sets=sets,
-            flags=dict(data=str(data), run_dir=str(base / "run"), steps=8, seq_len=32,
-                       micro_batch=4, seed=3, precision="fp32", device="cpu"))
-        try:
-            assert execute("simple", cfg, model, quiet=True) == "finished"
-        finally:
-            torch.set_num_threads(threads)
-        from core.data.tokenizer import AeronTokenizer
-
-        other = AeronTokenizer.train([f"other words {i} here" for i in range(50)], vocab_size=280)
-        other.save(base / "other_tok")
-    return {"run": base / "run", "data": data, "other_tok": base / "other_tok"}
 
 
 @dataclass
@@ -379,18 +349,18 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_bad_input_is_one_clear_line_and_leaves_the_run_alone(
-    case: Case, template: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    case: Case, run_template: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    run = template["run"]
+    run = run_template["run"]
     if case.damage is not None:
         run = Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
-    ctx = Ctx(run=run, data=template["data"], tmp=tmp_path, other_tok=template["other_tok"])
+    ctx = Ctx(run=run, data=run_template["data"], tmp=tmp_path, other_tok=run_template["other_tok"])
     try:
         if case.damage is not None:
             case.damage(ctx)
         before = snapshot(run)
-        template_before = snapshot(template["run"]) if run != template["run"] else before
+        template_before = snapshot(run_template["run"]) if run != run_template["run"] else before
         code, out, lines = run_main(case.args(ctx), capsys, monkeypatch)
     finally:
         while _HELD:
@@ -408,7 +378,7 @@ def test_bad_input_is_one_clear_line_and_leaves_the_run_alone(
         for text in expected:
             assert text in lines[0], (text, lines[0])
     assert snapshot(run) == before  # nothing in the run directory changed, not even the events
-    assert snapshot(template["run"]) == template_before
+    assert snapshot(run_template["run"]) == template_before
     assert not Path("/tmp/aeron-pwned-by-bad-input").exists()
 
 
@@ -416,9 +386,3 @@ def test_the_suite_is_wide() -> None:
     assert len(CASES) >= 80
     assert len({c.id for c in CASES}) == len(CASES)
 
-
-def test_tiny_model_sets_are_the_ones_the_template_uses() -> None:
-    # The run-dir cases resume the template: a drift in the helpers would make them fail
-    # for the wrong reason.
-    args = cli_train_args(Path("x"), Path("y"), 1)
-    assert all(s in args for s in TINY_MODEL_SETS)

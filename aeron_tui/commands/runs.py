@@ -100,7 +100,10 @@ def register(app: typer.Typer) -> None:
             for c in ckpts:
                 console.print(f"    {c.name}", highlight=False, markup=False)
         if run.error:
-            console.print(f"  [red]last error:[/] {run.error}", highlight=False)
+            from rich.text import Text
+
+            console.print(Text.assemble(("  last error:", "red"), f" {run.error}"),
+                          highlight=False)
         unreadable = _unreadable_event_lines(run.path)
         if unreadable:
             first = unreadable[0]

@@ -202,6 +202,7 @@ class Trainer:
         cfg = self.config
         self._check_options()
         self._prepare_run_dir()
+        self._barrier()  # every rank sees the run directory rank 0 claimed (and recovered)
         # Before the event stream opens: a refused resume (corrupt checkpoint, pickle, bad
         # trainer_state) leaves the run directory exactly as it was.
         resume = self._find_resume()

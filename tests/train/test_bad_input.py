@@ -194,6 +194,21 @@ def _lock_run(c: Ctx) -> None:
     _HELD.append(acquire_run_lock(c.run))
 
 
+_LONG = "simple-tiny-a-rather-long-experiment-name-that-a-narrow-table-would-cut-20260101-"
+
+
+def _two_long_runs(c: Ctx) -> None:
+    from core.runs.events import EventWriter
+
+    for suffix in ("seed1", "seed2"):
+        with EventWriter(c.tmp / "runs" / f"{_LONG}{suffix}" / "events.jsonl") as writer:
+            writer.emit("run_started", run_id=suffix, trainer="simple", total_steps=3)
+
+
+def _config_with_other_tokenizer(c: Ctx) -> None:
+    (c.tmp / "tok.toml").write_text(f'tokenizer = "{c.other_tok}"\n')
+
+
 _HELD: list[Any] = []
 _GEN = ("generate", "--checkpoint", "{ckpt}", "--prompt", "hi", "--max-new-tokens", "2",
         "--device", "cpu")
@@ -313,6 +328,9 @@ CASES = [
     Case("resume-empty-dir", lambda c: [*cli_train_args(c.new, c.data, 12), "--quiet", "--resume"],
          _say("{new}", "no complete checkpoint")),
     Case("resume-set-tokenizer", _resume("--set", "tokenizer={other_tok}"), _say("--set tokenizer=", "keeps its checkpoint's tokenizer")),
+    Case("resume-config-tokenizer", lambda c: [*cli_train_args(c.run, c.data, 12), "--quiet", "--resume", str(c.ckpt),
+                                               "--config", f"{c.tmp}/tok.toml"],
+         _say("tokenizer {other_tok}", "keeps the tokenizer of", "vocabulary"), damage=_config_with_other_tokenizer),
     Case("resume-model-differs", _resume("--set", "model.dim_feedforward=256"),
          _say("config.json", "dim_feedforward: checkpoint 128, this run 256")),
     # -- generating from a checkpoint -------------------------------------------------------------
@@ -334,6 +352,8 @@ CASES = [
          stdout=_say("unreadable lines in events.jsonl: 2")),
     Case("runs-list-piped", lambda c: ["runs", "list", "--root", str(c.run.parent)], _say(), 0,
          stdout=lambda c: [c.run.name]),
+    Case("runs-list-never-truncates-piped", _cmd("runs", "list", "--root", "{tmp}/runs"), _say(), 0,
+         damage=_two_long_runs, stdout=_say(_LONG + "seed1", _LONG + "seed2")),
     Case("runs-lineage-missing", _cmd("runs", "lineage", "{tmp}/nothing"), _say("nothing")),
     Case("data-stats-bad-json", _cmd("data", "stats", "{tmp}/bad.jsonl"), _say("bad.jsonl:2: bad JSON"),
          damage=_write(*_DATA_FILES["bad_json"])),

@@ -35,6 +35,8 @@ class RunDirLock:
 
     run_dir: Path
     fd: int | None
+    # Why the directory is not actually locked (a filesystem without flock support), or "".
+    unlocked_reason: str = ""
 
     def release(self) -> None:
         if self.fd is None:
@@ -73,6 +75,12 @@ def acquire_run_lock(run_dir: str | os.PathLike[str]) -> RunDirLock:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            # Some network filesystems have no flock: train anyway, say so (caller warns).
+            os.close(fd)
+            return RunDirLock(directory, None, f"{path}: the filesystem does not support "
+                              f"locking ({exc.strerror or exc}); nothing stops a second trainer "
+                              "on this run directory")
         owner = _read_owner(fd)
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

@@ -928,6 +928,9 @@ class Trainer:
         # One owner per run directory; a directory holding a run needs --resume or --overwrite.
         self._run_lock, moved = claim_run_dir(
             self.run_dir, resume=bool(cfg.resume), overwrite=bool(cfg.overwrite))
+        if self._run_lock.unlocked_reason:
+            self._early_events.append(("warning", {"message": self._run_lock.unlocked_reason,
+                                                   "code": "no_lock"}))
         if moved is not None:
             self._early_events.append(("info", {
                 "message": f"--overwrite: the earlier run in {self.run_dir} was moved to {moved}"}))

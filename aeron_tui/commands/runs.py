@@ -123,10 +123,8 @@ def register(app: typer.Typer) -> None:
         and branch scores over steps or tokens, for one run or several overlaid. Needs
         matplotlib (pip install 'aeron-tui[plot]')."""
         from aeron_tui.plots import plot_runs
-        from core.runs.registry import default_runs_root
 
-        dirs = [r if r.exists() or r.is_absolute() else default_runs_root() / r for r in runs]
-        written = plot_runs(dirs, out, x_axis)
+        written = plot_runs([resolve_run(r) for r in runs], out, x_axis)
         typer.echo(f"wrote {written}")
 
     @runs_app.command("lineage")

@@ -122,21 +122,22 @@ def merge(
     from rich.console import Console
     from rich.table import Table
 
-    from aeron_tui.commands.common import fail
     from core.evolve.merge import (
         CLI_METHODS,
         FISHER_SOURCES,
+        MergeError,
         MergeParams,
         greedy_soup_checkpoints,
         merge_checkpoints,
     )
 
+    # Refusals are project errors: the CLI prints them as one red line and exits 1.
     if method not in CLI_METHODS:
-        fail(f"--method {method!r} is not a merge method; choose one of {', '.join(CLI_METHODS)}")
+        raise MergeError(f"--method {method!r} is not a merge method; choose one of {', '.join(CLI_METHODS)}")
     if fisher not in FISHER_SOURCES:
-        fail(f"--fisher {fisher!r}; choose one of {', '.join(FISHER_SOURCES)}")
+        raise MergeError(f"--fisher {fisher!r}; choose one of {', '.join(FISHER_SOURCES)}")
     if samples < 1:
-        fail(f"--samples must be at least 1, got {samples}")
+        raise MergeError(f"--samples must be at least 1, got {samples}")
     console = Console(highlight=False, soft_wrap=True)
     models = [_checkpoint_of(m, "--models") for m in models]
     base = _checkpoint_of(base, "--base") if base is not None else None

@@ -141,15 +141,15 @@ def export(
     """
     from rich.console import Console
 
-    from aeron_tui.commands.common import fail
+    from core.errors import ConfigError
 
-    if fmt.lower() != "onnx":
-        fail(f"--format {fmt!r} is not supported; use --format onnx. There is no GGUF export: no "
-             "GGUF runtime implements this architecture (a RoPE encoder-decoder with grouped-query "
-             "attention and a reasoning engine), so such a file could not be loaded anywhere; the "
-             "checkpoint's model.safetensors and tokenizer.json are the portable weights")
+    if fmt.lower() != "onnx":  # a project error: the CLI prints one red line and exits 1
+        raise ConfigError(
+            f"--format {fmt!r} is not supported; use --format onnx. There is no GGUF export: no "
+            "GGUF runtime implements this architecture (a RoPE encoder-decoder with grouped-query "
+            "attention and a reasoning engine), so such a file could not be loaded anywhere; the "
+            "checkpoint's model.safetensors and tokenizer.json are the portable weights")
     from core.infer.export import (
-        ExportError,
         check_opset,
         example_inputs,
         export_model_to_onnx,
@@ -159,11 +159,8 @@ def export(
     )
     from core.infer.inference import load_policy
 
-    try:  # fail before loading a large checkpoint
-        check_opset(opset)
-        require_onnx()
-    except ExportError as exc:
-        fail(str(exc))
+    check_opset(opset)  # refuse before loading a large checkpoint
+    require_onnx()
     model, _, ckpt = load_policy(checkpoint, "cpu")  # the model generate runs, on the CPU
     config = model.config
     inputs = example_inputs(config)

@@ -286,14 +286,22 @@ def test_list_options_expand_in_order_and_stop_at_the_next_option() -> None:
 
 
 def test_unknown_method_lists_every_method_in_one_line(tmp_path: Path, ckpts: list[Path]) -> None:
-    result = CliRunner().invoke(app, ["merge", "--method", "bogus", "--models", str(ckpts[0]), str(ckpts[1]),
-                                      "--out", str(tmp_path / "x")])
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "--method 'bogus'" in lines[0]
+    import subprocess
+    import sys
+
     from core.evolve.merge import CLI_METHODS
 
+    # Through the console script: one stderr line and exit code 1, before anything is loaded.
+    proc = subprocess.run(
+        [sys.executable, "-m", "aeron_tui", "merge", "--method", "bogus", "--models", str(ckpts[0]),
+         str(ckpts[1]), "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--method 'bogus'" in lines[0]
     assert "greedy_soup" in CLI_METHODS and all(m in lines[0] for m in CLI_METHODS)
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_directory_that_is_neither_a_checkpoint_nor_a_run_is_one_clear_error(

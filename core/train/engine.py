@@ -411,8 +411,8 @@ class Trainer:
         for loader in loaders:
             if loader is not None and hasattr(loader, "image_shape"):
                 loader.image_shape = self.image_shape
-        pairs = [*getattr(getattr(self.train_loader, "new", self.train_loader), "pairs", []),
-                 *self.val_pairs]
+        pairs = [p for loader in loaders for p in getattr(loader, "pairs", [])]
+        pairs += self.val_pairs
         if self.image_shape is not None:
             c, size, _ = self.image_shape
             check_images((p.inputs for p in pairs), size, c)

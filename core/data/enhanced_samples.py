@@ -31,7 +31,7 @@ from core.errors import DataError
 from core.fileio import write_bytes_atomically
 from core.paths import default_data_dir
 
-ENHANCED_BUILDER_VERSION = 1
+ENHANCED_BUILDER_VERSION = 2
 KINDS = ("facts", "captions")
 STYLES_FILE = "styles.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -127,12 +127,13 @@ def build_facts(seed: int = 0) -> list[dict[str, Any]]:
 
 
 def _draw(rng: random.Random, count: int, shape: str, colour: str, side: str) -> Any:
-    """A 64×64 RGB image (numpy uint8) with ``count`` shapes in one half, on light grey."""
+    """A 64×64 RGB image (numpy uint8) with ``count`` shapes in one half, on a dark background
+    (the shapes, not the background, carry the signal)."""
     import numpy as np
 
-    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 235, dtype=np.uint8)
+    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 20, dtype=np.uint8)
     rgb = np.array(SHAPE_COLOURS[colour], dtype=np.uint8)
-    size = 12
+    size = 16
     x0 = 2 if side == "left" else IMAGE_SIZE // 2 + 2
     rows = rng.sample(range(3), count)  # one shape per row band of the half
     yy, xx = np.mgrid[0:size, 0:size]
@@ -144,7 +145,7 @@ def _draw(rng: random.Random, count: int, shape: str, colour: str, side: str) ->
     }
     for band in rows:
         x = x0 + rng.randint(0, IMAGE_SIZE // 2 - size - 4)
-        y = 3 + band * 20 + rng.randint(0, 4)
+        y = 1 + band * 21 + rng.randint(0, 3)
         region = img[y : y + size, x : x + size]
         region[masks[shape]] = rgb
     noise = np.array([rng.randint(-6, 6) for _ in range(3)], dtype=np.int16)

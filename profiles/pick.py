@@ -269,9 +269,11 @@ def fit_profile(
             if device.kind == "cpu":
                 hours = _cpu_hours(profile, device, facts.trainable_text)
                 if hours > CPU_MAX_HOURS:
+                    with_trainer = " with the compressed trainer" if trainer == "compressed" else ""
                     return ProfileVerdict(
                         profile.name, False,
-                        f"fits in RAM ({gib(est.total)} of {gib(budget)} GiB) but too slow on this "
+                        f"fits in RAM{with_trainer} ({gib(est.total)} of {gib(budget)} GiB) but "
+                        f"too slow on this "
                         f"CPU: ~{hours:.0f} h for {profile.train.max_steps} steps",
                         est, facts.total, "too-slow", mb, ga, ckpt, trainer)
             return ProfileVerdict(profile.name, True, detail, est, facts.total, status, mb, ga, ckpt, trainer)

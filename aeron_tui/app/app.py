@@ -29,7 +29,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from aeron_tui.app import feeds
 from aeron_tui.app.messages import EventsArrived, HardwareProbed, HardwareSampled, TrainerExited
-from aeron_tui.app.runsetup import RunSetup, prepare_launch
+from aeron_tui.app.runsetup import RunSetup, default_setup, prepare_launch
 from aeron_tui.app.screens.confirm import ConfirmScreen
 from aeron_tui.app.screens.crash import CrashScreen
 from aeron_tui.app.screens.dashboard import DashboardScreen
@@ -53,11 +53,15 @@ class ConsoleOptions:
     """How the console starts: ``launch`` (optionally starting a run) or ``watch`` a run dir."""
 
     mode: str = "launch"
-    setup: RunSetup = field(default_factory=RunSetup)
+    # None: the defaults a new run starts from (the wizard's saved choice; runsetup.default_setup).
+    setup: RunSetup | None = None
     start: bool = False
     watch_dir: Path | None = None
     replay_speed: float | None = None
     runs_root: Path | None = None
+    # What the command line gave explicitly (these win over the saved choice, also after the
+    # wizard saves a new one).
+    given: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class AeronConsole(App[None]):
         self.spawn = spawn or default_spawn
         self.options = options or ConsoleOptions()
         self.clock = clock
-        self.setup_choice: RunSetup = self.options.setup
+        self.setup_choice: RunSetup = self.options.setup or default_setup(**self.options.given)
         self.session: RunSession | None = None
         self.hardware_info: HardwareInfo | None = hardware.info if hardware else None
         self.hardware_sample: HardwareSample | None = hardware.sample if hardware else None

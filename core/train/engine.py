@@ -1241,18 +1241,9 @@ def corpus_texts(path: Path) -> Iterator[str]:
 
 def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
     """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
-    from core.data.tokenizer import AeronTokenizer
-    from core.paths import aeron_home
-    from core.runs.checkpoint import file_sha256
+    from core.data.tokenizer import AeronTokenizer, corpus_tokenizer_dir
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    import hashlib
-
-    key = hashlib.sha256()
-    for f in files:
-        key.update(file_sha256(f).encode())
-    key.update(f":v{vocab_size}:aeron-bpe-1".encode())
-    cache = aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
+    cache = corpus_tokenizer_dir(path, vocab_size)
     if (cache / "tokenizer.json").exists():
         try:
             return AeronTokenizer.load(cache)

@@ -213,7 +213,7 @@ class AeronConsole(App[None]):
         """Show an existing run (live or finished) by following its events.jsonl."""
         run_dir = Path(run_dir)
         session = RunSession(source="replay" if replay_speed is not None else "watch",
-                             run_dir=run_dir)
+                             run_dir=run_dir, created_at=self.clock())
         self._set_session(session)
         path = run_dir / EVENTS_FILE
         if not path.exists():
@@ -316,7 +316,8 @@ class AeronConsole(App[None]):
         if self.setup_choice.run_dir:
             # That directory now holds this run: the next start gets a fresh one.
             self.setup_choice = self.setup_choice.with_(run_dir=None)
-        session = RunSession(source="child", run_dir=proc.run_dir, process=proc)
+        session = RunSession(source="child", run_dir=proc.run_dir, process=proc,
+                             created_at=self.clock())
         self._set_session(session)
         self._feed_child(session, proc)
 

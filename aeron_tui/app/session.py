@@ -21,7 +21,7 @@ from core.runs.events import ParseProblem, RunState
 # Event types RunState keeps in its log (plus run_started): what the event log widget shows.
 LOG_TYPES = frozenset({
     "run_started", "eval", "checkpoint", "phase_change", "domain_change", "batch_change",
-    "warning", "status", "error", "run_finished",
+    "warning", "info", "status", "error", "run_finished", "total_changed", "detached",
 })
 MAX_METRIC_POINTS = 2000
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
@@ -57,6 +57,10 @@ class RunSession:
     exit_code: int | None = None
     stderr_tail: list[str] = field(default_factory=list)
     problem_count: int = 0
+    # tokens/s of each step event (the throughput sparkline), newest last.
+    throughput_history: list[float] = field(default_factory=list)
+    # When this view of the run began (the console's clock): "waiting for the first event".
+    created_at: float = field(default_factory=time.time)
     pending_command: str | None = None
     status_before_command: str | None = None
     _gone_checked_at: float = 0.0
@@ -72,6 +76,12 @@ class RunSession:
                 self.pending_log.append(LogLine("problem", None, None, problem=item))
                 continue
             kind = item["type"]
+            if kind == "step":
+                tps = item.get("tokens_per_s")
+                if isinstance(tps, (int, float)) and math.isfinite(tps):
+                    self.throughput_history.append(float(tps))
+                    if len(self.throughput_history) > MAX_METRIC_POINTS:
+                        del self.throughput_history[:-MAX_METRIC_POINTS]
             if kind == "step" and item.get("metrics"):
                 for name, value in item["metrics"].items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool) \

@@ -63,7 +63,7 @@ async def test_watch_shows_the_emitted_numbers(tmp_path: Path) -> None:
         assert chart.smoothing
         await pilot.press("m")
         assert not chart.smoothing
-        assert "raw" in str(app.dashboard.query_one("#chart-box").border_title)
+        assert str(app.dashboard.query_one("#chart-box").border_title).startswith("loss · raw")
 
 
 @sync

@@ -74,6 +74,7 @@ class DashboardScreen(Screen[None]):
         box = self.query_one("#branch-box")
         metrics_only = bool(branches.shown_metrics) and not branches.shown_scores
         box.border_title = "trainer metrics" if metrics_only else "ToT branches"
+        box.border_subtitle = branches.legend
         self.query_one(ScratchpadGrid).show(session)
         self.query_one(EventLog).show(session)
         self.query_one(CheckpointsTable).show(session)

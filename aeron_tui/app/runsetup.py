@@ -30,6 +30,9 @@ class RunSetup:
     steps: int | None = None
     seed: int | None = None
     run_dir: str | None = None
+    # Resume the run in this directory from its latest checkpoint instead of starting a new one
+    # (its run.toml says what it is; the other fields are ignored).
+    resume_dir: str | None = None
     # Extra RunConfig keys (e.g. {"model": {"d_model": 64}, "log_every": 1}) — tests, power users.
     overrides: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # Where each default came from, per field ("trainer" -> "the wizard's saved choice (…)"):
@@ -37,6 +40,8 @@ class RunSetup:
     origins: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def describe(self) -> str:
+        if self.resume_dir:
+            return f"resume {Path(self.resume_dir).name}"
         parts = [self.trainer or "default trainer", f"profile {self.profile}"]
         if self.preset:
             parts.append(f"preset {self.preset}")
@@ -320,12 +325,48 @@ def used_run_dir_problem(run_dir: Path) -> str | None:
 
 
 def prepare_launch(setup: RunSetup, runs_root: Path | None = None) -> LaunchSpec:
-    """Resolve defaults, create the run directory with its run.toml, and return the command."""
+    """Resolve defaults, create the run directory with its run.toml, and return the command.
+
+    With ``resume_dir``: the command that resumes that run from its latest checkpoint (the
+    same ``train <trainer> --run-dir DIR --resume`` as on the command line).
+    """
+    if setup.resume_dir:
+        return resume_launch(Path(setup.resume_dir))
     config_path = write_run_config(setup, runs_root)
     from core.train.config import RunConfig
 
     trainer = RunConfig.load(config_path).trainer
     return LaunchSpec(trainer=trainer, run_dir=config_path.parent, config=config_path)
+
+
+def resume_problem(run_dir: Path) -> str | None:
+    """Why the run in ``run_dir`` cannot be resumed (one line), or None."""
+    from core.runs.checkpoint import latest_checkpoint
+    from core.runs.registry import RUN_CONFIG_FILE, trainer_alive
+
+    if not (run_dir / RUN_CONFIG_FILE).is_file():
+        return f"{run_dir} has no {RUN_CONFIG_FILE}: it was not started from a run config"
+    if trainer_alive(run_dir):
+        return f"{run_dir.name} is still running: watch it instead"
+    try:
+        found = latest_checkpoint(run_dir)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: say why
+        return f"{run_dir.name}: no usable checkpoint ({exc})"
+    if found is None:
+        return f"{run_dir.name} has no checkpoint to resume from"
+    return None
+
+
+def resume_launch(run_dir: Path) -> LaunchSpec:
+    """The command that resumes ``run_dir`` from its latest checkpoint."""
+    from core.runs.registry import RUN_CONFIG_FILE
+    from core.train.config import RunConfig
+
+    problem = resume_problem(run_dir)
+    if problem:
+        raise ConfigError(problem)
+    trainer = RunConfig.load(run_dir / RUN_CONFIG_FILE).trainer
+    return LaunchSpec(trainer=trainer, run_dir=run_dir, extra_args=("--resume",))
 
 
 def write_run_config(setup: RunSetup, runs_root: Path | None = None) -> Path:

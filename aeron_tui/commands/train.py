@@ -301,6 +301,10 @@ def execute(
     from core.train.control import ControlChannel
 
     cls = get_trainer(trainer).load()
+    if run_config.run_dir:
+        from core.runs.registry import remember_run_dir
+
+        remember_run_dir(run_config.run_dir)  # listed by `runs list` and the console, anywhere
     mode, stream = choose_mode(events_stdout, quiet)
     display = HeadlessDisplay(mode, stream)
     control = ControlChannel()

@@ -32,13 +32,13 @@ async def test_runs_screen_lists_and_opens_runs(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: len(screen.runs) == 2, what="run list")
         table = screen.query_one(DataTable)
         rows = [table.get_row_at(i) for i in range(table.row_count)]
-        by_name = {row[1]: row for row in rows}
-        assert str(by_name["simple-tiny-a"][0]).endswith("finished")
-        assert str(by_name["simple-tiny-b"][0]).endswith("crashed")
+        by_name = {str(row[2]): row for row in rows}
+        assert str(by_name["simple-tiny-a"][1]).endswith("finished")
+        assert str(by_name["simple-tiny-b"][1]).endswith("crashed")
         best = min(e["loss"] for e in synthetic_events(40) if e["type"] == "eval")
-        assert by_name["simple-tiny-a"][5] == f"{best:.4f}"
+        assert by_name["simple-tiny-a"][6] == f"{best:.4f}"
         # Newest first: b started later.
-        assert rows[0][1] == "simple-tiny-b"
+        assert str(rows[0][2]) == "simple-tiny-b"
         table.move_cursor(row=1)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.screen is app.dashboard, what="dashboard")

@@ -28,6 +28,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from aeron_tui.app import feeds
 from aeron_tui.app.messages import EventsArrived, HardwareProbed, HardwareSampled, TrainerExited
+from aeron_tui.app.procwatch import ProcessWatch
 from aeron_tui.app.runsetup import RunSetup, default_setup, prepare_launch
 from aeron_tui.app.screens.confirm import ConfirmScreen
 from aeron_tui.app.screens.crash import CrashScreen
@@ -118,6 +119,8 @@ class AeronConsole(App[None]):
         self._sampler: HardwareSampler | None = None
         self._rendered_version: tuple[int, int] = (-1, -1)
         self._bindings_key: tuple[object, ...] | None = None
+        self.process_watch = ProcessWatch()
+        self._pid_lookup: tuple[int, float, int | None] = (-1, 0.0, None)
         self._starting = False
         self._quitting = False
         self.first_frame_at: float | None = None
@@ -201,6 +204,20 @@ class AeronConsole(App[None]):
             return
         self._rendered_version = key
         self.dashboard.render_session(session)
+        self.dashboard.render_process(session, self.process_watch.sample(self._trainer_pid()))
+
+    def _trainer_pid(self) -> int | None:
+        """The pid of the run's trainer on this machine (the child, or the pid file of a
+        watched run — looked up every few seconds), None when unknown or not live."""
+        session = self.session
+        if session is None or not session.live or session.source == "replay":
+            return None
+        if session.process is not None and session.process.running:
+            return session.process.pid
+        now = time.monotonic()
+        if self._pid_lookup[0] != session.id or now - self._pid_lookup[1] > 3.0:
+            self._pid_lookup = (session.id, now, session.watched_pid())
+        return self._pid_lookup[2]
 
     def render_now(self) -> None:
         self._rendered_version = (-1, -1)

@@ -378,9 +378,9 @@ def write_run_config(setup: RunSetup, runs_root: Path | None = None) -> Path:
     if trainer is None:
         trainer, default_preset = default_trainer_and_preset()
         preset = preset or default_preset
-    problem = validate_data_path(setup.data)
+    problem = check_data(setup.data, trainer).problem
     if problem:
-        raise DataError(f"data path {problem}")
+        raise DataError(f"data: {problem}")
     # "auto" goes through as is: the trainer resolves it with pick_profile in its own process
     # (it imports torch anyway) and records the profile it used in run.toml and run_started.
     profile = setup.profile

@@ -99,8 +99,12 @@ async def test_real_run_numbers_pause_and_stop(tmp_path: Path, sample_corpus_dir
 @pytest.mark.timeout(300)
 @sync
 async def test_real_trainer_failure_shows_the_modal(tmp_path: Path) -> None:
+    # The first records are fine (setup and `s` read those), a later line is not: only the
+    # trainer finds it, and its one-line error is what the modal shows.
+    good = ('{"provider": "p", "style_label": "qa", "user_input": "hi %d", '
+            '"assistant_reply": "yo"}\n')
     bad = tmp_path / "broken.jsonl"
-    bad.write_text('{"provider": "x", "style_label": "qa"\nnot json at all\n')
+    bad.write_text("".join(good % i for i in range(30)) + "not json at all\n")
     app, (hook, _) = _console(tmp_path, str(bad))
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await pilot.press("s")

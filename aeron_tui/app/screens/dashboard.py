@@ -18,10 +18,12 @@ from aeron_tui.app.widgets.checkpoints_table import CheckpointsTable
 from aeron_tui.app.widgets.event_log import EventLog
 from aeron_tui.app.widgets.hardware_panel import HardwarePanel
 from aeron_tui.app.widgets.loss_chart import LossChart
+from aeron_tui.app.widgets.process_panel import ProcessPanel
 from aeron_tui.app.widgets.run_panel import RunPanel
 from aeron_tui.app.widgets.scratchpad_grid import ScratchpadGrid
 
 if TYPE_CHECKING:
+    from aeron_tui.app.procwatch import ProcessSample
     from profiles.hardware import HardwareInfo
     from profiles.sampler import HardwareSample
 
@@ -57,7 +59,8 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dash"):
             with Horizontal(id="top"):
-                yield _box("hw-box", "hardware", HardwarePanel(id="hardware"))
+                yield _box("hw-box", "hardware", HardwarePanel(id="hardware"),
+                           ProcessPanel(id="trainer-process"))
                 yield _box("run-box", "run", RunPanel(self._clock, id="run"))
             with Horizontal(id="middle"):
                 yield _box("chart-box", "loss", LossChart(id="loss"))
@@ -84,6 +87,11 @@ class DashboardScreen(Screen[None]):
         self.query_one(ScratchpadGrid).show(session)
         self.query_one(EventLog).show(session)
         self.query_one(CheckpointsTable).show(session)
+
+    def render_process(self, session: RunSession | None, sample: ProcessSample | None) -> None:
+        """The trainer's own CPU % and memory (the app samples its pid)."""
+        if self._ready():
+            self.query_one(ProcessPanel).show(session, sample)
 
     def render_hardware(self, info: HardwareInfo | None, sample: HardwareSample | None) -> None:
         if not self._ready():

@@ -118,14 +118,45 @@ def watch(
     replay: bool = typer.Option(False, "--replay", help="Replay the recorded events instead of following the file."),
     speed: float = typer.Option(10.0, "--speed", min=0.0, help="Replay speed (× recorded pace; 0 = at once)."),
     runs_root: Path | None = typer.Option(None, "--runs-root", help="Where past runs are listed."),
+    headless: bool = typer.Option(
+        False, "--headless", help="Follow the run in this terminal (activity, progress, ETA, "
+        "summary) instead of the console: for SSH, logs and pipes. Keys when a terminal: "
+        "p pause/resume, c checkpoint, x stop, q quit watching."),
 ) -> None:
     """Open the console on an existing run, live or finished, by following its events.jsonl."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     if replay and not (run_dir / "events.jsonl").is_file():
         raise ConfigError(f"{run_dir}: no events.jsonl to replay")
+    if headless:
+        _watch_headless(run_dir)
+        return
     _run_console(mode="watch", watch_dir=run_dir, replay_speed=speed if replay else None,
                  runs_root=runs_root)
+
+
+def _watch_headless(run_dir: Path) -> None:
+    """``watch --headless``: the headless renderer on the run's events.jsonl until it ends."""
+    import sys
+
+    from aeron_tui.headless import HeadlessDisplay, KeyControl, choose_mode, watch_run
+
+    mode, stream = choose_mode(False, False)
+    display = HeadlessDisplay(mode, stream)
+    keys = KeyControl.for_terminal(run_dir, display, sys.stdin)
+    try:
+        status = watch_run(run_dir, display, should_stop=keys.quit_requested if keys else None)
+    except KeyboardInterrupt:
+        display.close()
+        status = "watching"
+    finally:
+        if keys is not None:
+            keys.close()
+    if status == "watching":
+        typer.echo(f"stopped watching {run_dir}; the run goes on "
+                   f"(aeron-tui watch {run_dir} to look again)")
+    elif status in ("failed", "crashed"):
+        raise typer.Exit(1)
 
 
 def _run_console(**kwargs: object) -> None:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -230,35 +231,41 @@ class EventWriter:
         self._seq = 0
         self._stream = (stream or sys.stdout) if stdout else None
         self._file: IO[str] | None = None
+        self._lock = threading.RLock()
         if enabled and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._seq = _count_lines(self.path)
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        event = make_event(type, seq=self._seq, **fields)
-        self._seq += 1
-        if self.enabled:
-            line = encode_event(event) + "\n"
-            if self._file is not None:
-                self._file.write(line)
-                self._file.flush()
-            if self._stream is not None:
-                try:
-                    self._stream.write(line)
-                    self._stream.flush()
-                except BrokenPipeError:
-                    # Whoever read our stdout went away. events.jsonl already has the line;
-                    # go on writing to the file only.
-                    self._stream = None
-            for listener in self.listeners:
-                listener(event)
-        return event
+        # One writer at a time (the training loop and the heartbeat thread): a line is never
+        # torn, ``seq`` follows the file order and listeners see events in that order.
+        with self._lock:
+            event = make_event(type, seq=self._seq, **fields)
+            self._seq += 1
+            if self.enabled:
+                line = encode_event(event) + "\n"
+                if self._file is not None:
+                    self._file.write(line)
+                    self._file.flush()
+                if self._stream is not None:
+                    try:
+                        self._stream.write(line)
+                        self._stream.flush()
+                    except (OSError, ValueError):
+                        # Whoever read our stdout went away (a broken pipe, or EIO from a
+                        # closed terminal). events.jsonl already has the line; go on writing
+                        # to the file only.
+                        self._stream = None
+                for listener in self.listeners:
+                    listener(event)
+            return event
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def __enter__(self) -> EventWriter:
         return self

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.runs.events import ParseProblem, RunState, read_events
 from core.fileio import write_bytes_atomically
 from core.paths import aeron_home
+from core.runs.events import ParseProblem, RunState, read_events
 
 RUN_CONFIG_FILE = "run.toml"
 EVENTS_FILE = "events.jsonl"
@@ -101,6 +101,17 @@ def trainer_alive(run_dir: str | os.PathLike[str]) -> bool | None:
     return not (isinstance(saved, (int, float)) and abs(started - saved) > 1.0)
 
 
+def trainer_pid(run_dir: str | os.PathLike[str]) -> int | None:
+    """The pid of the run's live trainer on this machine, or None (not live, unknown, other host)."""
+    if trainer_alive(run_dir) is not True:
+        return None
+    try:
+        pid = json.loads((Path(run_dir) / PID_FILE).read_text(encoding="utf-8")).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
 def _process_start(pid: int) -> float | None:
     try:
         import psutil
@@ -138,6 +149,17 @@ class RunSummary:
     last_time: float | None
     error: str | None
     state: RunState
+    # The console went away and the trainer goes on unattended (SIGHUP, "leave running").
+    detached: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("starting", "running", "paused", "stopping")
+
+    @property
+    def status_label(self) -> str:
+        """``running (detached)`` for a live run nobody watches, else the status."""
+        return f"{self.status} (detached)" if self.detached and self.live else self.status
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +175,7 @@ class RunSummary:
             "started_at": self.started_at,
             "last_time": self.last_time,
             "error": self.error,
+            "detached": self.detached,
         }
 
 
@@ -195,6 +218,7 @@ def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary:
         last_time=state.last_time,
         error=state.last_error,
         state=state,
+        detached=state.detached and not state.finished and status != "crashed",
     )
 
 
@@ -208,6 +232,11 @@ def list_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
     dirs += [p for p in known_run_dirs(base) if p not in dirs]
     runs = [summarize_run(p) for p in dirs]
     return sorted(runs, key=lambda r: r.started_at or 0.0, reverse=True)
+
+
+def live_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
+    """The runs under ``root`` whose trainer is alive (detached ones included), newest first."""
+    return [run for run in list_runs(root) if run.live]
 
 
 def latest_run(

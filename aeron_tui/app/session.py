@@ -172,35 +172,18 @@ def send_run_command(session: RunSession, cmd: str) -> str | None:
 
     A child this console started hears it on its stdin at once. Any other live run of this user
     (watched, started elsewhere, or by an earlier console) gets it over its run directory's
-    control channel (``core.train.control.send_control``). A trainer from before that channel
-    existed can still be stopped cleanly with SIGTERM.
+    control channel (``core.train.control.send_control``, the one ``runs control`` uses).
     """
     if session.attached and session.process is not None:
         if session.process.send(cmd):
             return None
     if session.run_dir is None:
         return "the run has no run directory to send it to"
+    from core.errors import AeronError
+    from core.train.control import send_control
+
     try:
-        from core.train.control import send_control  # type: ignore[attr-defined]
-    except ImportError:
-        send_control = None
-    if send_control is not None:
-        from core.errors import AeronError
-
-        try:
-            send_control(session.run_dir, cmd)
-            return None
-        except AeronError as exc:
-            return str(exc)
-    pid = session.watched_pid()
-    if cmd == "stop" and pid is not None:
-        import os
-        import signal
-
-        try:
-            os.kill(pid, signal.SIGTERM)  # the trainer stops cleanly on SIGTERM
-            return None
-        except OSError as exc:
-            return f"could not signal pid {pid}: {exc}"
-    return ("this trainer has no control channel and was not started here; "
-            "control it where it runs")
+        send_control(session.run_dir, cmd)
+    except AeronError as exc:
+        return str(exc)
+    return None

@@ -55,11 +55,14 @@ class Oracle:
         session = app.session
         assert session is not None
         app.render_now()  # synchronous: no event is applied until the next await
+        dash = app.dashboard
+        if session.state.events_seen == 0:
+            assert "waiting for the trainer's first event" in plain(dash.query_one(RunPanel), 200)
+            return RunState()
         events = self.prefix(session.state.events_seen)
         truth = RunState()
         for event in events:
             truth.apply(event)
-        dash = app.dashboard
         self.frames += 1
 
         panel = plain(dash.query_one(RunPanel), width=200)

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from aeron_tui.app.app import AeronConsole, ConsoleOptions
+from aeron_tui.app.runsetup import RunSetup
 from aeron_tui.app.session import RunSession
 from aeron_tui.app.widgets.run_panel import RunPanel
 from core.runs.events import make_event, read_events
 
-from .helpers import FROZEN_NOW, fixed_hardware, plain, sync
+from .helpers import FROZEN_NOW, fixed_hardware, plain, sync, wait_for
 from .oracle import Oracle
 
 DATA = Path(__file__).with_name("data")
@@ -43,8 +44,10 @@ async def test_a_recorded_run_replayed_agrees_with_its_events_at_every_moment(
     if not RECORDED[name].exists():
         pytest.skip(f"{RECORDED[name].name} not recorded yet")
     run_dir = _recorded(tmp_path, name)
-    total = sum(1 for _ in read_events(run_dir / "events.jsonl"))
-    app = AeronConsole(ConsoleOptions(mode="watch", watch_dir=run_dir, replay_speed=40.0,
+    events = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, dict)]
+    total = len(events)
+    speed = (events[-1]["time"] - events[0]["time"]) / 2.0  # about two seconds of replay
+    app = AeronConsole(ConsoleOptions(mode="watch", watch_dir=run_dir, replay_speed=speed,
                                       runs_root=run_dir.parent),
                        clock=lambda: FROZEN_NOW, hardware=fixed_hardware())
     oracle = Oracle(run_dir / "events.jsonl")
@@ -114,3 +117,53 @@ async def test_elapsed_ticks_without_events_and_never_runs_backwards(tmp_path: P
     assert shown[6] > shown[5]
     assert shown[-1] == shown[-2]  # a finished run keeps its time
     assert "elapsed 24s" in texts[-1]
+
+
+LIVE: dict[str, dict[str, Any]] = {
+    "simple": {"steps": 24, "overrides": {
+        "model": TINY_MODEL, "log_every": 1, "micro_batch": 4, "seq_len": 48, "eval_every": 8,
+        "checkpoint_every": 8, "eval_max_batches": 2, "precision": "fp32", "device": "cpu",
+        "tokenizer_vocab_size": 300}},
+    "lonpt": {"preset": "smoke", "overrides": {
+        "model": TINY_MODEL, "precision": "fp32", "device": "cpu", "tokenizer_vocab_size": 300,
+        "options": {"max_length": 48, "batch_size": 4, "steps_per_domain": 6, "log_every": 1,
+                    "val_max_batches": 2, "pncec_cycle_length": 6}}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("trainer", ["simple", "lonpt"])
+@sync
+async def test_a_live_run_agrees_with_its_events_at_every_moment(
+        tmp_path: Path, sample_corpus_dir: Path, trainer: str) -> None:
+    """The real trainer as the console's child: checked whenever new events have arrived, then
+    finished at 100 % of its (for LONPT, ACT-revised) total."""
+    plan = LIVE[trainer]
+    setup = RunSetup(trainer=trainer, profile="tiny", preset=plan.get("preset"),
+                     data=str(sample_corpus_dir / "styles.jsonl"), steps=plan.get("steps"),
+                     overrides=plan["overrides"])
+    app = AeronConsole(ConsoleOptions(setup=setup, runs_root=tmp_path / "runs"),
+                       hardware=fixed_hardware())
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.session is not None and app.session.run_dir is not None,
+                       timeout=60, what="the trainer to start")
+        session = app.session
+        assert session is not None and session.run_dir is not None
+        oracle = Oracle(session.run_dir / "events.jsonl")
+        checked = -1
+        while session.exit_code is None:
+            await pilot.pause(0.2)
+            if session.state.events_seen != checked:
+                checked = session.state.events_seen
+                oracle.check(app)
+        truth = oracle.check(app)
+        final = next(line for line in oracle_panel_lines(app) if line.startswith("step"))
+    assert session.exit_code == 0 and truth.status == "finished"
+    assert oracle.frames >= 5
+    assert f"{truth.global_step:,} / {truth.global_step:,}" in final and "100.0%" in final
+    if trainer == "lonpt":
+        announced = next(e for e in read_events(session.run_dir / "events.jsonl")
+                         if isinstance(e, dict) and e["type"] == "run_started")["total_steps"]
+        assert truth.total_steps != announced and "total revised" in final

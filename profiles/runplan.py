@@ -94,8 +94,7 @@ def run_vocabulary(data: str | None = None, tokenizer: str | None = None,
             return Vocabulary(found, True, f"the tokenizer already trained on {corpus.name}")
     what = corpus.name if corpus is not None else ("the bundled sample corpus" if not data
                                                    else Path(data).name)
-    return Vocabulary(size, False, f"assumed: the tokenizer is trained on {what} at run start, "
-                                   f"up to {size:,} tokens")
+    return Vocabulary(size, False, f"assumed: its tokenizer is trained on {what} at run start")
 
 
 def planned_model_config(profile: SizeProfile | str, vocab: Vocabulary | int,

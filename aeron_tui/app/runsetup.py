@@ -67,7 +67,7 @@ def default_setup(**given: Any) -> RunSetup:
     from profiles.settings import choice_path, describe_choice, load_saved_choice
 
     values = {k: v for k, v in given.items() if v is not None}
-    origins = {k: "given on the command line" for k in values
+    origins = {k: "the command line" for k in values
                if k in ("trainer", "profile", "preset", "data", "steps", "run_dir")}
     saved = load_saved_choice()
     if saved is not None:
@@ -81,13 +81,13 @@ def default_setup(**given: Any) -> RunSetup:
     if "trainer" not in values:
         trainer, preset = default_trainer_and_preset()
         values["trainer"] = trainer
-        origins["trainer"] = "built-in default (no saved choice: `w` runs the wizard)"
+        origins["trainer"] = "built-in default (no saved choice yet: w runs the wizard)"
         if preset and "preset" not in values:
             values["preset"] = preset
             origins["preset"] = f"built-in default for {trainer}"
     if "profile" not in values:
         values["profile"] = AUTO
-        origins["profile"] = "built-in default: the largest profile that fits this hardware"
+        origins["profile"] = "built-in default (auto: the largest that fits this hardware)"
     return RunSetup(**values, origins=origins)
 
 
@@ -340,19 +340,19 @@ def prepare_launch(setup: RunSetup, runs_root: Path | None = None) -> LaunchSpec
 
 
 def resume_problem(run_dir: Path) -> str | None:
-    """Why the run in ``run_dir`` cannot be resumed (one line), or None."""
-    from core.runs.checkpoint import latest_checkpoint
+    """Why the run in ``run_dir`` cannot be resumed (one line), or None.
+
+    Cheap (no checksums): the trainer verifies the checkpoints when it resumes, skips a broken
+    one with a warning and says so in one line when none is usable.
+    """
+    from core.runs.checkpoint import list_checkpoints
     from core.runs.registry import RUN_CONFIG_FILE, trainer_alive
 
     if not (run_dir / RUN_CONFIG_FILE).is_file():
         return f"{run_dir} has no {RUN_CONFIG_FILE}: it was not started from a run config"
     if trainer_alive(run_dir):
         return f"{run_dir.name} is still running: watch it instead"
-    try:
-        found = latest_checkpoint(run_dir)
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: say why
-        return f"{run_dir.name}: no usable checkpoint ({exc})"
-    if found is None:
+    if not list_checkpoints(run_dir):
         return f"{run_dir.name} has no checkpoint to resume from"
     return None
 

@@ -62,7 +62,7 @@ async def test_the_saved_choice_is_the_default_of_launch_and_of_s_in_watch(
         screen = app.screen
         assert isinstance(screen, SetupScreen)
         origins = str(screen.query_one("#origins", Label).content)
-        assert "trainer, profile: from the wizard's saved choice" in origins
+        assert "trainer, profile ← the wizard's saved choice" in origins
         assert str(choice_path()) in origins and "micro-batch 8 × 2" in origins
     # `aeron-tui watch RUN_DIR` on a finished run, then `s`: the same defaults.
     write_events(tmp_path / "watched" / "events.jsonl", synthetic_events(5))
@@ -82,7 +82,7 @@ def test_flags_win_over_the_saved_choice_and_say_so(tmp_path: Path) -> None:
     save_choice(CHOICE)
     setup = default_setup(trainer="compressed", profile="small")
     assert (setup.trainer, setup.profile) == ("compressed", "small")
-    assert setup.origins["trainer"] == "given on the command line"
+    assert setup.origins["trainer"] == "the command line"
     run = _what_the_child_runs(setup, tmp_path / "runs")
     # Another profile than the saved one: its own batch layout, the saved device still.
     from profiles.catalog import load_profile

@@ -28,8 +28,10 @@ EXTRA_STATUS_STYLE = {"crashed": "bold red", "empty": "dim"}
 RESUMABLE = ("stopped", "crashed", "failed")
 # (title, key, fixed width or None = takes the rest)
 COLUMNS = (("", "mark", 1), ("status", "status", 10), ("run", "run", None),
-           ("trainer", "trainer", 8), ("profile", "profile", 7), ("step", "step", 11),
-           ("best val", "best", 8), ("started", "started", 16))
+           ("trainer/profile", "what", 15), ("step", "step", 9), ("best val", "best", 8),
+           ("started", "started", 11))
+# Below this width the "started" column goes (run names carry their start time anyway).
+NARROW = 100
 COMPARE_STYLES = ("rgb(90,170,255)", "rgb(255,170,60)")
 
 
@@ -39,7 +41,7 @@ class RunsScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.dashboard", "Back", show=False),
         Binding("d", "app.dashboard", "Dashboard"),
-        Binding("enter", "open", "Watch"),
+        Binding("enter", "open", "Watch", priority=True),  # over the table's own enter
         Binding("R", "resume", "Resume"),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
@@ -52,6 +54,7 @@ class RunsScreen(Screen[None]):
         self.root = root
         self.runs: list[RunSummary] = []
         self.marked: list[Path] = []
+        self._narrow = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="form-screen"):
@@ -63,17 +66,29 @@ class RunsScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for title, key, width in COLUMNS:
-            table.add_column(title, key=key, width=width or self._run_width())
-        table.focus()
+        self._columns()
+        self.query_one(DataTable).focus()
         self.action_refresh()
 
+    def _shown_columns(self) -> list[tuple[str, str, int | None]]:
+        narrow = self.app.size.width < NARROW
+        return [c for c in COLUMNS if not (narrow and c[1] == "started")]
+
+    def _columns(self) -> None:
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        for title, key, width in self._shown_columns():
+            table.add_column(title, key=key, width=width or self._run_width())
+        self._narrow = self.app.size.width < NARROW
+
     def _run_width(self) -> int:
-        fixed = sum(w or 0 for _, _, w in COLUMNS) + 2 * len(COLUMNS) + 4
+        shown = self._shown_columns()
+        fixed = sum(w or 0 for _, _, w in shown) + 2 * len(shown) + 6
         return max(12, self.app.size.width - fixed)
 
     def on_resize(self) -> None:
+        if (self.app.size.width < NARROW) != self._narrow:
+            self._columns()
         if self.runs:
             self._fill()
 
@@ -120,12 +135,12 @@ class RunsScreen(Screen[None]):
                           overflow="ellipsis", no_wrap=True)
             step = f"{run.global_step:,}/{run.total_steps:,}" if run.total_steps else \
                 f"{run.global_step:,}"
-            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at)) \
+            started = time.strftime("%m-%d %H:%M", time.localtime(run.started_at)) \
                 if run.started_at else "—"
             mark = Text("●", "bold cyan") if run.path in self.marked else Text(" ")
-            table.add_row(mark, status, _cut(run.path.name), _cut(run.trainer),
-                          _cut(run.profile), _cut(step), fmt_float(run.best_val_loss), started,
-                          key=str(i))
+            cells = [mark, status, _cut(run.path.name), _cut(f"{run.trainer}/{run.profile}"),
+                     _cut(step), fmt_float(run.best_val_loss), started]
+            table.add_row(*cells[:len(table.columns)], key=str(i))
         if self.runs:
             table.move_cursor(row=min(max(row, 0), len(self.runs) - 1))
         self.refresh_bindings()
@@ -143,7 +158,9 @@ class RunsScreen(Screen[None]):
         if action in ("open", "mark", "config"):
             return run is not None
         if action == "resume":
-            return run is not None and run.status in RESUMABLE and bool(run.state.checkpoints)
+            from core.runs.checkpoint import list_checkpoints
+
+            return run is not None and run.status in RESUMABLE and bool(list_checkpoints(run.path))
         if action == "compare":
             return len(self.marked) == 2
         return True
@@ -157,9 +174,6 @@ class RunsScreen(Screen[None]):
         run = self.selected()
         if run is not None:
             self.app.open_run(run.path)  # type: ignore[attr-defined]
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.action_open()
 
     def action_resume(self) -> None:
         run = self.selected()

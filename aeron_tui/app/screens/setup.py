@@ -19,9 +19,16 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select
+from textual.widgets.data_table import ColumnKey
 from textual.worker import get_current_worker
 
-from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
+from aeron_tui.app.format import (
+    PROFILE_COLUMNS,
+    fit_mark,
+    fmt_bytes,
+    fmt_count,
+    profile_detail_width,
+)
 from aeron_tui.app.runsetup import (
     AUTO,
     MAX_STEPS,
@@ -39,8 +46,9 @@ class SetupScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape", "app.dashboard", "Back"),
-        Binding("ctrl+s", "save", "Save run.toml"),
-        Binding("ctrl+r", "start", "Start run"),
+        Binding("tab", "app.focus_next", "Next"),
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+r", "start", "Start"),
     ]
 
     def __init__(self, setup: RunSetup, hardware: Any = None) -> None:
@@ -102,8 +110,9 @@ class SetupScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#profiles", DataTable)
-        for name in ("", "profile", "params", "est. memory", "fits", "detail"):
-            table.add_column(name, key=name or "mark")
+        for title, key, width in PROFILE_COLUMNS:
+            table.add_column(title, key=key, width=width)
+        table.add_column("detail", key="detail", width=profile_detail_width(self.app.size.width))
         self._refresh_presets(self._trainer())
         self._check_data(self.query_one("#data", Input).value)
         self._check_steps(self.query_one("#steps", Input).value)
@@ -227,12 +236,21 @@ class SetupScreen(Screen[None]):
             fits = fit_mark(row.fits)
             table.add_row(self._mark(row.name), row.name, fmt_count(row.params),
                           fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
-                          Text(row.detail, overflow="ellipsis"), key=row.name)
+                          Text(row.detail, overflow="ellipsis", no_wrap=True), key=row.name)
         if not error:
             status.update(self._profile_summary())
         names = [AUTO] + [r.name for r in rows]
         if self.chosen_profile in names:
             table.move_cursor(row=names.index(self.chosen_profile))
+
+    def on_resize(self) -> None:
+        table = self.query_one("#profiles", DataTable)
+        column = table.columns.get(ColumnKey("detail"))
+        width = profile_detail_width(self.app.size.width)
+        if column is not None and column.width != width:
+            column.width = width
+            if self.profile_rows:  # lay the verdicts out again (their … moves)
+                self._show_profiles(self.auto_choice, self.profile_rows, self.notes, None)
 
     def _mark(self, name: str) -> Text:
         return Text("●", style="bold green") if name == self.chosen_profile else Text(" ")
@@ -240,7 +258,7 @@ class SetupScreen(Screen[None]):
     def _profile_summary(self) -> Text:
         chosen = self.chosen_profile
         trainer = self._profiles_for or self._trainer()
-        rules = "compressed" if trainer == "compressed" else "AdamW (simple)"
+        rules = "8/12/16-bit moments" if trainer == "compressed" else "AdamW fp32 moments"
         if chosen == AUTO:
             text = Text(f"profile: auto → {self.auto_choice or 'nothing fits'}", style="bold")
         else:
@@ -249,7 +267,7 @@ class SetupScreen(Screen[None]):
             if row is not None and not row.fits:
                 text.append("  (estimated not to fit this hardware)", style="bold yellow")
         vocab, *notes = self.notes or [""]
-        text.append(f"\nmemory for the {trainer} trainer ({rules} optimizer state); {vocab}",
+        text.append(f"\nmemory with the {trainer} trainer's optimizer state ({rules}); {vocab}",
                     style="dim")
         if chosen == AUTO:
             for note in notes:
@@ -265,8 +283,8 @@ class SetupScreen(Screen[None]):
         for origin, names in by_origin.items():
             if text:
                 text.append("\n")
-            text.append(f"{', '.join(names)}: ", style="bold")
-            text.append(f"from {origin}", style="dim")
+            text.append(f"{', '.join(names)} ← ", style="bold")
+            text.append(origin, style="dim")
         return text
 
     @on(DataTable.RowSelected, "#profiles")

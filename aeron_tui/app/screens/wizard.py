@@ -16,9 +16,16 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, Select
+from textual.widgets.data_table import ColumnKey
 from textual.worker import get_current_worker
 
-from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
+from aeron_tui.app.format import (
+    PROFILE_COLUMNS,
+    fit_mark,
+    fmt_bytes,
+    fmt_count,
+    profile_detail_width,
+)
 from aeron_tui.app.widgets.hardware_panel import HardwarePanel
 
 if TYPE_CHECKING:
@@ -30,6 +37,7 @@ class WizardScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape", "app.dashboard", "Back"),
+        Binding("tab", "app.focus_next", "Next"),
         Binding("ctrl+s", "save", "Save choice"),
     ]
 
@@ -67,8 +75,9 @@ class WizardScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#wizard-profiles", DataTable)
-        for name in ("", "profile", "params", "estimate", "fits", "detail"):
-            table.add_column(name, key=name or "mark")
+        for title, key, width in PROFILE_COLUMNS:
+            table.add_column(title, key=key, width=width)
+        table.add_column("detail", key="detail", width=profile_detail_width(self.app.size.width))
         self.query_one(HardwarePanel).show(self.hardware, self.sample)
         self._load()
 
@@ -110,6 +119,14 @@ class WizardScreen(Screen[None]):
         value = self.query_one("#device", Select).value
         return str(value) if isinstance(value, str) and value else "cpu"
 
+    def on_resize(self) -> None:
+        table = self.query_one("#wizard-profiles", DataTable)
+        column = table.columns.get(ColumnKey("detail"))
+        width = profile_detail_width(self.app.size.width)
+        if column is not None and column.width != width:
+            column.width = width
+            self._fill_table()
+
     def _trainer_value(self) -> str:
         value = self.query_one("#trainer", Select).value
         return str(value) if isinstance(value, str) and value else "simple"
@@ -133,7 +150,7 @@ class WizardScreen(Screen[None]):
             fits = fit_mark(row.fits)
             table.add_row(mark, name, fmt_count(row.params),
                           fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
-                          Text(row.detail, overflow="ellipsis"), key=row.name)
+                          Text(row.detail, overflow="ellipsis", no_wrap=True), key=row.name)
         names = [r.name for r in shown.rows]
         if self.chosen_profile in names:
             table.move_cursor(row=names.index(self.chosen_profile))
@@ -150,8 +167,8 @@ class WizardScreen(Screen[None]):
         if shown.recommended is None:
             text.append(f"\nno profile fits this device with the {trainer} trainer",
                         style="bold red")
-        rules = "compressed" if trainer == "compressed" else "AdamW (simple)"
-        text.append(f"\nmemory for the {trainer} trainer ({rules} optimizer state); "
+        rules = "8/12/16-bit moments" if trainer == "compressed" else "AdamW fp32 moments"
+        text.append(f"\nmemory with the {trainer} trainer's optimizer state ({rules}); "
                     f"{self.view.vocab_note}", style="dim")
         for note in shown.notes:
             text.append(f"\nnote: {note}", style="yellow")

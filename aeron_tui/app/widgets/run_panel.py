@@ -204,11 +204,16 @@ class RunPanel(Static):
                 now.append(f" · last event {fmt_duration(quiet)} ago", "dim")
             return now
         if quiet > SILENT_AFTER_S and not st.paused:
+            # The news first (it must survive 80 columns), then what it may mean.
             beats = int(quiet // HEARTBEAT_S)
-            now.append(f" · silent for {fmt_duration(quiet)} (~{beats} missed heartbeats): "
-                       "the trainer may be stuck, swapping or starved of CPU", "bold yellow")
-        else:
-            now.append(f" · heartbeat {fmt_duration(quiet)} ago", "dim")
+            silent = Text(overflow="ellipsis")
+            if session.source != "replay":
+                silent.append(SPINNER[int(elapsed) % len(SPINNER)] + " ", "bold cyan")
+            silent.append(f"⚠ no heartbeat for {fmt_duration(quiet)}", "bold yellow")
+            silent.append(f" (stuck? starved of CPU? it beats every {HEARTBEAT_S:.0f} s; "
+                          f"~{beats} missed) · last: {describe_activity(st)}", "yellow")
+            return silent
+        now.append(f" · heartbeat {fmt_duration(quiet)} ago", "dim")
         return now
 
     def _speed(self, session: RunSession, status: str, elapsed: float, width: int,

@@ -102,6 +102,7 @@ def planned_model_config(profile: SizeProfile | str, vocab: Vocabulary | int,
                          model_overrides: Mapping[str, Any] | None = None) -> NeuralNetConfig:
     """The profile's model as the trainer will build it: the run's vocabulary, room for
     ``seq_len`` (+2 for BOS/EOS) and the run's ``[model]`` overrides."""
+    from profiles import catalog
     from profiles.catalog import load_profile
 
     prof = load_profile(profile) if isinstance(profile, str) else profile
@@ -110,7 +111,14 @@ def planned_model_config(profile: SizeProfile | str, vocab: Vocabulary | int,
     length = seq_len or prof.train.seq_len
     if prof.model.max_position_embeddings < length + 2:
         changes["max_position_embeddings"] = length + 2
-    return prof.model.replace(**{**changes, **dict(model_overrides or {})})
+    config = prof.model.replace(**changes)
+    # Where the catalog knows which modules a run builds from its data (the data-fed knowledge
+    # graph, vision and task modules: catalog.run_model_config), that rule decides — one rule
+    # for the trainer, the estimator and these screens. Text data (None) feeds none of them.
+    resolve = getattr(catalog, "run_model_config", None)
+    if resolve is not None:
+        return resolve(config, None, dict(model_overrides or {}))  # type: ignore[no-any-return]
+    return config.replace(**dict(model_overrides or {}))
 
 
 def planned_params(profile: SizeProfile | str, vocab: Vocabulary | int,

@@ -193,6 +193,8 @@ class AeronConsole(App[None]):
 
     def render_tick(self) -> None:
         """Redraw the dashboard from the session (each widget skips work when unchanged)."""
+        if not self.screen_stack:
+            return  # the console is closing; late messages (a trainer's exit) draw nothing
         keys = self.dashboard.bindings_key() if self.dashboard.is_mounted else None
         if keys != self._bindings_key:
             self._bindings_key = keys
@@ -284,6 +286,8 @@ class AeronConsole(App[None]):
         if session is None or session.id != message.session_id:
             return
         session.exit_code = message.code
+        if not self.screen_stack:
+            return  # exiting: nothing to show it on
         session.stderr_tail = message.stderr_tail
         session.pending_command = None
         self.render_now()

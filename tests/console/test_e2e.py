@@ -141,7 +141,17 @@ async def test_watch_follows_a_live_headless_run_and_can_stop_it(
                            and app.session.state.global_step >= 2, timeout=180,
                            what="live steps through the tail")
             assert app.session.source == "watch" and app.session.display_status == "running"
-            await pilot.press("x")  # stop via the trainer's pid file (SIGTERM → clean stop)
+            # One rule for every live run of the user: pause, resume and stop all work on a run
+            # this console did not start (its run directory's control channel).
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.session.state.status == "paused", timeout=120,
+                           what="paused through the control channel")
+            assert app.dashboard.check_action("resume", ()) and \
+                not app.dashboard.check_action("pause", ())
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.session.state.status == "running", timeout=120,
+                           what="resumed")
+            await pilot.press("x")
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("y")
             await wait_for(pilot, lambda: app.session.state.status == "stopped", timeout=120,

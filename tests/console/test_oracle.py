@@ -16,6 +16,7 @@ from aeron_tui.app.runsetup import RunSetup
 from aeron_tui.app.session import RunSession
 from aeron_tui.app.widgets.run_panel import RunPanel
 from core.runs.events import make_event, read_events
+from profiles.runplan import planned_params, run_vocabulary
 
 from .helpers import FROZEN_NOW, fixed_hardware, plain, sync, wait_for
 from .oracle import Oracle
@@ -140,8 +141,13 @@ async def test_a_live_run_agrees_with_its_events_at_every_moment(
     """The real trainer as the console's child: checked whenever new events have arrived, then
     finished at 100 % of its (for LONPT, ACT-revised) total."""
     plan = LIVE[trainer]
+    data = str(sample_corpus_dir / "styles.jsonl")
+    # What setup shows before the start: the count at the vocabulary the run will train to.
+    before = run_vocabulary(data, tokenizer_vocab_size=300)
+    assert not before.exact and "assumed" in before.source
+    planned = planned_params("tiny", before, model_overrides=TINY_MODEL)
     setup = RunSetup(trainer=trainer, profile="tiny", preset=plan.get("preset"),
-                     data=str(sample_corpus_dir / "styles.jsonl"), steps=plan.get("steps"),
+                     data=data, steps=plan.get("steps"),
                      overrides=plan["overrides"])
     app = AeronConsole(ConsoleOptions(setup=setup, runs_root=tmp_path / "runs"),
                        hardware=fixed_hardware())
@@ -162,6 +168,12 @@ async def test_a_live_run_agrees_with_its_events_at_every_moment(
         final = next(line for line in oracle_panel_lines(app) if line.startswith("step"))
     assert session.exit_code == 0 and truth.status == "finished"
     assert oracle.frames >= 5
+    # Issue item 6: the count setup showed is the count of the model that ran (the dashboard and
+    # `runs show` show run_started's), before and after its tokenizer exists.
+    after = run_vocabulary(data, tokenizer_vocab_size=300)
+    assert after.exact and "already trained" in after.source
+    assert planned == truth.model_params == planned_params("tiny", after,
+                                                             model_overrides=TINY_MODEL)
     assert f"{truth.global_step:,} / {truth.global_step:,}" in final and "100.0%" in final
     if trainer == "lonpt":
         announced = next(e for e in read_events(session.run_dir / "events.jsonl")

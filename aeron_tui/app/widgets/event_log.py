@@ -22,6 +22,8 @@ KIND_STYLE = {
     "error": "bold red",
     "run_finished": "bold",
     "problem": "yellow",
+    "total_changed": "magenta",
+    "detached": "yellow",
 }
 
 

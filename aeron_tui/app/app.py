@@ -151,6 +151,26 @@ class AeronConsole(App[None]):
         # compete for the GIL and are not needed to draw it.
         if not self._fixed_hardware:
             self._start_hardware()
+        if self.options.mode == "launch":
+            self._find_unattended_runs()
+
+    @work(thread=True, group="unattended", exit_on_error=False)
+    def _find_unattended_runs(self) -> None:
+        """Say at launch which runs are live with no console (detached, or a closed terminal):
+        their trainers go on, and `r` opens them."""
+        from core.runs.registry import default_runs_root, live_run_dirs
+
+        live = live_run_dirs(self.options.runs_root or default_runs_root())
+        if live:
+            self.call_from_thread(self._say_unattended, live)
+
+    def _say_unattended(self, live: list[Path]) -> None:
+        own = self.session.run_dir if self.session is not None else None
+        live = [p for p in live if p != own]  # the run this console just started is attended
+        if live:
+            names = ", ".join(p.name for p in live[:3]) + (" …" if len(live) > 3 else "")
+            self.say(f"{len(live)} run(s) still live without a console: {names} — r opens the "
+                     "runs list (enter watches, p/x control)", timeout=10)
 
     def on_unmount(self) -> None:
         if self._sampler is not None:

@@ -289,3 +289,14 @@ def known_run_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
         if line.strip() and path not in out and is_run_dir(path):
             out.append(path)
     return out
+
+
+def live_run_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Run directories (under ``root`` and remembered elsewhere) whose trainer is alive on this
+    machine, by their pid files only (no events are read): cheap enough for a console's start."""
+    base = Path(root) if root is not None else default_runs_root()
+    if not base.is_dir():
+        return []
+    dirs = [p for p in base.iterdir() if p.is_dir() and (p / PID_FILE).is_file()]
+    dirs += [p for p in known_run_dirs(base) if p not in dirs and (p / PID_FILE).is_file()]
+    return [p for p in dirs if trainer_alive(p) is True]

@@ -46,6 +46,7 @@ def _console(tmp_path: Path, **options: Any) -> tuple[AeronConsole, list[RunSetu
     return app, started
 
 
+@pytest.mark.slow  # profile estimates for the setup screen (in this process)
 @sync
 async def test_the_saved_choice_is_the_default_of_launch_and_of_s_in_watch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -162,3 +162,28 @@ async def test_s_after_a_stop_offers_to_resume(tmp_path: Path) -> None:
         await pilot.press("r")
         await wait_for(pilot, lambda: bool(started), what="resume")
     assert started[0].resume_dir == str(run_dir)
+
+
+@sync
+async def test_launch_says_which_runs_are_live_without_a_console(tmp_path: Path) -> None:
+    import json
+    import os
+    import socket
+
+    import psutil
+
+    root = tmp_path / "runs"
+    _make_runs(root)
+    live = root / "simple-tiny-live"
+    write_events(live / "events.jsonl", synthetic_events(40, t0=T0 + 500)[:10])
+    # Its trainer is alive (this process stands in for it) and nobody is watching it.
+    (live / "trainer.pid").write_text(json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "started": psutil.Process().create_time()}))
+    app = AeronConsole(ConsoleOptions(runs_root=root), hardware=fixed_hardware())
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: any("live without a console" in n.message
+                                          for n in app._notifications), what="the notice")
+        notice = next(n.message for n in app._notifications if "without a console" in n.message)
+    assert "1 run(s)" in notice and "simple-tiny-live" in notice
+    assert "simple-tiny-a" not in notice  # finished runs are not live

@@ -69,7 +69,11 @@ def default_setup(**given: Any) -> RunSetup:
     values = {k: v for k, v in given.items() if v is not None}
     origins = {k: "the command line" for k in values
                if k in ("trainer", "profile", "preset", "data", "steps", "run_dir")}
-    saved = load_saved_choice()
+    unreadable = ""
+    try:
+        saved = load_saved_choice()
+    except ConfigError as exc:  # the console still opens (and watches); the screen says why
+        saved, unreadable = None, f"; the saved choice was not used: {exc}"
     if saved is not None:
         where = f"the wizard's saved choice ({choice_path()}: {describe_choice(saved)})"
         if "trainer" not in values:
@@ -81,7 +85,8 @@ def default_setup(**given: Any) -> RunSetup:
     if "trainer" not in values:
         trainer, preset = default_trainer_and_preset()
         values["trainer"] = trainer
-        origins["trainer"] = "built-in default (no saved choice yet: w runs the wizard)"
+        origins["trainer"] = ("built-in default (no saved choice yet: w runs the wizard)"
+                              if not unreadable else f"built-in default{unreadable}")
         if preset and "preset" not in values:
             values["preset"] = preset
             origins["preset"] = f"built-in default for {trainer}"

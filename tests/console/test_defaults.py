@@ -108,3 +108,12 @@ def test_without_a_saved_choice_the_setup_says_the_defaults_are_built_in() -> No
     setup = default_setup()
     assert setup.profile == "auto"
     assert "built-in default" in setup.origins["trainer"]
+
+
+def test_an_unreadable_saved_choice_does_not_stop_the_console_and_is_named() -> None:
+    choice_path().parent.mkdir(parents=True, exist_ok=True)
+    choice_path().write_text("profile = [not toml\n")
+    setup = default_setup()
+    assert setup.trainer is not None and setup.profile == "auto"
+    assert str(choice_path()) in setup.origins["trainer"] and "not valid TOML" in \
+        setup.origins["trainer"]

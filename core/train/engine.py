@@ -99,6 +99,8 @@ class Trainer:
     # class that declares it is strict (``vars(type(self))``), so subclasses adding their own
     # options are not broken by a parent's list.
     accepted_options: frozenset[str] | None = None
+    # Seconds between heartbeat events (None: no heartbeat; only benchmarks turn it off).
+    heartbeat_interval_s: float | None = 1.0
 
     def __init__(
         self,
@@ -926,8 +928,8 @@ class Trainer:
         if not self.is_main or not self.events.enabled or self.run_dir == Path():
             return
         self.control.watch_file(self.run_dir / CONTROL_FILE, since=self._t_start)
-        if self._heartbeat is None:
-            self._heartbeat = Heartbeat(self._beat)
+        if self._heartbeat is None and self.heartbeat_interval_s:
+            self._heartbeat = Heartbeat(self._beat, self.heartbeat_interval_s)
             self._heartbeat.start()
 
     def _stop_liveness(self) -> None:

@@ -978,11 +978,13 @@ class Trainer:
         return _multiples_left(self.global_step, self.total_steps, self.config.checkpoint_every)
 
     def planned_eval_batches(self) -> int | None:
-        """Validation batches per evaluation (timing the first evaluation before it ran)."""
-        try:
-            return len(self.validation_batches()) or None
-        except Exception:  # noqa: BLE001 - trainers with their own validation data
+        """Validation batches per evaluation (timing the first evaluation before it ran):
+        what :meth:`validation_batches` will hold, counted without building it. None for
+        trainers with their own evaluation."""
+        if type(self).evaluate is not Trainer.evaluate or not self.val_pairs:
             return None
+        samples = min(len(self.val_pairs), self.config.eval_max_batches * self.micro_batch)
+        return math.ceil(samples / self.micro_batch)
 
     # ==========================================================================================
     # Internals

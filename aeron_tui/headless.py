@@ -242,8 +242,10 @@ class HeadlessDisplay:
         self._live.start()
 
     def _render(self) -> Any:
+        from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
+        from rich.text import Text
 
         s = self.state
         now = self._clock()
@@ -251,11 +253,10 @@ class HeadlessDisplay:
         grid.add_column(no_wrap=True)
         grid.add_column(no_wrap=True)
         title = f"{s.trainer or 'trainer'} · {s.profile or 'custom'} · {s.run_id or 'starting'}"
-        grid.add_row("", activity_line(s, now))
         bar = ProgressBar(total=max(1, s.total_steps), completed=s.global_step, width=30)
         grid.add_row(bar, f"{s.progress * 100:5.1f}%  {title}")
         grid.add_row("", status_line(s, now))
-        return grid
+        return Group(Text(activity_line(s, now), no_wrap=True, overflow="ellipsis"), grid)
 
     def finish(self) -> None:
         """Stop the live display and print the run's summary line (once)."""

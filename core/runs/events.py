@@ -851,7 +851,16 @@ def describe_event(event: dict[str, Any]) -> str:
             best = f" ✓ best of domain {domain}"
         else:
             best = ""
-        return f"{at}validation loss {format_loss(event['loss'])}{where}{best}"
+        metrics = event.get("metrics") or {}
+        reward, loss = metrics.get("reward"), event["loss"]
+        if isinstance(reward, (int, float)) and isinstance(loss, (int, float)) \
+                and math.isclose(loss, -reward, rel_tol=1e-9, abs_tol=1e-12):
+            # PPO/GRPO report the negated held-out reward as their "loss" (best = highest
+            # reward); calling it a validation loss would mislead.
+            kl = metrics.get("kl")
+            kl_txt = f", KL {kl:.4f}" if isinstance(kl, (int, float)) else ""
+            return f"{at}held-out reward {reward:.4f}{kl_txt}{where}{best}"
+        return f"{at}validation loss {format_loss(loss)}{where}{best}"
     if kind == "checkpoint":
         val = event.get("val_loss")
         val_txt = f" val_loss={val:.4f}" if isinstance(val, (int, float)) else ""

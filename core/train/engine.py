@@ -31,15 +31,18 @@ from core.runs.checkpoint import (
     CHECKPOINTS_DIR,
     LoadedCheckpoint,
     capture_rng_state,
+    check_trainer_state,
     latest_checkpoint,
     load_checkpoint,
     load_model_state,
     prune_checkpoints,
+    recover_interrupted_saves,
     restore_rng_state,
     save_checkpoint,
     step_checkpoint_name,
 )
 from core.runs.events import EventWriter
+from core.runs.lock import RunDirLock, claim_run_dir
 from core.runs.registry import (
     EVENTS_FILE,
     RUN_CONFIG_FILE,
@@ -48,7 +51,7 @@ from core.runs.registry import (
     remove_pid_file,
     write_pid_file,
 )
-from core.train.config import RunConfig
+from core.train.config import RunConfig, seq_len_problem
 from core.train.control import CONTROL_FILE, ControlChannel
 from core.train.heartbeat import Heartbeat
 from core.train.metrics import StepMetrics, memory_stats
@@ -99,6 +102,8 @@ class Trainer:
     # class that declares it is strict (``vars(type(self))``), so subclasses adding their own
     # options are not broken by a parent's list.
     accepted_options: frozenset[str] | None = None
+    # Seconds between heartbeat events (None: no heartbeat; only benchmarks turn it off).
+    heartbeat_interval_s: float | None = 1.0
 
     def __init__(
         self,
@@ -171,6 +176,9 @@ class Trainer:
         self._activity: tuple[str, int | None, int | None] | None = None
         self._heartbeat: Heartbeat | None = None
         self._steps_this_process = 0
+        self._run_lock: RunDirLock | None = None
+        # Events found before the stream is open (run-dir claim, resume search): emitted after.
+        self._early_events: list[tuple[str, dict[str, Any]]] = []
 
     # ==========================================================================================
     # The recipe
@@ -201,11 +209,15 @@ class Trainer:
         cfg = self.config
         self._check_options()
         self._prepare_run_dir()
-        self._open_events()
-        self._start_liveness()
-        if cfg.resume:
-            self.set_activity("loading checkpoint")
+        self._barrier()  # every rank sees the run directory rank 0 claimed (and recovered)
+        # Before the event stream opens: a refused resume (corrupt checkpoint, pickle, bad
+        # trainer_state) leaves the run directory exactly as it was.
         resume = self._find_resume()
+        self._open_events()
+        for kind, fields in self._early_events:
+            self.emit(kind, **fields)
+        self._early_events.clear()
+        self._start_liveness()
         self.device = self.resolve_device()
         self.seed_everything(cfg.seed)
         if resume is None:
@@ -225,6 +237,7 @@ class Trainer:
         self.train_model = self.wrap_model(self.model)
         self.optimizer = self.build_optimizer()
         if resume is not None:
+            self.set_activity("restoring checkpoint")
             self._restore(resume)
         self.metrics = StepMetrics(self.device)
         self.config = self.resolved_config()
@@ -252,7 +265,7 @@ class Trainer:
         )
         if resume is not None:
             self.emit(
-                "warning",
+                "info",
                 message=f"resumed from {resume.path} at step {self.global_step}",
                 global_step=self.global_step,
             )
@@ -283,6 +296,9 @@ class Trainer:
             remove_pid_file(self.run_dir)
         if self._events_given is None:
             self.events.close()
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
 
     # ==========================================================================================
     # Setup pieces (override points)
@@ -344,10 +360,8 @@ class Trainer:
         train_pairs, val_pairs = load_pairs(
             path, self.tokenizer, self.seq_len, self.config.max_samples
         )
-        if not train_pairs:
-            raise DataError(f"{path}: no training samples after the train/validation split")
-        if not val_pairs:
-            raise DataError(f"{path}: no validation samples (the corpus is too small to split)")
+        if not train_pairs or not val_pairs:
+            raise DataError(split_problem(path, "training" if not train_pairs else "validation"))
         self.val_pairs = val_pairs
         self.train_loader = BatchLoader(
             train_pairs,
@@ -375,14 +389,18 @@ class Trainer:
         if isinstance(base, dict):
             base = NeuralNetConfig.from_dict(base)
         changes: dict[str, Any] = {"vocab_size": int(self.tokenizer.vocab_size)}
-        if base.max_position_embeddings < self.seq_len + 2:
-            changes["max_position_embeddings"] = self.seq_len + 2
         if self.config.gradient_checkpointing is not None:
             changes["use_gradient_checkpointing"] = bool(self.config.gradient_checkpointing)
         try:
             model_config = base.replace(**{**changes, **self.config.model})
         except ConfigError as exc:
             raise ConfigError(f"run config [model]: {exc}") from exc
+        # The sequence length never rewrites the architecture (it used to grow
+        # max_position_embeddings silently): too long is refused with the limit.
+        problem = seq_len_problem(self.seq_len, model_config.max_position_embeddings,
+                                  self.config.profile)
+        if problem:
+            raise ConfigError(problem)
         if resume is not None:
             from core.runs.checkpoint import config_differences
 
@@ -926,8 +944,8 @@ class Trainer:
         if not self.is_main or not self.events.enabled or self.run_dir == Path():
             return
         self.control.watch_file(self.run_dir / CONTROL_FILE, since=self._t_start)
-        if self._heartbeat is None:
-            self._heartbeat = Heartbeat(self._beat)
+        if self._heartbeat is None and self.heartbeat_interval_s:
+            self._heartbeat = Heartbeat(self._beat, self.heartbeat_interval_s)
             self._heartbeat.start()
 
     def _stop_liveness(self) -> None:
@@ -976,11 +994,13 @@ class Trainer:
         return _multiples_left(self.global_step, self.total_steps, self.config.checkpoint_every)
 
     def planned_eval_batches(self) -> int | None:
-        """Validation batches per evaluation (timing the first evaluation before it ran)."""
-        try:
-            return len(self.validation_batches()) or None
-        except Exception:  # noqa: BLE001 - trainers with their own validation data
+        """Validation batches per evaluation (timing the first evaluation before it ran):
+        what :meth:`validation_batches` will hold, counted without building it. None for
+        trainers with their own evaluation."""
+        if type(self).evaluate is not Trainer.evaluate or not self.val_pairs:
             return None
+        samples = min(len(self.val_pairs), self.config.eval_max_batches * self.micro_batch)
+        return math.ceil(samples / self.micro_batch)
 
     # ==========================================================================================
     # Internals
@@ -1001,7 +1021,7 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         cfg = self.config
         if cfg.run_dir is None:
-            self.run_dir = new_run_dir(default_runs_root(), self.name, cfg.profile)
+            self.run_dir = self._fresh_run_dir()
             self.config = cfg.with_overrides(source="run", run_dir=str(self.run_dir))
         else:
             self.run_dir = Path(cfg.run_dir).expanduser()
@@ -1018,7 +1038,34 @@ class Trainer:
                 f"run directory {self.run_dir} is not writable ({exc.strerror or exc}); "
                 "choose another --run-dir"
             ) from exc
+        # One owner per run directory; a directory holding a run needs --resume or --overwrite.
+        self._run_lock, moved = claim_run_dir(
+            self.run_dir, resume=bool(cfg.resume), overwrite=bool(cfg.overwrite))
+        if self._run_lock.unlocked_reason:
+            self._early_events.append(("warning", {"message": self._run_lock.unlocked_reason,
+                                                   "code": "no_lock"}))
+        if moved is not None:
+            self._early_events.append(("info", {
+                "message": f"--overwrite: the earlier run in {self.run_dir} was moved to {moved}"}))
+        for note in recover_interrupted_saves(self.run_dir):
+            self._early_events.append(("info", {"message": note}))
         write_pid_file(self.run_dir)
+
+    def _fresh_run_dir(self) -> Path:
+        """A new default run directory, created here (two trainers started in the same second
+        get different names instead of one refusing the other)."""
+        for _ in range(1000):
+            candidate = new_run_dir(default_runs_root(), self.name, self.config.profile)
+            if not self.is_main:
+                return candidate
+            try:
+                candidate.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            except OSError:
+                return candidate  # reported with the run directory's own check
+            return candidate
+        raise ConfigError(f"cannot create a new run directory under {default_runs_root()}")
 
     def _open_events(self) -> None:
         if self._events_given is None:
@@ -1037,7 +1084,7 @@ class Trainer:
             return None
 
         def skipped(message: str) -> None:
-            self.emit("warning", message=message, code="checkpoint_skipped")
+            self._early_events.append(("warning", {"message": message, "code": "checkpoint_skipped"}))
 
         if spec == "latest":
             path = latest_checkpoint(self.run_dir, on_skip=skipped)
@@ -1055,7 +1102,41 @@ class Trainer:
                 if found is None:
                     raise CheckpointError(f"{path}: no complete checkpoint in this run directory")
                 path = found
-        return load_checkpoint(path, device="cpu", load_optimizer=True)
+        loaded = load_checkpoint(path, device="cpu", load_optimizer=True)
+        check_trainer_state(loaded.trainer_state, loaded.path / "trainer_state.json")
+        self._check_model_overrides(loaded)
+        if self.config.tokenizer:
+            self._check_resume_tokenizer(loaded)
+        return loaded
+
+    def _check_model_overrides(self, loaded: LoadedCheckpoint) -> None:
+        """``[model]`` values that contradict the checkpoint, found before the event stream
+        opens (:meth:`resolve_model_config` compares the whole config later)."""
+        from core.runs.checkpoint import RUNTIME_CONFIG_FIELDS
+
+        saved = loaded.config_dict
+        diff = [f"{key}: checkpoint {saved.get(key, '<absent>')!r}, this run {value!r}"
+                for key, value in sorted(self.config.model.items())
+                if key not in RUNTIME_CONFIG_FIELDS and saved.get(key, "<absent>") != value]
+        if diff:
+            raise CheckpointError(
+                f"{loaded.path / 'config.json'}: the checkpoint's model config differs from "
+                f"this run's: {'; '.join(diff[:6])} — resume with the checkpoint's settings"
+            )
+
+    def _check_resume_tokenizer(self, loaded: LoadedCheckpoint) -> None:
+        """A resumed run keeps its checkpoint's tokenizer: a different ``tokenizer`` is refused
+        (the embedding rows belong to the checkpoint's vocabulary); the same one is fine."""
+        from core.data.tokenizer import AeronTokenizer
+
+        wanted = AeronTokenizer.load(self.config.tokenizer)
+        if wanted.sha256 != loaded.tokenizer.sha256:
+            raise ConfigError(
+                f"tokenizer {self.config.tokenizer}: a resumed run keeps the tokenizer of "
+                f"{loaded.path} (vocabulary {loaded.tokenizer.vocab_size}, this one "
+                f"{wanted.vocab_size}); drop --set tokenizer, or move the model to a new "
+                "vocabulary with `aeron-tui tokenizer upgrade`"
+            )
 
     def _resolve_sizes(self) -> None:
         cfg = self.config
@@ -1071,7 +1152,8 @@ class Trainer:
     def resolved_config(self) -> RunConfig:
         """The config with every value this run actually uses (saved as run.toml).
 
-        ``resume`` is cleared: running the saved file again starts the same run afresh.
+        ``resume`` and ``overwrite`` are cleared: running the saved file again starts the same
+        run afresh (in a new directory, or with --overwrite).
         """
         data = self.config.to_dict()
         data.update(
@@ -1083,6 +1165,7 @@ class Trainer:
             warmup_steps=self.warmup_steps,
             data=self.data_path or data["data"],
             resume=None,
+            overwrite=False,
         )
         return RunConfig.from_dict(data, "resolved run config")
 
@@ -1346,6 +1429,26 @@ def load_pairs(
         target = val_pairs if hash_is_validation(f"doc:{i}:{doc[:200]}") else train_pairs
         target.extend(encode_text_windows(doc, tokenizer, seq_len))
     return train_pairs, val_pairs
+
+
+def split_problem(path: Path, missing: str) -> str:
+    """Why the corpus at ``path`` gave no ``missing`` (training/validation) samples, with the
+    number of documents or samples found and how the split works."""
+    from core.data.styles import VAL_PERCENT
+
+    if path.suffix == ".jsonl":
+        return (f"{path}: no {missing} samples after the train/validation split (about "
+                f"{VAL_PERCENT} % of samples go to validation, chosen by a hash of each sample); "
+                "add more samples")
+    from core.data.text import read_text_corpus
+
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    docs = sum(len(read_text_corpus(f)) for f in files)
+    unit = "one document per .txt file" if path.is_dir() else \
+        "documents are separated by blank lines"
+    return (f"{path}: no {missing} samples: found {docs} document{'s' if docs != 1 else ''} "
+            f"({unit}), and about {VAL_PERCENT} % of documents go to validation; add blank "
+            "lines between documents or more text")
 
 
 def corpus_texts(path: Path) -> Iterator[str]:

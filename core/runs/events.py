@@ -517,7 +517,11 @@ class RunState:
             setattr(self, name, event.get(name) or getattr(self, name))
         self.model_params = event.get("model_params") or self.model_params
         self.config = event.get("config") or self.config
-        self.started_at = t - float(event.get("elapsed_s") or 0.0)
+        # The trainer counts from run_started (setup excluded); the run began at its first event
+        # (loading data, building the tokenizer): never move the start later, or a live clock
+        # would stand still for the whole setup time.
+        start = t - float(event.get("elapsed_s") or 0.0)
+        self.started_at = start if self.started_at is None else min(self.started_at, start)
         self.status = "running"
         self.detached = False
         self.detached_reason = None

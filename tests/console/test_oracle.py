@@ -15,7 +15,7 @@ from aeron_tui.app.app import AeronConsole, ConsoleOptions
 from aeron_tui.app.runsetup import RunSetup
 from aeron_tui.app.session import RunSession
 from aeron_tui.app.widgets.run_panel import RunPanel
-from core.runs.events import make_event, read_events
+from core.runs.events import RunState, make_event, read_events
 from profiles.runplan import planned_params, run_vocabulary
 
 from .helpers import FROZEN_NOW, fixed_hardware, plain, sync, wait_for
@@ -179,3 +179,22 @@ async def test_a_live_run_agrees_with_its_events_at_every_moment(
         announced = next(e for e in read_events(session.run_dir / "events.jsonl")
                          if isinstance(e, dict) and e["type"] == "run_started")["total_steps"]
         assert truth.total_steps != announced and "total revised" in final
+
+
+def test_elapsed_does_not_stand_still_through_the_setup_of_a_recorded_run() -> None:
+    """The recorded run spends ~8 s building its tokenizer and model before run_started (whose
+    elapsed_s counts from there): the clock must tick straight through, one frame a second."""
+    events = [e for e in read_events(RECORDED["simple"]) if isinstance(e, dict)]
+    started = next(e["time"] for e in events if e["type"] == "run_started")
+    assert started - events[0]["time"] > 5  # the recording has a real setup phase
+    state = RunState()
+    pending = list(events)
+    shown = []
+    now = events[0]["time"]
+    while now < events[-1]["time"]:  # up to the end of the run
+        while pending and pending[0]["time"] <= now:
+            state.apply(pending.pop(0))
+        shown.append(state.elapsed_at(now))
+        now += 1.0
+    steps = [b - a for a, b in zip(shown, shown[1:], strict=False)]
+    assert all(0.9 < d < 1.1 for d in steps), steps

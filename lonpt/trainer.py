@@ -235,6 +235,7 @@ class LonptTrainer(Trainer):
         self.domains = build_domains(assigned, cfg.max_length, is_validation)
         self.loaders = {}
         self.domain_val_pairs = {}
+        domain_train: dict[str, list[Any]] = {}
         for d in self.domains:
             train_pairs = [encode_styles_sample(s, self.tokenizer, self.seq_len) for s in d.train]
             self.domain_val_pairs[d.name] = [
@@ -245,8 +246,12 @@ class LonptTrainer(Trainer):
                     f"AKAP domain {d.name!r} has {len(train_pairs)} training samples for "
                     f"{self.world_size} ranks; raise dataset_fraction"
                 )
-            self.loaders[d.name] = BatchLoader(train_pairs, self.micro_batch, seed=cfg.seed + d.index,
-                                               rank=self.rank, world_size=self.world_size)
+            domain_train[d.name] = train_pairs
+        pack_length = self.resolve_packing([p for ps in domain_train.values() for p in ps])
+        for d in self.domains:
+            self.loaders[d.name] = BatchLoader(domain_train[d.name], self.micro_batch,
+                                               seed=cfg.seed + d.index, rank=self.rank,
+                                               world_size=self.world_size, pack_length=pack_length)
         self.val_pairs = [p for pairs in self.domain_val_pairs.values() for p in pairs]
         self.train_loader = None  # set to the current domain's loader by the loop
         self.act.batch_size = self.micro_batch
@@ -675,7 +680,7 @@ class LonptTrainer(Trainer):
     def domain_validation_batches(self, name: str) -> list[dict[str, Tensor]]:
         """Fixed batches of the domain's validation split (≤ val_max_batches × batch_size)."""
         if name not in self._domain_val_batches:
-            from core.data.loader import collate
+            from core.data.loader import collate_packed
 
             b = self.lonpt.batch_size
             pairs = sorted(self.domain_val_pairs[name], key=len)
@@ -683,7 +688,7 @@ class LonptTrainer(Trainer):
             if len(pairs) > limit:
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
-            self._domain_val_batches[name] = [collate(pairs[i:i + b])
+            self._domain_val_batches[name] = [collate_packed(pairs[i:i + b], self.pack_length)
                                               for i in range(0, len(pairs), b)]
         return self._domain_val_batches[name]
 

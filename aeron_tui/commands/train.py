@@ -78,6 +78,8 @@ def _make_command(trainer: str) -> Any:
         lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
         precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+        packing: str | None = typer.Option(
+            None, "--packing", help="Sequence packing: auto (on where it cuts padding), on or off."),
         shard: bool = typer.Option(
             False, "--shard", help="Under torchrun: shard parameters/optimizer with FSDP."),
         sets: list[str] = typer.Option(
@@ -93,6 +95,7 @@ def _make_command(trainer: str) -> Any:
             "steps": steps,
             "seed": seed, "micro_batch": micro_batch, "grad_accum": grad_accum,
             "seq_len": seq_len, "learning_rate": lr, "precision": precision, "device": device,
+            "packing": packing,
         }
         run_config, model_config = build_run_config(
             trainer, profile=profile, config_path=config, resume=resume, flags=flags,

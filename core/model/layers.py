@@ -160,6 +160,14 @@ class RotaryEmbedding:
         assert self._cos is not None and self._sin is not None
         return self._cos[offset:end].to(dtype), self._sin[offset:end].to(dtype)
 
+    def at(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """``cos``, ``sin`` of shape ``(*positions.shape, head_dim)`` for explicit per-token
+        positions (packed rows, where positions restart at every sample)."""
+        end = int(positions.max()) + 1 if positions.numel() else 1
+        self(end, 0, positions.device)  # build / extend the table
+        assert self._cos is not None and self._sin is not None
+        return self._cos[positions].to(dtype), self._sin[positions].to(dtype)
+
 
 def rotate_half(x: Tensor) -> Tensor:
     """``concat(-x2, x1)`` over the last dimension."""
@@ -201,11 +209,12 @@ class _RotaryFunction(torch.autograd.Function):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """``x' = x*cos + rotate_half(x)*sin`` for ``x (B, T, heads, hd)`` and ``cos/sin (T, hd)``."""
+    """``x' = x*cos + rotate_half(x)*sin`` for ``x (B, T, heads, hd)`` and ``cos/sin (T, hd)``
+    (or ``(B, T, hd)``: per-token positions of packed rows)."""
     half = sin.shape[-1] // 2
-    sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
-    cos = cos.to(x.dtype)[:, None, :]
-    sin_signed = sin_signed.to(x.dtype)[:, None, :]
+    sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    cos = cos.to(x.dtype).unsqueeze(-2)
+    sin_signed = sin_signed.to(x.dtype).unsqueeze(-2)
     if torch.is_grad_enabled() and x.requires_grad:
         return _RotaryFunction.apply(x, cos, sin_signed)
     return _rotate(x, cos, sin_signed)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core.data.loader import batch_num_samples
 from core.errors import AeronError, CheckpointError, ConfigError, DataError, ResourceError
 from core.model.uncertainty import auxiliary_loss, batch_calibration_error
 from core.runs.checkpoint import (
@@ -58,6 +59,10 @@ from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, warmup_cosine_scale
 
 TRAINER_STATE_VERSION = 1
+# ``packing = "auto"`` packs when the packed batches hold at least this share fewer positions
+# (real + padding) than the unpacked ones: below it the masks and the unpack/repack around the
+# per-sample stages cost about what the padding does (bench/packing.py, bench/RESULTS.md).
+PACKING_MIN_SAVING = 0.10
 
 
 class StopTraining(Exception):
@@ -149,6 +154,8 @@ class Trainer:
         self.grad_accum = config.grad_accum or 1
         self._oom_splits = 0  # micro-batch splits after out-of-memory errors (handle_oom)
         self.seq_len = config.seq_len or 256
+        self.pack_length: int | None = None  # sequence packing row length (None: off)
+        self._setup_notes: list[str] = []  # info events to emit once the run has started
         self.base_lr = config.learning_rate or 0.0
         self.warmup_steps = 0
         self.nonfinite_skipped = 0
@@ -269,6 +276,8 @@ class Trainer:
                 message=f"resumed from {resume.path} at step {self.global_step}",
                 global_step=self.global_step,
             )
+        for note in self._setup_notes:
+            self.emit("info", message=note, global_step=self.global_step)
 
     def train(self) -> str:
         """The loop. Returns ``finished`` or ``stopped``."""
@@ -369,12 +378,41 @@ class Trainer:
             seed=self.config.seed,
             rank=self.rank,
             world_size=self.world_size,
+            pack_length=self.resolve_packing(train_pairs),
         )
         from core.data.sample import corpus_manifest
 
         self.corpus = corpus_manifest([path])
         self.corpus["train_samples"] = len(train_pairs)
         self.corpus["val_samples"] = len(val_pairs)
+
+    def resolve_packing(self, train_pairs: list[Any]) -> int | None:
+        """Sequence packing for this run: sets and returns ``self.pack_length`` (rows of
+        ``seq_len`` tokens) or None. ``packing = "auto"`` packs when it saves at least
+        :data:`PACKING_MIN_SAVING` of the positions a step computes; the choice and the
+        padding it measured go out as an ``info`` event."""
+        from core.data.loader import packing_effect
+
+        mode = self.config.packing
+        self.pack_length = None
+        if mode == "off":
+            return None
+        before, after = packing_effect(train_pairs, self.micro_batch, self.seq_len,
+                                       self.config.seed)
+        saving = 1.0 - (1.0 - before) / (1.0 - after) if after < 1.0 else 0.0
+        on = mode == "on" or saving >= PACKING_MIN_SAVING
+        figures = (f"padding {before * 100:.1f} % of positions unpacked, "
+                   f"{after * 100:.1f} % packed")
+        if on:
+            self.pack_length = self.seq_len
+            self._setup_notes.append(
+                f"sequence packing on ({mode}): several samples per row of {self.seq_len} "
+                f"tokens, masked apart; {figures}")
+        else:
+            self._setup_notes.append(
+                f"sequence packing off (auto): it would save {saving * 100:.0f} % of the "
+                f"positions ({figures}); --packing on forces it")
+        return self.pack_length
 
     def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
         """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the
@@ -479,13 +517,10 @@ class Trainer:
         self, batch: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Any] | None, Tensor]:
         """Mean token cross-entropy of one micro-batch (the model's own loss)."""
-        outputs = self.train_model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"],
-            decoder_attention_mask=batch["decoder_attention_mask"],
-            labels=batch["labels"],
-        )
+        from core.data.loader import model_inputs
+
+        # model_inputs: the ids, masks and labels, plus the segment ids of a packed batch.
+        outputs = self.train_model(**model_inputs(batch))
         n_tokens = (batch["labels"] != -100).sum()
         return outputs["loss"], outputs, n_tokens
 
@@ -520,7 +555,7 @@ class Trainer:
             tokens = int(cpu_batch["attention_mask"].sum()) + int(
                 cpu_batch["decoder_attention_mask"].sum()
             )
-            samples = int(cpu_batch["input_ids"].shape[0])
+            samples = batch_num_samples(cpu_batch)
             batch = (cpu_batch if self.device.type == "cpu" else
                      {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()})
             # DDP: all-reduce gradients only on the last micro-batch of the step.
@@ -654,7 +689,7 @@ class Trainer:
     def validation_batches(self) -> list[dict[str, Tensor]]:
         """Fixed validation batches (length-sorted, collated once, kept on the CPU)."""
         if self._val_batches is None:
-            from core.data.loader import collate
+            from core.data.loader import collate_packed
 
             pairs = sorted(self.val_pairs, key=len)
             limit = self.config.eval_max_batches * self.micro_batch
@@ -663,7 +698,7 @@ class Trainer:
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
             self._val_batches = [
-                collate(pairs[i : i + self.micro_batch])
+                collate_packed(pairs[i : i + self.micro_batch], self.pack_length)
                 for i in range(0, len(pairs), self.micro_batch)
             ]
         return self._val_batches

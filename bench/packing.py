@@ -41,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pack-lengths", default="", help="comma-separated row lengths to compare "
                     "(default: the seq len)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--batches", type=int, default=6, help="batches per timed round")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=30, help="batches per timed round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=2048, help="tokenizer vocabulary (as a run)")
+    ap.add_argument("--backbone-only", action="store_true",
+                    help="switch the enhancement stages and the reasoning engine off")
+    ap.add_argument("--reasoning-share", action="store_true",
+                    help="also time the unpacked batches with the reasoning engine off")
     ap.add_argument("--keep-malloc", action="store_true")
     args = ap.parse_args(argv)
+    if not args.rounds:
+        ap.error("--rounds must be >= 1")
     if not args.keep_malloc and os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
         env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -90,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     sample_batches = [loader.next_pairs() for _ in range(args.batches)]
     config = profile.model.replace(vocab_size=tok.vocab_size,
                                    max_position_embeddings=max(seq_len + 2, 64))
+    if args.backbone_only:
+        config = config.replace(**dict.fromkeys(
+            ("enable_multimodal", "enable_knowledge_graph", "enable_memory", "enable_continual",
+             "enable_uncertainty", "enable_active_learning", "enable_reasoning"), False))
     torch.manual_seed(0)
     model = TransformerNeuralNetBackbone(config).train()
     variants: dict[str, list[dict[str, torch.Tensor]]] = {
@@ -97,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in lengths:
         variants[f"packed {n}"] = [collate_packed(p, n) for p in sample_batches]
     models = {name: copy.deepcopy(model) for name in variants}
+    if args.reasoning_share:
+        torch.manual_seed(0)
+        variants["unpacked, no reasoning"] = variants["unpacked"]
+        models["unpacked, no reasoning"] = TransformerNeuralNetBackbone(
+            config.replace(enable_reasoning=False)).train()
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
             for name, m in models.items()}
     targets = sum(int((b["labels"] != -100).sum()) for b in variants["unpacked"])
@@ -129,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
           f"round, median of {args.rounds} paired rounds)")
     for name, t in times.items():
         med = statistics.median(t)
+        positions = sum(b["input_ids"].numel() + b["decoder_input_ids"].numel()
+                        for b in variants[name])
         print(f"  {name:14} {targets / med:8.0f} tok/s  ({med:.2f} CPU-s/round, "
-              f"{ref / med:.2f}x unpacked)")
+              f"{ref / med:.2f}x unpacked; {positions} positions, "
+              f"{padding_fraction(variants[name]) * 100:.1f} % padding)")
+    if args.reasoning_share:
+        off = statistics.median(times["unpacked, no reasoning"])
+        print(f"reasoning engine share of the unpacked step: {(ref - off) / ref * 100:.1f} % "
+              "CPU (paired rounds)")
     return 0
 
 

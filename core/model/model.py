@@ -40,6 +40,7 @@ from core.model.layers import (
     masked_mean_pool,
     maybe_checkpoint,
     set_attention_backend,
+    token_cross_entropy,
     tracing,
 )
 from core.model.memory import NeuralMemoryNetwork
@@ -826,9 +827,8 @@ class TransformerNeuralNetBackbone(nn.Module):
                     f"labels must be in [0, vocab_size={logits.shape[-1]}) or -100, got values "
                     f"in [{int(valid.min())}, {int(valid.max())}]"
                 )
-        flat = logits.reshape(-1, logits.shape[-1]).float()
         target = labels.reshape(-1)
-        nll = F.cross_entropy(flat, target, ignore_index=-100, reduction="none")
+        nll = token_cross_entropy(logits.reshape(-1, logits.shape[-1]), target, -100)
         count = (target != -100).sum().clamp_min(1)
         loss = nll.sum() / count
         if not sequence_nll:

@@ -157,6 +157,7 @@ class Trainer:
         self._oom_splits = 0  # micro-batch splits after out-of-memory errors (handle_oom)
         self.seq_len = config.seq_len or 256
         self.pack_length: int | None = None  # sequence packing row length (None: off)
+        self._packing_resolved = False  # set by resolve_packing (trainers that pack call it)
         self._setup_notes: list[str] = []  # info events to emit once the run has started
         self.base_lr = config.learning_rate or 0.0
         self.warmup_steps = 0
@@ -235,6 +236,10 @@ class Trainer:
         self._resolve_sizes()
         self.set_activity("loading data")
         self.build_data()
+        if self.config.packing == "on" and not self._packing_resolved:
+            self._setup_notes.append(
+                f"sequence packing does not apply to the {self.name} trainer (it builds its own "
+                "batches); training unpacked")
         self.model_config = self.resolve_model_config(resume)
         self.set_activity("building model")
         self.model = self.build_model().to(self.device)
@@ -397,6 +402,7 @@ class Trainer:
 
         mode = self.config.packing
         self.pack_length = None
+        self._packing_resolved = True
         if mode == "off":
             return None
         before, after = packing_effect(train_pairs, self.micro_batch, self.seq_len,

@@ -392,3 +392,35 @@ def _vocab_from_merges(merges: list[tuple[str, str]], vocab_size: int) -> Any:
         if merged not in vocab:
             vocab[merged] = len(vocab)
     return _build_backend(vocab, kept)
+
+
+# ------------------------------------------------------------------ the per-corpus tokenizer cache
+def corpus_tokenizer_dir(path: str | os.PathLike[str], vocab_size: int) -> Path:
+    """Where the tokenizer trained on ``path`` (a file, or a directory of ``.txt`` files) with
+    ``vocab_size`` is cached: ``$AERON_TUI_HOME/cache/tokenizers/<hash of the corpus files>``.
+
+    The trainers use it to reuse a tokenizer; the setup screens use it to know a run's real
+    vocabulary (and so its parameter count) before the run starts.
+    """
+    from core.fileio import file_sha256
+    from core.paths import aeron_home
+
+    p = Path(path)
+    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
+    key = hashlib.sha256()
+    for f in files:
+        key.update(file_sha256(f).encode())
+    key.update(f":v{vocab_size}:aeron-bpe-1".encode())
+    return aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
+
+
+def saved_vocab_size(directory: str | os.PathLike[str]) -> int | None:
+    """The vocabulary size a saved tokenizer records in its config (None when absent/unreadable),
+    read without building the tokenizer."""
+    p = Path(directory)
+    cfg = (p if p.is_dir() else p.parent) / CONFIG_FILE
+    try:
+        value = json.loads(cfg.read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.model.layers import AeronRMSNorm, masked_mean_pool, tracing
+from core.model.layers import AeronRMSNorm, masked_mean_pool, sdpa, tracing
 
 USAGE_DECAY = 0.99
 STAT_POSITIONS = 64  # query positions per sample that the read statistics look at
@@ -129,7 +129,7 @@ class NeuralMemoryNetwork(nn.Module):
         kh = keys.view(b, w_n + 1, h, hd).transpose(1, 2)  # (B, h, W+1, hd)
         vh = values.view(b, w_n + 1, h, hd).transpose(1, 2)
         # SDPA's fused kernel never materialises the (S × W) weights, forward or backward.
-        recall = F.scaled_dot_product_attention(qh, kh, vh)
+        recall = sdpa(qh, kh, vh)
         recall = recall.transpose(1, 2).reshape(b, s, self.memory_dim)
         with torch.no_grad():
             pending.read_mass, pending.read_entropy = self._read_statistics(qh, kh, mask, written_idx)

@@ -26,6 +26,8 @@ else:  # pragma: no cover - Python 3.10
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+# Sequence packing (several short samples per row): on, off, or on where it cuts padding.
+PACKING = ("auto", "on", "off")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class RunConfig:
     device: str = "auto"
     gradient_checkpointing: bool | None = None
     compile: bool = False
+    packing: str = "auto"
     eval_every: int = 200
     eval_max_batches: int = 50
     checkpoint_every: int = 200
@@ -117,6 +120,10 @@ class RunConfig:
             raise ConfigError(
                 f"{source}: --resume continues the run in the directory and --overwrite moves it "
                 "aside; give one of them"
+            )
+        if self.packing not in PACKING:
+            raise ConfigError(
+                f"{source}: key 'packing' is {self.packing!r}; expected one of {', '.join(PACKING)}"
             )
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from core.errors import ConfigError
 from core.model.layers import masked_mean_pool
+from core.model.packing import segment_mean_pool
 from core.train.engine import Trainer, load_pairs, read_corpus_records
 
 RECIPES: dict[str, dict[str, bool]] = {
@@ -76,11 +77,14 @@ class MixedLoader:
     """Micro-batches of ``b − k`` new samples plus ``k = round(ratio·b)`` replayed old samples.
 
     Resumable like :class:`core.data.loader.BatchLoader` (both positions are saved); batches
-    carry ``is_replay`` (B,) marking the old-corpus rows.
+    carry ``is_replay`` (B,) marking the old-corpus rows. With ``pack_length`` the new samples
+    and the replayed ones are packed into rows separately, so ``is_replay`` stays per row.
     """
 
-    def __init__(self, new: Any, old: Any | None, ratio: float, batch_size: int) -> None:
+    def __init__(self, new: Any, old: Any | None, ratio: float, batch_size: int,
+                 pack_length: int | None = None) -> None:
         self.new, self.old, self.ratio = new, old, ratio
+        self.pack_length = pack_length
         self.set_batch_size(batch_size)
 
     def split(self, batch_size: int) -> tuple[int, int]:
@@ -100,11 +104,21 @@ class MixedLoader:
         return self
 
     def __next__(self) -> dict[str, Tensor]:
-        from core.data.loader import collate
+        from core.data.loader import collate, collate_groups, pack_groups
 
         n_new, n_old = self.split(self.batch_size)
         pairs = list(self.new.next_pairs())
         replay = list(self.old.next_pairs()) if self.old is not None and n_old else []
+        extras = self.new.image_shape is not None or any(
+            p.inputs is not None for p in pairs + replay)
+        if self.pack_length and not extras:
+            new_rows = pack_groups(pairs, self.pack_length)
+            old_rows = ([[len(pairs) + i for i in g] for g in pack_groups(replay, self.pack_length)]
+                        if replay else [])
+            if len(new_rows) + len(old_rows) < len(pairs) + len(replay):
+                batch = collate_groups(pairs + replay, new_rows + old_rows)
+                batch["is_replay"] = torch.tensor([False] * len(new_rows) + [True] * len(old_rows))
+                return batch
         batch = collate(pairs + replay, image_shape=self.new.image_shape)
         batch["is_replay"] = torch.tensor([False] * len(pairs) + [True] * len(replay))
         return batch
@@ -235,7 +249,7 @@ class ContinualTrainer(Trainer):
         resolved = super().resolve_modules(model_config, resume)
         if (self.terms["ewc"] and not resolved.enable_continual
                 and "enable_continual" not in self.config.model):
-            self.setup_notes.append("task conditioning module built without tasks: EWC keeps "
+            self._setup_notes.append("task conditioning module built without tasks: EWC keeps "
                                     "its Fisher there (task_per_corpus is off)")
             resolved = resolved.replace(enable_continual=True)
         return resolved
@@ -262,7 +276,7 @@ class ContinualTrainer(Trainer):
             old_loader = BatchLoader(self.old_train, 1, seed=self.config.seed + 1, rank=self.rank,
                                      world_size=self.world_size)
         self.train_loader = MixedLoader(self.train_loader, old_loader, float(self.opts["replay_ratio"]),
-                                        self.micro_batch)
+                                        self.micro_batch, self.pack_length)
         self.corpus["old_corpus"] = str(self.old_data_path())
         if self.new_task is not None:
             self.corpus["tasks"] = {"new": self.new_task, "old": self.old_task}
@@ -273,7 +287,7 @@ class ContinualTrainer(Trainer):
         model = super().build_model()
         base = self._base_checkpoint()
         state, notes = adapt_state_to_model(model, base.model_state, base.path)
-        self.setup_notes.extend(notes)
+        self._setup_notes.extend(notes)
         load_model_state(model, state, base.path)
         if self.terms["mirror"] or self.terms["latent"]:
             self.teacher = copy.deepcopy(model).eval()
@@ -336,16 +350,13 @@ class ContinualTrainer(Trainer):
 
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any] | None, Tensor]:
-        from core.data.extras import model_inputs
+        from core.data.loader import model_inputs
 
         is_replay = batch.pop("is_replay", None)
         latent = self.terms["latent"] and float(self.opts["latent_lambda"]) > 0
-        extras = model_inputs(batch)
-        outputs = self.train_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_attention_mask"],
-            labels=batch["labels"], output_hidden_states=latent, **extras,
-        )
+        # the ids, masks and labels, a packed batch's segment ids and the extra inputs
+        inputs = model_inputs(batch)
+        outputs = self.train_model(**inputs, output_hidden_states=latent)
         ce = outputs["loss"]
         loss = ce
         parts: dict[str, Tensor] = {"ce": ce.detach()}
@@ -356,10 +367,8 @@ class ContinualTrainer(Trainer):
         if self.model.training and self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    decoder_input_ids=batch["decoder_input_ids"],
-                    decoder_attention_mask=batch["decoder_attention_mask"], output_hidden_states=latent,
-                    **extras,
+                    **{k: v for k, v in inputs.items() if k != "labels"},
+                    output_hidden_states=latent,
                 )
             if self.terms["mirror"]:
                 rows = torch.ones_like(batch["labels"][:, 0], dtype=torch.bool)
@@ -369,9 +378,14 @@ class ContinualTrainer(Trainer):
                 loss = loss + float(self.opts["mirror_lambda"]) * mirror
                 parts["mirror"] = mirror.detach()
             if latent:
-                mask = batch["attention_mask"]
-                z = masked_mean_pool(outputs["encoder_last_hidden_state"], mask)
-                z_old = masked_mean_pool(teacher["encoder_last_hidden_state"], mask)
+                segments = batch.get("segment_ids")
+                if segments is not None:  # packed: one mean per sample, not per row
+                    z = segment_mean_pool(outputs["encoder_last_hidden_state"], segments)
+                    z_old = segment_mean_pool(teacher["encoder_last_hidden_state"], segments)
+                else:
+                    mask = batch["attention_mask"]
+                    z = masked_mean_pool(outputs["encoder_last_hidden_state"], mask)
+                    z_old = masked_mean_pool(teacher["encoder_last_hidden_state"], mask)
                 anchor = (1 - F.cosine_similarity(z.float(), z_old.float(), dim=-1)).mean()
                 loss = loss + float(self.opts["latent_lambda"]) * anchor
                 parts["latent"] = anchor.detach()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core.data.loader import batch_num_samples
 from core.errors import AeronError, CheckpointError, ConfigError, DataError, ResourceError
 from core.model.uncertainty import auxiliary_loss, batch_calibration_error
 from core.runs.checkpoint import (
@@ -52,11 +53,18 @@ from core.runs.registry import (
     write_pid_file,
 )
 from core.train.config import RunConfig, seq_len_problem
-from core.train.control import ControlChannel
+from core.train.control import CONTROL_FILE, ControlChannel
+from core.train.heartbeat import Heartbeat
 from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, warmup_cosine_scale
 
 TRAINER_STATE_VERSION = 1
+# ``packing = "auto"`` packs when the packed batches hold at least this share fewer positions
+# (real + padding) than the unpacked ones. Measured on the CPU (bench/packing.py,
+# bench/RESULTS.md): the backbone step gains ~12 % at 30 % fewer positions, while at the 16 %
+# the length-bucketed bundled corpus offers, longer rows' attention and the masks cost what
+# the padding did; the per-sample stages gain nothing either way.
+PACKING_MIN_SAVING = 0.25
 
 
 class StopTraining(Exception):
@@ -101,6 +109,8 @@ class Trainer:
     # class that declares it is strict (``vars(type(self))``), so subclasses adding their own
     # options are not broken by a parent's list.
     accepted_options: frozenset[str] | None = None
+    # Seconds between heartbeat events (None: no heartbeat; only benchmarks turn it off).
+    heartbeat_interval_s: float | None = 1.0
 
     def __init__(
         self,
@@ -147,15 +157,17 @@ class Trainer:
         self.input_vocab: Any = None
         self.image_shape: tuple[int, int, int] | None = None
         self.resume_checkpoint: LoadedCheckpoint | None = None
-        # One-line explanations found during setup (modules switched by the data, checkpoint
-        # modules added or ignored); emitted as ``info`` events right after ``run_started``.
-        self.setup_notes: list[str] = []
         self.global_step = 0
         self.total_steps = config.steps
         self.micro_batch = config.micro_batch or 1
         self.grad_accum = config.grad_accum or 1
         self._oom_splits = 0  # micro-batch splits after out-of-memory errors (handle_oom)
         self.seq_len = config.seq_len or 256
+        self.pack_length: int | None = None  # sequence packing row length (None: off)
+        self._packing_resolved = False  # set by resolve_packing (trainers that pack call it)
+        # One-line explanations found during setup (packing, modules switched by the data,
+        # checkpoint modules added or ignored); ``info`` events once the run has started.
+        self._setup_notes: list[str] = []
         self.base_lr = config.learning_rate or 0.0
         self.warmup_steps = 0
         self.nonfinite_skipped = 0
@@ -179,6 +191,10 @@ class Trainer:
         self._pre_step_data_state: dict[str, Any] | None = None
         self._status = "starting"
         self._setup_done = False
+        # Liveness: what the trainer is doing now (name, done, of) and the heartbeat thread.
+        self._activity: tuple[str, int | None, int | None] | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._steps_this_process = 0
         self._run_lock: RunDirLock | None = None
         # Events found before the stream is open (run-dir claim, resume search): emitted after.
         self._early_events: list[tuple[str, dict[str, Any]]] = []
@@ -221,13 +237,22 @@ class Trainer:
         for kind, fields in self._early_events:
             self.emit(kind, **fields)
         self._early_events.clear()
+        self._start_liveness()
         self.device = self.resolve_device()
         self.seed_everything(cfg.seed)
+        if resume is None:
+            self.set_activity("building tokenizer")
         self.tokenizer = resume.tokenizer if resume is not None else self.build_tokenizer()
         self._resolve_sizes()
+        self.set_activity("loading data")
         self.build_data()
+        if self.config.packing == "on" and not self._packing_resolved:
+            self._setup_notes.append(
+                f"sequence packing does not apply to the {self.name} trainer (it builds its own "
+                "batches); training unpacked")
         self.model_config = self.resolve_model_config(resume)
         self.configure_batches()
+        self.set_activity("building model")
         self.model = self.build_model().to(self.device)
         self.precision = self.resolve_precision()
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -237,6 +262,7 @@ class Trainer:
         self.train_model = self.wrap_model(self.model)
         self.optimizer = self.build_optimizer()
         if resume is not None:
+            self.set_activity("restoring checkpoint")
             self._restore(resume)
         self.metrics = StepMetrics(self.device)
         self.config = self.resolved_config()
@@ -259,15 +285,17 @@ class Trainer:
             elapsed_s=self.elapsed_before,
             step=self.global_step,
             global_step=self.global_step,
+            **self.plan_fields(),
+            eval_batches=self.planned_eval_batches(),
         )
-        for note in self.setup_notes:
-            self.emit("info", message=note)
         if resume is not None:
             self.emit(
                 "info",
                 message=f"resumed from {resume.path} at step {self.global_step}",
                 global_step=self.global_step,
             )
+        for note in self._setup_notes:
+            self.emit("info", message=note, global_step=self.global_step)
 
     def train(self) -> str:
         """The loop. Returns ``finished`` or ``stopped``."""
@@ -290,6 +318,7 @@ class Trainer:
 
     def cleanup(self) -> None:
         """Close the event stream and remove the pid file (always runs)."""
+        self._stop_liveness()
         if self.is_main and self.run_dir != Path():
             remove_pid_file(self.run_dir)
         if self._events_given is None:
@@ -372,6 +401,7 @@ class Trainer:
             seed=self.config.seed,
             rank=self.rank,
             world_size=self.world_size,
+            pack_length=self.resolve_packing(train_pairs),
         )
         from core.data.sample import corpus_manifest
 
@@ -416,12 +446,56 @@ class Trainer:
         if self.image_shape is not None:
             c, size, _ = self.image_shape
             check_images((p.inputs for p in pairs), size, c)
+            if self.pack_length is not None:  # --set model.enable_multimodal=true on text
+                self.pack_length = None
+                for loader in loaders:
+                    if loader is not None and hasattr(loader, "pack_length"):
+                        loader.pack_length = None
+                self._setup_notes.append(
+                    "sequence packing off: the model has a vision path, so every sample "
+                    "carries an image (blank without one) and a packed row holds several")
             return
         first = next((p.inputs for p in pairs if p.inputs is not None and p.inputs.image), None)
         if first is not None:
             raise DataError(
                 f"{first.where}: the record has an image but model.enable_multimodal is off; "
                 "remove --set model.enable_multimodal=false or the records' 'image' fields")
+
+    def resolve_packing(self, train_pairs: list[Any]) -> int | None:
+        """Sequence packing for this run: sets and returns ``self.pack_length`` (rows of
+        ``seq_len`` tokens) or None. ``packing = "auto"`` packs when it saves at least
+        :data:`PACKING_MIN_SAVING` of the positions a step computes; the choice and the
+        padding it measured go out as an ``info`` event."""
+        from core.data.loader import packing_effect
+
+        mode = self.config.packing
+        self.pack_length = None
+        self._packing_resolved = True
+        if mode == "off":
+            return None
+        coverage = self.input_coverage
+        if coverage is not None and (coverage.feeds_knowledge_graph or coverage.feeds_images
+                                     or coverage.feeds_tasks):
+            self._setup_notes.append(
+                f"sequence packing off ({mode}): the records carry a knowledge graph, images or "
+                "task ids, which belong to one sample each and a packed row holds several")
+            return None
+        before, after = packing_effect(train_pairs, self.micro_batch, self.seq_len,
+                                       self.config.seed)
+        saving = 1.0 - (1.0 - before) / (1.0 - after) if after < 1.0 else 0.0
+        on = mode == "on" or saving >= PACKING_MIN_SAVING
+        figures = (f"padding {before * 100:.1f} % of positions unpacked, "
+                   f"{after * 100:.1f} % packed")
+        if on:
+            self.pack_length = self.seq_len
+            self._setup_notes.append(
+                f"sequence packing on ({mode}): several samples per row of {self.seq_len} "
+                f"tokens, masked apart; {figures}")
+        else:
+            self._setup_notes.append(
+                f"sequence packing off (auto): it would save {saving * 100:.0f} % of the "
+                f"positions ({figures}); --packing on forces it")
+        return self.pack_length
 
     def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
         """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the
@@ -476,13 +550,13 @@ class Trainer:
             saved = {k: getattr(resume.config, k) for k in keep if k not in explicit}
             old = unfed_modules(resume)
             if old:
-                self.setup_notes.append(
+                self._setup_notes.append(
                     f"{resume.path} predates data-fed modules: its "
                     f"{', '.join(MODULE_NAMES[s] for s in old)} module(s) are kept as saved for "
                     "an exact resume; a new run (or `continue`) builds only what the data feeds")
             return model_config.replace(**saved)
         resolved, notes = resolve_enabled_modules(model_config, self.fed_inputs(), explicit)
-        self.setup_notes.extend(notes)
+        self._setup_notes.extend(notes)
         return resolved
 
     def build_model(self) -> nn.Module:
@@ -551,16 +625,11 @@ class Trainer:
         self, batch: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Any] | None, Tensor]:
         """Mean token cross-entropy of one micro-batch (the model's own loss)."""
-        from core.data.extras import model_inputs
+        from core.data.loader import model_inputs
 
-        outputs = self.train_model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"],
-            decoder_attention_mask=batch["decoder_attention_mask"],
-            labels=batch["labels"],
-            **model_inputs(batch),
-        )
+        # model_inputs: the ids, masks and labels, the segment ids of a packed batch and the
+        # extra inputs (knowledge graph, images, task ids) the batch carries.
+        outputs = self.train_model(**model_inputs(batch))
         n_tokens = (batch["labels"] != -100).sum()
         return outputs["loss"], outputs, n_tokens
 
@@ -595,7 +664,7 @@ class Trainer:
             tokens = int(cpu_batch["attention_mask"].sum()) + int(
                 cpu_batch["decoder_attention_mask"].sum()
             )
-            samples = int(cpu_batch["input_ids"].shape[0])
+            samples = batch_num_samples(cpu_batch)
             batch = (cpu_batch if self.device.type == "cpu" else
                      {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()})
             # DDP: all-reduce gradients only on the last micro-batch of the step.
@@ -729,7 +798,7 @@ class Trainer:
     def validation_batches(self) -> list[dict[str, Tensor]]:
         """Fixed validation batches (length-sorted, collated once, kept on the CPU)."""
         if self._val_batches is None:
-            from core.data.loader import collate
+            from core.data.loader import collate_packed
 
             pairs = sorted(self.val_pairs, key=len)
             limit = self.config.eval_max_batches * self.micro_batch
@@ -738,7 +807,8 @@ class Trainer:
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
             self._val_batches = [
-                collate(pairs[i : i + self.micro_batch], image_shape=self.image_shape)
+                collate_packed(pairs[i : i + self.micro_batch], self.pack_length,
+                               image_shape=self.image_shape)
                 for i in range(0, len(pairs), self.micro_batch)
             ]
         return self._val_batches
@@ -756,7 +826,8 @@ class Trainer:
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            for cpu_batch in batches:
+            for done, cpu_batch in enumerate(batches):
+                self.eval_progress(done, len(batches))
                 batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
                 with self.autocast():
                     loss, _, n_tokens = self.compute_loss(batch)
@@ -853,9 +924,16 @@ class Trainer:
             raise CheckpointError(f"{source}: does not fit this optimizer ({exc})") from exc
 
     def save_checkpoint(
-        self, name: str | None = None, best: bool = False, val_loss: float | None = None
+        self, name: str | None = None, best: bool = False, val_loss: float | None = None,
+        *, reason: str | None = None,
     ) -> Path:
-        """Write ``RUN_DIR/checkpoints/<name>`` (default ``step_NNNNNN``); emit ``checkpoint``."""
+        """Write ``RUN_DIR/checkpoints/<name>`` (default ``step_NNNNNN``); emit ``checkpoint``.
+
+        ``reason`` (``scheduled``, ``best``, ``requested``, ``final``) goes into the event: the
+        ETA counts the planned ones.
+        """
+        self.set_activity("saving checkpoint")
+        t0 = time.perf_counter()
         name = name or step_checkpoint_name(self.global_step)
         path = self.run_dir / CHECKPOINTS_DIR / name
         model_state = self.model_state_for_checkpoint()
@@ -890,10 +968,13 @@ class Trainer:
                 val_loss=val_loss,
                 best=best,
                 global_step=self.global_step,
+                reason=reason,
+                duration_s=round(time.perf_counter() - t0, 3),
             )
             protect = {self.best_checkpoint} if self.best_checkpoint else set()
             prune_checkpoints(self.run_dir, self.config.keep_last, protect)
         self._barrier()
+        self.metrics._t0 += time.perf_counter() - t0  # tokens/s counts training time only
         self.last_checkpoint = path
         self.last_checkpoint_step = self.global_step
         return path
@@ -980,6 +1061,92 @@ class Trainer:
 
     def elapsed_s(self) -> float:
         return self.elapsed_before + (time.time() - self._t_start) - self._paused_s
+
+    # ==========================================================================================
+    # Liveness (activity, heartbeat, detach) and the plan (total, evaluations, checkpoints)
+    # ==========================================================================================
+
+    def set_activity(self, activity: str, done: int | None = None, of: int | None = None) -> None:
+        """Say what the trainer is doing now (``activity`` event; heartbeats repeat it)."""
+        self._activity = (activity, done, of)
+        self.emit("activity", activity=activity, done=done, of=of)
+
+    def eval_progress(self, done: int, of: int) -> None:
+        """``done`` of ``of`` validation batches: heartbeats carry it, and an ``activity`` event
+        marks the start and every tenth of the way."""
+        if done == 0 or done % max(1, of // 10) == 0:
+            self.set_activity("evaluating", done, of)
+        else:
+            self._activity = ("evaluating", done, of)
+
+    def _training_activity(self) -> None:
+        wanted = ("compiling" if self.config.compile and self._steps_this_process == 0
+                  else "training")
+        if self._activity is None or self._activity[0] != wanted:
+            self.set_activity(wanted)
+
+    def _start_liveness(self) -> None:
+        """Heartbeat thread and the run directory's control file (main rank, real runs only)."""
+        if not self.is_main or not self.events.enabled or self.run_dir == Path():
+            return
+        self.control.watch_file(self.run_dir / CONTROL_FILE, since=self._t_start)
+        if self._heartbeat is None and self.heartbeat_interval_s:
+            self._heartbeat = Heartbeat(self._beat, self.heartbeat_interval_s)
+            self._heartbeat.start()
+
+    def _stop_liveness(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        self.control.stop_watching()
+
+    def _beat(self) -> None:
+        self._report_detach()
+        name, done, of = self._activity or (None, None, None)
+        self.emit("heartbeat", global_step=self.global_step, activity=name, done=done, of=of)
+
+    def _report_detach(self) -> None:
+        """SIGHUP or the console's end of stdin: the run goes on unattended; say so once."""
+        reason = self.control.take_detach()
+        if reason is not None:
+            self.emit("detached", reason=reason, global_step=self.global_step)
+
+    def announce_total(self, total_steps: int, reason: str) -> None:
+        """The planned number of optimizer steps changed (ACT, early stopping, the end):
+        ``total_changed`` with the plan from here, and the loop runs to the new total."""
+        if total_steps == self.total_steps and reason != "finished":
+            return
+        self.total_steps = total_steps
+        plan = self.plan_fields()
+        if reason == "finished":  # what _finish still does: a final evaluation and checkpoint
+            plan = {"evals_left": int(self.last_eval_step != self.global_step),
+                    "checkpoints_left": int(self.last_checkpoint_step != self.global_step)}
+        self.emit("total_changed", global_step=self.global_step, total_steps=total_steps,
+                  reason=reason, **plan)
+
+    def plan_fields(self) -> dict[str, int]:
+        """``evals_left`` / ``checkpoints_left`` from the current step (for the ETA)."""
+        return {"evals_left": self.planned_evaluations(),
+                "checkpoints_left": self.planned_checkpoints()}
+
+    def planned_evaluations(self) -> int:
+        """Evaluations still to come: every ``eval_every`` steps, and a final one unless the
+        last step is one of those."""
+        return _multiples_left(self.global_step, self.total_steps, self.config.eval_every)
+
+    def planned_checkpoints(self) -> int:
+        """Scheduled checkpoints still to come (every ``checkpoint_every`` steps and the final
+        one); those after a new best are not planned."""
+        return _multiples_left(self.global_step, self.total_steps, self.config.checkpoint_every)
+
+    def planned_eval_batches(self) -> int | None:
+        """Validation batches per evaluation (timing the first evaluation before it ran):
+        what :meth:`validation_batches` will hold, counted without building it. None for
+        trainers with their own evaluation."""
+        if type(self).evaluate is not Trainer.evaluate or not self.val_pairs:
+            return None
+        samples = min(len(self.val_pairs), self.config.eval_max_batches * self.micro_batch)
+        return math.ceil(samples / self.micro_batch)
 
     # ==========================================================================================
     # Internals
@@ -1156,11 +1323,13 @@ class Trainer:
         return RunConfig.from_dict(data, "resolved run config")
 
     def _one_step(self) -> None:
+        self._training_activity()
         while True:
             if self.train_loader is not None:
                 self._pre_step_data_state = self.train_loader.state_dict()
             try:
                 self.train_step()
+                self._steps_this_process += 1
                 return
             except torch.OutOfMemoryError as exc:
                 # The traceback's frames hold the failed step's activations: drop them (and the
@@ -1189,6 +1358,7 @@ class Trainer:
             self.save_checkpoint(
                 best=self.best_checkpoint == step_checkpoint_name(step),
                 val_loss=self.last_val_loss if self.last_eval_step == step else None,
+                reason="scheduled",
             )
 
     def _emit_step(self) -> None:
@@ -1217,7 +1387,11 @@ class Trainer:
         self.emit("step", **event)
 
     def _run_eval(self) -> dict[str, float]:
+        self.set_activity("evaluating")
+        t0 = time.perf_counter()
         result = self.evaluate()
+        duration = time.perf_counter() - t0
+        self.metrics._t0 += duration  # tokens/s counts training time only
         loss = result["loss"]
         self.last_val_loss = loss
         self.last_eval_step = self.global_step
@@ -1231,14 +1405,16 @@ class Trainer:
             best=best,
             global_step=self.global_step,
             metrics={"tokens": result["tokens"]},
+            duration_s=round(duration, 3),
             **{k: v for k, v in self.step_event_extra().items() if k in ("phase", "domain")},
         )
         if best:
-            self.save_checkpoint(best=True, val_loss=loss)
+            self.save_checkpoint(best=True, val_loss=loss, reason="best")
         return result
 
     def _handle_control(self) -> bool:
         """Apply pending commands; True means stop now."""
+        self._report_detach()
         for command in self.control.poll():
             if self._apply_command(command.cmd, command.detail, command.source):
                 return True
@@ -1249,7 +1425,7 @@ class Trainer:
             self.emit("warning", message=detail, code="control", global_step=self.global_step)
         elif cmd == "checkpoint":
             if self.last_checkpoint_step != self.global_step:
-                self.save_checkpoint()
+                self.save_checkpoint(reason="requested")
         elif cmd == "stop":
             if source == "signal":
                 self.emit(
@@ -1286,15 +1462,20 @@ class Trainer:
         if stopped:
             self._status = "stopping"
             self.emit("status", status="stopping", global_step=self.global_step)
+        elif self.global_step != self.total_steps:
+            # The plan changed under the loop (ACT, a cut curriculum): the run's real total.
+            self.announce_total(self.global_step, "finished")
         if self.last_eval_step != self.global_step and not stopped and self.global_step > 0:
             self._run_eval()
         if self.last_checkpoint_step != self.global_step:
             self.save_checkpoint(
-                val_loss=self.last_val_loss if self.last_eval_step == self.global_step else None
+                val_loss=self.last_val_loss if self.last_eval_step == self.global_step else None,
+                reason="final",
             )
         self.on_train_end(stopped)
         status = "stopped" if stopped else "finished"
         self._status = status
+        self._stop_liveness()  # nothing is written after run_finished
         self.emit(
             "run_finished",
             status=status,
@@ -1305,6 +1486,7 @@ class Trainer:
         return status
 
     def _fail(self, message: str, exc: BaseException | None) -> None:
+        self._stop_liveness()
         if not self.is_main:
             return
         tb = None
@@ -1468,18 +1650,9 @@ def corpus_texts(path: Path) -> Iterator[str]:
 
 def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
     """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
-    from core.data.tokenizer import AeronTokenizer
-    from core.paths import aeron_home
-    from core.runs.checkpoint import file_sha256
+    from core.data.tokenizer import AeronTokenizer, corpus_tokenizer_dir
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    import hashlib
-
-    key = hashlib.sha256()
-    for f in files:
-        key.update(file_sha256(f).encode())
-    key.update(f":v{vocab_size}:aeron-bpe-1".encode())
-    cache = aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
+    cache = corpus_tokenizer_dir(path, vocab_size)
     if (cache / "tokenizer.json").exists():
         try:
             return AeronTokenizer.load(cache)
@@ -1494,6 +1667,13 @@ def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
     except OSError:
         pass  # caching is an optimisation; an unwritable cache is not an error
     return tok
+
+
+def _multiples_left(step: int, total: int, every: int) -> int:
+    """Multiples of ``every`` in (step, total], plus the end when it is not one of them."""
+    if total <= step:
+        return 0
+    return total // every - step // every + (1 if total % every else 0)
 
 
 def _safe_exp(x: float) -> float:

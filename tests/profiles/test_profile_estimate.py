@@ -90,6 +90,18 @@ def test_bf16_autocast_copies_are_counted(tiny_config) -> None:
         measured.saved_activations, rel=0.10), RECALIBRATE
 
 
+def test_packed_micro_batch_stays_under_the_packing_estimate(tiny_config) -> None:
+    # B samples of half the length, two per row: what packing makes of a short-sample batch.
+    packed = measure_training_memory(tiny_config, B, S, "bf16", packing=True)
+    plain = measure_training_memory(tiny_config, B, S, "bf16")
+    est = estimate_training_memory(tiny_config, B, S, "bf16", packing=True)
+    assert est.activations > estimate_training_memory(tiny_config, B, S, "bf16").activations
+    assert any("sequence packing" in note for note in est.notes)
+    # The same samples in fewer, fuller rows never hold more than the unpacked bound.
+    assert packed.saved_activations < plain.saved_activations
+    assert packed.saved_activations < est.activations + 2 * B * S * V
+
+
 def test_compressed_trainer_state_is_exact(micro_config) -> None:
     measured = measure_training_memory(micro_config, 1, 8, "fp32", optimizer="compressed")
     facts = parameter_facts(micro_config)

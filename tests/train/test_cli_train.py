@@ -287,3 +287,23 @@ def test_unknown_option_for_simple_trainer_is_named(
     args = cli_train_args(tmp_path / "r", small_corpus, 2) + ["--set", "lerning_rate=0.1"]
     code, _, err = _run_cli(args, monkeypatch, capsys)
     assert code == 1 and "no option 'lerning_rate'" in err.replace("\n", "")
+
+
+def test_packing_flag_reaches_the_run_and_bad_values_are_one_line(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    run_dir = tmp_path / "r"
+    code, _, err = _run_cli(cli_train_args(run_dir, small_corpus, 2) + ["--packing", "on"],
+                            monkeypatch, capsys)
+    assert code == 0, err
+    assert 'packing = "on"' in (run_dir / "run.toml").read_text()
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    notes = [e["message"] for e in events if e["type"] == "info"]
+    assert any(n.startswith("sequence packing on (on)") for n in notes), notes
+    code, _, err = _run_cli(cli_train_args(tmp_path / "bad", small_corpus, 2)
+                            + ["--packing", "sometimes"], monkeypatch, capsys)
+    assert code == 1 and "'packing'" in err and "auto, on, off" in err
+    assert len(err.strip().splitlines()) == 1

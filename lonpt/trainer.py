@@ -212,17 +212,17 @@ class LonptTrainer(Trainer):
         from core.data.formatting import encode_styles_sample
         from core.data.loader import BatchLoader
         from core.data.sample import corpus_manifest
-        from core.data.styles import is_validation, read_styles
+        from core.data.styles import is_validation
 
         cfg = self.lonpt
         path = self.resolve_data_path()
         self.data_path = str(path)
-        if path.suffix != ".jsonl":
-            raise DataError(
-                f"{path}: LONPT trains on a styles.jsonl corpus (formatter 'styles'; AKAP needs "
-                "each sample's style_label); give --data PATH/styles.jsonl"
-            )
-        samples = read_styles(path)
+        from core.data.formats import read_samples
+
+        # Any supervised format (styles.jsonl, Alpaca, ShareGPT, messages, ...); plain text is
+        # refused in one line: AKAP assigns domains per sample.
+        samples = read_samples(path, self.config.data_format, who="LONPT (AKAP assigns a domain "
+                               "to each sample)")
         chosen = select_fraction(samples, cfg.dataset_fraction, cfg.dataset_cap, cfg.seed)
         if cfg.akap_enable:
             assigned = assign_domains(chosen, cfg.domain_names, cfg.akap_assignment,

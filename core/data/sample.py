@@ -380,7 +380,7 @@ def corpus_manifest(paths: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
             raise DataError(f"{p}: corpus file not found")
         targets = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in targets:
-            if f.suffix == ".txt":
+            if f.suffix in (".txt", ".md"):
                 from core.data.text import read_text_corpus
 
                 count = len(read_text_corpus(f))

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.runs.events import ParseProblem, RunState, read_events
 from core.fileio import write_bytes_atomically
 from core.paths import aeron_home
+from core.runs.events import ParseProblem, RunState, read_events
 
 RUN_CONFIG_FILE = "run.toml"
 EVENTS_FILE = "events.jsonl"

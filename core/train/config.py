@@ -40,6 +40,9 @@ class RunConfig:
     profile: str | None = None
     preset: str | None = None
     data: str | None = None
+    # Force the data format (styles, alpaca, sharegpt, messages, prompt_completion, preferences,
+    # prompts, text); None detects it from the records (core.data.formats).
+    data_format: str | None = None
     run_dir: str | None = None
     steps: int = 1000
     seed: int = 42
@@ -104,6 +107,14 @@ class RunConfig:
             raise ConfigError(f"{source}: key 'min_lr_ratio' must be in [0, 1]")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError(f"{source}: 'weight_decay' and 'grad_clip' must be >= 0")
+        if self.data_format is not None:
+            from core.data.formats import FORMATS
+
+            if self.data_format not in FORMATS:
+                raise ConfigError(
+                    f"{source}: key 'data_format' is {self.data_format!r}; expected one of "
+                    f"{', '.join(FORMATS)}"
+                )
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"{source}: key 'precision' is {self.precision!r}; expected one of "

@@ -298,7 +298,9 @@ class Trainer:
 
         if self.config.tokenizer:
             return AeronTokenizer.load(self.config.tokenizer)
-        return cached_corpus_tokenizer(self.resolve_data_path(), self.config.tokenizer_vocab_size)
+        return cached_corpus_tokenizer(
+            self.resolve_data_path(), self.config.tokenizer_vocab_size, self.config.data_format
+        )
 
     def resolve_data_path(self) -> Path:
         """``config.data``, or the bundled sample corpus's styles.jsonl (built on first use)."""
@@ -306,14 +308,11 @@ class Trainer:
             path = Path(self.config.data).expanduser()
             if not path.exists():
                 raise DataError(f"{path}: data file not found (check --data)")
-            if path.is_dir():
-                styles = path / "styles.jsonl"
-                if styles.is_file():
-                    return styles
-                if not any(path.rglob("*.txt")):
-                    raise DataError(
-                        f"{path}: the directory holds no styles.jsonl and no .txt files"
-                    )
+            if path.is_dir() and (path / "styles.jsonl").is_file():
+                return path / "styles.jsonl"
+            from core.data.containers import data_files
+
+            data_files(path)  # a directory with nothing readable is refused here, in one line
             return path
         from core.data.sample import ensure_sample_corpus
 
@@ -327,7 +326,7 @@ class Trainer:
         path = self.resolve_data_path()
         self.data_path = str(path)
         train_pairs, val_pairs = load_pairs(
-            path, self.tokenizer, self.seq_len, self.config.max_samples
+            path, self.tokenizer, self.seq_len, self.config.max_samples, self.config.data_format
         )
         if not train_pairs:
             raise DataError(f"{path}: no training samples after the train/validation split")
@@ -1187,18 +1186,24 @@ def default_precision(device: torch.device) -> str:
 
 
 def load_pairs(
-    path: Path, tokenizer: Any, seq_len: int, max_samples: int | None = None
+    path: Path,
+    tokenizer: Any,
+    seq_len: int,
+    max_samples: int | None = None,
+    data_format: str | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """Encode a corpus once: styles.jsonl → (train, val) pairs by the stable hash split; a
-    ``.txt`` file or directory → continuation windows, split by document hash."""
+    """Encode a corpus once. Supervised records (styles.jsonl, Alpaca, ShareGPT, messages,
+    prompt/completion, in any container ``core.data.formats`` reads) → (train, val) pairs by the
+    stable hash split; plain text (.txt/.md files, directories, ``{"text"}`` records) →
+    continuation windows, split by document hash."""
+    from core.data.formats import open_source, read_documents, read_samples
     from core.data.formatting import encode_styles_sample, encode_text_windows
 
-    if path.suffix == ".jsonl":
-        from core.data.styles import read_styles, split_samples
+    source = open_source(path, data_format)
+    if source.kind == "sft":
+        from core.data.styles import split_samples
 
-        samples = read_styles(path)
-        if not samples:
-            raise DataError(f"{path}: the corpus is empty (no samples)")
+        samples = read_samples(path, data_format)
         if max_samples is not None:
             samples = samples[:max_samples]
         train, val = split_samples(samples)
@@ -1207,12 +1212,8 @@ def load_pairs(
             [encode_styles_sample(s, tokenizer, seq_len) for s in val],
         )
     from core.data.styles import hash_is_validation
-    from core.data.text import read_text_corpus
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    docs = [doc for f in files for doc in read_text_corpus(f)]
-    if not docs:
-        raise DataError(f"{path}: the corpus is empty (no documents)")
+    docs = read_documents(path, data_format)
     if max_samples is not None:
         docs = docs[:max_samples]
     train_pairs: list[Any] = []
@@ -1223,42 +1224,35 @@ def load_pairs(
     return train_pairs, val_pairs
 
 
-def corpus_texts(path: Path) -> Iterator[str]:
-    """The texts a tokenizer is trained on (both sides of styles samples, or documents)."""
-    if path.suffix == ".jsonl":
-        from core.data.styles import read_styles
+def corpus_texts(path: Path, data_format: str | None = None) -> Iterator[str]:
+    """The texts a tokenizer is trained on (every turn of supervised records, or documents)."""
+    from core.data.formats import corpus_texts as texts
 
-        for s in read_styles(path):
-            yield s.user_input
-            yield s.assistant_reply
-        return
-    from core.data.text import read_text_corpus
-
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    for f in files:
-        yield from read_text_corpus(f)
+    return texts(path, data_format)
 
 
-def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
+def cached_corpus_tokenizer(path: Path, vocab_size: int, data_format: str | None = None) -> Any:
     """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
+    from core.data.containers import data_files
     from core.data.tokenizer import AeronTokenizer
     from core.paths import aeron_home
     from core.runs.checkpoint import file_sha256
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    files = data_files(path)
     import hashlib
 
     key = hashlib.sha256()
     for f in files:
         key.update(file_sha256(f).encode())
-    key.update(f":v{vocab_size}:aeron-bpe-1".encode())
+    # The format changes which texts a file yields; auto-detection keeps the old cache key.
+    key.update(f":v{vocab_size}:aeron-bpe-1{':' + data_format if data_format else ''}".encode())
     cache = aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
     if (cache / "tokenizer.json").exists():
         try:
             return AeronTokenizer.load(cache)
         except AeronError:
             pass  # a damaged cache entry is rebuilt below
-    texts = list(corpus_texts(path))
+    texts = list(corpus_texts(path, data_format))
     if not any(t.strip() for t in texts):
         raise DataError(f"{path}: the corpus is empty (nothing to train a tokenizer on)")
     tok = AeronTokenizer.train(texts, vocab_size=vocab_size)

@@ -155,6 +155,8 @@ class Position:
 class LonptTrainer(Trainer):
     """LONPT on the shared engine: AKAP domains, PNCEC phases, ACT batch, HPF layers, rails."""
 
+    supports_early_stop = False  # validation is per domain, with per-domain best checkpoints
+
     name = "lonpt"
     description = "LONPT: domain curriculum, cyclic LR phases, memory-targeted batch, low-rank FFN"
 

@@ -166,6 +166,10 @@ class Trainer:
         self._pre_step_data_state: dict[str, Any] | None = None
         self._status = "starting"
         self._setup_done = False
+        self._trackers: list[Any] = []
+        # Early stopping (--early-stop): best metric, its step, evaluations without improvement.
+        self.early_stop: dict[str, Any] = {"best": None, "best_step": None, "bad_evals": 0}
+        self.finish_reason: str | None = None
 
     # ==========================================================================================
     # The recipe
@@ -195,6 +199,7 @@ class Trainer:
         """Everything before the first step; emits ``run_started`` at the end."""
         cfg = self.config
         self._check_options()
+        self._check_early_stop_supported()
         self._prepare_run_dir()
         self._open_events()
         resume = self._find_resume()
@@ -266,6 +271,7 @@ class Trainer:
         """Close the event stream and remove the pid file (always runs)."""
         if self.is_main and self.run_dir != Path():
             remove_pid_file(self.run_dir)
+        self._close_trackers()
         if self._events_given is None:
             self.events.close()
 
@@ -689,6 +695,7 @@ class Trainer:
             "data": self.train_loader.state_dict() if self.train_loader is not None else None,
             "controllers": self.extra_state(),
             "best": {"val_loss": self.best_val_loss, "checkpoint": self.best_checkpoint},
+            "early_stop": dict(self.early_stop),
             "last_val_loss": self.last_val_loss,
             "last_eval_step": self.last_eval_step,
             "nonfinite_skipped": self.nonfinite_skipped,
@@ -820,6 +827,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("controllers") or {})
+        self._load_early_stop_state(state.get("early_stop"))
         if "rng" in state:
             restore_rng_state(state["rng"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -910,15 +918,94 @@ class Trainer:
         write_pid_file(self.run_dir)
 
     def _open_events(self) -> None:
+        listeners = [*self._listeners, *self._make_trackers()]
         if self._events_given is None:
             self.events = EventWriter(
                 self.run_dir / EVENTS_FILE,
                 stdout=self._events_stdout,
                 enabled=self.is_main,
-                listeners=self._listeners,
+                listeners=listeners,
             )
         else:
-            self.events.listeners.extend(self._listeners)
+            self.events.listeners.extend(listeners)
+
+    # -- trackers (--log): listeners on this run's own event stream -----------------------------
+
+    def _make_trackers(self) -> list[Any]:
+        """TensorBoard / CSV / W&B listeners from ``config.trackers`` (main rank only)."""
+        if not self.config.trackers or not self.is_main:
+            return []
+        from core.runs.trackers import make_tracker
+
+        self._trackers = [make_tracker(spec, self.run_dir) for spec in self.config.trackers]
+        return self._trackers
+
+    def _close_trackers(self) -> None:
+        for tracker in self._trackers:
+            with contextlib.suppress(Exception):  # a tracker never turns a run into a failure
+                tracker.close()
+        self._trackers = []
+
+    # -- early stopping (--early-stop PATIENCE[:MIN_DELTA]) -------------------------------------
+
+    # Trainers whose loop does not run the engine's evaluation (LONPT validates per domain)
+    # say False here and refuse early stopping in one line.
+    supports_early_stop = True
+
+    def _check_early_stop_supported(self) -> None:
+        if self.config.early_stop_patience and not type(self).supports_early_stop:
+            raise ConfigError(
+                f"--early-stop: the {self.name} trainer has its own validation schedule; early "
+                "stopping works with simple, compressed, continual, reward, dpo and ppo"
+            )
+
+    def _early_stop_update(self, result: dict[str, Any]) -> bool:
+        """After an evaluation: count evaluations without an improvement larger than
+        ``early_stop_min_delta``; True when ``early_stop_patience`` of them in a row are reached
+        (then :meth:`_early_stop_now` ends the run at this step)."""
+        cfg = self.config
+        patience = cfg.early_stop_patience
+        if not patience or self.global_step >= self.total_steps:
+            return False
+        metric = cfg.early_stop_metric
+        value = result.get(metric)
+        if value is None and metric != "loss":  # a trainer that does not report bpb
+            value = result.get("loss")
+        value = float(value) if isinstance(value, (int, float)) else math.nan
+        state = self.early_stop
+        best = state["best"]
+        if math.isfinite(value) and (best is None or value < best - cfg.early_stop_min_delta):
+            state.update(best=value, best_step=self.global_step, bad_evals=0)
+            return False
+        state["bad_evals"] += 1
+        return bool(state["bad_evals"] >= patience)
+
+    def _early_stop_now(self) -> None:
+        """End the run at this step: an ``info`` event saying why, ``total_changed`` to this
+        step and ``run_finished`` (status finished) with reason ``early_stop``. The best
+        checkpoint is kept (never pruned) and named in the message."""
+        cfg = self.config
+        step = self.global_step
+        state = self.early_stop
+        best = (f"{state['best']:.4f} at step {state['best_step']}"
+                if state["best"] is not None else "none")
+        self.finish_reason = "early_stop"
+        self.emit(
+            "info",
+            code="early_stop",
+            global_step=step,
+            message=(f"early stopping at step {step}: validation {cfg.early_stop_metric} has not "
+                     f"improved by more than {cfg.early_stop_min_delta:g} in "
+                     f"{cfg.early_stop_patience} evaluation(s) (best {best}); best checkpoint: "
+                     f"{self.best_checkpoint or 'none'}"),
+        )
+        self.total_steps = step
+        self.emit("total_changed", global_step=step, total_steps=step, reason="early stop")
+
+    def _load_early_stop_state(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.early_stop = {"best": state.get("best"), "best_step": state.get("best_step"),
+                               "bad_evals": int(state.get("bad_evals") or 0)}
 
     def _find_resume(self) -> LoadedCheckpoint | None:
         spec = self.config.resume
@@ -1053,8 +1140,12 @@ class Trainer:
             metrics={"tokens": result["tokens"]},
             **{k: v for k, v in self.step_event_extra().items() if k in ("phase", "domain")},
         )
+        # Counted before the best checkpoint is written, so it holds this evaluation (resume).
+        stop = self._early_stop_update(result)
         if best:
             self.save_checkpoint(best=True, val_loss=loss)
+        if stop:
+            self._early_stop_now()
         return result
 
     def _handle_control(self) -> bool:
@@ -1121,6 +1212,7 @@ class Trainer:
             global_step=self.global_step,
             val_loss=self.best_val_loss,
             elapsed_s=self.elapsed_s(),
+            reason=self.finish_reason,
         )
         return status
 

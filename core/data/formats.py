@@ -270,7 +270,9 @@ def _record_extras(ctx: _Ctx) -> dict[str, Any]:
 
     One call per record in every format, so those fields pass through whatever the container.
     """
-    return {}
+    from core.data.extras import parse_record_extras
+
+    return parse_record_extras(ctx.obj, ctx.raw.file, ctx.raw.line)
 
 
 def _split_key(ctx: _Ctx, seen: dict[str, int]) -> str:
@@ -665,8 +667,17 @@ def canonical_record(record: Any, raw: RawRecord | None, fmt: str) -> dict[str, 
 
 
 def record_extras_json(record: Any) -> dict[str, Any]:
-    """The optional model-input fields of a sample as JSON (none until they exist)."""
-    return {}
+    """The optional model-input fields of a sample as JSON (``image`` as its resolved path)."""
+    out: dict[str, Any] = {}
+    if record.triples:
+        out["triples"] = [list(t) for t in record.triples]
+    if record.entities:
+        out["entities"] = list(record.entities)
+    if record.image:
+        out["image"] = record.image
+    if record.task:
+        out["task"] = record.task
+    return out
 
 
 @dataclass

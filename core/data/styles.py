@@ -6,7 +6,8 @@ One object per line: ``user_input`` and ``assistant_reply`` (non-empty strings),
 ``history`` (the turns before this one: ``[{"role", "content"}, ...]`` with roles ``user``,
 ``assistant``, ``system``, ``tool``; ``user_input`` may then be empty when the last context turn
 is not the user's) and ``conversation_id`` (turns sharing it stay in the same split). Extra
-fields are ignored. Other formats (Alpaca, ShareGPT, messages, CSV, Parquet, ...) are read into
+fields are ignored. Optional ``triples``, ``entities``, ``image`` and ``task`` feed the
+model's knowledge-graph, vision and task inputs (:mod:`core.data.extras`). Other formats (Alpaca, ShareGPT, messages, CSV, Parquet, ...) are read into
 the same :class:`StyleSample` by :mod:`core.data.formats`.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core.data.extras import Triple, parse_record_extras
 from core.data.jsonl import canonical_json
 from core.errors import DataError
 
@@ -45,6 +47,16 @@ class StyleSample:
     system: str = ""
     history: tuple[tuple[str, str], ...] = ()
     conversation_id: str = ""
+    # Optional model inputs beside the text (core.data.extras.parse_record_extras fills them).
+    triples: tuple[Triple, ...] = ()
+    entities: tuple[str, ...] = ()
+    image: str | None = None  # resolved path (relative paths are relative to the data file)
+    task: str | None = None
+
+    @property
+    def has_extras(self) -> bool:
+        """True when the record carries any knowledge-graph, image or task input."""
+        return bool(self.triples or self.entities or self.image or self.task)
 
 
 def hash_is_validation(key: str, val_percent: int = VAL_PERCENT) -> bool:
@@ -157,8 +169,10 @@ def parse_style_record(
         seen_ids.add(turn_id)
     else:
         key = canonical_json(obj)
+    if extras is None:
+        extras = parse_record_extras(obj, path, line_no)
     return StyleSample(provider, style, user, reply, turn_id, line_no, key, system=system,
-                       history=history, conversation_id=conversation, **(extras or {}))
+                       history=history, conversation_id=conversation, **extras)
 
 
 def split_samples(

@@ -350,3 +350,27 @@ def test_text_directory_with_md_and_txt(tmp_path: Path) -> None:
     (d / "b.txt").write_text("Other\n")
     stats = collect_stats(d)
     assert stats["documents"] == 3 and stats["split"].startswith("documents split by file")
+
+
+def test_model_input_fields_pass_through_every_format_and_convert(tmp_path: Path) -> None:
+    (tmp_path / "img.png").write_bytes(b"\x89PNG not decoded here")
+    extra = {"triples": [["Zorblat", "capital_of", "Quenland"]], "entities": ["Zorblat"],
+             "task": "facts", "image": "img.png"}
+    for fmt in ("styles", "alpaca", "sharegpt", "messages", "prompt_completion"):
+        rows = [{**r, **extra} for r in FIXTURES[fmt][0]]
+        sources = [jsonl(tmp_path / f"{fmt}.jsonl", rows)]
+        if fmt == "alpaca":
+            sources.append(_write_csv(tmp_path / f"{fmt}.csv", rows))
+        for src in sources:
+            samples = read_samples(src)
+            for s in samples:
+                assert s.triples == (("Zorblat", "capital_of", "Quenland"),), (fmt, src)
+                assert (s.entities, s.task) == (("Zorblat",), "facts")
+                assert s.image == str((tmp_path / "img.png").resolve())
+            out = tmp_path / f"{fmt}-{src.suffix[1:]}-canonical.jsonl"
+            convert(src, out)
+            assert [(s.triples, s.task, s.image) for s in read_samples(out)] == \
+                [(s.triples, s.task, s.image) for s in samples]
+    bad = jsonl(tmp_path / "bad.jsonl", [{"instruction": "x", "output": "y", "triples": [["a"]]}])
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'triples' item 0"):
+        read_samples(bad)

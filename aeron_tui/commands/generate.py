@@ -257,11 +257,17 @@ def chat_command(
     max_new_tokens: int = _MAX_NEW, temperature: float = _TEMP, top_k: int = _TOP_K,
     top_p: float = _TOP_P, repetition_penalty: float = _REP, stop: list[str] = _STOP,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
+    system: str = typer.Option("", "--system", help="A system prompt for the conversation."),
+    history: bool = typer.Option(
+        True, "--history/--no-history", help="Feed the earlier turns back (the chat template "
+        "multi-turn data trains on; oldest turns drop out when the context is full), or answer "
+        "each line alone."),
 ) -> None:
     """A simple REPL: each line you type is answered, streamed token by token.
 
-    One prompt per turn (the model is an encoder-decoder trained on single turns, so earlier
-    turns are not fed back). Empty line or EOF (Ctrl-D) ends; Ctrl-C stops a reply.
+    The conversation so far goes to the encoder through the chat template multi-turn training
+    data uses (README: "Data formats"); the oldest turns drop out when the context is full.
+    Empty line or EOF (Ctrl-D) ends; Ctrl-C stops a reply.
     """
     import time
 
@@ -272,6 +278,7 @@ def chat_command(
     model, tokenizer, path = load_policy(checkpoint, _device(device))
     _note(f"chatting with {path} — empty line or Ctrl-D to quit")
     turn = 0
+    turns: list[tuple[str, str]] = []
     while True:
         try:
             line = input("> ") if sys.stdin.isatty() else sys.stdin.readline()
@@ -283,11 +290,14 @@ def chat_command(
         try:
             [gen] = generate(model, tokenizer, [line.strip()], cfg,
                              seed=None if seed is None else seed + turn,
-                             on_text=lambda _row, piece: _write(piece))
+                             on_text=lambda _row, piece: _write(piece),
+                             history=turns, system=system)
         except KeyboardInterrupt:
             _write("\n")
             _note("(interrupted)")
             continue
         _write("\n")
         _report(gen, time.perf_counter() - t0)
+        if history:
+            turns += [("user", line.strip()), ("assistant", gen.text)]
         turn += 1

@@ -374,3 +374,21 @@ def test_model_input_fields_pass_through_every_format_and_convert(tmp_path: Path
     bad = jsonl(tmp_path / "bad.jsonl", [{"instruction": "x", "output": "y", "triples": [["a"]]}])
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'triples' item 0"):
         read_samples(bad)
+
+
+def test_chat_prompt_uses_the_training_template() -> None:
+    from core.data.formatting import sample_encoder_ids
+    from core.data.styles import StyleSample
+    from core.infer.generation import encode_prompt_ids
+
+    tok = AeronTokenizer.byte_level()
+    history = (("user", "hello there"), ("assistant", "hi! how can I help?"))
+    sample = StyleSample("", "", "what is 2+2?", "4", system="Be brief.", history=history)
+    want = sample_encoder_ids(sample, tok, 10**6)
+    got = encode_prompt_ids(tok, "what is 2+2?", 10**6, history=history, system="Be brief.")
+    assert got.ids == want and not got.truncated
+    # A context too small for the history drops the oldest turns, keeping the question whole.
+    cut = encode_prompt_ids(tok, "what is 2+2?", len(want) - 5, history=history,
+                            system="Be brief.")
+    assert cut.truncated and cut.ids == sample_encoder_ids(sample, tok, len(want) - 5)
+    assert cut.ids[-len("what is 2+2?") - 2:] == [USER_ID, *tok.encode("what is 2+2?"), EOS_ID]

@@ -263,6 +263,8 @@ class WandbTracker:
                 mode="offline", dir=str(self.directory), project="aeron-tui",
                 name=str(event.get("run_id") or "run"), config=event.get("config") or {},
                 resume="allow", id=str(event.get("run_id") or "run"),
+                # Quiet and hands off stdout: with --events-stdout, stdout is the event stream.
+                settings=wandb.Settings(silent=True, console="off"),
             )
             return
         scalars = event_scalars(event)

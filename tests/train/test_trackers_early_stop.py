@@ -210,3 +210,22 @@ def test_cli_flags_train_on_alpaca_csv_with_csv_log(tmp_path: Path) -> None:
     assert len(list((run_dir / "checkpoints").iterdir())) <= 2
     bad = runner.invoke(app, [*args, "--early-stop", "two"])
     assert bad.exit_code != 0 and "expected PATIENCE[:MIN_DELTA]" in str(bad.exception)
+
+
+def test_wandb_logs_offline_and_quietly(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("wandb")  # optional: never a dependency
+    from core.runs.trackers import make_tracker
+
+    tracker = make_tracker("wandb", tmp_path)
+    tracker({"type": "run_started", "run_id": "r1", "global_step": 0, "time": 1.0,
+             "config": {"steps": 3}})
+    for step in (1, 2, 3):
+        tracker({"type": "step", "global_step": step, "loss": 1 / step, "lr": 0.1, "time": 2.0})
+    tracker({"type": "eval", "global_step": 3, "loss": 0.25, "time": 3.0})
+    tracker.close()
+    out, _ = capfd.readouterr()
+    assert out == ""  # stdout may be the event stream (--events-stdout): wandb stays off it
+    [log] = list((tmp_path / "wandb").glob("offline-run-*/run-r1.wandb"))  # offline, never online
+    data = log.read_bytes()
+    for needle in (b"train/loss", b"val/loss", repr(1 / 3).encode(), b"0.25"):
+        assert needle in data, needle

@@ -225,6 +225,9 @@ def test_wandb_logs_offline_and_quietly(tmp_path: Path, capfd: pytest.CaptureFix
     tracker.close()
     out, _ = capfd.readouterr()
     assert out == ""  # stdout may be the event stream (--events-stdout): wandb stays off it
+    import wandb
+
+    wandb.teardown()  # the service writes the log asynchronously; at process exit it is flushed
     [log] = list((tmp_path / "wandb").glob("offline-run-*/run-r1.wandb"))  # offline, never online
     data = log.read_bytes()
     for needle in (b"train/loss", b"val/loss", repr(1 / 3).encode(), b"0.25"):

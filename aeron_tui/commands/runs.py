@@ -88,6 +88,23 @@ def register(app: typer.Typer) -> None:
         if run.error:
             console.print(f"  [red]last error:[/] {run.error}", highlight=False)
 
+    @runs_app.command("plot")
+    def plot_cmd(
+        runs: list[Path] = typer.Argument(..., help="Run directories (or run names under "
+                                          "$AERON_TUI_HOME/runs); several are overlaid."),
+        out: Path = typer.Option(..., "--out", "-o", help="Picture to write: .png, .svg or .pdf."),
+        x_axis: str = typer.Option("step", "--x", help="x axis: step or tokens."),
+    ) -> None:
+        """Train/validation loss (and bits per byte with its baselines), learning rate, tokens/s
+        and branch scores over steps or tokens, for one run or several overlaid. Needs
+        matplotlib (pip install 'aeron-tui[plot]')."""
+        from aeron_tui.plots import plot_runs
+        from core.runs.registry import default_runs_root
+
+        dirs = [r if r.exists() or r.is_absolute() else default_runs_root() / r for r in runs]
+        written = plot_runs(dirs, out, x_axis)
+        typer.echo(f"wrote {written}")
+
     @runs_app.command("lineage")
     def lineage_cmd(
         checkpoint: Path = typer.Argument(..., help="A checkpoint directory."),

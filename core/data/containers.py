@@ -139,10 +139,22 @@ def _open(path: Path) -> Any:
 
 
 def _json_is_lines(path: Path) -> bool:
-    """A ``.json`` file whose first non-blank byte is ``{`` holds objects one per line."""
+    """A ``.json`` file whose first line is a whole ``{...}`` object holds objects one per line
+    (JSONL named .json); one that opens ``{`` but spans lines is a single object, refused."""
     with _open(path) as fh:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head.startswith(b"{")
+        if not head.startswith(b"{"):
+            return False
+        fh.seek(0)
+        first = fh.readline(MAX_LINE_BYTES).strip().removeprefix(b"\xef\xbb\xbf")
+    try:
+        json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(
+            f"{path}: holds one JSON object, not records; put the records in a top-level array "
+            "([{...}, ...]) or write one object per line (JSONL)"
+        ) from None
+    return True
 
 
 def iter_jsonl_lenient(

@@ -392,3 +392,14 @@ def test_chat_prompt_uses_the_training_template() -> None:
                             system="Be brief.")
     assert cut.truncated and cut.ids == sample_encoder_ids(sample, tok, len(want) - 5)
     assert cut.ids[-len("what is 2+2?") - 2:] == [USER_ID, *tok.encode("what is 2+2?"), EOS_ID]
+
+
+def test_a_single_json_object_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"data": [{"prompt": "a", "completion": "b"}]}, indent=2))
+    with pytest.raises(DataError, match="holds one JSON object, not records; put the records in "
+                       "a top-level array"):
+        read_samples(path)
+    lines = tmp_path / "lines.json"  # JSONL saved as .json is read as JSONL
+    lines.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n')
+    assert [s.assistant_reply for s in read_samples(lines)] == ["b", "d"]

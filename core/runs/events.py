@@ -520,12 +520,18 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"{at}micro-batch {event['micro_batch']} × accum {event['grad_accum']}{why}"
     if kind == "warning":
         return f"{at}warning: {event['message']}"
+    if kind == "info":
+        return f"{at}{event['message']}"
     if kind == "error":
         return f"{at}error: {event['message']}"
     if kind == "status":
         return f"status → {event['status']}"
     if kind == "run_finished":
-        return f"{at}run {event['status']}"
+        reason = event.get("reason") if event["status"] != "failed" else None  # error said it
+        if reason and reason.isidentifier():
+            reason = reason.replace("_", " ")
+        why = f" ({reason})" if reason else ""
+        return f"{at}run {event['status']}{why}"
     if kind == "run_started":
         return f"run {event['run_id']} started ({event['trainer']}, {event['total_steps']} steps)"
     return f"{at}{kind}"

@@ -987,8 +987,11 @@ class Trainer:
         cfg = self.config
         step = self.global_step
         state = self.early_stop
-        best = (f"{state['best']:.4f} at step {state['best_step']}"
+        last = (f"{state['best']:.4f} at step {state['best_step']}"
                 if state["best"] is not None else "none")
+        kept = self.best_checkpoint or "none"
+        if self.best_checkpoint and self.best_val_loss is not None:
+            kept += f" (val loss {self.best_val_loss:.4f})"
         self.finish_reason = "early_stop"
         self.emit(
             "info",
@@ -996,8 +999,8 @@ class Trainer:
             global_step=step,
             message=(f"early stopping at step {step}: validation {cfg.early_stop_metric} has not "
                      f"improved by more than {cfg.early_stop_min_delta:g} in "
-                     f"{cfg.early_stop_patience} evaluation(s) (best {best}); best checkpoint: "
-                     f"{self.best_checkpoint or 'none'}"),
+                     f"{cfg.early_stop_patience} evaluation(s) (last such improvement: {last}); "
+                     f"best checkpoint: {kept}"),
         )
         self.total_steps = step
         self.emit("total_changed", global_step=step, total_steps=step, reason="early stop")

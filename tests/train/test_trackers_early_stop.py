@@ -109,13 +109,17 @@ def _check_early_stopped(run_dir: Path) -> None:
     assert max(e["global_step"] for e in events if e["type"] == "step") == 8
     [info] = [e for e in events if e["type"] == "info" and e.get("code") == "early_stop"]
     assert info["global_step"] == 8
-    assert "has not improved by more than 0.01 in 2 evaluation(s) (best 2.0000 at step 4)" \
-        in info["message"] and "best checkpoint: step_000008" in info["message"]
+    assert "has not improved by more than 0.01 in 2 evaluation(s) (last such improvement: " \
+        "2.0000 at step 4); best checkpoint: step_000008 (val loss 1.9950)" in info["message"]
     [changed] = [e for e in events if e["type"] == "total_changed"]
     assert changed["total_steps"] == 8
     finished = events[-1]
     assert finished["type"] == "run_finished" and finished["status"] == "finished"
     assert finished["reason"] == "early_stop" and finished["global_step"] == 8
+    from core.runs.events import describe_event  # what the headless display and logs print
+
+    assert describe_event(finished) == "[8] run finished (early stop)"
+    assert describe_event(info) == f"[8] {info['message']}"
     assert (run_dir / "checkpoints" / "step_000008").is_dir()
     state = json.loads((run_dir / "checkpoints" / "step_000008" / "trainer_state.json")
                        .read_text())

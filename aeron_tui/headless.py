@@ -17,8 +17,8 @@ from typing import IO, Any
 from core.runs.events import RunState, describe_event
 
 MODES = ("rich", "plain", "off")
-NOTABLE = ("eval", "checkpoint", "warning", "info", "error", "status", "phase_change",
-           "domain_change", "batch_change", "run_finished")
+NOTABLE = ("eval", "checkpoint", "info", "warning", "error", "status", "phase_change", "domain_change",
+           "batch_change", "run_finished")
 # Per-trainer log styles ("module:function", event -> line or None): a trainer whose users know
 # a particular run log (LONPT's seed log) gets those lines instead of the generic ones.
 LOG_STYLES = {"lonpt": "lonpt.log:format_lonpt_event"}

@@ -169,17 +169,25 @@ def validate_data_path(text: str | None) -> str | None:
 
 
 def used_run_dir_problem(run_dir: Path) -> str | None:
-    """Why a new run cannot go into ``run_dir`` (it already holds a run), or None.
+    """Why a new run cannot go into ``run_dir``, or None.
 
-    Two runs in one directory would interleave their events and overwrite checkpoints. A
-    directory with only a saved run.toml (set up, not started) is fine.
+    The trainer's own rule (:mod:`core.runs.lock`): a directory a live trainer owns, or one that
+    already holds a run (events or checkpoints), is not reused — two runs in one directory would
+    interleave their events and overwrite checkpoints. A directory with only a saved run.toml
+    (set up, not started) is fine.
     """
-    events = run_dir / "events.jsonl"
-    if events.is_file() and events.stat().st_size > 0:
-        return (f"run directory {run_dir} already holds a run ({events.name}); choose a new "
-                f"directory, or open it with `aeron-tui watch {run_dir}`")
+    from core.runs.lock import busy_message, existing_run, lock_owner
+
     if run_dir.exists() and not run_dir.is_dir():
         return f"run directory {run_dir} exists and is not a directory"
+    owner = lock_owner(run_dir)
+    if owner is not None:
+        return busy_message(run_dir, owner or None)
+    what = existing_run(run_dir)
+    if what is not None:
+        return (f"run directory {run_dir} already holds a run ({what}); choose a new "
+                f"directory, open it with `aeron-tui watch {run_dir}`, or continue it with "
+                f"`aeron-tui train TRAINER --resume --run-dir {run_dir}`")
     return None
 
 

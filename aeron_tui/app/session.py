@@ -21,7 +21,7 @@ from core.runs.events import ParseProblem, RunState
 # Event types RunState keeps in its log (plus run_started): what the event log widget shows.
 LOG_TYPES = frozenset({
     "run_started", "eval", "checkpoint", "phase_change", "domain_change", "batch_change",
-    "warning", "status", "error", "run_finished",
+    "info", "warning", "status", "error", "run_finished",
 })
 MAX_METRIC_POINTS = 2000
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")

@@ -99,7 +99,7 @@ def _note(message: str, style: str = "dim") -> None:
     from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True, highlight=False).print(Text(message, style=style))
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text(message, style=style))
 
 
 def _report(gen: Any, seconds: float) -> None:

@@ -38,31 +38,46 @@ def register(app: typer.Typer) -> None:
             return
         console = Console()
         if not runs:
-            console.print(f"no runs under {base}")
+            console.print(f"no runs under {base}", highlight=False, markup=False)
+            return
+        columns = ("run", "trainer", "profile", "status", "steps", "best val", "started")
+        rows = [
+            (run.path.name, run.trainer, run.profile, run.status,
+             f"{run.global_step}/{run.total_steps}",
+             f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-",
+             _when(run.started_at))
+            for run in runs
+        ]
+        if not console.is_terminal:
+            # Piped or logged: full names in plain aligned columns (a table squeezed to 80
+            # columns cut names until two runs looked identical).
+            typer.echo(f"runs in {base}")
+            for line in _plain_columns([columns, *rows], right=(4, 5)):
+                typer.echo(line)
             return
         table = Table(title=f"runs in {base}")
-        for col in ("run", "trainer", "profile", "status", "steps", "best val", "started"):
+        for col in columns:
             table.add_column(col, justify="right" if col in ("steps", "best val") else "left")
-        for run in runs:
-            table.add_row(
-                run.path.name, run.trainer, run.profile, _status_markup(run.status),
-                f"{run.global_step}/{run.total_steps}",
-                f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-",
-                _when(run.started_at),
-            )
+        table.columns[0].overflow = "fold"  # wrap a long name on a narrow terminal, never cut it
+        table.columns[0].no_wrap = False
+        for row in rows:
+            table.add_row(row[0], row[1], row[2], _status_markup(row[3]), *row[4:])
         console.print(table)
 
     @runs_app.command("show")
-    def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    def show_cmd(
+        run_dir: Path = typer.Argument(
+            ..., help="A run directory, or a run name as `runs list` prints it."),
+        root: Path | None = typer.Option(
+            None, "--root", help="Where run names are looked up (default: $AERON_TUI_HOME/runs)."),
+    ) -> None:
         """Status, progress, losses, checkpoints and the last error of one run."""
         from rich.console import Console
 
-        from core.errors import ConfigError
         from core.runs.checkpoint import list_checkpoints
-        from core.runs.registry import is_run_dir, summarize_run
+        from core.runs.registry import summarize_run
 
-        if not is_run_dir(run_dir):
-            raise ConfigError(f"{run_dir}: not a run directory (no run.toml or events.jsonl)")
+        run_dir = resolve_run(run_dir, root)
         run = summarize_run(run_dir)
         s = run.state
         console = Console()
@@ -86,7 +101,17 @@ def register(app: typer.Typer) -> None:
             for c in ckpts:
                 console.print(f"    {c.name}", highlight=False, markup=False)
         if run.error:
-            console.print(f"  [red]last error:[/] {run.error}", highlight=False)
+            from rich.text import Text
+
+            console.print(Text.assemble(("  last error:", "red"), f" {run.error}"),
+                          highlight=False)
+        unreadable = _unreadable_event_lines(run.path)
+        if unreadable:
+            first = unreadable[0]
+            console.print(
+                f"  unreadable lines in events.jsonl: {len(unreadable)} (first: line "
+                f"{first.line_no}, {first.message}); the numbers above leave them out",
+                highlight=False, markup=False)
 
     @runs_app.command("plot")
     def plot_cmd(
@@ -99,10 +124,8 @@ def register(app: typer.Typer) -> None:
         and branch scores over steps or tokens, for one run or several overlaid. Needs
         matplotlib (pip install 'aeron-tui[plot]')."""
         from aeron_tui.plots import plot_runs
-        from core.runs.registry import default_runs_root
 
-        dirs = [r if r.exists() or r.is_absolute() else default_runs_root() / r for r in runs]
-        written = plot_runs(dirs, out, x_axis)
+        written = plot_runs([resolve_run(r) for r in runs], out, x_axis)
         typer.echo(f"wrote {written}")
 
     @runs_app.command("lineage")
@@ -191,6 +214,44 @@ def register(app: typer.Typer) -> None:
                         markup=False, soft_wrap=True)
 
     app.add_typer(runs_app, name="runs")
+
+
+def resolve_run(run: Path, root: Path | None = None) -> Path:
+    """A run directory given as a path, or as a name under the runs root (``runs list`` prints
+    names); ConfigError saying where it looked otherwise."""
+    from core.errors import ConfigError
+    from core.runs.registry import default_runs_root, is_run_dir
+
+    if is_run_dir(run):
+        return run
+    base = root or default_runs_root()
+    if len(run.parts) == 1 and is_run_dir(base / run):
+        return base / run
+    raise ConfigError(
+        f"{run}: not a run directory (no run.toml or events.jsonl) and no run of that name in "
+        f"{base}; `aeron-tui runs list` shows the runs")
+
+
+def _unreadable_event_lines(run_dir: Path) -> list[Any]:
+    """The lines of ``events.jsonl`` that are not events (a partial last line of a live run
+    excepted): ``runs show`` counts them instead of folding over them silently."""
+    from core.runs.events import ParseProblem, read_events
+    from core.runs.registry import EVENTS_FILE, trainer_alive
+
+    path = run_dir / EVENTS_FILE
+    if not path.is_file():
+        return []
+    problems = [e for e in read_events(path) if isinstance(e, ParseProblem)]
+    if problems and problems[-1].message.startswith("incomplete") and trainer_alive(run_dir):
+        problems.pop()
+    return problems
+
+
+def _plain_columns(rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in rows]
 
 
 def _status_markup(status: str) -> str:

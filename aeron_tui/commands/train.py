@@ -73,6 +73,9 @@ def _make_command(trainer: str) -> Any:
             None, "--resume", metavar="[PATH]",
             help="Resume: alone = the latest valid checkpoint of --run-dir (or of the newest run "
             "of this trainer); PATH = a checkpoint or run directory."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Start afresh in a --run-dir that already holds a run: the "
+            "old run is moved into RUN_DIR/previous-<date>/ (nothing is deleted)."),
         micro_batch: int | None = typer.Option(None, "--micro-batch"),
         grad_accum: int | None = typer.Option(None, "--grad-accum"),
         seq_len: int | None = typer.Option(None, "--seq-len"),
@@ -124,7 +127,7 @@ def _make_command(trainer: str) -> Any:
         }
         run_config, model_config = build_run_config(
             trainer, profile=profile, config_path=config, resume=resume, flags=flags,
-            sets=list(sets), shard=shard,
+            sets=list(sets), shard=shard, overwrite=overwrite,
         )
         from core.runs.trackers import check_available
 
@@ -171,8 +174,13 @@ def build_run_config(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     shard: bool = False,
+    overwrite: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """(RunConfig, the profile's NeuralNetConfig) from the layers described in the module doc."""
+    """(RunConfig, the profile's NeuralNetConfig) from the layers described in the module doc.
+
+    ``options`` are trainer options given as dedicated flags (``rlhf --from``): they win over
+    ``--set``."""
     from aeron_tui.trainers import get_trainer
     from core.errors import ConfigError
     from core.train.config import RunConfig, parse_set_option
@@ -217,9 +225,16 @@ def build_run_config(
         layered.pop("resume", None)
     if shard:
         layered["options"]["shard"] = True
+    if overwrite:
+        layered["overwrite"] = True
     fields = set(RunConfig.__dataclass_fields__)
     for item in sets or []:
         key, value = parse_set_option(item)
+        if key == "tokenizer" and resume:
+            raise ConfigError(
+                f"--set {item}: a resumed run keeps its checkpoint's tokenizer; drop --set "
+                "tokenizer, or move the model to a new vocabulary with `aeron-tui tokenizer "
+                "upgrade` and continue from that checkpoint")
         if key.startswith("model."):
             layered["model"][key[len("model."):]] = value
         elif key.startswith("options."):
@@ -228,11 +243,31 @@ def build_run_config(
             layered[key] = value
         else:
             layered["options"][key] = value
-    try:
-        run_config = RunConfig.from_dict(layered, source)
-    except ConfigError:
-        raise
+    layered["options"].update({k: v for k, v in (options or {}).items() if v is not None})
+    run_config = RunConfig.from_dict(layered, source)
+    _check_seq_len(run_config, size)
     return run_config, size.model
+
+
+def _check_seq_len(run_config: Any, size: Any) -> None:
+    """Refuse a sequence length the profile's model cannot hold, before anything starts (the
+    trainer checks again against the final model config)."""
+    from core.errors import ConfigError
+    from core.train.config import SEQ_LEN_MARGIN, seq_len_problem
+
+    if run_config.seq_len is None or run_config.options.get("from"):
+        return  # the preset decides, or the starting checkpoint's architecture does
+    limit = int(run_config.model.get("max_position_embeddings",
+                                     size.model.max_position_embeddings))
+    if run_config.seq_len + SEQ_LEN_MARGIN <= limit:
+        return
+    from profiles.catalog import list_profiles
+
+    longer = [f"{p.name}: {p.model.max_position_embeddings - SEQ_LEN_MARGIN}"
+              for p in list_profiles()
+              if p.model.max_position_embeddings - SEQ_LEN_MARGIN >= run_config.seq_len]
+    problem = seq_len_problem(run_config.seq_len, limit, run_config.profile, ", ".join(longer))
+    raise ConfigError(problem or "")
 
 
 def _read_toml_table(path: Path) -> dict[str, Any]:

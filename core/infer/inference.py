@@ -34,7 +34,6 @@ from core.infer.generation import (
     FINISH_STOP_STRING,
     Generation,
     GenerationConfig,
-    check_tokenizer_fits,
     crop_cache,
     encode_prompt_ids,
     eval_mode,
@@ -81,9 +80,25 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu",
             "(and pass this one as --reward)"
         )
     model, tokenizer, config = build_model_from_checkpoint(ckpt, str(device))
-    check_tokenizer_fits(model, tokenizer)
+    check_checkpoint_vocabulary(model, tokenizer, ckpt)
     set_attention_backend(model, attention_backend or config.attention_backend)
     return model, tokenizer, ckpt
+
+
+def check_checkpoint_vocabulary(model: Any, tokenizer: Any, ckpt: str | Path) -> None:
+    """CheckpointError unless the checkpoint's tokenizer has exactly as many ids as the model has
+    embedding rows (the rule a resume applies): a smaller tokenizer would decode the rows it
+    lacks as garbage, a larger one index past the embedding."""
+    embedding = getattr(model, "token_embedding", None)
+    weight = getattr(embedding, "weight", None)
+    rows = int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+    if int(tokenizer.vocab_size) != rows:
+        raise CheckpointError(
+            f"{Path(ckpt) / 'tokenizer.json'}: the tokenizer has {tokenizer.vocab_size} ids but "
+            f"the model's embedding has {rows} rows; the checkpoint's tokenizer was replaced — "
+            "restore the tokenizer.json it was trained with, or move the model to this "
+            "vocabulary with `aeron-tui tokenizer upgrade`"
+        )
 
 
 def check_shared_tokenizer(a: Any, b: Any, what: str, path: str | Path) -> None:

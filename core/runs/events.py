@@ -438,7 +438,7 @@ class RunState:
         elif kind == "checkpoint":
             self.checkpoints.append(event)
             self._log(event)
-        elif kind in ("phase_change", "domain_change", "batch_change", "warning"):
+        elif kind in ("phase_change", "domain_change", "batch_change", "warning", "info"):
             if kind == "phase_change":
                 self.phase = event["phase"]
             elif kind == "domain_change":
@@ -505,7 +505,16 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "eval":
         where = f" ({event['domain']})" if event.get("domain") else ""
         best = " ✓ best" if event.get("best") else ""
-        return f"{at}validation loss {format_loss(event['loss'])}{where}{best}"
+        metrics = event.get("metrics") or {}
+        reward, loss = metrics.get("reward"), event["loss"]
+        if isinstance(reward, (int, float)) and isinstance(loss, (int, float)) \
+                and math.isclose(loss, -reward, rel_tol=1e-9, abs_tol=1e-12):
+            # PPO/GRPO report the negated held-out reward as their "loss" (best = highest
+            # reward); calling it a validation loss would mislead.
+            kl = metrics.get("kl")
+            kl_txt = f", KL {kl:.4f}" if isinstance(kl, (int, float)) else ""
+            return f"{at}held-out reward {reward:.4f}{kl_txt}{where}{best}"
+        return f"{at}validation loss {format_loss(loss)}{where}{best}"
     if kind == "checkpoint":
         val = event.get("val_loss")
         val_txt = f" val_loss={val:.4f}" if isinstance(val, (int, float)) else ""

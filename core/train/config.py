@@ -33,7 +33,8 @@ class RunConfig:
     """One training run. ``options`` holds trainer-specific settings (the TOML ``[options]`` table).
 
     ``resume`` is ``None`` (fresh run), ``"latest"`` (newest valid checkpoint in ``run_dir``) or a
-    checkpoint / run directory path. ``model`` overrides fields of the profile's NeuralNetConfig.
+    checkpoint / run directory path; ``overwrite`` lets a fresh run start in a directory that
+    holds one (the old run is moved aside, see :mod:`core.runs.lock`). ``model`` overrides fields of the profile's NeuralNetConfig.
     """
 
     trainer: str = "simple"
@@ -73,6 +74,9 @@ class RunConfig:
     oom_retries: int = 3
     log_every: int = 10
     resume: str | None = None
+    # Start afresh in a run directory that holds a run, moving the old run into
+    # RUN_DIR/previous-<date>/ (core.runs.lock); never saved in run.toml.
+    overwrite: bool = False
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 2048
     max_samples: int | None = None
@@ -140,6 +144,11 @@ class RunConfig:
             raise ConfigError(
                 f"{source}: key 'precision' is {self.precision!r}; expected one of "
                 f"{', '.join(PRECISIONS)}"
+            )
+        if self.resume and self.overwrite:
+            raise ConfigError(
+                f"{source}: --resume continues the run in the directory and --overwrite moves it "
+                "aside; give one of them"
             )
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(
@@ -231,6 +240,26 @@ class RunConfig:
             else:
                 data[name] = value
         return RunConfig.from_dict(data, source)
+
+
+# Positions a sequence needs beyond its tokens (the decoder's start and end markers).
+SEQ_LEN_MARGIN = 2
+
+
+def seq_len_problem(seq_len: int | None, max_positions: int, profile: str | None,
+                    longer: str = "") -> str | None:
+    """Why ``seq_len`` does not fit a model with ``max_positions`` positions, or None.
+
+    ``longer`` names profiles with a longer context (the CLI knows the catalog; core does not).
+    """
+    limit = int(max_positions) - SEQ_LEN_MARGIN
+    if seq_len is None or seq_len <= limit:
+        return None
+    which = f"the {profile} profile's" if profile else "the model's"
+    other = f"a profile with a longer context ({longer})" if longer else "a larger profile"
+    return (f"--seq-len {seq_len} does not fit {which} context of {max_positions} positions "
+            f"(seq_len at most {limit}); use --seq-len {limit} or less, {other}, or set "
+            "model.max_position_embeddings explicitly")
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:

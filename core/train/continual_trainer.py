@@ -223,7 +223,7 @@ class ContinualTrainer(Trainer):
             state = self.model.continual_learning.ewc  # type: ignore[union-attr]
             ewc = (f"; EWC λ {state.ewc_lambda:g}" + (" on F/mean(F)" if state.normalize else "")
                    + f", mean Fisher {state.fisher_mean():.3g}")
-        self.emit("warning", code="continual",
+        self.emit("info", code="continual",
                   message=f"continual recipe {recipe}: " + ", ".join(k for k, v in self.terms.items() if v)
                   + f"{ewc}; before: old-corpus {self.before['old']['bpb']:.4f} bpb, new-corpus "
                   f"{self.before['new']['bpb']:.4f} bpb", global_step=self.global_step)

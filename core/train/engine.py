@@ -31,15 +31,18 @@ from core.runs.checkpoint import (
     CHECKPOINTS_DIR,
     LoadedCheckpoint,
     capture_rng_state,
+    check_trainer_state,
     latest_checkpoint,
     load_checkpoint,
     load_model_state,
     prune_checkpoints,
+    recover_interrupted_saves,
     restore_rng_state,
     save_checkpoint,
     step_checkpoint_name,
 )
 from core.runs.events import EventWriter
+from core.runs.lock import RunDirLock, claim_run_dir
 from core.runs.registry import (
     EVENTS_FILE,
     RUN_CONFIG_FILE,
@@ -48,7 +51,7 @@ from core.runs.registry import (
     remove_pid_file,
     write_pid_file,
 )
-from core.train.config import RunConfig
+from core.train.config import RunConfig, seq_len_problem
 from core.train.control import ControlChannel
 from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, warmup_cosine_scale
@@ -170,6 +173,9 @@ class Trainer:
         # Early stopping (--early-stop): best metric, its step, evaluations without improvement.
         self.early_stop: dict[str, Any] = {"best": None, "best_step": None, "bad_evals": 0}
         self.finish_reason: str | None = None
+        self._run_lock: RunDirLock | None = None
+        # Events found before the stream is open (run-dir claim, resume search): emitted after.
+        self._early_events: list[tuple[str, dict[str, Any]]] = []
 
     # ==========================================================================================
     # The recipe
@@ -201,8 +207,14 @@ class Trainer:
         self._check_options()
         self._check_early_stop_supported()
         self._prepare_run_dir()
-        self._open_events()
+        self._barrier()  # every rank sees the run directory rank 0 claimed (and recovered)
+        # Before the event stream opens: a refused resume (corrupt checkpoint, pickle, bad
+        # trainer_state) leaves the run directory exactly as it was.
         resume = self._find_resume()
+        self._open_events()
+        for kind, fields in self._early_events:
+            self.emit(kind, **fields)
+        self._early_events.clear()
         self.device = self.resolve_device()
         self.seed_everything(cfg.seed)
         self.tokenizer = resume.tokenizer if resume is not None else self.build_tokenizer()
@@ -243,7 +255,7 @@ class Trainer:
         )
         if resume is not None:
             self.emit(
-                "warning",
+                "info",
                 message=f"resumed from {resume.path} at step {self.global_step}",
                 global_step=self.global_step,
             )
@@ -274,6 +286,9 @@ class Trainer:
         self._close_trackers()
         if self._events_given is None:
             self.events.close()
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
 
     # ==========================================================================================
     # Setup pieces (override points)
@@ -334,10 +349,9 @@ class Trainer:
         train_pairs, val_pairs = load_pairs(
             path, self.tokenizer, self.seq_len, self.config.max_samples, self.config.data_format
         )
-        if not train_pairs:
-            raise DataError(f"{path}: no training samples after the train/validation split")
-        if not val_pairs:
-            raise DataError(f"{path}: no validation samples (the corpus is too small to split)")
+        if not train_pairs or not val_pairs:
+            raise DataError(split_problem(path, "training" if not train_pairs else "validation",
+                                          self.config.data_format))
         self.val_pairs = val_pairs
         self.train_loader = BatchLoader(
             train_pairs,
@@ -365,14 +379,18 @@ class Trainer:
         if isinstance(base, dict):
             base = NeuralNetConfig.from_dict(base)
         changes: dict[str, Any] = {"vocab_size": int(self.tokenizer.vocab_size)}
-        if base.max_position_embeddings < self.seq_len + 2:
-            changes["max_position_embeddings"] = self.seq_len + 2
         if self.config.gradient_checkpointing is not None:
             changes["use_gradient_checkpointing"] = bool(self.config.gradient_checkpointing)
         try:
             model_config = base.replace(**{**changes, **self.config.model})
         except ConfigError as exc:
             raise ConfigError(f"run config [model]: {exc}") from exc
+        # The sequence length never rewrites the architecture (it used to grow
+        # max_position_embeddings silently): too long is refused with the limit.
+        problem = seq_len_problem(self.seq_len, model_config.max_position_embeddings,
+                                  self.config.profile)
+        if problem:
+            raise ConfigError(problem)
         if resume is not None:
             from core.runs.checkpoint import config_differences
 
@@ -898,7 +916,7 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         cfg = self.config
         if cfg.run_dir is None:
-            self.run_dir = new_run_dir(default_runs_root(), self.name, cfg.profile)
+            self.run_dir = self._fresh_run_dir()
             self.config = cfg.with_overrides(source="run", run_dir=str(self.run_dir))
         else:
             self.run_dir = Path(cfg.run_dir).expanduser()
@@ -915,7 +933,34 @@ class Trainer:
                 f"run directory {self.run_dir} is not writable ({exc.strerror or exc}); "
                 "choose another --run-dir"
             ) from exc
+        # One owner per run directory; a directory holding a run needs --resume or --overwrite.
+        self._run_lock, moved = claim_run_dir(
+            self.run_dir, resume=bool(cfg.resume), overwrite=bool(cfg.overwrite))
+        if self._run_lock.unlocked_reason:
+            self._early_events.append(("warning", {"message": self._run_lock.unlocked_reason,
+                                                   "code": "no_lock"}))
+        if moved is not None:
+            self._early_events.append(("info", {
+                "message": f"--overwrite: the earlier run in {self.run_dir} was moved to {moved}"}))
+        for note in recover_interrupted_saves(self.run_dir):
+            self._early_events.append(("info", {"message": note}))
         write_pid_file(self.run_dir)
+
+    def _fresh_run_dir(self) -> Path:
+        """A new default run directory, created here (two trainers started in the same second
+        get different names instead of one refusing the other)."""
+        for _ in range(1000):
+            candidate = new_run_dir(default_runs_root(), self.name, self.config.profile)
+            if not self.is_main:
+                return candidate
+            try:
+                candidate.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            except OSError:
+                return candidate  # reported with the run directory's own check
+            return candidate
+        raise ConfigError(f"cannot create a new run directory under {default_runs_root()}")
 
     def _open_events(self) -> None:
         listeners = [*self._listeners, *self._make_trackers()]
@@ -1016,7 +1061,7 @@ class Trainer:
             return None
 
         def skipped(message: str) -> None:
-            self.emit("warning", message=message, code="checkpoint_skipped")
+            self._early_events.append(("warning", {"message": message, "code": "checkpoint_skipped"}))
 
         if spec == "latest":
             path = latest_checkpoint(self.run_dir, on_skip=skipped)
@@ -1034,7 +1079,41 @@ class Trainer:
                 if found is None:
                     raise CheckpointError(f"{path}: no complete checkpoint in this run directory")
                 path = found
-        return load_checkpoint(path, device="cpu", load_optimizer=True)
+        loaded = load_checkpoint(path, device="cpu", load_optimizer=True)
+        check_trainer_state(loaded.trainer_state, loaded.path / "trainer_state.json")
+        self._check_model_overrides(loaded)
+        if self.config.tokenizer:
+            self._check_resume_tokenizer(loaded)
+        return loaded
+
+    def _check_model_overrides(self, loaded: LoadedCheckpoint) -> None:
+        """``[model]`` values that contradict the checkpoint, found before the event stream
+        opens (:meth:`resolve_model_config` compares the whole config later)."""
+        from core.runs.checkpoint import RUNTIME_CONFIG_FIELDS
+
+        saved = loaded.config_dict
+        diff = [f"{key}: checkpoint {saved.get(key, '<absent>')!r}, this run {value!r}"
+                for key, value in sorted(self.config.model.items())
+                if key not in RUNTIME_CONFIG_FIELDS and saved.get(key, "<absent>") != value]
+        if diff:
+            raise CheckpointError(
+                f"{loaded.path / 'config.json'}: the checkpoint's model config differs from "
+                f"this run's: {'; '.join(diff[:6])} — resume with the checkpoint's settings"
+            )
+
+    def _check_resume_tokenizer(self, loaded: LoadedCheckpoint) -> None:
+        """A resumed run keeps its checkpoint's tokenizer: a different ``tokenizer`` is refused
+        (the embedding rows belong to the checkpoint's vocabulary); the same one is fine."""
+        from core.data.tokenizer import AeronTokenizer
+
+        wanted = AeronTokenizer.load(self.config.tokenizer)
+        if wanted.sha256 != loaded.tokenizer.sha256:
+            raise ConfigError(
+                f"tokenizer {self.config.tokenizer}: a resumed run keeps the tokenizer of "
+                f"{loaded.path} (vocabulary {loaded.tokenizer.vocab_size}, this one "
+                f"{wanted.vocab_size}); drop --set tokenizer, or move the model to a new "
+                "vocabulary with `aeron-tui tokenizer upgrade`"
+            )
 
     def _resolve_sizes(self) -> None:
         cfg = self.config
@@ -1050,7 +1129,8 @@ class Trainer:
     def resolved_config(self) -> RunConfig:
         """The config with every value this run actually uses (saved as run.toml).
 
-        ``resume`` is cleared: running the saved file again starts the same run afresh.
+        ``resume`` and ``overwrite`` are cleared: running the saved file again starts the same
+        run afresh (in a new directory, or with --overwrite).
         """
         data = self.config.to_dict()
         data.update(
@@ -1062,6 +1142,7 @@ class Trainer:
             warmup_steps=self.warmup_steps,
             data=self.data_path or data["data"],
             resume=None,
+            overwrite=False,
         )
         return RunConfig.from_dict(data, "resolved run config")
 
@@ -1317,6 +1398,23 @@ def load_pairs(
         target = val_pairs if hash_is_validation(f"doc:{i}:{doc[:200]}") else train_pairs
         target.extend(encode_text_windows(doc, tokenizer, seq_len))
     return train_pairs, val_pairs
+
+
+def split_problem(path: Path, missing: str, data_format: str | None = None) -> str:
+    """Why the corpus at ``path`` gave no ``missing`` (training/validation) samples, with the
+    number of documents or samples found and how the split works."""
+    from core.data.formats import open_source, read_documents
+    from core.data.styles import VAL_PERCENT
+
+    if open_source(path, data_format).kind != "text":
+        return (f"{path}: no {missing} samples after the train/validation split (about "
+                f"{VAL_PERCENT} % of samples go to validation, chosen by a hash of each sample; "
+                "the turns of one conversation stay together); add more samples")
+    docs = len(read_documents(path, data_format))
+    return (f"{path}: no {missing} samples: found {docs} document{'s' if docs != 1 else ''} "
+            "(documents are split by file and by blank lines), and about "
+            f"{VAL_PERCENT} % of documents go to validation; add blank lines between documents "
+            "or more text")
 
 
 def corpus_texts(path: Path, data_format: str | None = None) -> Iterator[str]:

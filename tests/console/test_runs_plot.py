@@ -44,9 +44,11 @@ def test_series_from_events(tmp_path: Path) -> None:
     assert ema([1.0, None, 3.0], alpha=0.5) == [1.0, None, 2.0]
 
 
-def test_one_run_png(tmp_path: Path) -> None:
+def test_one_run_png_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AERON_TUI_HOME", str(tmp_path / "home"))
+    _run(tmp_path / "home" / "runs" / "a", 0.05)
     out = tmp_path / "pics" / "a.png"
-    r = runner.invoke(app, ["runs", "plot", str(_run(tmp_path / "a", 0.05)), "--out", str(out)])
+    r = runner.invoke(app, ["runs", "plot", "a", "--out", str(out)])  # a name `runs list` prints
     assert r.exit_code == 0, r.output
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
@@ -71,7 +73,7 @@ def test_bad_inputs_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     r = runner.invoke(app, ["runs", "plot", str(run), "--out", str(tmp_path / "a.jpgx")])
     assert r.exit_code == 1 and "must end in .png, .svg, .pdf" in str(r.exception)
     r = runner.invoke(app, ["runs", "plot", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")])
-    assert r.exit_code == 1 and "no events.jsonl" in str(r.exception)
+    assert r.exit_code == 1 and "not a run directory" in str(r.exception)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
     r = runner.invoke(app, ["runs", "plot", str(run), "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 1 and "pip install 'aeron-tui[plot]'" in str(r.exception)

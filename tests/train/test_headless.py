@@ -68,3 +68,21 @@ def test_off_writes_nothing(tmp_path: Path) -> None:
     with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
         _emit_run(writer)
     assert out.getvalue() == "" and display.state.global_step == 10
+
+
+def test_info_lines_are_not_warnings_and_ppo_evals_say_reward(tmp_path: Path) -> None:
+    out = io.StringIO()
+    display = HeadlessDisplay("plain", out)
+    with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
+        writer.emit("run_started", run_id="r1", trainer="ppo", total_steps=4)
+        writer.emit("info", message="resumed from /x/step_000002 at step 2", global_step=2)
+        # PPO's eval loss is the negated held-out reward.
+        writer.emit("eval", global_step=4, loss=-0.7119, best=True,
+                    metrics={"reward": 0.7119, "kl": 0.0312})
+        writer.emit("eval", global_step=4, loss=0.52, metrics={"accuracy": 0.8})
+    lines = out.getvalue().splitlines()
+    assert "[2] resumed from /x/step_000002 at step 2" in lines
+    assert not any("warning" in ln for ln in lines)
+    assert "[4] held-out reward 0.7119, KL 0.0312 ✓ best" in lines
+    assert "[4] validation loss 0.5200" in lines  # a real loss keeps its name
+    assert [e["type"] for e in display.state.log][:1] == ["info"]  # the console's log shows it

@@ -16,6 +16,7 @@ KIND_STYLE = {
     "phase_change": "magenta",
     "domain_change": "bright_cyan",
     "batch_change": "blue",
+    "info": "default",
     "warning": "yellow",
     "status": "dim",
     "error": "bold red",

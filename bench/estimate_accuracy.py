@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     worst = 0.0
     for name in args.profiles:
-        config = dataclasses.replace(load_profile(name).model, vocab_size=args.vocab)
+        config = dataclasses.replace(load_profile(name).run_model, vocab_size=args.vocab)
         for seq in args.seq_lens:
             for ckpt in (False, True):
                 start = time.perf_counter()

@@ -225,6 +225,12 @@ class LonptTrainer(Trainer):
         # refused in one line: AKAP assigns domains per sample.
         samples = read_samples(path, self.config.data_format, who="LONPT (AKAP assigns a domain "
                                "to each sample)")
+        from core.data.extras import input_coverage
+
+        # Triples, images and tasks in the records feed their modules (issue 17), as in the
+        # simple trainer.
+        self.input_coverage = input_coverage(samples)
+        self.input_vocab = self.build_input_vocab(samples)
         chosen = select_fraction(samples, cfg.dataset_fraction, cfg.dataset_cap, cfg.seed)
         if cfg.akap_enable:
             assigned = assign_domains(chosen, cfg.domain_names, cfg.akap_assignment,
@@ -235,9 +241,11 @@ class LonptTrainer(Trainer):
         self.loaders = {}
         self.domain_val_pairs = {}
         for d in self.domains:
-            train_pairs = [encode_styles_sample(s, self.tokenizer, self.seq_len) for s in d.train]
+            vocab, src = self.input_vocab, str(path)
+            train_pairs = [encode_styles_sample(s, self.tokenizer, self.seq_len, vocab, src)
+                           for s in d.train]
             self.domain_val_pairs[d.name] = [
-                encode_styles_sample(s, self.tokenizer, self.seq_len) for s in d.val
+                encode_styles_sample(s, self.tokenizer, self.seq_len, vocab, src) for s in d.val
             ]
             if len(train_pairs) < self.world_size:
                 raise DataError(
@@ -581,7 +589,7 @@ class LonptTrainer(Trainer):
             if len(pairs) > limit:
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
-            self._domain_val_batches[name] = [collate(pairs[i:i + b])
+            self._domain_val_batches[name] = [collate(pairs[i:i + b], image_shape=self.image_shape)
                                               for i in range(0, len(pairs), b)]
         return self._domain_val_batches[name]
 

@@ -2,10 +2,10 @@
 
 ``estimate = weights + gradients + optimizer + activations + logits + overhead`` (training.md §4).
 
-* **Parameters** are exact: the model is built on the ``meta`` device (``core.model.model``). Text-only
-  training gives gradients (and optimizer state) only to the components a text batch reaches;
-  the multimodal path, the knowledge-graph tables and the continual-learning FiLM never see a
-  gradient without images, entities or task ids (:data:`INACTIVE_IN_TEXT_TRAINING`).
+* **Parameters** are exact: the model is built on the ``meta`` device (``core.model.model``). A
+  profile stands for the model a run with it builds (``SizeProfile.run_model``): the
+  knowledge-graph, vision and task modules exist only when the data feeds them, so every
+  parameter gets a gradient and optimizer state.
 * **Optimizer.** Simple trainer: ``torch.optim.AdamW`` with fp32 moments, 8 bytes/parameter.
   Compressed trainer (``core.train.compressed``): its own per-component storage — computed
   exactly from ``component_of`` for every parameter: 8-bit bulk moments (2 bytes + block scales),
@@ -50,23 +50,17 @@ GiB = 1024**3
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZERS = ("adamw", "compressed")
 
-# Parameters with no gradient in text-only training (no images, entities or task ids): the
-# multimodal path, the knowledge-graph tables, continual learning, and the reasoning engine's
-# task projection (task ids only) — measured: these have ``grad is None`` after backward.
-INACTIVE_IN_TEXT_TRAINING = (
-    "vision_patch_embedding",
-    "multimodal_fusion",
-    "knowledge_graph",
-    "continual_learning",
-    "reasoning_engine.task_proj.",
-)
+# A run builds the knowledge-graph, vision and task modules only when its data feeds them
+# (core.model.modules.resolve_enabled_modules), so every parameter of the model a run builds
+# gets a gradient tensor. A config with those modules on is estimated as a run that feeds them.
+# Only an older checkpoint's config without an input vocabulary had them unfed; the estimator
+# is for planning runs, so it does not model that case.
 
 
-def _inactive_prefixes(components: dict[str, int]) -> tuple[str, ...]:
-    # The reasoning engine's memory bridge only runs on a recall from the neural memory.
-    if components.get("neural_memory"):
-        return INACTIVE_IN_TEXT_TRAINING
-    return INACTIVE_IN_TEXT_TRAINING + ("reasoning_engine.memory_bridge.",)
+def _inactive_prefixes(config: NeuralNetConfig) -> tuple[str, ...]:
+    """Parameter-name prefixes with no gradient tensor in training (none today)."""
+    del config
+    return ()
 
 # ---------------------------------------------------------------------------- calibration
 # Saved-activation bytes per sample, per block, as Σ coefficient × feature. Measured with
@@ -229,7 +223,7 @@ def _facts_cached(key: str) -> ParameterFacts:
     trainable = matrix = largest = tensors = 0
     compressed = 0
     component_of = _compressed_component_fn()
-    inactive = _inactive_prefixes(counts)
+    inactive = _inactive_prefixes(config)
     for name, p in model.named_parameters():
         if name.startswith(inactive):
             continue
@@ -402,7 +396,8 @@ def activation_bytes(
 
 # ------------------------------------------------------------------------------ estimates
 def _config_of(profile_or_config: Any, vocab_size: int | None) -> NeuralNetConfig:
-    config = getattr(profile_or_config, "model", profile_or_config)
+    # A profile means the model a run with it builds (data-fed modules off for text data).
+    config = getattr(profile_or_config, "run_model", profile_or_config)
     if vocab_size is not None and vocab_size != config.vocab_size:
         config = dataclasses.replace(config, vocab_size=int(vocab_size))
     return config

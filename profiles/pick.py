@@ -243,7 +243,8 @@ def fit_profile(
 ) -> ProfileVerdict:
     """The cheapest way ``profile`` fits ``device`` (or by how much it does not)."""
     budget = int((1.0 - margin) * device.free)
-    facts = parameter_facts(profile.model if vocab_size is None else replace(profile.model, vocab_size=vocab_size))
+    model = profile.run_model
+    facts = parameter_facts(model if vocab_size is None else replace(model, vocab_size=vocab_size))
     if mode == "infer":
         est = estimate_inference_memory(
             profile, batch=1, prompt_len=profile.train.seq_len, new_tokens=profile.train.seq_len,
@@ -314,7 +315,7 @@ def pick_profile(
         from profiles.catalog import list_profiles
 
         profiles = list_profiles()
-    profiles = sorted(profiles, key=lambda p: parameter_facts(p.model).total)
+    profiles = sorted(profiles, key=lambda p: parameter_facts(p.run_model).total)
     trainers = tuple(trainer_options) if trainer_options is not None else available_trainers()
     notes: list[str] = []
     gpus = hardware.usable_gpus if hardware.gpus else []
@@ -440,7 +441,8 @@ def _try_fsdp(profile: SizeProfile, dev: _Device, n: int, budget: int, vocab_siz
                 profile, mb, t.seq_len, dev.precision, checkpointing=ckpt, vocab_size=vocab_size,
                 device="cuda", trainer="simple",
             )
-            model = profile.model if vocab_size is None else replace(profile.model, vocab_size=vocab_size)
+            model = (profile.run_model if vocab_size is None
+                     else replace(profile.run_model, vocab_size=vocab_size))
             sharded = shard_estimate(est, n, model)
             if sharded.total <= budget:
                 ga_n = max(1, math.ceil(mb * ga / (mb * n)))

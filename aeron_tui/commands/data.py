@@ -1,5 +1,11 @@
 """`aeron-tui data ...`: build the bundled sample corpus and summarise corpora.
 
+Optional fields of a styles.jsonl record feed the model's extra inputs (see README "Data"):
+``triples`` [[subject, relation, object], ...] and ``entities`` [names] → the knowledge-graph
+attention; ``image`` (PNG/JPEG path relative to the data file) → the vision path; ``task`` (a
+name) → the continual module's task conditioning. A module is built only when some record has
+its input; `data stats` shows the coverage.
+
 Another engineer adds `data select` to this group later (register it on ``data_app`` below).
 Heavy modules are imported inside the commands so `aeron-tui --help` stays fast.
 """
@@ -30,7 +36,12 @@ Formats are detected from the fields of the first records (force one with --form
                      directories (documents split by file and by blank lines)
 
 \b
-Every record may carry provider, style_label (or category) and id.
+Every record may carry provider, style_label (or category) and id, and the
+model inputs "triples": [["Python", "created_by", "Guido"], ...] and
+"entities": [...] (knowledge graph), "image": "pics/a.png" (PNG/JPEG, relative
+to the data file), "task": "name" (task conditioning); the knowledge-graph,
+vision and task modules are built only when the data has their input
+(--set model.enable_knowledge_graph=true etc. overrides).
 Containers: .jsonl, .json (an array, or one object per line), .csv/.tsv
 (list fields as JSON in the cell), .parquet (pip install 'aeron-tui[parquet]'),
 or a directory of them. Multi-turn records use the chat template (README:
@@ -56,12 +67,24 @@ def build_sample(
         None, "--out", help="Directory to write (default: $AERON_TUI_HOME/data/sample)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated samples."),
+    kind: str = typer.Option(
+        "sample", "--kind", help="sample (the default corpus), facts (questions answered only "
+        "by each record's triples) or captions (drawn images with their captions)."),
 ) -> None:
-    """Build the sample corpus (styles.jsonl, preferences.jsonl, prompts.jsonl, manifest.json)."""
+    """Build the sample corpus (styles.jsonl, preferences.jsonl, prompts.jsonl, manifest.json),
+    or with --kind facts|captions a corpus that needs the knowledge graph or images."""
     from rich.console import Console
     from rich.table import Table
 
     from core.data.sample import build_sample_corpus, sample_dir
+
+    if kind != "sample":
+        from core.data.enhanced_samples import build_enhanced_corpus
+
+        built = build_enhanced_corpus(kind, out, seed)
+        Console().print(f"{built.kind} corpus: {built.records:,} records in {built.styles}",
+                        highlight=False)
+        return
 
     corpus = build_sample_corpus(out if out is not None else sample_dir(), seed=seed)
     table = Table(title=f"Sample corpus in {corpus.root}", title_justify="left")
@@ -174,6 +197,9 @@ def stats(
             if figures.get(key):
                 console.print(_counts_line(title, figures[key]), highlight=False, markup=False,
                               soft_wrap=True)
+        if figures.get("inputs"):
+            console.print(input_coverage_line(figures["inputs"]), highlight=False,
+                          soft_wrap=True)
         lengths = figures["lengths"]
         table = Table(title=f"lengths in {lengths['unit']}", title_justify="left")
         for col in ("side", "p50", "p90", "p99", "max", "mean"):
@@ -302,6 +328,27 @@ def select_samples(
         table.add_row(str(rank), str(s.line_no), s.style_label or "-", s.provider or "-",
                       f"{float(norms[i]):.4g}")
     Console().print(table)
+
+
+def input_coverage_line(cov: dict[str, Any]) -> str:
+    """One line: how many records feed each optional module, and what gets built."""
+    n = cov["records"]
+
+    def pct(k: int) -> str:
+        return f"{k:,}/{n:,} ({k / n:.0%})" if n else "0"
+
+    parts = [f"triples {pct(cov['with_triples'])}", f"entities {pct(cov['with_entities'])}",
+             f"image {pct(cov['with_image'])}", f"task {pct(cov['with_task'])}"]
+    built = []
+    if cov["with_triples"] or cov["with_entities"]:
+        built.append(f"knowledge graph ({cov['entities']:,} entities, {cov['relations']:,} "
+                     f"relations, {cov['triples']:,} triples)")
+    if cov["with_image"]:
+        built.append("vision")
+    if cov["with_task"]:
+        built.append(f"task conditioning ({len(cov['tasks'])} tasks)")
+    what = ", ".join(built) if built else "none (a text-only model)"
+    return f"model inputs: {', '.join(parts)}; modules built: {what}"
 
 
 def register(app: typer.Typer) -> None:

@@ -31,11 +31,18 @@ def info(
     profile: str = typer.Option("default", "--profile", "-p",
                                 help=f"Size profile ({_PROFILE_NAMES}) or a profile .toml file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    data: Path | None = typer.Option(
+        None, "--data", help="The data a run would train on: its triples/images/tasks decide "
+        "which of the knowledge-graph, vision and task modules are built (default: text data)."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="model.KEY=VALUE as for `train` (e.g. model.enable_multimodal=true)."),
 ) -> None:
-    """Print a profile's model configuration and its exact parameter count per component."""
+    """Print the model a run with this profile builds and its exact parameter count per
+    component (the knowledge-graph, vision and task modules only when --data feeds them)."""
     from core.model.model import BACKBONE_COMPONENTS, backbone_parameter_count, count_parameters
+    from core.model.modules import DATA_FED_MODULES, MODULE_NAMES
 
-    config = _profile_model(profile)
+    config = _run_model(profile, data, sets)
     counts = count_parameters(config)  # meta device: nothing allocated
     derived = {
         "head_dim": config.head_dim,
@@ -44,9 +51,12 @@ def info(
         "tot_keep_k (effective)": config.effective_tot_keep_k,
     }
     backbone = backbone_parameter_count(counts)
+    off = [MODULE_NAMES[s] for s in DATA_FED_MODULES if not getattr(config, s)]
     if as_json:
         payload = {
             "profile": profile,
+            "data": str(data) if data is not None else None,
+            "modules_not_built": off,
             "config": config.to_dict(),
             "derived": derived,
             "parameters": counts,
@@ -82,6 +92,9 @@ def info(
                 f"{backbone:,}", f"{100 * backbone / max(total, 1):.1f} %")
     par.add_row("[bold]total[/]", f"[bold]{total:,}[/]", "100.0 %")
     console.print(par)
+    if off:
+        why = "text data" if data is None else f"no record of {data} feeds them"
+        console.print(f"not built ({why}): {', '.join(off)}", highlight=False, soft_wrap=True)
 
 
 @model_app.command("smoke")
@@ -164,6 +177,31 @@ def export(
         else:
             console.print(f"verified with onnxruntime: max |logits difference| {diff:.2e}",
                           highlight=False)
+
+
+def _run_model(profile: str, data: Path | None, sets: list[str]) -> NeuralNetConfig:
+    """The model a run with ``profile`` on ``data`` (None: text) and ``--set model.*`` builds."""
+    from core.errors import ConfigError
+    from core.train.config import parse_set_option
+
+    overrides: dict[str, Any] = {}
+    for item in sets:
+        key, value = parse_set_option(item)
+        if not key.startswith("model."):
+            raise ConfigError(f"--set {item!r}: model info takes model.KEY=VALUE only")
+        overrides[key[len("model."):]] = value
+    try:
+        from profiles.catalog import load_profile, run_model_config
+    except ImportError:
+        return _read_catalog_model(profile)
+    coverage = None
+    if data is not None:
+        from core.data.extras import scan_data_inputs
+
+        if not data.exists():
+            raise ConfigError(f"--data {data}: not found")
+        coverage = scan_data_inputs(data)
+    return run_model_config(load_profile(profile).model, coverage, overrides)
 
 
 def _profile_model(profile: str) -> NeuralNetConfig:

@@ -543,7 +543,8 @@ def iter_items(source: DataSource, *, strict: bool = True) -> Iterator[Item | Pr
             yield Item(raw, records, fmt)
 
 
-def _need_kind(source: DataSource, kinds: tuple[str, ...], who: str) -> None:
+def require_kind(source: DataSource, kinds: tuple[str, ...], who: str) -> None:
+    """DataError in one line unless the source holds one of ``kinds`` (saying what it holds)."""
     if source.kind not in kinds:
         wanted = " or ".join(KIND_WORDS[k] for k in kinds)
         raise DataError(
@@ -566,27 +567,27 @@ def read_samples(path: str | os.PathLike[str], format: str | None = None,
                  who: str = "supervised training") -> list[Any]:
     """Every sft record of ``path`` as StyleSamples (one per assistant turn)."""
     source = open_source(path, format)
-    _need_kind(source, ("sft",), who)
+    require_kind(source, ("sft",), who)
     return _records(source)
 
 
 def read_preference_pairs(path: str | os.PathLike[str], format: str | None = None,
                           who: str = "this trainer") -> list[Any]:
     source = open_source(path, format)
-    _need_kind(source, ("preferences",), who)
+    require_kind(source, ("preferences",), who)
     return _records(source)
 
 
 def read_prompt_samples(path: str | os.PathLike[str], format: str | None = None,
                         who: str = "PPO") -> list[Any]:
     source = open_source(path, format)
-    _need_kind(source, ("prompts",), who)
+    require_kind(source, ("prompts",), who)
     return _records(source)
 
 
 def read_documents(path: str | os.PathLike[str], format: str | None = None) -> list[str]:
     source = open_source(path, format)
-    _need_kind(source, ("text",), "text training")
+    require_kind(source, ("text",), "text training")
     return _records(source)
 
 
@@ -892,6 +893,12 @@ def collect_stats(path: str | os.PathLike[str], format: str | None = None, *,
         )
         if roles:
             out["roles"] = dict(sorted(roles.items()))
+        from core.data.extras import input_coverage
+
+        # A second streamed pass: which records carry triples, entities, images, tasks.
+        out["inputs"] = input_coverage(
+            r for item in iter_items(source, strict=False) if isinstance(item, Item)
+            for r in item.records).to_dict()
     elif source.kind == "preferences":
         out.update(pairs=n, per_source=dict(sorted(per_source.items())),
                    mean_prompt_chars=chars["user"] / d, mean_chosen_chars=chars["reply"] / d)

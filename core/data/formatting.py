@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.data.tokenizer import (
     ASSISTANT_ID,
@@ -53,12 +53,15 @@ class EncodedPair:
     """One training example as id lists (unpadded).
 
     ``target_bytes`` is the UTF-8 byte count of the scored target text (for bits per byte).
+    ``inputs`` are the record's knowledge-graph, image and task inputs
+    (:class:`core.data.extras.SampleInputs`), or None.
     """
 
     input_ids: list[int]
     decoder_input_ids: list[int]
     labels: list[int]
     target_bytes: int
+    inputs: Any = None
 
     def __len__(self) -> int:
         """Bucketing length: the longer of the two sides."""
@@ -152,19 +155,33 @@ def pair_from_sequences(input_ids: list[int], y: list[int], target_bytes: int) -
     return EncodedPair(list(input_ids), y[:-1], y[1:], int(target_bytes))
 
 
-def encode_styles_sample(sample: object, tok: TokenizerLike, max_length: int) -> EncodedPair:
+def encode_styles_sample(
+    sample: object, tok: TokenizerLike, max_length: int, vocab: Any = None, source: str = ""
+) -> EncodedPair:
     """The ``styles`` formatter for a :class:`core.data.styles.StyleSample` (any sft format):
-    the chat template's encoder side, the reply as the decoder target."""
+    the chat template's encoder side, the reply as the decoder target.
+
+    With an input ``vocab`` (:class:`core.data.extras.InputVocab`) the record's triples,
+    entities, image and task travel with the pair (``source`` names the file in errors).
+    """
     enc = sample_encoder_ids(sample, tok, max_length)
     y, nbytes = decoder_sequence(tok, sample.assistant_reply, max_length)  # type: ignore[attr-defined]
-    return pair_from_sequences(enc, y, nbytes)
+    pair = pair_from_sequences(enc, y, nbytes)
+    if vocab is not None:
+        where = f"{source}:{sample.line_no}" if source else ""  # type: ignore[attr-defined]
+        inputs = vocab.encode(sample, where)
+        if inputs is not None:
+            pair = EncodedPair(pair.input_ids, pair.decoder_input_ids, pair.labels,
+                               pair.target_bytes, inputs)
+    return pair
 
 
 def encode_styles_samples(
-    samples: Sequence[object], tok: TokenizerLike, max_length: int
+    samples: Sequence[object], tok: TokenizerLike, max_length: int, vocab: Any = None,
+    source: str = "",
 ) -> list[EncodedPair]:
     """:func:`encode_styles_sample` over a list."""
-    return [encode_styles_sample(s, tok, max_length) for s in samples]
+    return [encode_styles_sample(s, tok, max_length, vocab, source) for s in samples]
 
 
 def encode_text_windows(text: str, tok: TokenizerLike, max_length: int) -> list[EncodedPair]:

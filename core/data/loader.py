@@ -22,12 +22,17 @@ from core.errors import DataError
 
 
 def collate(
-    pairs: Sequence[EncodedPair], pad_id: int = 0, with_target_bytes: bool = False
+    pairs: Sequence[EncodedPair],
+    pad_id: int = 0,
+    with_target_bytes: bool = False,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-pad a list of pairs into int64 tensors with 1/0 masks; padded labels are -100.
 
     Keys: ``input_ids``, ``attention_mask``, ``decoder_input_ids``, ``decoder_attention_mask``,
-    ``labels`` (+ ``target_bytes`` of shape (B,) when ``with_target_bytes``).
+    ``labels`` (+ ``target_bytes`` of shape (B,) when ``with_target_bytes``), plus the extra
+    inputs the pairs carry (:func:`core.data.extras.collate_inputs`; ``image_shape`` for a model
+    with a vision path). ``core.data.extras.model_inputs(batch)`` gives the model's arguments.
     """
     if not pairs:
         raise ValueError("collate needs at least one pair")
@@ -57,6 +62,10 @@ def collate(
     }
     if with_target_bytes:
         batch["target_bytes"] = torch.tensor([p.target_bytes for p in pairs], dtype=torch.long)
+    if image_shape is not None or any(p.inputs is not None for p in pairs):
+        from core.data.extras import collate_inputs
+
+        batch.update(collate_inputs([p.inputs for p in pairs], image_shape))
     return batch
 
 
@@ -78,6 +87,7 @@ class BatchLoader:
         world_size: int = 1,
         pad_id: int = 0,
         with_target_bytes: bool = False,
+        image_shape: tuple[int, int, int] | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -96,6 +106,7 @@ class BatchLoader:
         self.world_size = world_size
         self.pad_id = pad_id
         self.with_target_bytes = with_target_bytes
+        self.image_shape = image_shape
         self._lengths = [len(p) for p in self.pairs]
         self.epoch = 0
         self.position = 0  # samples of this epoch's global order already consumed (all ranks)
@@ -193,7 +204,7 @@ class BatchLoader:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        return collate(self.next_pairs(), self.pad_id, self.with_target_bytes)
+        return collate(self.next_pairs(), self.pad_id, self.with_target_bytes, self.image_shape)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -486,7 +486,7 @@ def check_checkpoints_mergeable(paths: Sequence[str | os.PathLike[str]]) -> dict
         if diff:
             raise MergeError(
                 f"{p} and {first} have different model configs ({'; '.join(diff[:4])}); "
-                "only checkpoints of the same profile can be merged"
+                + _module_mismatch_hint(c, configs[0])
             )
         if m.get("tokenizer_sha256") != manifests[0].get("tokenizer_sha256"):
             raise MergeError(
@@ -494,6 +494,19 @@ def check_checkpoints_mergeable(paths: Sequence[str | os.PathLike[str]]) -> dict
                 "differently. Run `aeron-tui tokenizer upgrade` on one of them first"
             )
     return configs[0]
+
+
+def _module_mismatch_hint(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Why two configs differ when one was trained with knowledge-graph/image/task data."""
+    from core.model.modules import DATA_FED_MODULES, MODULE_NAMES
+
+    differ = [s for s in DATA_FED_MODULES if bool(a.get(s)) != bool(b.get(s))]
+    if not differ:
+        return "only checkpoints of the same profile can be merged"
+    names = ", ".join(MODULE_NAMES[s] for s in differ)
+    return (f"only one of them has the {names} module (built only when the training data has "
+            "its input); merge checkpoints trained on the same kind of data, or `continue` one "
+            "on the other's data first")
 
 
 @dataclass

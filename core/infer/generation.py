@@ -254,6 +254,7 @@ def generate_ids(
     stop_check: Callable[[int, list[int]], bool] | None = None,
     prefix: Sequence[int] = DECODER_PREFIX,
     commit_scratchpad: bool = False,
+    inputs: dict[str, Any] | None = None,
 ) -> GenerationOutput:
     """Generate for a batch of encoder inputs (right-padded, ``attention_mask`` 1 = real).
 
@@ -264,14 +265,16 @@ def generate_ids(
     reference the cache is tested against). ``config.paged_blocks`` N > 0 keeps the cache in a
     :class:`core.infer.paged_kv.PagedKVCache` of N blocks instead: finished rows leave the batch and
     free their blocks (same tokens; :class:`core.infer.paged_kv.PagedCacheExhausted` when N is too
-    small).
+    small). ``inputs`` are the encoder's extra arguments (``input_entities``,
+    ``knowledge_graph``, ``vision_inputs``, ``task_id``; see :func:`expand_inputs`).
     """
     config = config or GenerationConfig()
     device = input_ids.device
     b = int(input_ids.shape[0])
     max_new = _max_new_tokens(model, config, len(prefix))
     with eval_mode(model):
-        encoded = model.encode(input_ids, attention_mask, commit_scratchpad=commit_scratchpad)
+        encoded = model.encode(input_ids, attention_mask, commit_scratchpad=commit_scratchpad,
+                               **expand_inputs(inputs, b))
         vocab = int(model.config.vocab_size)
         stop_ids = torch.tensor(sorted(set(config.stop_ids)), device=device, dtype=torch.long)
         seq = torch.tensor([list(prefix)] * b, device=device, dtype=torch.long)
@@ -453,6 +456,27 @@ class TextStreamer:
         return rest
 
 
+def expand_inputs(inputs: dict[str, Any] | None, batch: int) -> dict[str, Any]:
+    """Encoder extra inputs with one row repeated to ``batch`` rows (tensors with batch size 1;
+    the knowledge-graph dict's tensors too)."""
+    if not inputs:
+        return {}
+
+    def grow(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: grow(v) for k, v in value.items()}
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == 1 and batch > 1:
+            return value.expand(batch, *value.shape[1:])
+        return value
+
+    return {k: grow(v) for k, v in inputs.items()}
+
+
+def _to_device(inputs: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: (_to_device(v, device) if isinstance(v, dict) else
+                v.to(device) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -465,8 +489,12 @@ def generate(
     device: Any = None,
     history: Sequence[tuple[str, str]] = (),
     system: str = "",
+    inputs: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """Generate a reply to every prompt (one padded batch).
+
+    ``inputs``: knowledge-graph / image / task inputs for the encoder, one row shared by every
+    prompt (``core.infer.inference.prompt_inputs`` builds them from names and paths).
 
     ``on_text(row, piece)`` streams decoded text as it is produced (``chat`` uses it).
     Raises ConfigError for bad options, a too-long prompt with ``overflow="error"``, or a
@@ -516,8 +544,10 @@ def generate(
             if bool(finished[i]):
                 done_streaming[i] = True
 
+    moved = None if inputs is None else _to_device(inputs, ids.device)
     out = generate_ids(
-        model, ids, mask, config, generator=generator, on_step=on_step, stop_check=stop_check
+        model, ids, mask, config, generator=generator, on_step=on_step, stop_check=stop_check,
+        inputs=moved,
     )
     results = []
     for i, prompt in enumerate(prompts):

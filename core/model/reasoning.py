@@ -464,10 +464,15 @@ class AeronReasoningEngine(nn.Module):
         self.memory_dim = config.memory_dim
         self.max_reasoning_steps = config.max_reasoning_steps
         self.complexity_gate = _mlp(d, d // 4, std)
-        self.memory_bridge = nn.Linear(config.memory_dim, d, bias=False)
-        self.task_proj = nn.Linear(d, d, bias=False)
-        init_linear(self.memory_bridge, std)
-        init_linear(self.task_proj, std)
+        # The bridges from the neural memory's recall and the task embedding exist only with
+        # the module that feeds them (a projection nothing feeds would never be trained).
+        self.memory_bridge = (nn.Linear(config.memory_dim, d, bias=False)
+                              if config.enable_memory else None)
+        if self.memory_bridge is not None:
+            init_linear(self.memory_bridge, std)
+        self.task_proj = nn.Linear(d, d, bias=False) if config.enable_continual else None
+        if self.task_proj is not None:
+            init_linear(self.task_proj, std)
         self.tree_of_thought = AeronTreeOfThoughtProcessor(config)
         self.scratchpad = AeronInternalScratchpad(config)
         self.scratchpad_attention = ScratchpadAttention(config)
@@ -497,15 +502,16 @@ class AeronReasoningEngine(nn.Module):
         u = x
         memory_used = (
             memory_recall is not None
+            and self.memory_bridge is not None
             and memory_recall.dim() == x.dim()
             and memory_recall.shape[-1] == self.memory_dim
             and memory_recall.shape[:-1] == x.shape[:-1]
         )
         if memory_used:
-            assert memory_recall is not None
+            assert memory_recall is not None and self.memory_bridge is not None
             u = u + self.memory_bridge(memory_recall.to(x.dtype))
-        task_used = task_embedding is not None
-        if task_embedding is not None:
+        task_used = task_embedding is not None and self.task_proj is not None
+        if task_embedding is not None and self.task_proj is not None:
             e = task_embedding if task_embedding.dim() == 2 else task_embedding.expand(b, -1)
             u = u + self.task_proj(e)[:, None, :]
 

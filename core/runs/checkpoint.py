@@ -5,6 +5,8 @@ A checkpoint is a directory (GUIDE "How a run flows" §5)::
     model.safetensors   weights and persistent buffers; a tied weight is stored once
     config.json         the NeuralNetConfig
     tokenizer.json      the tokenizer (plus tokenizer_config.json when the tokenizer writes one)
+    input_vocab.json    entity/relation/task names → ids of the knowledge-graph and task inputs
+                        (checkpoints written before issue 17 lack it)
     trainer_state.json  global step, RNG states, data position, controller states, best losses
     optimizer.pt        optimizer (and grad-scaler) state; only ever loaded with weights_only=True
     manifest.json       format version, SHA-256 and size of every file, per-tensor SHA-256,
@@ -42,6 +44,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TRAINER_STATE_FILE = "trainer_state.json"
+INPUT_VOCAB_FILE = "input_vocab.json"
 OPTIMIZER_FILE = "optimizer.pt"
 MANIFEST_FILE = "manifest.json"
 REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE)
@@ -72,6 +75,7 @@ def save_checkpoint(
     parents: Iterable[dict[str, str]] = (),
     corpus: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    input_vocab: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically and return its path.
 
@@ -79,7 +83,8 @@ def save_checkpoint(
     ``to_dict()``) or a dict; ``tokenizer`` an object with ``save(directory)``, a path to a
     ``tokenizer.json`` (or a directory holding one), or the JSON text. ``parents`` are lineage
     links ``{"id": <version>, "relation": resumed|continued|merged|upgraded}``. ``extra`` is
-    stored in the manifest (e.g. ``global_step``, ``val_loss``, ``run_id``).
+    stored in the manifest (e.g. ``global_step``, ``val_loss``, ``run_id``). ``input_vocab`` (the
+    JSON form of ``core.data.extras.InputVocab``) is written as ``input_vocab.json``.
 
     Raises CheckpointError (nothing under ``path`` changes) when any write fails.
     """
@@ -101,6 +106,8 @@ def save_checkpoint(
         tensor_hashes = _write_model(tmp / MODEL_FILE, model)
         _write_json(tmp / CONFIG_FILE, _config_dict(config))
         _write_tokenizer(tmp, tokenizer)
+        if input_vocab is not None:
+            _write_json(tmp / INPUT_VOCAB_FILE, input_vocab)
         _write_json(tmp / TRAINER_STATE_FILE, trainer_state)
         if optimizer_state is not None:
             _write_with(tmp / OPTIMIZER_FILE, lambda p: _torch_save(optimizer_state, p))
@@ -395,6 +402,8 @@ class LoadedCheckpoint:
     manifest: dict[str, Any]
     optimizer_state: dict[str, Any] | None = None
     _tokenizer: Any = field(default=None, repr=False)
+    # The JSON form of the input vocabulary; None for checkpoints written before it existed.
+    input_vocab: dict[str, Any] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -561,6 +570,12 @@ def load_checkpoint(
         if stored not in model_state:
             raise CheckpointError(f"{ckpt / MODEL_FILE}: tied tensor {alias} points to missing {stored}")
         model_state[alias] = model_state[stored]
+    input_vocab = None
+    if INPUT_VOCAB_FILE in manifest["files"]:
+        try:
+            input_vocab = json.loads((ckpt / INPUT_VOCAB_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{ckpt / INPUT_VOCAB_FILE}: unreadable ({exc})") from exc
     config: Any = config_dict
     try:
         from core.model.config import NeuralNetConfig
@@ -580,6 +595,7 @@ def load_checkpoint(
         trainer_state=trainer_state,
         optimizer_state_path=opt_path,
         manifest=manifest,
+        input_vocab=input_vocab,
     )
     if load_optimizer and opt_path is not None:
         loaded.load_optimizer_state(device)
@@ -651,23 +667,78 @@ def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[
     out = []
     for name in sorted((set(saved) | set(expected)) - RUNTIME_CONFIG_FIELDS):
         a, b = saved.get(name, "<absent>"), expected.get(name, "<absent>")
+        if a in ("<absent>", None) and b in ("<absent>", None):
+            continue  # a field added later with a None default (older checkpoints lack it)
         if a != b:
             out.append(f"{name}: checkpoint {a!r}, this run {b!r}")
     return out
 
 
 def build_model_from_checkpoint(
-    path: str | os.PathLike[str], device: str = "cpu"
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    drop_unfed: bool = False,
+    on_info: Callable[[str], None] | None = None,
 ) -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, config)`` from a checkpoint, in eval mode (generation, merge, export)."""
+    """``(model, tokenizer, config)`` from a checkpoint, in eval mode (generation, merge, export).
+
+    ``drop_unfed`` (generation): a checkpoint written before the data-fed modules existed has
+    knowledge-graph / vision / task modules that nothing ever gave an input — they are not built
+    and their tensors are ignored, with one line to ``on_info`` (outputs are unchanged: those
+    modules are the identity without their input).
+    """
     from core.model.model import TransformerNeuralNetBackbone
 
     loaded = load_checkpoint(path, device="cpu", load_optimizer=False)
-    model = TransformerNeuralNetBackbone(loaded.config)
-    load_model_state(model, densify_low_rank(loaded.model_state), loaded.path / MODEL_FILE)
+    config = loaded.config
+    state = densify_low_rank(loaded.model_state)
+    drop = unfed_modules(loaded) if drop_unfed else []
+    if drop:
+        from core.model.modules import MODULE_NAMES, MODULE_PREFIXES
+
+        prefixes = tuple(p for switch in drop for p in MODULE_PREFIXES[switch])
+        ignored = {k for k in state if k.startswith(prefixes)}
+        count = sum(state[k].numel() for k in ignored)
+        state = {k: v for k, v in state.items() if k not in ignored}
+        config = config.replace(**dict.fromkeys(drop, False))
+        if on_info is not None:
+            names = ", ".join(MODULE_NAMES[s] for s in drop)
+            on_info(f"{loaded.path}: ignoring the {names} module(s) ({count:,} parameters) of "
+                    "this older checkpoint: no data ever gave them an input, so outputs are "
+                    "unchanged")
+    model = TransformerNeuralNetBackbone(config)
+    load_model_state(model, state, loaded.path / MODEL_FILE)
     model.to(device)
     model.eval()
-    return model, loaded.tokenizer, loaded.config
+    return model, loaded.tokenizer, config
+
+
+def unfed_modules(loaded: LoadedCheckpoint) -> list[str]:
+    """The data-fed ``enable_*`` switches of a checkpoint written before they were resolved from
+    the data (it has no ``input_vocab.json``): nothing could have fed those modules. A continual
+    module holding an EWC consolidation is kept (merges and `continue` read it)."""
+    from core.model.config import NeuralNetConfig
+    from core.model.modules import DATA_FED_MODULES
+
+    config = loaded.config
+    if loaded.input_vocab is not None or not isinstance(config, NeuralNetConfig):
+        return []
+    out = [s for s in DATA_FED_MODULES if getattr(config, s)]
+    if "enable_continual" in out and any(".ewc_state." in k for k in loaded.model_state):
+        out.remove("enable_continual")
+    return out
+
+
+def read_input_vocab(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The JSON input vocabulary of checkpoint ``path``, or None when it has none."""
+    f = Path(path) / INPUT_VOCAB_FILE
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{f}: unreadable ({exc})") from exc
+    return data if isinstance(data, dict) else None
 
 
 def densify_low_rank(state: dict[str, Any]) -> dict[str, Any]:
@@ -684,6 +755,66 @@ def densify_low_rank(state: dict[str, Any]) -> dict[str, Any]:
         out.pop(f"{prefix}.weight_out")
         out[f"{prefix}.weight"] = (w_out.float() @ w_in.float()).to(w_out.dtype)
     return out
+
+
+# Tables indexed by a run's input vocabulary: a continued run may have more rows (new names).
+GROWABLE_TABLES = (
+    "knowledge_graph.entity_embedding.weight",
+    "knowledge_graph.relation_embedding.weight",
+    "continual_learning.task_embedding.weight",
+)
+
+
+# Added to a trained model, these start at zero so its outputs do not change (the continual
+# module's FiLM is zero-initialised anyway; the reasoning engine's task projection is not).
+ZERO_WHEN_ADDED = frozenset({"reasoning_engine.task_proj.weight"})
+
+
+def adapt_state_to_model(
+    model: Any, state: dict[str, Any], source: str | os.PathLike[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Fit a checkpoint's state to a model whose data-fed modules differ (``continue`` onto data
+    with or without triples, images or tasks); returns the state and one line per change:
+
+    * a module the checkpoint has but the model does not build: its tensors are ignored;
+    * a module the model builds but the checkpoint lacks: it keeps its fresh initialisation
+      (task conditioning starts as the identity, the knowledge-graph gate nearly closed);
+    * entity/relation/task tables with more rows in the model: the old rows are copied, new
+      names start fresh.
+    """
+    from core.model.modules import DATA_FED_MODULES, MODULE_NAMES, MODULE_PREFIXES
+
+    own = model.state_dict()
+    out = dict(state)
+    notes: list[str] = []
+    for switch in DATA_FED_MODULES:
+        prefixes = MODULE_PREFIXES[switch]
+        in_state = [k for k in out if k.startswith(prefixes)]
+        in_model = [k for k in own if k.startswith(prefixes)]
+        if in_state and not in_model:
+            n = sum(out[k].numel() for k in in_state)
+            for k in in_state:
+                del out[k]
+            notes.append(f"{source}: the {MODULE_NAMES[switch]} module ({n:,} parameters) is "
+                         "not used: this run's data has no "
+                         f"'{DATA_FED_MODULES[switch][0]}'")
+        elif in_model and not in_state:
+            for k in in_model:
+                out[k] = own[k]
+                if k in ZERO_WHEN_ADDED:  # so the grafted module starts as the identity
+                    out[k] = own[k].new_zeros(own[k].shape)
+            notes.append(f"{source}: has no {MODULE_NAMES[switch]} module; this run's data has "
+                         f"'{DATA_FED_MODULES[switch][0]}', so it starts freshly initialised")
+    for name in GROWABLE_TABLES:
+        if name in out and name in own and out[name].shape[0] < own[name].shape[0] \
+                and out[name].shape[1:] == own[name].shape[1:]:
+            grown = own[name].clone()
+            grown[: out[name].shape[0]] = out[name].to(grown.dtype)
+            notes.append(f"{source}: {name.split('.')[-2].replace('_', ' ')} grew from "
+                         f"{out[name].shape[0]} to {own[name].shape[0]} rows (new names start "
+                         "fresh)")
+            out[name] = grown
+    return out, notes
 
 
 def load_model_state(model: Any, state: dict[str, Any], source: str | os.PathLike[str]) -> None:

@@ -140,6 +140,16 @@ class Trainer:
         self._val_batches: list[dict[str, Tensor]] | None = None
         self.corpus: dict[str, Any] = {}
         self.data_path = ""
+        # The records' optional inputs (issue 17): coverage, the entity/relation/task vocabulary
+        # (saved in checkpoints) and the image shape batches carry when the model has a vision
+        # path. ``resume_checkpoint`` is set before build_data so a resume keeps its vocabulary.
+        self.input_coverage: Any = None
+        self.input_vocab: Any = None
+        self.image_shape: tuple[int, int, int] | None = None
+        self.resume_checkpoint: LoadedCheckpoint | None = None
+        # One-line explanations found during setup (modules switched by the data, checkpoint
+        # modules added or ignored); emitted as ``info`` events right after ``run_started``.
+        self.setup_notes: list[str] = []
         self.global_step = 0
         self.total_steps = config.steps
         self.micro_batch = config.micro_batch or 1
@@ -215,12 +225,14 @@ class Trainer:
         for kind, fields in self._early_events:
             self.emit(kind, **fields)
         self._early_events.clear()
+        self.resume_checkpoint = resume
         self.device = self.resolve_device()
         self.seed_everything(cfg.seed)
         self.tokenizer = resume.tokenizer if resume is not None else self.build_tokenizer()
         self._resolve_sizes()
         self.build_data()
         self.model_config = self.resolve_model_config(resume)
+        self.configure_batches()
         self.model = self.build_model().to(self.device)
         self.precision = self.resolve_precision()
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -253,6 +265,8 @@ class Trainer:
             step=self.global_step,
             global_step=self.global_step,
         )
+        for note in self.setup_notes:
+            self.emit("info", message=note)
         if resume is not None:
             self.emit(
                 "info",
@@ -342,12 +356,17 @@ class Trainer:
     def build_data(self) -> None:
         """Pre-tokenize the corpus once: ``self.train_loader`` (a resumable BatchLoader over the
         training split) and ``self.val_pairs`` (the validation split)."""
+        from core.data.extras import input_coverage
         from core.data.loader import BatchLoader
 
         path = self.resolve_data_path()
         self.data_path = str(path)
+        samples = read_corpus_records(path, self.config.max_samples, self.config.data_format)
+        self.input_coverage = input_coverage(samples or [])
+        self.input_vocab = self.build_input_vocab(samples or [])
         train_pairs, val_pairs = load_pairs(
-            path, self.tokenizer, self.seq_len, self.config.max_samples, self.config.data_format
+            path, self.tokenizer, self.seq_len, self.config.max_samples,
+            vocab=self.input_vocab, samples=samples, data_format=self.config.data_format,
         )
         if not train_pairs or not val_pairs:
             raise DataError(split_problem(path, "training" if not train_pairs else "validation",
@@ -366,6 +385,50 @@ class Trainer:
         self.corpus["train_samples"] = len(train_pairs)
         self.corpus["val_samples"] = len(val_pairs)
 
+    def build_input_vocab(self, samples: list[Any]) -> Any:
+        """The run's entity/relation/task vocabulary: a resumed checkpoint's (ids must not move),
+        else every name in ``samples``."""
+        from core.data.extras import InputVocab
+
+        resume = self.resume_checkpoint
+        if resume is not None and resume.input_vocab is not None:
+            return InputVocab.from_dict(resume.input_vocab, str(resume.path))
+        return InputVocab.from_samples(samples)
+
+    def fed_inputs(self) -> Any:
+        """What the run's data feeds the model (:class:`core.model.modules.FedInputs`)."""
+        images = bool(self.input_coverage is not None and self.input_coverage.feeds_images)
+        if self.input_vocab is None:
+            from core.model.modules import FedInputs
+
+            return FedInputs(images=images)
+        return self.input_vocab.fed_inputs(images)
+
+    def configure_batches(self) -> None:
+        """Once the model config is known: batches of a vision model carry images (blank for a
+        record without one), and every image is decoded once now, so a bad file stops the run
+        before its first step with the record's ``file:line``."""
+        from core.data.extras import check_images, image_shape_of
+
+        self.image_shape = image_shape_of(self.model_config)
+        loaders = [self.train_loader, getattr(self.train_loader, "new", None),
+                   getattr(self.train_loader, "old", None),
+                   *getattr(self, "loaders", {}).values()]
+        for loader in loaders:
+            if loader is not None and hasattr(loader, "image_shape"):
+                loader.image_shape = self.image_shape
+        pairs = [*getattr(getattr(self.train_loader, "new", self.train_loader), "pairs", []),
+                 *self.val_pairs]
+        if self.image_shape is not None:
+            c, size, _ = self.image_shape
+            check_images((p.inputs for p in pairs), size, c)
+            return
+        first = next((p.inputs for p in pairs if p.inputs is not None and p.inputs.image), None)
+        if first is not None:
+            raise DataError(
+                f"{first.where}: the record has an image but model.enable_multimodal is off; "
+                "remove --set model.enable_multimodal=false or the records' 'image' fields")
+
     def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
         """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the
         ``[model]`` overrides; a resumed run must match its checkpoint's config."""
@@ -383,6 +446,7 @@ class Trainer:
             changes["use_gradient_checkpointing"] = bool(self.config.gradient_checkpointing)
         try:
             model_config = base.replace(**{**changes, **self.config.model})
+            model_config = self.resolve_modules(model_config, resume)
         except ConfigError as exc:
             raise ConfigError(f"run config [model]: {exc}") from exc
         # The sequence length never rewrites the architecture (it used to grow
@@ -402,6 +466,30 @@ class Trainer:
                     f"this run's: {'; '.join(diff[:6])} — resume with the checkpoint's profile"
                 )
         return model_config
+
+    def resolve_modules(self, model_config: Any, resume: LoadedCheckpoint | None) -> Any:
+        """Switch the data-fed modules (knowledge graph, vision, task conditioning) on exactly
+        when the data feeds them, unless ``[model]`` sets them (issue 17); a resumed run keeps
+        its checkpoint's modules. Emits one ``info`` event per module switched."""
+        from core.model.modules import DATA_FED_MODULES, resolve_enabled_modules
+
+        explicit = set(self.config.model)
+        if resume is not None and isinstance(resume.config, type(model_config)):
+            from core.model.modules import MODULE_NAMES
+            from core.runs.checkpoint import unfed_modules
+
+            keep = [*DATA_FED_MODULES, "kg_num_entities", "kg_num_relations", "num_tasks"]
+            saved = {k: getattr(resume.config, k) for k in keep if k not in explicit}
+            old = unfed_modules(resume)
+            if old:
+                self.setup_notes.append(
+                    f"{resume.path} predates data-fed modules: its "
+                    f"{', '.join(MODULE_NAMES[s] for s in old)} module(s) are kept as saved for "
+                    "an exact resume; a new run (or `continue`) builds only what the data feeds")
+            return model_config.replace(**saved)
+        resolved, notes = resolve_enabled_modules(model_config, self.fed_inputs(), explicit)
+        self.setup_notes.extend(notes)
+        return resolved
 
     def build_model(self) -> nn.Module:
         from core.model.model import TransformerNeuralNetBackbone
@@ -469,12 +557,15 @@ class Trainer:
         self, batch: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Any] | None, Tensor]:
         """Mean token cross-entropy of one micro-batch (the model's own loss)."""
+        from core.data.extras import model_inputs
+
         outputs = self.train_model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             decoder_input_ids=batch["decoder_input_ids"],
             decoder_attention_mask=batch["decoder_attention_mask"],
             labels=batch["labels"],
+            **model_inputs(batch),
         )
         n_tokens = (batch["labels"] != -100).sum()
         return outputs["loss"], outputs, n_tokens
@@ -653,7 +744,7 @@ class Trainer:
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
             self._val_batches = [
-                collate(pairs[i : i + self.micro_batch])
+                collate(pairs[i : i + self.micro_batch], image_shape=self.image_shape)
                 for i in range(0, len(pairs), self.micro_batch)
             ]
         return self._val_batches
@@ -788,6 +879,7 @@ class Trainer:
                 optimizer_state=optim_state,
                 parents=self.lineage_parents,
                 corpus=self.corpus,
+                input_vocab=self.input_vocab.to_dict() if self.input_vocab is not None else None,
                 extra={
                     "global_step": self.global_step,
                     "run_id": self.run_id,
@@ -1144,6 +1236,13 @@ class Trainer:
             resume=None,
             overwrite=False,
         )
+        if self.model_config is not None:
+            # The data-fed modules this run resolved (issue 17): recorded, so running the saved
+            # run.toml again builds the same model.
+            from core.model.modules import DATA_FED_MODULES
+
+            data["model"] = {**data["model"],
+                             **{k: getattr(self.model_config, k) for k in DATA_FED_MODULES}}
         return RunConfig.from_dict(data, "resolved run config")
 
     def _one_step(self) -> None:
@@ -1361,31 +1460,51 @@ def default_precision(device: torch.device) -> str:
     return str(measured(device))
 
 
+def read_corpus_records(
+    path: Path, max_samples: int | None = None, data_format: str | None = None
+) -> list[Any] | None:
+    """The supervised records of a corpus in any format ``core.data.formats`` reads (first
+    ``max_samples``), or None for plain text."""
+    from core.data.formats import open_source, read_samples
+
+    if open_source(path, data_format).kind != "sft":
+        return None
+    samples = read_samples(path, data_format)
+    return samples[:max_samples] if max_samples is not None else samples
+
+
 def load_pairs(
     path: Path,
     tokenizer: Any,
     seq_len: int,
     max_samples: int | None = None,
+    vocab: Any = None,
+    samples: list[Any] | None = None,
     data_format: str | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """Encode a corpus once. Supervised records (styles.jsonl, Alpaca, ShareGPT, messages,
     prompt/completion, in any container ``core.data.formats`` reads) → (train, val) pairs by the
     stable hash split; plain text (.txt/.md files, directories, ``{"text"}`` records) →
-    continuation windows, split by document hash."""
-    from core.data.formats import open_source, read_documents, read_samples
+    continuation windows, split by document hash.
+
+    With an input ``vocab`` the records' triples/entities/image/task travel with the pairs;
+    ``samples`` are the records when the caller has read them already.
+    """
+    from core.data.formats import open_source, read_documents, require_kind
     from core.data.formatting import encode_styles_sample, encode_text_windows
 
     source = open_source(path, data_format)
+    require_kind(source, ("sft", "text"), "supervised training")
     if source.kind == "sft":
         from core.data.styles import split_samples
 
-        samples = read_samples(path, data_format)
-        if max_samples is not None:
-            samples = samples[:max_samples]
+        if samples is None:
+            samples = read_corpus_records(path, max_samples, data_format)
+        assert samples is not None
         train, val = split_samples(samples)
         return (
-            [encode_styles_sample(s, tokenizer, seq_len) for s in train],
-            [encode_styles_sample(s, tokenizer, seq_len) for s in val],
+            [encode_styles_sample(s, tokenizer, seq_len, vocab, str(path)) for s in train],
+            [encode_styles_sample(s, tokenizer, seq_len, vocab, str(path)) for s in val],
         )
     from core.data.styles import hash_is_validation
 
@@ -1397,6 +1516,15 @@ def load_pairs(
     for i, doc in enumerate(docs):
         target = val_pairs if hash_is_validation(f"doc:{i}:{doc[:200]}") else train_pairs
         target.extend(encode_text_windows(doc, tokenizer, seq_len))
+    task = getattr(vocab, "default_task", None)
+    if task is not None:  # a model with tasks: plain text is the vocabulary's default task
+        import dataclasses
+
+        from core.data.extras import SampleInputs
+
+        inputs = SampleInputs(task_id=vocab.task_id(task), where=str(path))
+        train_pairs = [dataclasses.replace(p, inputs=inputs) for p in train_pairs]
+        val_pairs = [dataclasses.replace(p, inputs=inputs) for p in val_pairs]
     return train_pairs, val_pairs
 
 

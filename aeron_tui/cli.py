@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     args = _take_debug_flag(args)
     try:
-        app(args=args, prog_name="aeron-tui", standalone_mode=False)
+        # Without standalone mode click hands back a typer.Exit's code instead of raising it.
+        code = app(args=args, prog_name="aeron-tui", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -80,7 +80,8 @@ def format_lonpt_event(event: dict[str, Any]) -> str | None:
         domain = event.get("domain")
         if domain is None:
             return f"[Validation] loss: {format_loss(event['loss'])}"
-        if event.get("best"):
+        # The domain's own best (LONPT's log line); older streams only had ``best``.
+        if event.get("best_of_domain", event.get("best")):
             verdict = "✓ BEST"
         else:
             verdict = f"no improvement, best {_num(event.get('best_loss'), '.4f')}"

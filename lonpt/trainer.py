@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,8 @@ class LonptTrainer(Trainer):
         self._snapshot: tuple[dict[str, Tensor], dict[str, Any], int] | None = None
         self._seen_skipped = 0
         self._monitor: UpdateMonitor | None = None
+        # Samples per optimizer step after ACT's probe (its last choice), for the total estimate.
+        self._act_per_step: int | None = None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -382,12 +385,113 @@ class LonptTrainer(Trainer):
             return Path(self.lonpt.checkpoint_dir).expanduser()
         return self.run_dir / CHECKPOINTS_DIR
 
+    # -- the plan: total steps, evaluations, checkpoints ----------------------------------------
+
+    def set_micro_batch(self, micro_batch: int, grad_accum: int, reason: str = "") -> None:
+        """The engine's batch change; ACT's choice changes the steps the curriculum takes, so
+        the total is re-estimated (``total_changed``)."""
+        super().set_micro_batch(micro_batch, grad_accum, reason)
+        if reason == "act":
+            self._act_per_step = micro_batch * grad_accum * self.world_size
+        label = f"ACT micro-batch {micro_batch}" if reason == "act" else (reason or "batch change")
+        self._revise_total(label)
+
+    def _revise_total(self, reason: str) -> None:
+        if not self._setup_done or not self.domains:
+            return
+        steps, _ = self._plan()
+        self.announce_total(max(self.global_step, self.global_step + steps), reason)
+
+    def planned_evaluations(self) -> int:
+        """One validation per domain pass still to come (the current one included)."""
+        return self._plan()[1] if self.domains else 0
+
+    def planned_checkpoints(self) -> int:
+        """LONPT saves on a domain's improvement (not planned) and once at the end."""
+        return 1 if self.total_steps > self.global_step else 0
+
+    def planned_eval_batches(self) -> int | None:
+        if not self.domains:
+            return None
+        sizes = [len(self.domain_validation_batches(d.name)) for d in self.domains]
+        return max(1, round(sum(sizes) / len(sizes)))
+
+    def _plan(self) -> tuple[int, int]:
+        """(optimizer steps, domain passes) left in the curriculum: the current pass from its
+        loader position, later passes from their sizes; the first ``act_probe_steps`` steps of a
+        pass at ``batch_size``, the rest at ACT's last choice; cut by an explicit ``--steps``."""
+        cfg = self.lonpt
+        pos = self.position
+        start = cfg.batch_size * self.act.base_grad_accum * self.world_size
+        later = self._act_per_step or start
+        probe = cfg.act_probe_steps if cfg.act_enable else 0
+        passes: list[int] = []
+        if pos.cycle < cfg.domain_cycles:
+            names = pos.order or [d.name for d in self.domains]
+            index = pos.index
+            if pos.started and index < len(names):
+                passes.append(self._current_pass_left(names[index], start, later, probe))
+                index += 1
+            for name in names[index:]:
+                passes.append(self._pass_steps(len(self.loaders[name]), start, later, probe))
+            for _ in range(pos.cycle + 1, cfg.domain_cycles):
+                for d in self.domains:
+                    passes.append(self._pass_steps(len(self.loaders[d.name]), start, later, probe))
+        steps = count = 0
+        for n in passes:
+            if self.step_cap is not None and self.global_step + steps >= self.step_cap:
+                break
+            steps += n
+            count += 1
+        if self.step_cap is not None:
+            steps = max(0, min(steps, self.step_cap - self.global_step))
+        return steps, count
+
+    def _pass_steps(self, n: int, first: int, later: int, probe: int) -> int:
+        """Steps of a fresh domain pass over ``n`` training samples."""
+        cfg = self.lonpt
+        total = 0
+        for epoch in range(cfg.epochs_per_domain):
+            if epoch == 0 and probe and n > probe * first:
+                steps = probe + math.ceil((n - probe * first) / later)
+            elif epoch == 0 and probe:
+                steps = math.ceil(n / first)
+            else:
+                steps = math.ceil(n / later)
+            total += min(cfg.steps_per_domain, steps)
+        return total
+
+    def _current_pass_left(self, name: str, start: int, later: int, probe: int) -> int:
+        """Steps left in the pass under way, from its loader's position."""
+        cfg = self.lonpt
+        pos = self.position
+        loader = self.loaders[name]
+        n = len(loader)
+        if pos.epoch == 0 and not pos.epoch_started:
+            return self._pass_steps(n, start, later, probe)
+        now = self.micro_batch * self.grad_accum * self.world_size
+        after_probe = now if (self.act.probed or not cfg.act_enable) else later
+        left, epochs_after = 0, cfg.epochs_per_domain - pos.epoch
+        if pos.epoch_started:
+            start_epoch, start_pos = pos.epoch_start
+            consumed = (loader.epoch - start_epoch) * n + loader.position - start_pos
+            rest = max(0, n - consumed)
+            probe_left = 0 if after_probe == now else max(0, probe - self.act.steps_in_domain)
+            if probe_left and rest > probe_left * now:
+                this = probe_left + math.ceil((rest - probe_left * now) / after_probe)
+            else:
+                this = math.ceil(rest / now)
+            left = min(cfg.steps_per_domain - pos.epoch_steps, this)
+            epochs_after -= 1
+        return left + epochs_after * min(cfg.steps_per_domain, math.ceil(n / after_probe))
+
     # -- the loop ------------------------------------------------------------------------------
 
     def train(self) -> str:
         """Cycles → domains → epochs → steps; then the engine's finish (final checkpoint)."""
         self.control.install_signal_handlers()
         stopped = False
+        self._revise_total("curriculum position")  # a resumed run's real remainder
         try:
             stopped = self._run_curriculum()
         except StopTraining:
@@ -596,7 +700,10 @@ class LonptTrainer(Trainer):
     def _validate_domain(self, domain: Domain) -> None:
         """Validate, move the position on, save a new per-domain best, emit the eval event."""
         pos = self.position
+        self.set_activity("evaluating")
+        t0 = time.perf_counter()
         result = self.evaluate(self.domain_validation_batches(domain.name))
+        duration = time.perf_counter() - t0
         loss = result["loss"]
         previous = self.domain_best.get(domain.name)
         improved = math.isfinite(loss) and (previous is None or loss < previous)
@@ -607,19 +714,23 @@ class LonptTrainer(Trainer):
         pos.index += 1
         pos.started, pos.epoch, pos.local_step, pos.epoch_started = False, 0, 0, False
         cycle = pos.cycle + 1
+        overall = improved and (self.best_val_loss is None or loss < self.best_val_loss)
         if improved:
             self.domain_best[domain.name] = loss
-            overall = self.best_val_loss is None or loss < self.best_val_loss
             if overall:
                 self.best_val_loss = loss
             name = f"lonpt_{domain.name}_{self.global_step:06d}"
-            path = self.save_checkpoint(name, best=overall, val_loss=loss)
+            path = self.save_checkpoint(name, best=overall, val_loss=loss, reason="best")
             self._keep_domain_checkpoint(domain.name, name, path)
+        # ``best`` is the run's best over every domain; a domain's own best is
+        # ``best_of_domain`` (the log's "✓ BEST"), so renderers never mix the two.
         self.emit(
-            "eval", loss=loss, perplexity=result["perplexity"], best=improved,
-            best_loss=loss if improved else previous, domain=domain.name, cycle=cycle,
-            global_step=self.global_step, metrics={"tokens": result["tokens"]},
+            "eval", loss=loss, perplexity=result["perplexity"], best=overall,
+            best_of_domain=improved, best_loss=loss if improved else previous,
+            domain=domain.name, cycle=cycle, global_step=self.global_step,
+            metrics={"tokens": result["tokens"]}, duration_s=round(duration, 3),
         )
+        self._revise_total("domain pass validated")
 
     def _keep_domain_checkpoint(self, domain: str, name: str, path: Path) -> None:
         kept = self.domain_checkpoints.setdefault(domain, [])

@@ -213,7 +213,10 @@ def _train_attempts(profile: SizeProfile, trainers: Sequence[str]) -> list[tuple
     return attempts
 
 
-def _describe(status: str, est: MemoryEstimate, budget: int, mb: int, ga: int, ckpt: bool) -> str:
+def _describe(status: str, est: MemoryEstimate, budget: int, mb: int, ga: int, ckpt: bool,
+              chosen_trainer: bool = False) -> str:
+    """The verdict in words. ``chosen_trainer``: only the compressed trainer was tried (the user
+    chose it), so it "fits with" rather than "needs" it."""
     used = f"({gib(est.total)} of {gib(budget)} GiB)"
     if status == "fits":
         return f"fits {used}"
@@ -223,7 +226,8 @@ def _describe(status: str, est: MemoryEstimate, budget: int, mb: int, ga: int, c
         batch = f", micro-batch {mb} × {ga}" if mb > 1 or ga > 1 else ""
         return f"needs gradient checkpointing{batch} {used}"
     with_ckpt = " with gradient checkpointing" if ckpt else ""
-    return f"needs the compressed trainer{with_ckpt}, micro-batch {mb} × {ga} {used}"
+    verb = "fits with" if chosen_trainer else "needs"
+    return f"{verb} the compressed trainer{with_ckpt}, micro-batch {mb} × {ga} {used}"
 
 
 def _cpu_hours(profile: SizeProfile, device: _Device, trainable: int) -> float:
@@ -266,13 +270,15 @@ def fit_profile(
         if smallest is None or est.total < smallest.total:
             smallest = est
         if est.total <= budget:
-            detail = _describe(status, est, budget, mb, ga, ckpt)
+            detail = _describe(status, est, budget, mb, ga, ckpt, "simple" not in trainers)
             if device.kind == "cpu":
                 hours = _cpu_hours(profile, device, facts.trainable_text)
                 if hours > CPU_MAX_HOURS:
+                    with_trainer = " with the compressed trainer" if trainer == "compressed" else ""
                     return ProfileVerdict(
                         profile.name, False,
-                        f"fits in RAM ({gib(est.total)} of {gib(budget)} GiB) but too slow on this "
+                        f"fits in RAM{with_trainer} ({gib(est.total)} of {gib(budget)} GiB) but "
+                        f"too slow on this "
                         f"CPU: ~{hours:.0f} h for {profile.train.max_steps} steps",
                         est, facts.total, "too-slow", mb, ga, ckpt, trainer)
             return ProfileVerdict(profile.name, True, detail, est, facts.total, status, mb, ga, ckpt, trainer)

@@ -37,10 +37,11 @@ def launch(
     """Open the console; with --start, begin training at once (what `make run` does)."""
     from aeron_tui.app.runsetup import (
         AUTO,
-        RunSetup,
+        MAX_STEPS,
+        check_data,
+        default_setup,
         default_trainer_and_preset,
         preset_problem,
-        validate_data_path,
     )
 
     base: dict[str, object] = {}
@@ -62,11 +63,8 @@ def launch(
             load_profile(profile)
         except ConfigError as exc:
             raise ConfigError(f"--profile: {exc}") from None
-    if profile is None:
-        from profiles.settings import load_saved_choice
-
-        saved = load_saved_choice()
-        profile = saved.profile if saved is not None else AUTO
+    if steps is not None and steps > MAX_STEPS:
+        raise ConfigError(f"--steps {steps:,} is more than {MAX_STEPS:,}; give a smaller number")
     if trainer is not None:
         from aeron_tui.trainers import TRAINERS
 
@@ -78,7 +76,7 @@ def launch(
         if problem:
             raise ConfigError(f"--preset: {problem}")
     if data is not None:
-        problem = validate_data_path(data)
+        problem = check_data(data, trainer).problem
         if problem:
             raise ConfigError(f"--data {problem}")
     if run_dir is not None:
@@ -87,9 +85,13 @@ def launch(
         problem = used_run_dir_problem(run_dir.expanduser())
         if problem:
             raise ConfigError(f"--run-dir: {problem}")
-    setup = RunSetup(trainer=trainer, profile=profile, preset=preset, data=data, steps=steps,
-                     run_dir=str(run_dir) if run_dir else None, overrides=base)
-    _run_console(mode="launch", setup=setup, start=start, runs_root=runs_root)
+    # Unset values default to the wizard's saved choice (the same rule as `train`), and the
+    # setup screen says where each one came from.
+    given = {"trainer": trainer, "profile": profile, "preset": preset, "data": data,
+             "steps": steps, "run_dir": str(run_dir) if run_dir else None}
+    setup = default_setup(**given, overrides=base)
+    _run_console(mode="launch", setup=setup, start=start, runs_root=runs_root,
+                 given={k: v for k, v in given.items() if v is not None})
 
 
 def _str_or_none(value: object) -> str | None:
@@ -116,14 +118,45 @@ def watch(
     replay: bool = typer.Option(False, "--replay", help="Replay the recorded events instead of following the file."),
     speed: float = typer.Option(10.0, "--speed", min=0.0, help="Replay speed (× recorded pace; 0 = at once)."),
     runs_root: Path | None = typer.Option(None, "--runs-root", help="Where past runs are listed."),
+    headless: bool = typer.Option(
+        False, "--headless", help="Follow the run in this terminal (activity, progress, ETA, "
+        "summary) instead of the console: for SSH, logs and pipes. Keys when a terminal: "
+        "p pause/resume, c checkpoint, x stop, q quit watching."),
 ) -> None:
     """Open the console on an existing run, live or finished, by following its events.jsonl."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     if replay and not (run_dir / "events.jsonl").is_file():
         raise ConfigError(f"{run_dir}: no events.jsonl to replay")
+    if headless:
+        _watch_headless(run_dir)
+        return
     _run_console(mode="watch", watch_dir=run_dir, replay_speed=speed if replay else None,
                  runs_root=runs_root)
+
+
+def _watch_headless(run_dir: Path) -> None:
+    """``watch --headless``: the headless renderer on the run's events.jsonl until it ends."""
+    import sys
+
+    from aeron_tui.headless import HeadlessDisplay, KeyControl, choose_mode, watch_run
+
+    mode, stream = choose_mode(False, False)
+    display = HeadlessDisplay(mode, stream)
+    keys = KeyControl.for_terminal(run_dir, display, sys.stdin)
+    try:
+        status = watch_run(run_dir, display, should_stop=keys.quit_requested if keys else None)
+    except KeyboardInterrupt:
+        display.close()
+        status = "watching"
+    finally:
+        if keys is not None:
+            keys.close()
+    if status == "watching":
+        typer.echo(f"stopped watching {run_dir}; the run goes on "
+                   f"(aeron-tui watch {run_dir} to look again)")
+    elif status in ("failed", "crashed"):
+        raise typer.Exit(1)
 
 
 def _run_console(**kwargs: object) -> None:

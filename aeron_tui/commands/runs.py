@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             return
         columns = ("run", "trainer", "profile", "status", "steps", "best val", "started")
         rows = [
-            (run.path.name, run.trainer, run.profile, run.status,
+            (run.path.name, run.trainer, run.profile, run.status_label,
              f"{run.global_step}/{run.total_steps}",
              f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-",
              _when(run.started_at))
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.print(f"[bold]{run.path}[/]")
         rows = [
-            ("trainer", run.trainer), ("profile", run.profile), ("status", run.status),
+            ("trainer", run.trainer), ("profile", run.profile), ("status", run.status_label),
             ("step", f"{run.global_step}/{run.total_steps}"),
             ("device", f"{s.device} {s.precision}".strip() or "-"),
             ("parameters", f"{s.model_params:,}" if s.model_params else "-"),
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             ("last loss", f"{run.last_loss:.4f}" if run.last_loss is not None else "-"),
             ("best val loss", f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-"),
             ("started", _when(run.started_at)),
-            ("elapsed", f"{s.elapsed_s:.0f}s"),
+            ("elapsed", f"{s.elapsed_at(time.time()):.0f}s"),
         ]
         for key, value in rows:
             console.print(f"  {key:>14}  {value}", highlight=False, markup=False)
@@ -127,6 +127,41 @@ def register(app: typer.Typer) -> None:
 
         written = plot_runs([resolve_run(r) for r in runs], out, x_axis)
         typer.echo(f"wrote {written}")
+
+    @runs_app.command("control")
+    def control_cmd(
+        run_dir: Path = typer.Argument(
+            ..., help="A live run's directory, or its name as `runs list` prints it."),
+        command: str = typer.Argument(..., help="pause, resume, checkpoint or stop."),
+        wait: float = typer.Option(
+            0.0, "--wait", min=0.0, metavar="SECONDS",
+            help="Wait up to SECONDS for the trainer to act (it does between steps)."),
+        root: Path | None = typer.Option(
+            None, "--root", help="Where run names are looked up (default: $AERON_TUI_HOME/runs)."),
+    ) -> None:
+        """Pause, resume, checkpoint or stop a live run, whoever started it (your runs only).
+
+        The command goes into RUN_DIR/control.jsonl, which the trainer follows; it acts between
+        optimizer steps and records what it did in events.jsonl.
+        """
+        from core.train.control import send_control, wait_for_effect
+
+        run_dir = resolve_run(run_dir, root)
+
+        sent_at = time.time()
+        pid = send_control(run_dir, command)
+        cmd = command.strip().lower()
+        if wait <= 0:
+            typer.echo(f"{cmd} sent to the trainer of {run_dir} (pid {pid}); "
+                       "it acts after the current step")
+            return
+        event = wait_for_effect(run_dir, cmd, sent_at, wait)
+        if event is None:
+            from aeron_tui.commands.common import fail
+
+            fail(f"{run_dir}: the trainer (pid {pid}) did not {cmd} within {wait:g}s "
+                 "(a long step or evaluation?); the command stays queued")
+        typer.echo(f"{cmd}: done at step {event.get('global_step')}")
 
     @runs_app.command("lineage")
     def lineage_cmd(
@@ -256,7 +291,7 @@ def _plain_columns(rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> 
 
 def _status_markup(status: str) -> str:
     color = {"running": "cyan", "paused": "yellow", "finished": "green", "stopped": "yellow",
-             "failed": "red", "crashed": "red"}.get(status, "white")
+             "failed": "red", "crashed": "red"}.get(status.split(" ")[0], "white")
     return f"[{color}]{status}[/]"
 
 

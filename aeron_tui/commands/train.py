@@ -203,7 +203,7 @@ def build_run_config(
 
     requested = profile or file_values.get("profile") or _preset_profile(
         trainer, flags.get("preset") or file_values.get("preset"))
-    profile_name, saved = _choose_profile(requested, trainer)
+    profile_name, saved = _choose_profile(requested, trainer, {**file_values, **flags})
     size = _load_size_profile(profile_name)
 
     layered: dict[str, Any] = {}
@@ -325,36 +325,35 @@ def _preset_profile(trainer: str, preset: str | None) -> str | None:
     return preset_profile(preset)
 
 
-def _choose_profile(requested: str | None, trainer: str) -> tuple[str, dict[str, Any] | None]:
-    """(profile name, batch settings that came with the choice) — the wizard's saved choice
-    when no profile is given, ``pick_profile`` for ``auto`` (or when nothing was saved)."""
+def _choose_profile(requested: str | None, trainer: str, values: dict[str, Any] | None = None,
+                    ) -> tuple[str, dict[str, Any] | None]:
+    """(profile name, run settings that came with the choice).
+
+    No profile given: the wizard's saved choice. ``auto`` (or nothing saved): ``pick_profile``
+    for this trainer at the run's vocabulary. Whatever the profile, the saved choice's device
+    applies, and its batch layout when the profile is the one it was fitted for
+    (``profiles.settings.choice_run_values``); the layers above (trainer defaults, files, flags)
+    still win.
+    """
+    from profiles.settings import choice_run_values, load_saved_choice
+
+    saved = load_saved_choice()
     if requested and requested != "auto":
-        return requested, None
-    if requested is None:
-        from profiles.settings import load_saved_choice
-
-        saved = load_saved_choice()
-        if saved is not None:
-            return saved.profile, {
-                "micro_batch": saved.micro_batch, "grad_accum": saved.grad_accum,
-                "gradient_checkpointing": saved.gradient_checkpointing,
-                "precision": saved.precision,
-            }
-    return _auto_profile(trainer)
+        return requested, choice_run_values(saved, requested) or None
+    if requested is None and saved is not None:
+        return saved.profile, choice_run_values(saved, saved.profile)
+    name, fitted = _auto_profile(trainer, values or {})
+    return name, {**choice_run_values(saved, None), **(fitted or {})} or None
 
 
-def _auto_profile(trainer: str) -> tuple[str, dict[str, Any] | None]:
-    import importlib
-
+def _auto_profile(trainer: str, values: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     from core.errors import ConfigError
     from profiles.hardware import probe
+    from profiles.runplan import profile_pick, run_vocabulary
 
-    try:
-        pick_profile = importlib.import_module("profiles.pick").pick_profile
-    except (ImportError, AttributeError):
-        return "tiny", None  # no picker installed: the smallest profile always fits
-    rules = ("compressed",) if trainer == "compressed" else ("simple",)
-    pick = pick_profile(probe(with_torch=False), mode="train", trainer_options=rules)
+    vocab = run_vocabulary(values.get("data"), values.get("tokenizer"),
+                           values.get("tokenizer_vocab_size"))
+    pick = profile_pick(probe(with_torch=False), trainer, vocab)
     if not pick.fits:
         raise ConfigError("--profile auto: no size profile fits this machine's free memory; "
                           "give --profile NAME (see `aeron-tui profile`)")
@@ -390,6 +389,10 @@ def execute(
     from core.train.control import ControlChannel
 
     cls = get_trainer(trainer).load()
+    if run_config.run_dir:
+        from core.runs.registry import remember_run_dir
+
+        remember_run_dir(run_config.run_dir)  # listed by `runs list` and the console, anywhere
     mode, stream = choose_mode(events_stdout, quiet)
     display = HeadlessDisplay(mode, stream)
     control = ControlChannel()

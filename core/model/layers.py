@@ -25,6 +25,27 @@ from core.model.config import ATTENTION_BACKENDS
 LayerCache = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
 
+def tracing() -> bool:
+    """True while compiling/exporting/tracing: code that reads tensor values into Python
+    (``int(t)``, ``if t.any()``) takes its value-independent form instead."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None:
+        if compiler.is_compiling():
+            return True
+        is_exporting = getattr(compiler, "is_exporting", None)
+        if is_exporting is not None and is_exporting():
+            return True
+    return bool(torch.jit.is_tracing())
+
+
+def exporting() -> bool:
+    """True while a graph is being exported (``torch.export``/ONNX, TorchScript tracing): a
+    graph computes outputs; buffer writes made while tracing would not be part of it."""
+    compiler = getattr(torch, "compiler", None)
+    is_exporting = getattr(compiler, "is_exporting", None) if compiler is not None else None
+    return bool(is_exporting is not None and is_exporting()) or bool(torch.jit.is_tracing())
+
+
 def init_linear(linear: nn.Linear, std: float) -> None:
     """Normal(0, std) weights and zero bias (the spec's initialisation)."""
     nn.init.normal_(linear.weight, mean=0.0, std=std)

@@ -35,10 +35,12 @@ from core.model.layers import (
     EncoderLayer,
     LayerCache,
     RotaryEmbedding,
+    exporting,
     init_linear,
     masked_mean_pool,
     maybe_checkpoint,
     set_attention_backend,
+    tracing,
 )
 from core.model.memory import NeuralMemoryNetwork
 from core.model.multimodal import (
@@ -128,14 +130,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _tracing() -> bool:
     """True while compiling/exporting/tracing: skip data-dependent Python checks."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None:
-        if compiler.is_compiling():
-            return True
-        is_exporting = getattr(compiler, "is_exporting", None)
-        if is_exporting is not None and is_exporting():
-            return True
-    return bool(torch.jit.is_tracing())
+    return tracing()
 
 
 class AeronEncoder(nn.Module):
@@ -372,7 +367,9 @@ class TransformerNeuralNetBackbone(nn.Module):
         return {k: dec[k] for k in ("logits", "past_key_values", "decoder_last_hidden_state")}
 
     def set_export_mode(self, enabled: bool = True) -> None:
-        """Export mode: eval mode; fusion, enhancement stages and reasoning are skipped.
+        """Export mode: eval mode; fusion, enhancement stages and reasoning are skipped (the plain
+        encoder-decoder). ONNX export (``core.infer.export``) traces the full eval forward
+        instead — what ``generate`` runs.
 
         The rotary tables are built for every position up front: a graph traced from a short
         example must not capture (or lazily build) a table too short for longer inputs.
@@ -524,10 +521,13 @@ class TransformerNeuralNetBackbone(nn.Module):
             if ok:
                 res.x, res.memory_recall, pending = r
                 out["neural_memory_enhanced"] = res.memory_recall is not None
-                out["memory_statistics"] = {**memory.memory_statistics(),
-                                            "read_entropy": pending.read_entropy}
-                if self._memory_writes_enabled():
-                    res.post_graph.append(self._memory_write_action(pending))
+                # An exported graph reads the bank as it is (statistics are Python values and
+                # writes change buffers: neither is part of a graph).
+                if not exporting():
+                    out["memory_statistics"] = {**memory.memory_statistics(),
+                                                "read_entropy": pending.read_entropy}
+                    if self._memory_writes_enabled():
+                        res.post_graph.append(self._memory_write_action(pending))
 
         cl = self.continual_learning
         if cl is not None and inputs.task_id is not None:
@@ -623,7 +623,9 @@ class TransformerNeuralNetBackbone(nn.Module):
             return x, None
         diagnostics["reasoning_info"] = result.info
         diagnostics["tot_branch_scores"] = result.tot_branch_scores
-        diagnostics["scratchpad_stats"] = engine.scratchpad_stats(result.pending_write)
+        diagnostics["scratchpad_stats"] = (
+            {**_empty_scratchpad(), "total_slots": engine.scratchpad.num_slots} if _tracing()
+            else engine.scratchpad_stats(result.pending_write))
         return result.hidden, result.pending_write
 
     def _after_graph(self, outputs: dict[str, Any],

@@ -25,6 +25,7 @@ from core.model.layers import (
     init_linear,
     masked_mean_pool,
     rms_normalize,
+    tracing,
 )
 
 
@@ -493,9 +494,13 @@ class AeronReasoningEngine(nn.Module):
             c = torch.sigmoid(self.complexity_gate(pooled_x.float())).squeeze(-1)
         run = c.detach() >= self.threshold
         info = skipped_info("below_threshold", self.threshold, self.max_reasoning_steps)
-        info.update(complexity=c.detach(), complexity_mean=float(c.detach().float().mean()))
+        # While tracing (an exported graph) nothing is read into Python: every sample takes
+        # the path below and the skip mask `m` leaves the ones under the threshold unchanged.
+        traced = tracing()
+        info.update(complexity=c.detach(),
+                    complexity_mean=None if traced else float(c.detach().float().mean()))
         info["skip_mask"] = run.to(x.dtype)
-        if not bool(run.any()):
+        if not traced and not bool(run.any()):
             return ReasoningOutput(x, None, info, None)
 
         # Conditioning on memory recall and task embedding (shape-guarded).
@@ -547,9 +552,9 @@ class AeronReasoningEngine(nn.Module):
             branch_keep_mask=tot.keep_mask,
             best_branch=tot.logits.detach().argmax(dim=-1),
             contradiction_levels=tot.contradiction_levels.detach(),
-            tot_resolved_contradictions=int(tot.resolved),
+            tot_resolved_contradictions=tot.resolved if traced else int(tot.resolved),
             confidence_gate=tot.confidence_gate.detach(),
-            write_gate_mean=float(write_gate.detach().float()[run].mean()),
+            write_gate_mean=None if traced else float(write_gate.detach().float()[run].mean()),
             slot_read_weights=slot_read,
             memory_context_used=bool(memory_used),
             task_conditioned=task_used,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -113,6 +114,15 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "baseline_bigram_bpb": _NUM,
     "baseline_unigram_bpb": _NUM,
     "pid": (int,),
+    # eval / checkpoint: how long it took (the ETA times the evaluations and checkpoints to come)
+    "duration_s": _NUM,
+    # run_started / total_changed: the plan from this step on — evaluations still to come and
+    # scheduled (periodic + final) checkpoints still to come; the validation batch count
+    "evals_left": (int,),
+    "checkpoints_left": (int,),
+    "eval_batches": (int,),
+    # eval: a new best of its own domain (LONPT), as opposed to ``best`` = the run's best
+    "best_of_domain": (bool,),
 }
 
 RUN_STATUSES = ("starting", "running", "paused", "stopping", "stopped", "finished", "failed")
@@ -221,35 +231,41 @@ class EventWriter:
         self._seq = 0
         self._stream = (stream or sys.stdout) if stdout else None
         self._file: IO[str] | None = None
+        self._lock = threading.RLock()
         if enabled and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._seq = _count_lines(self.path)
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        event = make_event(type, seq=self._seq, **fields)
-        self._seq += 1
-        if self.enabled:
-            line = encode_event(event) + "\n"
-            if self._file is not None:
-                self._file.write(line)
-                self._file.flush()
-            if self._stream is not None:
-                try:
-                    self._stream.write(line)
-                    self._stream.flush()
-                except BrokenPipeError:
-                    # Whoever read our stdout went away. events.jsonl already has the line;
-                    # go on writing to the file only.
-                    self._stream = None
-            for listener in self.listeners:
-                listener(event)
-        return event
+        # One writer at a time (the training loop and the heartbeat thread): a line is never
+        # torn, ``seq`` follows the file order and listeners see events in that order.
+        with self._lock:
+            event = make_event(type, seq=self._seq, **fields)
+            self._seq += 1
+            if self.enabled:
+                line = encode_event(event) + "\n"
+                if self._file is not None:
+                    self._file.write(line)
+                    self._file.flush()
+                if self._stream is not None:
+                    try:
+                        self._stream.write(line)
+                        self._stream.flush()
+                    except (OSError, ValueError):
+                        # Whoever read our stdout went away (a broken pipe, or EIO from a
+                        # closed terminal). events.jsonl already has the line; go on writing
+                        # to the file only.
+                        self._stream = None
+                for listener in self.listeners:
+                    listener(event)
+            return event
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def __enter__(self) -> EventWriter:
         return self
@@ -334,9 +350,24 @@ class EventTail:
         return out
 
 
+# Event types whose ``global_step`` is where the trainer is now (warnings may name the step being
+# taken, ``global_step + 1``, so they do not move the step).
+_STEP_SOURCES = frozenset({"step", "heartbeat", "status", "checkpoint", "eval", "run_finished",
+                           "total_changed", "run_started"})
+# Checkpoints the plan counts (``checkpoints_left``); the others follow a new best or a request.
+_PLANNED_CHECKPOINTS = frozenset({"scheduled", "final"})
+# While nothing is known about a run's best-checkpoint rate, half its evaluations are assumed to
+# save one.
+_DEFAULT_BEST_RATE = 0.5
+
+
 @dataclass
 class RunState:
-    """Everything a renderer shows about a run, folded from its events (nothing else)."""
+    """Everything a renderer shows about a run, folded from its events (nothing else).
+
+    Time-dependent values take the renderer's clock: :meth:`elapsed_at` (never decreases, ticks
+    without events) and :meth:`eta_at` (steps, evaluations and checkpoints still to come).
+    """
 
     run_id: str = ""
     trainer: str = ""
@@ -347,6 +378,8 @@ class RunState:
     precision: str = ""
     model_params: int = 0
     total_steps: int = 0
+    # Why the total last changed (``total_changed.reason``), None while it is the announced one.
+    total_reason: str | None = None
     status: str = "starting"
     global_step: int = 0
     started_at: float | None = None
@@ -370,17 +403,67 @@ class RunState:
     metrics: dict[str, Any] = field(default_factory=dict)
     train_losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
+    # The run's best validation loss over every evaluation, and the step it was reached at.
     best_val_loss: float | None = None
+    best_val_step: int | None = None
+    # Per-domain bests (LONPT validates each domain on its own split): never mixed with the above.
+    domain_best: dict[str, float] = field(default_factory=dict)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
     problems: list[ParseProblem] = field(default_factory=list)
     last_error: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
+    # What the trainer is doing ("loading data", "training", "evaluating", ...), its progress
+    # (done of ``of``) and since when (event time).
+    activity: str | None = None
+    activity_done: int | None = None
+    activity_of: int | None = None
+    activity_since: float | None = None
+    # Time of the newest event of any kind (heartbeats included) and of the newest heartbeat.
+    last_event_time: float | None = None
+    last_heartbeat_time: float | None = None
+    # The newest validation samples ([{prompt, text}]) and a short history of (step, samples).
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    sample_history: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    # The console went away and the trainer goes on unattended.
+    detached: bool = False
+    detached_reason: str | None = None
+    # Path of the newest checkpoint (the final one once the run has finished).
+    last_checkpoint: str | None = None
+    # Measured durations of evaluations and checkpoints (seconds), newest last.
+    eval_durations: list[float] = field(default_factory=list)
+    checkpoint_durations: list[float] = field(default_factory=list)
+    # The plan (run_started / total_changed): evaluations and scheduled checkpoints to come,
+    # validation batches per evaluation.
+    evals_left: int | None = None
+    checkpoints_left: int | None = None
+    eval_batches: int | None = None
+
+    # Internals of the clock and the ETA (not for display).
+    _elapsed_shown: float = field(default=0.0, repr=False)
+    _phase_step: int = field(default=-1, repr=False)
+    _domain_step: int = field(default=-1, repr=False)
+    _segment_time: float | None = field(default=None, repr=False)
+    _segment_step: int = field(default=0, repr=False)
+    _overhead_s: float = field(default=0.0, repr=False)
+    _step_s: float | None = field(default=None, repr=False)
+    _progress_time: float | None = field(default=None, repr=False)
+    _paused_since: float | None = field(default=None, repr=False)
+    _evals_since_plan: int = field(default=0, repr=False)
+    _planned_ckpts_since_plan: int = field(default=0, repr=False)
+    _evals_seen: int = field(default=0, repr=False)
+    _best_ckpts_seen: int = field(default=0, repr=False)
 
     # Cap on kept history so a week-long run does not grow the console without bound.
     MAX_POINTS = 20000
     MAX_LOG = 500
+    MAX_SAMPLES = 20
+    MAX_DURATIONS = 50
+
+    # ------------------------------------------------------------------------------------------
+    # Folding
+    # ------------------------------------------------------------------------------------------
 
     def apply(self, event: dict[str, Any] | ParseProblem) -> None:
         if isinstance(event, ParseProblem):
@@ -390,75 +473,237 @@ class RunState:
         self.events_seen += 1
         kind = event["type"]
         t = float(event["time"])
+        if self.finished and kind not in ("run_started", "run_finished", "detached"):
+            if kind == "heartbeat":
+                return  # a finished trainer's last beat says nothing new
+            # A later segment (a resume appending to the same events.jsonl) is setting up:
+            # the clock goes on from where the finished segment stopped.
+            self._new_segment(t)
         if self.started_at is None:
             self.started_at = t
         self.last_time = t
-        if kind == "run_started":
-            self.run_id = event["run_id"]
-            self.trainer = event["trainer"]
-            self.total_steps = event["total_steps"]
-            for name in ("profile", "preset", "data", "device", "precision"):
-                setattr(self, name, event.get(name) or getattr(self, name))
-            self.model_params = event.get("model_params") or self.model_params
-            self.config = event.get("config") or self.config
-            self.started_at = t - float(event.get("elapsed_s") or 0.0)
-            self.status = "running"
-        elif kind == "step":
-            self.global_step = event["global_step"]
-            loss = event.get("loss")
-            self.loss = loss
-            if loss is not None:
-                self._push(self.train_losses, (self.global_step, float(loss)))
-            for name in ("lr", "lr_scale", "grad_norm", "tokens_per_s", "samples_per_s",
-                         "phase", "domain", "micro_batch", "grad_accum"):
-                if event.get(name) is not None:
-                    setattr(self, name, event[name])
-            if event.get("memory"):
-                self.memory = event["memory"]
-            if event.get("branch_scores_mean") is not None:
-                self.branch_scores = event["branch_scores_mean"]
-                self._push(self.branch_history, list(event["branch_scores_mean"]))
-            if event.get("branch_keep_frac") is not None:
-                self.branch_keep = event["branch_keep_frac"]
-            if event.get("scratchpad"):
-                self.scratchpad = event["scratchpad"]
-            if event.get("metrics"):
-                self.metrics.update(event["metrics"])
-            if self.status in ("starting",):
-                self.status = "running"
-        elif kind == "eval":
-            loss = event["loss"]
-            if loss is not None:
-                self._push(self.val_losses, (event["global_step"], float(loss)))
-                if self.best_val_loss is None or loss < self.best_val_loss:
-                    self.best_val_loss = float(loss)
-            if event.get("metrics"):
-                self.metrics.update(event["metrics"])
-            self._log(event)
-        elif kind == "checkpoint":
-            self.checkpoints.append(event)
-            self._log(event)
-        elif kind in ("phase_change", "domain_change", "batch_change", "warning", "info"):
-            if kind == "phase_change":
-                self.phase = event["phase"]
-            elif kind == "domain_change":
-                self.domain = event["domain"]
-            elif kind == "batch_change":
-                self.micro_batch = event["micro_batch"]
-                self.grad_accum = event["grad_accum"]
-            self._log(event)
-        elif kind == "status":
-            self.status = event["status"]
-            self._log(event)
-        elif kind == "error":
-            self.last_error = event["message"]
-            self._log(event)
-        elif kind == "run_finished":
-            self.status = event["status"]
-            self.global_step = event["global_step"]
-            self._log(event)
+        self.last_event_time = t
+        step = event.get("global_step")
+        if kind in _STEP_SOURCES and isinstance(step, int) and not isinstance(step, bool):
+            self._move_to_step(step, t)
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(event, t)
         if self.started_at is not None:
-            self.elapsed_s = t - self.started_at
+            self.elapsed_s = max(0.0, t - self.started_at)
+
+    def _new_segment(self, t: float) -> None:
+        self.started_at = t - self.elapsed_s
+        self.status = "starting"
+        self.detached = False
+        self.detached_reason = None
+
+    def _move_to_step(self, step: int, t: float) -> None:
+        """The trainer is at ``step``: learn the step rate when it advanced while training."""
+        if (step > self.global_step and self._segment_time is not None
+                and step > self._segment_step and self._paused_since is None):
+            train_s = t - self._segment_time - self._overhead_s
+            if train_s > 0:
+                self._step_s = train_s / (step - self._segment_step)
+            self._progress_time = t
+        self.global_step = step
+
+    def _on_run_started(self, event: dict[str, Any], t: float) -> None:
+        self.run_id = event["run_id"]
+        self.trainer = event["trainer"]
+        self.total_steps = event["total_steps"]
+        self.total_reason = None
+        for name in ("profile", "preset", "data", "device", "precision"):
+            setattr(self, name, event.get(name) or getattr(self, name))
+        self.model_params = event.get("model_params") or self.model_params
+        self.config = event.get("config") or self.config
+        # The trainer counts from run_started (setup excluded); the run began at its first event
+        # (loading data, building the tokenizer): never move the start later, or a live clock
+        # would stand still for the whole setup time.
+        start = t - float(event.get("elapsed_s") or 0.0)
+        self.started_at = start if self.started_at is None else min(self.started_at, start)
+        self.status = "running"
+        self.detached = False
+        self.detached_reason = None
+        if event.get("global_step") is None and isinstance(event.get("step"), int):
+            self.global_step = event["step"]
+        # A new segment (fresh or resumed): its own step rate, phase and plan.
+        self._phase_step = self._domain_step = -1
+        self._segment_time = self._progress_time = t
+        self._segment_step = self.global_step
+        self._overhead_s = 0.0
+        self._step_s = None
+        self._paused_since = None
+        self.eval_batches = event.get("eval_batches", self.eval_batches)
+        self._set_plan(event)
+
+    def _set_plan(self, event: dict[str, Any]) -> None:
+        if "evals_left" in event:
+            self.evals_left = event["evals_left"]
+            self._evals_since_plan = 0
+        if "checkpoints_left" in event:
+            self.checkpoints_left = event["checkpoints_left"]
+            self._planned_ckpts_since_plan = 0
+
+    def _on_step(self, event: dict[str, Any], t: float) -> None:
+        step = event["global_step"]
+        loss = event.get("loss")
+        self.loss = loss
+        if loss is not None:
+            self._push(self.train_losses, (step, float(loss)))
+        for name in ("lr", "grad_norm", "tokens_per_s", "samples_per_s", "micro_batch",
+                     "grad_accum"):
+            if event.get(name) is not None:
+                setattr(self, name, event[name])
+        # A step event describes the step it reports; a phase/domain change announced at or
+        # after that step is newer and wins (LONPT logs the step after announcing the phase of
+        # the next one).
+        if step > self._phase_step:
+            if event.get("phase") is not None:
+                self.phase = event["phase"]
+            if event.get("lr_scale") is not None:
+                self.lr_scale = event["lr_scale"]
+        if step > self._domain_step and event.get("domain") is not None:
+            self.domain = event["domain"]
+        if event.get("memory"):
+            self.memory = event["memory"]
+        if event.get("branch_scores_mean") is not None:
+            self.branch_scores = event["branch_scores_mean"]
+            self._push(self.branch_history, list(event["branch_scores_mean"]))
+        if event.get("branch_keep_frac") is not None:
+            self.branch_keep = event["branch_keep_frac"]
+        if event.get("scratchpad"):
+            self.scratchpad = event["scratchpad"]
+        if event.get("metrics"):
+            self.metrics.update(event["metrics"])
+        if self.status == "starting":
+            self.status = "running"
+
+    def _on_eval(self, event: dict[str, Any], t: float) -> None:
+        loss = event["loss"]
+        if loss is not None:
+            loss = float(loss)
+            self._push(self.val_losses, (event["global_step"], loss))
+            if self.best_val_loss is None or loss < self.best_val_loss:
+                self.best_val_loss = loss
+                self.best_val_step = event["global_step"]
+            domain = event.get("domain")
+            if domain and (domain not in self.domain_best or loss < self.domain_best[domain]):
+                self.domain_best[domain] = loss
+        if event.get("metrics"):
+            self.metrics.update(event["metrics"])
+        self._finished_overhead(event, t, "evaluating", self.eval_durations)
+        self._evals_since_plan += 1
+        self._evals_seen += 1
+        self._log(event)
+
+    def _on_checkpoint(self, event: dict[str, Any], t: float) -> None:
+        self.checkpoints.append(event)
+        self.last_checkpoint = event["path"]
+        self._finished_overhead(event, t, "saving checkpoint", self.checkpoint_durations)
+        reason = event.get("reason")
+        if reason in _PLANNED_CHECKPOINTS:
+            self._planned_ckpts_since_plan += 1
+        elif reason == "best":
+            self._best_ckpts_seen += 1
+        self._log(event)
+
+    def _finished_overhead(self, event: dict[str, Any], t: float, activity: str,
+                           durations: list[float]) -> None:
+        """An evaluation/checkpoint ended: its time is not training time (step rate, ETA)."""
+        duration = event.get("duration_s")
+        if duration is None and self.activity == activity and self.activity_since is not None:
+            duration = t - self.activity_since
+        if duration is None:
+            return
+        duration = max(0.0, float(duration))
+        durations.append(duration)
+        del durations[: max(0, len(durations) - self.MAX_DURATIONS)]
+        if self._paused_since is None:
+            self._overhead_s += duration
+        self._progress_time = t
+
+    def _on_phase_change(self, event: dict[str, Any], t: float) -> None:
+        self.phase = event["phase"]
+        self._phase_step = event["global_step"]
+        if event.get("lr_scale") is not None:
+            self.lr_scale = event["lr_scale"]
+        self._log(event)
+
+    def _on_domain_change(self, event: dict[str, Any], t: float) -> None:
+        self.domain = event["domain"]
+        self._domain_step = event["global_step"]
+        self._log(event)
+
+    def _on_batch_change(self, event: dict[str, Any], t: float) -> None:
+        self.micro_batch = event["micro_batch"]
+        self.grad_accum = event["grad_accum"]
+        self._log(event)
+
+    def _on_warning(self, event: dict[str, Any], t: float) -> None:
+        self._log(event)
+
+    def _on_info(self, event: dict[str, Any], t: float) -> None:
+        self._log(event)
+
+    def _on_status(self, event: dict[str, Any], t: float) -> None:
+        status = event["status"]
+        if status == "paused" and self._paused_since is None:
+            self._paused_since = t
+        elif status != "paused" and self._paused_since is not None:
+            self._overhead_s += t - self._paused_since
+            self._paused_since = None
+            self._progress_time = t
+        self.status = status
+        self._log(event)
+
+    def _on_error(self, event: dict[str, Any], t: float) -> None:
+        self.last_error = event["message"]
+        self._log(event)
+
+    def _on_run_finished(self, event: dict[str, Any], t: float) -> None:
+        self.status = event["status"]
+        self._paused_since = None
+        self.activity = None
+        self.activity_done = self.activity_of = None
+        self.activity_since = t
+        if self.status == "finished":
+            # A finished run did all its steps: its total is the number it really took.
+            if self.total_steps != self.global_step:
+                self.total_reason = self.total_reason or "finished"
+            self.total_steps = self.global_step
+        self._log(event)
+
+    def _on_total_changed(self, event: dict[str, Any], t: float) -> None:
+        self.total_steps = event["total_steps"]
+        self.total_reason = event.get("reason") or "revised"
+        self._set_plan(event)
+        self._log(event)
+
+    def _on_activity(self, event: dict[str, Any], t: float) -> None:
+        self._set_activity(event["activity"], event.get("done"), event.get("of"), t)
+
+    def _on_heartbeat(self, event: dict[str, Any], t: float) -> None:
+        self.last_heartbeat_time = t
+        if event.get("activity"):
+            self._set_activity(event["activity"], event.get("done"), event.get("of"), t)
+
+    def _set_activity(self, name: str, done: int | None, of: int | None, t: float) -> None:
+        if name != self.activity:
+            self.activity = name
+            self.activity_since = t
+        self.activity_done, self.activity_of = done, of
+
+    def _on_sample(self, event: dict[str, Any], t: float) -> None:
+        samples = [s for s in event["samples"] if isinstance(s, dict)]
+        self.samples = samples
+        self.sample_history.append((event["global_step"], samples))
+        del self.sample_history[: max(0, len(self.sample_history) - self.MAX_SAMPLES)]
+
+    def _on_detached(self, event: dict[str, Any], t: float) -> None:
+        self.detached = True
+        self.detached_reason = event["reason"]
+        self._log(event)
 
     def _push(self, seq: list[Any], item: Any) -> None:
         seq.append(item)
@@ -470,24 +715,110 @@ class RunState:
         if len(self.log) > self.MAX_LOG:
             del self.log[: len(self.log) - self.MAX_LOG]
 
+    # ------------------------------------------------------------------------------------------
+    # What renderers show
+    # ------------------------------------------------------------------------------------------
+
     @property
     def finished(self) -> bool:
         return self.status in ("stopped", "finished", "failed")
 
     @property
     def progress(self) -> float:
+        """0..1; a finished run is at 1.0 (its total is the steps it took)."""
+        if self.status == "finished":
+            return 1.0
         return min(1.0, self.global_step / self.total_steps) if self.total_steps else 0.0
 
     @property
+    def paused(self) -> bool:
+        return self.status == "paused"
+
+    def elapsed_at(self, now: float) -> float:
+        """Seconds since the run started (wall clock, pauses included) at the clock ``now``.
+
+        Ticks without events while the run is live; a finished run keeps the time of its last
+        event. Never smaller than a value this state returned before, so a renderer's clock never
+        runs backwards (a late event, a resume, a slow reader).
+        """
+        if self.started_at is None:
+            value = 0.0
+        elif self.finished:
+            value = self.elapsed_s
+        else:
+            value = max(self.elapsed_s, now - self.started_at)
+        value = max(value, self._elapsed_shown)
+        self._elapsed_shown = value
+        return value
+
+    def quiet_s(self, now: float) -> float | None:
+        """Seconds since the last event of any kind (heartbeats included), None before any."""
+        return None if self.last_event_time is None else max(0.0, now - self.last_event_time)
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Measured wall seconds per optimizer step, evaluations, checkpoints and pauses excluded."""
+        return self._step_s
+
+    def eval_seconds(self) -> float | None:
+        """Expected seconds of one evaluation: the mean of the recent ones, or — before any —
+        the validation batches at a third of a training micro-batch's time each (forward only)."""
+        if self.eval_durations:
+            recent = self.eval_durations[-5:]
+            return sum(recent) / len(recent)
+        if self.eval_batches and self._step_s is not None:
+            return self.eval_batches * self._step_s / (3.0 * max(1, self.grad_accum or 1))
+        return None
+
+    def checkpoint_seconds(self) -> float | None:
+        """Expected seconds of one checkpoint (mean of the recent ones), None before any."""
+        if not self.checkpoint_durations:
+            return None
+        recent = self.checkpoint_durations[-5:]
+        return sum(recent) / len(recent)
+
+    def eta_at(self, now: float) -> float | None:
+        """Seconds to the end of the run at the clock ``now``: the steps left at the measured
+        step time, plus the evaluations and checkpoints still to come at their measured times
+        (the current one partly done). Frozen while paused; None when unknown or finished."""
+        if self.finished or self.total_steps <= 0 or self._step_s is None:
+            return None
+        if self._paused_since is not None:
+            now = self._paused_since
+        in_eval = self.activity == "evaluating"
+        in_ckpt = self.activity == "saving checkpoint"
+        # Steps: the time already spent in the current one counts (while training).
+        steps_left = max(0, self.total_steps - self.global_step)
+        steps_s = steps_left * self._step_s
+        if steps_left and not (in_eval or in_ckpt) and self._progress_time is not None:
+            steps_s -= min(self._step_s, max(0.0, now - self._progress_time))
+        eval_s = self.eval_seconds() or 0.0
+        evals = (max(0, self.evals_left - self._evals_since_plan)
+                 if self.evals_left is not None else 0)
+        total = max(0.0, steps_s) + evals * eval_s
+        if in_eval and evals and eval_s:
+            total -= min(eval_s, self._done_part(now, eval_s))
+        ckpt_s = self.checkpoint_seconds() or 0.0
+        if ckpt_s:
+            planned = (max(0, self.checkpoints_left - self._planned_ckpts_since_plan)
+                       if self.checkpoints_left is not None else 0)
+            rate = (self._best_ckpts_seen / self._evals_seen if self._evals_seen
+                    else _DEFAULT_BEST_RATE)
+            total += (planned + evals * min(1.0, rate)) * ckpt_s
+            if in_ckpt:
+                total -= min(ckpt_s, self._done_part(now, ckpt_s))
+        return max(0.0, total)
+
+    def _done_part(self, now: float, expected: float) -> float:
+        """Seconds of the current activity already done (from done/of, else its age)."""
+        if self.activity_done is not None and self.activity_of:
+            return expected * min(1.0, self.activity_done / self.activity_of)
+        return max(0.0, now - (self.activity_since or now))
+
+    @property
     def eta_s(self) -> float | None:
-        """Remaining time from the observed step rate (None until two steps are seen)."""
-        if not self.train_losses or self.total_steps <= 0 or self.finished:
-            return None
-        first_step = self.train_losses[0][0]
-        done = self.global_step - first_step
-        if done <= 0 or self.elapsed_s <= 0:
-            return None
-        return (self.total_steps - self.global_step) * self.elapsed_s / max(1, self.global_step)
+        """:meth:`eta_at` the time of the newest event (deterministic from the events alone)."""
+        return self.eta_at(self.last_time) if self.last_time is not None else None
 
 
 def fold(events: Iterable[dict[str, Any] | ParseProblem]) -> RunState:
@@ -497,14 +828,33 @@ def fold(events: Iterable[dict[str, Any] | ParseProblem]) -> RunState:
     return state
 
 
+def describe_activity(state: RunState) -> str:
+    """``evaluating 12/50`` / ``loading data`` / ``paused at step 7`` / ``finished``: what the
+    trainer is doing now, for the renderers' phase line."""
+    if state.finished:
+        return state.status
+    if state.status in ("paused", "stopping"):
+        return f"{state.status} at step {state.global_step}"
+    name = state.activity or ("training" if state.status == "running" else state.status)
+    if state.activity_done is not None and state.activity_of:
+        return f"{name} {state.activity_done}/{state.activity_of}"
+    return name
+
+
 def describe_event(event: dict[str, Any]) -> str:
     """A one-line human description, used by the console's event log and headless output."""
     kind = event["type"]
     step = event.get("global_step")
     at = f"[{step}] " if step is not None else ""
     if kind == "eval":
-        where = f" ({event['domain']})" if event.get("domain") else ""
-        best = " ✓ best" if event.get("best") else ""
+        domain = event.get("domain")
+        where = f" ({domain})" if domain else ""
+        if event.get("best"):
+            best = " ✓ best"
+        elif event.get("best_of_domain") and domain:
+            best = f" ✓ best of domain {domain}"
+        else:
+            best = ""
         metrics = event.get("metrics") or {}
         reward, loss = metrics.get("reward"), event["loss"]
         if isinstance(reward, (int, float)) and isinstance(loss, (int, float)) \
@@ -527,6 +877,9 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "batch_change":
         why = f" ({event['reason']})" if event.get("reason") else ""
         return f"{at}micro-batch {event['micro_batch']} × accum {event['grad_accum']}{why}"
+    if kind == "total_changed":
+        why = f" ({event['reason']})" if event.get("reason") else ""
+        return f"{at}total steps → {event['total_steps']}{why}"
     if kind == "warning":
         return f"{at}warning: {event['message']}"
     if kind == "info":
@@ -534,7 +887,13 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "error":
         return f"{at}error: {event['message']}"
     if kind == "status":
-        return f"status → {event['status']}"
+        return f"{at}status → {event['status']}"
+    if kind == "detached":
+        return f"detached: {event['reason']} (the run goes on)"
+    if kind == "activity":
+        done = (f" {event['done']}/{event['of']}"
+                if event.get("done") is not None and event.get("of") else "")
+        return f"{event['activity']}{done}"
     if kind == "run_finished":
         reason = event.get("reason") if event["status"] != "failed" else None  # error said it
         if reason and reason.isidentifier():

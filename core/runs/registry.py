@@ -101,6 +101,17 @@ def trainer_alive(run_dir: str | os.PathLike[str]) -> bool | None:
     return not (isinstance(saved, (int, float)) and abs(started - saved) > 1.0)
 
 
+def trainer_pid(run_dir: str | os.PathLike[str]) -> int | None:
+    """The pid of the run's live trainer on this machine, or None (not live, unknown, other host)."""
+    if trainer_alive(run_dir) is not True:
+        return None
+    try:
+        pid = json.loads((Path(run_dir) / PID_FILE).read_text(encoding="utf-8")).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
 def _process_start(pid: int) -> float | None:
     try:
         import psutil
@@ -138,6 +149,17 @@ class RunSummary:
     last_time: float | None
     error: str | None
     state: RunState
+    # The console went away and the trainer goes on unattended (SIGHUP, "leave running").
+    detached: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("starting", "running", "paused", "stopping")
+
+    @property
+    def status_label(self) -> str:
+        """``running (detached)`` for a live run nobody watches, else the status."""
+        return f"{self.status} (detached)" if self.detached and self.live else self.status
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +175,7 @@ class RunSummary:
             "started_at": self.started_at,
             "last_time": self.last_time,
             "error": self.error,
+            "detached": self.detached,
         }
 
 
@@ -195,16 +218,25 @@ def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary:
         last_time=state.last_time,
         error=state.last_error,
         state=state,
+        detached=state.detached and not state.finished and status != "crashed",
     )
 
 
 def list_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
-    """Every run directory directly under ``root`` (default runs root), newest first."""
+    """Every run directory directly under ``root`` (default runs root), and those started from
+    it elsewhere (:func:`remember_run_dir`), newest first."""
     base = Path(root) if root is not None else default_runs_root()
     if not base.is_dir():
         return []
-    runs = [summarize_run(p) for p in base.iterdir() if p.is_dir() and is_run_dir(p)]
+    dirs = [p for p in base.iterdir() if p.is_dir() and is_run_dir(p)]
+    dirs += [p for p in known_run_dirs(base) if p not in dirs]
+    runs = [summarize_run(p) for p in dirs]
     return sorted(runs, key=lambda r: r.started_at or 0.0, reverse=True)
+
+
+def live_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
+    """The runs under ``root`` whose trainer is alive (detached ones included), newest first."""
+    return [run for run in list_runs(root) if run.live]
 
 
 def latest_run(
@@ -215,3 +247,56 @@ def latest_run(
         if trainer is None or run.trainer == trainer:
             return run.path
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Runs outside the runs root (started with --run-dir elsewhere)
+# --------------------------------------------------------------------------------------------
+
+ELSEWHERE_FILE = "elsewhere.txt"  # in the runs root: one run directory path per line
+
+
+def remember_run_dir(run_dir: str | os.PathLike[str],
+                     root: str | os.PathLike[str] | None = None) -> None:
+    """Note a run directory that is not directly under ``root`` so :func:`list_runs` lists it.
+
+    Best effort (an unwritable root only means the run is not listed there).
+    """
+    base = Path(root) if root is not None else default_runs_root()
+    path = Path(run_dir).expanduser().resolve()
+    if path.parent == base.resolve():
+        return
+    if path in known_run_dirs(base):
+        return
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / ELSEWHERE_FILE, "a", encoding="utf-8") as fh:
+            fh.write(f"{path}\n")
+    except OSError:
+        pass
+
+
+def known_run_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Run directories outside ``root`` that were started from it (still existing ones)."""
+    base = Path(root) if root is not None else default_runs_root()
+    try:
+        lines = (base / ELSEWHERE_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out: list[Path] = []
+    for line in lines:
+        path = Path(line.strip())
+        if line.strip() and path not in out and is_run_dir(path):
+            out.append(path)
+    return out
+
+
+def live_run_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Run directories (under ``root`` and remembered elsewhere) whose trainer is alive on this
+    machine, by their pid files only (no events are read): cheap enough for a console's start."""
+    base = Path(root) if root is not None else default_runs_root()
+    if not base.is_dir():
+        return []
+    dirs = [p for p in base.iterdir() if p.is_dir() and (p / PID_FILE).is_file()]
+    dirs += [p for p in known_run_dirs(base) if p not in dirs and (p / PID_FILE).is_file()]
+    return [p for p in dirs if trainer_alive(p) is True]

@@ -52,7 +52,8 @@ from core.runs.registry import (
     write_pid_file,
 )
 from core.train.config import RunConfig, seq_len_problem
-from core.train.control import ControlChannel
+from core.train.control import CONTROL_FILE, ControlChannel
+from core.train.heartbeat import Heartbeat
 from core.train.metrics import StepMetrics, memory_stats
 from core.train.schedule import default_warmup_steps, warmup_cosine_scale
 
@@ -101,6 +102,8 @@ class Trainer:
     # class that declares it is strict (``vars(type(self))``), so subclasses adding their own
     # options are not broken by a parent's list.
     accepted_options: frozenset[str] | None = None
+    # Seconds between heartbeat events (None: no heartbeat; only benchmarks turn it off).
+    heartbeat_interval_s: float | None = 1.0
 
     def __init__(
         self,
@@ -183,6 +186,10 @@ class Trainer:
         # Early stopping (--early-stop): best metric, its step, evaluations without improvement.
         self.early_stop: dict[str, Any] = {"best": None, "best_step": None, "bad_evals": 0}
         self.finish_reason: str | None = None
+        # Liveness: what the trainer is doing now (name, done, of) and the heartbeat thread.
+        self._activity: tuple[str, int | None, int | None] | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._steps_this_process = 0
         self._run_lock: RunDirLock | None = None
         # Events found before the stream is open (run-dir claim, resume search): emitted after.
         self._early_events: list[tuple[str, dict[str, Any]]] = []
@@ -226,13 +233,18 @@ class Trainer:
             self.emit(kind, **fields)
         self._early_events.clear()
         self.resume_checkpoint = resume
+        self._start_liveness()
         self.device = self.resolve_device()
         self.seed_everything(cfg.seed)
+        if resume is None:
+            self.set_activity("building tokenizer")
         self.tokenizer = resume.tokenizer if resume is not None else self.build_tokenizer()
         self._resolve_sizes()
+        self.set_activity("loading data")
         self.build_data()
         self.model_config = self.resolve_model_config(resume)
         self.configure_batches()
+        self.set_activity("building model")
         self.model = self.build_model().to(self.device)
         self.precision = self.resolve_precision()
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -242,6 +254,7 @@ class Trainer:
         self.train_model = self.wrap_model(self.model)
         self.optimizer = self.build_optimizer()
         if resume is not None:
+            self.set_activity("restoring checkpoint")
             self._restore(resume)
         self.metrics = StepMetrics(self.device)
         self.config = self.resolved_config()
@@ -264,6 +277,8 @@ class Trainer:
             elapsed_s=self.elapsed_before,
             step=self.global_step,
             global_step=self.global_step,
+            **self.plan_fields(),
+            eval_batches=self.planned_eval_batches(),
         )
         for note in self.setup_notes:
             self.emit("info", message=note)
@@ -295,6 +310,7 @@ class Trainer:
 
     def cleanup(self) -> None:
         """Close the event stream and remove the pid file (always runs)."""
+        self._stop_liveness()
         if self.is_main and self.run_dir != Path():
             remove_pid_file(self.run_dir)
         self._close_trackers()
@@ -762,7 +778,8 @@ class Trainer:
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            for cpu_batch in batches:
+            for done, cpu_batch in enumerate(batches):
+                self.eval_progress(done, len(batches))
                 batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
                 with self.autocast():
                     loss, _, n_tokens = self.compute_loss(batch)
@@ -860,9 +877,16 @@ class Trainer:
             raise CheckpointError(f"{source}: does not fit this optimizer ({exc})") from exc
 
     def save_checkpoint(
-        self, name: str | None = None, best: bool = False, val_loss: float | None = None
+        self, name: str | None = None, best: bool = False, val_loss: float | None = None,
+        *, reason: str | None = None,
     ) -> Path:
-        """Write ``RUN_DIR/checkpoints/<name>`` (default ``step_NNNNNN``); emit ``checkpoint``."""
+        """Write ``RUN_DIR/checkpoints/<name>`` (default ``step_NNNNNN``); emit ``checkpoint``.
+
+        ``reason`` (``scheduled``, ``best``, ``requested``, ``final``) goes into the event: the
+        ETA counts the planned ones.
+        """
+        self.set_activity("saving checkpoint")
+        t0 = time.perf_counter()
         name = name or step_checkpoint_name(self.global_step)
         path = self.run_dir / CHECKPOINTS_DIR / name
         model_state = self.model_state_for_checkpoint()
@@ -897,10 +921,13 @@ class Trainer:
                 val_loss=val_loss,
                 best=best,
                 global_step=self.global_step,
+                reason=reason,
+                duration_s=round(time.perf_counter() - t0, 3),
             )
             protect = {self.best_checkpoint} if self.best_checkpoint else set()
             prune_checkpoints(self.run_dir, self.config.keep_last, protect)
         self._barrier()
+        self.metrics._t0 += time.perf_counter() - t0  # tokens/s counts training time only
         self.last_checkpoint = path
         self.last_checkpoint_step = self.global_step
         return path
@@ -988,6 +1015,92 @@ class Trainer:
 
     def elapsed_s(self) -> float:
         return self.elapsed_before + (time.time() - self._t_start) - self._paused_s
+
+    # ==========================================================================================
+    # Liveness (activity, heartbeat, detach) and the plan (total, evaluations, checkpoints)
+    # ==========================================================================================
+
+    def set_activity(self, activity: str, done: int | None = None, of: int | None = None) -> None:
+        """Say what the trainer is doing now (``activity`` event; heartbeats repeat it)."""
+        self._activity = (activity, done, of)
+        self.emit("activity", activity=activity, done=done, of=of)
+
+    def eval_progress(self, done: int, of: int) -> None:
+        """``done`` of ``of`` validation batches: heartbeats carry it, and an ``activity`` event
+        marks the start and every tenth of the way."""
+        if done == 0 or done % max(1, of // 10) == 0:
+            self.set_activity("evaluating", done, of)
+        else:
+            self._activity = ("evaluating", done, of)
+
+    def _training_activity(self) -> None:
+        wanted = ("compiling" if self.config.compile and self._steps_this_process == 0
+                  else "training")
+        if self._activity is None or self._activity[0] != wanted:
+            self.set_activity(wanted)
+
+    def _start_liveness(self) -> None:
+        """Heartbeat thread and the run directory's control file (main rank, real runs only)."""
+        if not self.is_main or not self.events.enabled or self.run_dir == Path():
+            return
+        self.control.watch_file(self.run_dir / CONTROL_FILE, since=self._t_start)
+        if self._heartbeat is None and self.heartbeat_interval_s:
+            self._heartbeat = Heartbeat(self._beat, self.heartbeat_interval_s)
+            self._heartbeat.start()
+
+    def _stop_liveness(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        self.control.stop_watching()
+
+    def _beat(self) -> None:
+        self._report_detach()
+        name, done, of = self._activity or (None, None, None)
+        self.emit("heartbeat", global_step=self.global_step, activity=name, done=done, of=of)
+
+    def _report_detach(self) -> None:
+        """SIGHUP or the console's end of stdin: the run goes on unattended; say so once."""
+        reason = self.control.take_detach()
+        if reason is not None:
+            self.emit("detached", reason=reason, global_step=self.global_step)
+
+    def announce_total(self, total_steps: int, reason: str) -> None:
+        """The planned number of optimizer steps changed (ACT, early stopping, the end):
+        ``total_changed`` with the plan from here, and the loop runs to the new total."""
+        if total_steps == self.total_steps and reason != "finished":
+            return
+        self.total_steps = total_steps
+        plan = self.plan_fields()
+        if reason == "finished":  # what _finish still does: a final evaluation and checkpoint
+            plan = {"evals_left": int(self.last_eval_step != self.global_step),
+                    "checkpoints_left": int(self.last_checkpoint_step != self.global_step)}
+        self.emit("total_changed", global_step=self.global_step, total_steps=total_steps,
+                  reason=reason, **plan)
+
+    def plan_fields(self) -> dict[str, int]:
+        """``evals_left`` / ``checkpoints_left`` from the current step (for the ETA)."""
+        return {"evals_left": self.planned_evaluations(),
+                "checkpoints_left": self.planned_checkpoints()}
+
+    def planned_evaluations(self) -> int:
+        """Evaluations still to come: every ``eval_every`` steps, and a final one unless the
+        last step is one of those."""
+        return _multiples_left(self.global_step, self.total_steps, self.config.eval_every)
+
+    def planned_checkpoints(self) -> int:
+        """Scheduled checkpoints still to come (every ``checkpoint_every`` steps and the final
+        one); those after a new best are not planned."""
+        return _multiples_left(self.global_step, self.total_steps, self.config.checkpoint_every)
+
+    def planned_eval_batches(self) -> int | None:
+        """Validation batches per evaluation (timing the first evaluation before it ran):
+        what :meth:`validation_batches` will hold, counted without building it. None for
+        trainers with their own evaluation."""
+        if type(self).evaluate is not Trainer.evaluate or not self.val_pairs:
+            return None
+        samples = min(len(self.val_pairs), self.config.eval_max_batches * self.micro_batch)
+        return math.ceil(samples / self.micro_batch)
 
     # ==========================================================================================
     # Internals
@@ -1246,11 +1359,13 @@ class Trainer:
         return RunConfig.from_dict(data, "resolved run config")
 
     def _one_step(self) -> None:
+        self._training_activity()
         while True:
             if self.train_loader is not None:
                 self._pre_step_data_state = self.train_loader.state_dict()
             try:
                 self.train_step()
+                self._steps_this_process += 1
                 return
             except torch.OutOfMemoryError as exc:
                 # The traceback's frames hold the failed step's activations: drop them (and the
@@ -1279,6 +1394,7 @@ class Trainer:
             self.save_checkpoint(
                 best=self.best_checkpoint == step_checkpoint_name(step),
                 val_loss=self.last_val_loss if self.last_eval_step == step else None,
+                reason="scheduled",
             )
 
     def _emit_step(self) -> None:
@@ -1307,7 +1423,11 @@ class Trainer:
         self.emit("step", **event)
 
     def _run_eval(self) -> dict[str, float]:
+        self.set_activity("evaluating")
+        t0 = time.perf_counter()
         result = self.evaluate()
+        duration = time.perf_counter() - t0
+        self.metrics._t0 += duration  # tokens/s counts training time only
         loss = result["loss"]
         self.last_val_loss = loss
         self.last_eval_step = self.global_step
@@ -1321,18 +1441,20 @@ class Trainer:
             best=best,
             global_step=self.global_step,
             metrics={"tokens": result["tokens"]},
+            duration_s=round(duration, 3),
             **{k: v for k, v in self.step_event_extra().items() if k in ("phase", "domain")},
         )
         # Counted before the best checkpoint is written, so it holds this evaluation (resume).
         stop = self._early_stop_update(result)
         if best:
-            self.save_checkpoint(best=True, val_loss=loss)
+            self.save_checkpoint(best=True, val_loss=loss, reason="best")
         if stop:
             self._early_stop_now()
         return result
 
     def _handle_control(self) -> bool:
         """Apply pending commands; True means stop now."""
+        self._report_detach()
         for command in self.control.poll():
             if self._apply_command(command.cmd, command.detail, command.source):
                 return True
@@ -1343,7 +1465,7 @@ class Trainer:
             self.emit("warning", message=detail, code="control", global_step=self.global_step)
         elif cmd == "checkpoint":
             if self.last_checkpoint_step != self.global_step:
-                self.save_checkpoint()
+                self.save_checkpoint(reason="requested")
         elif cmd == "stop":
             if source == "signal":
                 self.emit(
@@ -1380,15 +1502,20 @@ class Trainer:
         if stopped:
             self._status = "stopping"
             self.emit("status", status="stopping", global_step=self.global_step)
+        elif self.global_step != self.total_steps:
+            # The plan changed under the loop (ACT, a cut curriculum): the run's real total.
+            self.announce_total(self.global_step, "finished")
         if self.last_eval_step != self.global_step and not stopped and self.global_step > 0:
             self._run_eval()
         if self.last_checkpoint_step != self.global_step:
             self.save_checkpoint(
-                val_loss=self.last_val_loss if self.last_eval_step == self.global_step else None
+                val_loss=self.last_val_loss if self.last_eval_step == self.global_step else None,
+                reason="final",
             )
         self.on_train_end(stopped)
         status = "stopped" if stopped else "finished"
         self._status = status
+        self._stop_liveness()  # nothing is written after run_finished
         self.emit(
             "run_finished",
             status=status,
@@ -1400,6 +1527,7 @@ class Trainer:
         return status
 
     def _fail(self, message: str, exc: BaseException | None) -> None:
+        self._stop_liveness()
         if not self.is_main:
             return
         tb = None
@@ -1555,19 +1683,10 @@ def corpus_texts(path: Path, data_format: str | None = None) -> Iterator[str]:
 def cached_corpus_tokenizer(path: Path, vocab_size: int, data_format: str | None = None) -> Any:
     """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
     from core.data.containers import data_files
-    from core.data.tokenizer import AeronTokenizer
-    from core.paths import aeron_home
-    from core.runs.checkpoint import file_sha256
+    from core.data.tokenizer import AeronTokenizer, corpus_tokenizer_dir
 
-    files = data_files(path)
-    import hashlib
-
-    key = hashlib.sha256()
-    for f in files:
-        key.update(file_sha256(f).encode())
-    # The format changes which texts a file yields; auto-detection keeps the old cache key.
-    key.update(f":v{vocab_size}:aeron-bpe-1{':' + data_format if data_format else ''}".encode())
-    cache = aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
+    data_files(path)  # a missing or empty data path is a DataError naming it, not an OSError
+    cache = corpus_tokenizer_dir(path, vocab_size, data_format)
     if (cache / "tokenizer.json").exists():
         try:
             return AeronTokenizer.load(cache)
@@ -1582,6 +1701,13 @@ def cached_corpus_tokenizer(path: Path, vocab_size: int, data_format: str | None
     except OSError:
         pass  # caching is an optimisation; an unwritable cache is not an error
     return tok
+
+
+def _multiples_left(step: int, total: int, every: int) -> int:
+    """Multiples of ``every`` in (step, total], plus the end when it is not one of them."""
+    if total <= step:
+        return 0
+    return total // every - step // every + (1 if total % every else 0)
 
 
 def _safe_exp(x: float) -> float:

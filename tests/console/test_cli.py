@@ -91,3 +91,28 @@ def test_help_lists_every_binding() -> None:
                     missing.append(f"{cls.__name__}: {key}")
     assert crash.CrashScreen.BINDINGS  # closes with escape/enter (listed under Dialogs)
     assert missing == []
+
+
+def test_a_command_that_exits_non_zero_exits_non_zero_from_main(monkeypatch) -> None:
+    """typer.Exit(n) inside a command (fail(), a failed training run) must reach the shell:
+    without standalone mode click returns the code instead of raising it."""
+    import pytest
+    import typer
+
+    import aeron_tui.cli as cli
+
+    small = typer.Typer()
+
+    @small.command()
+    def broken() -> None:
+        raise typer.Exit(3)
+
+    @small.command()
+    def fine() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", small)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["broken"])
+    assert info.value.code == 3
+    cli.main(["fine"])  # no SystemExit: exit code 0

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from lonpt_helpers import events_of
 
+from core.runs.events import fold
+
 
 @pytest.mark.slow
 def test_train_lonpt_smoke_on_the_sample_corpus(tmp_path: Path, sample_corpus_dir: Path) -> None:
@@ -21,9 +23,19 @@ def test_train_lonpt_smoke_on_the_sample_corpus(tmp_path: Path, sample_corpus_di
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     events = events_of(run_dir)
-    assert events[0]["type"] == "run_started" and events[0]["trainer"] == "lonpt"
-    assert events[0]["preset"] == "smoke" and events[0]["config"]["seq_len"] == 64
+    started = next(e for e in events if e["type"] == "run_started")
+    assert started["trainer"] == "lonpt"
+    assert started["preset"] == "smoke" and started["config"]["seq_len"] == 64
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "finished"
+    # ACT grew the micro-batch, so the curriculum took fewer steps than announced: the trainer
+    # said so (total_changed) and the run finishes at 100 % of the steps it really took.
+    if any(e["type"] == "batch_change" and e.get("reason") == "act" for e in events):
+        revised = [e for e in events if e["type"] == "total_changed"]
+        assert revised and revised[-1]["total_steps"] == events[-1]["global_step"]
+        assert started["total_steps"] != events[-1]["global_step"]
+    state = fold(events)
+    assert (state.progress, state.total_steps) == (1.0, events[-1]["global_step"])
+    assert f"run finished: {state.global_step}/{state.global_step} steps" in proc.stdout
     domains = [e["domain"] for e in events if e["type"] == "domain_change"]
     assert sorted(domains) == ["reasoning", "semantic", "syntactic"]
     steps = [e for e in events if e["type"] == "step"]

@@ -45,7 +45,9 @@ def test_plain_lines_show_the_emitted_numbers(tmp_path: Path) -> None:
     assert steps[1].startswith("step 10/10 | loss 0.4000 | lr 3.00e-03")
     assert any("validation loss 0.4100 ✓ best" in ln for ln in lines)
     assert any("checkpoint step_000010" in ln for ln in lines)
-    assert lines[-1].endswith("run finished")
+    assert lines[-2].endswith("run finished")
+    assert lines[-1] == ("run finished: 10/10 steps in 0s · best val 0.4100 (step 10) · "
+                         "final checkpoint /x/step_000010")
     # The display folded the same state a reader of events.jsonl folds.
     replay = fold(read_events(tmp_path / "events.jsonl"))
     assert status_line(replay) == status_line(display.state)

@@ -3,8 +3,10 @@
 Drawn with the console's own braille renderer (:mod:`aeron_tui.app.braille`): a redraw costs a
 millisecond or two, so a key press or a new batch of events shows at once even on a busy
 machine. Series are downsampled to about two points per column first, so the cost is the same
-at step 100 and step 100,000. Smoothing is TensorBoard's debiased EMA; the raw curve stays
-visible, dimmed, under the smoothed one.
+at step 100 and step 100,000. ``m`` switches between the raw losses and TensorBoard's debiased
+EMA: in EMA mode each series is drawn once, smoothed (no raw line underneath), and the title and
+legend both say so. The legend carries the latest values (the same figures as the run panel and
+the event log), the y axis is labelled at both ends of its range, and x ticks are whole steps.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from aeron_tui.app.session import RunSession
 
 SMOOTHING_WEIGHT = 0.8
 TRAIN_STYLE = "rgb(90,170,255)"
-TRAIN_RAW_STYLE = "rgb(70,90,130)"
 VAL_STYLE = "rgb(255,170,60)"
 
 
@@ -66,20 +67,34 @@ class LossChart(Widget):
     def on_resize(self) -> None:
         self.show(self._session, force=True)
 
+    @property
+    def mode(self) -> str:
+        """What the lines show: ``EMA 0.8`` or ``raw`` (title and legend use the same words)."""
+        return f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
+
+    def readout(self) -> tuple[tuple[int, float] | None, tuple[int, float] | None]:
+        """The latest (step, loss) of train and of validation: the figures the legend shows."""
+        st = self._session.state if self._session else None
+        if st is None:
+            return None, None
+        return (st.train_losses[-1] if st.train_losses else None,
+                st.val_losses[-1] if st.val_losses else None)
+
     def _title(self) -> None:
         # Title and legend live on the surrounding box: every row inside is for data.
         box = self.parent
         if box is None:
             return
-        mode = f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
-        box.border_title = f"loss · {mode} (m) · x: step"
+        other = "raw" if self.smoothing else "EMA"
+        box.border_title = f"loss · {self.mode} (m: {other})"
+        train, val = self.readout()
         legend = Text()
         legend.append("━ train", TRAIN_STYLE)
-        if self.smoothing:
-            legend.append(" (", "grey50")
-            legend.append("raw", TRAIN_RAW_STYLE)
-            legend.append(")", "grey50")
+        if train is not None:
+            legend.append(f" {train[1]:.4f}", "bold")
         legend.append("  ● val", VAL_STYLE)
+        if val is not None:
+            legend.append(f" {val[1]:.4f} @{val[0]:,}", "bold")
         box.border_subtitle = legend  # type: ignore[assignment]
 
     def _make_series(self) -> list[Series]:
@@ -89,19 +104,18 @@ class LossChart(Widget):
         buckets = max(20, 2 * max(10, self.size.width - 8))
         out: list[Series] = []
         if st.train_losses:
-            xs, ys = downsample(st.train_losses, buckets)
-            if self.smoothing and len(st.train_losses) > 2:
-                out.append(Series(xs, ys, TRAIN_RAW_STYLE))
+            points = st.train_losses
+            if self.smoothing:
                 # Smooth the full series, then sample it (EMA over bucket means lags more).
-                smooth = debiased_ema([p[1] for p in st.train_losses], SMOOTHING_WEIGHT)
-                pairs = [(p[0], v) for p, v in zip(st.train_losses, smooth, strict=True)]
-                sx, sy = downsample(pairs, buckets)
-                out.append(Series(sx, sy, TRAIN_STYLE))
-            else:
-                out.append(Series(xs, ys, TRAIN_STYLE))
+                smooth = debiased_ema([p[1] for p in points], SMOOTHING_WEIGHT)
+                points = [(p[0], v) for p, v in zip(points, smooth, strict=True)]
+            xs, ys = downsample(points, buckets)
+            out.append(Series(xs, ys, TRAIN_STYLE))
         if st.val_losses:
             vx = [float(s) for s, _ in st.val_losses]
             vy = [v for _, v in st.val_losses]
+            if self.smoothing:
+                vy = debiased_ema(vy, SMOOTHING_WEIGHT)
             out.append(Series(vx, vy, VAL_STYLE, line=len(vx) > 1, marker="●"))
         return out
 

@@ -448,8 +448,14 @@ def test_cli_model_info_prints_exact_counts() -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["backbone_parameters"] == 3_256_717_312
-    assert data["parameters"]["reasoning_engine"] == 124_047_368
+    # The model a run on text builds: no task module, so no task projection in the reasoning
+    # engine (2048² fewer than the spec's 124,047,368, which --set restores).
+    assert data["parameters"]["reasoning_engine"] == 124_047_368 - 2048 * 2048
+    assert data["modules_not_built"] == ["knowledge graph", "vision", "task conditioning"]
     assert data["config"]["d_model"] == 2048
+    full = runner.invoke(app, ["model", "info", "--profile", "default", "--json", "--set",
+                               "model.enable_continual=true"])
+    assert json.loads(full.output)["parameters"]["reasoning_engine"] == 124_047_368
     table = runner.invoke(app, ["model", "info", "--profile", "small"])
     assert table.exit_code == 0, table.output
     assert "62,572,544" in table.output and "swiglu_hidden" in table.output

@@ -207,7 +207,8 @@ def test_cli_flags_train_on_alpaca_csv_with_csv_log(tmp_path: Path) -> None:
     assert saved["gradient_checkpointing"] is True and saved["trackers"] == ["csv"]
     assert (saved["early_stop_patience"], saved["early_stop_min_delta"]) == (5, 0.001)
     events = _events(run_dir)
-    assert events[0]["data"].endswith("alpaca.csv")
+    [started] = [e for e in events if e["type"] == "run_started"]
+    assert started["data"].endswith("alpaca.csv")
     rows = list(csv.DictReader(open(run_dir / "metrics.csv", encoding="utf-8")))
     assert [int(r["global_step"]) for r in rows if r["type"] == "eval"] == [3, 6]
     # keep-last 1: only the newest step checkpoint besides the best survives.

@@ -507,6 +507,8 @@ class AeronConsole(App[None]):
             if action in ("setup", "wizard") and screen.id == "dashboard" and \
                     self.session is not None and self.session.live:
                 return False  # keep the footer for the run's keys (n/w still work: hidden)
+            if action in ("setup", "wizard") and screen.id == "runs":
+                return False  # the runs screen's own hidden n/w keys lead there (80 columns)
         return True
 
     # -- navigation -----------------------------------------------------------------------------

@@ -187,3 +187,37 @@ async def test_launch_says_which_runs_are_live_without_a_console(tmp_path: Path)
         notice = next(n.message for n in app._notifications if "without a console" in n.message)
     assert "1 run(s)" in notice and "simple-tiny-live" in notice
     assert "simple-tiny-a" not in notice  # finished runs are not live
+
+
+@sync
+async def test_g_writes_the_runs_plot(tmp_path: Path) -> None:
+    """g on the runs screen writes what `aeron-tui runs plot` draws: the selected run, or the two
+    marked runs overlaid."""
+    root = tmp_path / "runs"
+    _make_runs(root)
+    app = AeronConsole(ConsoleOptions(runs_root=root), hardware=fixed_hardware())
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        await wait_for(pilot, lambda: len(screen.runs) == 2, what="run list")
+        table = screen.query_one(DataTable)
+        paths = [r.path for r in screen.runs]
+        table.move_cursor(row=paths.index(root / "simple-tiny-a"))
+        await pilot.pause()
+        await pilot.press("g")
+        single = root / "simple-tiny-a" / "plot.png"
+        await wait_for(pilot, single.exists, what="plot.png", timeout=60)
+        assert single.read_bytes().startswith(b"\x89PNG")
+        await pilot.press("space")
+        table.move_cursor(row=paths.index(root / "simple-tiny-b"))
+        await pilot.pause()
+        await pilot.press("space")
+        await pilot.press("g")
+        both = root / "simple-tiny-a" / "compare-simple-tiny-b.png"
+        await wait_for(pilot, both.exists, what="comparison plot", timeout=60)
+        await wait_for(pilot, lambda: any(f"wrote {both}" in str(n.message)
+                                          for n in app._notifications), what="notice")
+        # n and w are off the footer here (80 columns) but still lead to setup and the wizard.
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen.id == "setup", what="setup screen")

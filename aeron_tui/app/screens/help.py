@@ -47,6 +47,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("space", "mark a run (two marked: c compares their loss curves)"),
         ("c", "compare the two marked runs on one chart"),
         ("o", "show the highlighted run's config (run.toml)"),
+        ("g", "write the runs plot (PNG) of the marked runs, or of the highlighted one"),
         ("f5", "refresh the list"),
     ]),
     ("Dialogs", [

@@ -1,6 +1,7 @@
 """Runs screen: past runs (under the runs root, and those started from it with ``--run-dir``
 elsewhere) with status and losses. Enter watches one, ``R`` resumes a stopped one, space marks
-runs and ``c`` compares two marked runs' loss curves on one chart, ``o`` opens a run's config."""
+runs and ``c`` compares two marked runs' loss curves on one chart, ``o`` opens a run's config,
+``g`` writes the picture ``aeron-tui runs plot`` draws (the marked runs, or the selected one)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ class RunsScreen(Screen[None]):
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
         Binding("o", "config", "Config"),
+        Binding("g", "plot", "Plot"),
         Binding("f5", "refresh", "Refresh", show=False),
+        # Setup and wizard stay one key away without taking footer room from this screen's keys.
+        Binding("n", "goto('setup')", "Setup", show=False),
+        Binding("w", "goto('wizard')", "Wizard", show=False),
     ]
 
     def __init__(self, root: Path | None = None) -> None:
@@ -155,7 +160,7 @@ class RunsScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         run = self.selected() if self.is_mounted else None
-        if action in ("open", "mark", "config"):
+        if action in ("open", "mark", "config", "plot"):
             return run is not None
         if action == "resume":
             from core.runs.checkpoint import list_checkpoints
@@ -207,6 +212,41 @@ class RunsScreen(Screen[None]):
         run = self.selected()
         if run is not None:
             self.app.push_screen(ConfigScreen(run))
+
+    def action_goto(self, where: str) -> None:
+        getattr(self.app, f"action_{where}")()
+
+    def plot_target(self) -> tuple[list[Path], Path] | None:
+        """(run directories, picture path) for ``g``: the marked runs overlaid (next to the
+        first), else the selected run (``RUN_DIR/plot.png``)."""
+        runs = list(self.marked)
+        if not runs:
+            run = self.selected()
+            if run is None:
+                return None
+            runs = [run.path]
+        if len(runs) == 1:
+            return runs, runs[0] / "plot.png"
+        return runs, runs[0] / f"compare-{runs[1].name}.png"
+
+    def action_plot(self) -> None:
+        target = self.plot_target()
+        if target is not None:
+            self.notify(f"drawing {target[1].name} …", markup=False, timeout=3)
+            self._write_plot(*target)
+
+    @work(thread=True, exclusive=True, group="plot")
+    def _write_plot(self, runs: list[Path], out: Path) -> None:
+        # matplotlib draws in this worker thread; the UI thread only shows the outcome.
+        from aeron_tui.plots import plot_runs
+        from core.errors import AeronError
+
+        try:
+            written = plot_runs(runs, out)
+        except AeronError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", markup=False)
+            return
+        self.app.call_from_thread(self.notify, f"wrote {written}", markup=False, timeout=8)
 
 
 def _cut(text: str) -> Text:

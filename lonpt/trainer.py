@@ -156,6 +156,8 @@ class Position:
 class LonptTrainer(Trainer):
     """LONPT on the shared engine: AKAP domains, PNCEC phases, ACT batch, HPF layers, rails."""
 
+    supports_early_stop = False  # validation is per domain, with per-domain best checkpoints
+
     name = "lonpt"
     description = "LONPT: domain curriculum, cyclic LR phases, memory-targeted batch, low-rank FFN"
 
@@ -215,17 +217,17 @@ class LonptTrainer(Trainer):
         from core.data.formatting import encode_styles_sample
         from core.data.loader import BatchLoader
         from core.data.sample import corpus_manifest
-        from core.data.styles import is_validation, read_styles
+        from core.data.styles import is_validation
 
         cfg = self.lonpt
         path = self.resolve_data_path()
         self.data_path = str(path)
-        if path.suffix != ".jsonl":
-            raise DataError(
-                f"{path}: LONPT trains on a styles.jsonl corpus (formatter 'styles'; AKAP needs "
-                "each sample's style_label); give --data PATH/styles.jsonl"
-            )
-        samples = read_styles(path)
+        from core.data.formats import read_samples
+
+        # Any supervised format (styles.jsonl, Alpaca, ShareGPT, messages, ...); plain text is
+        # refused in one line: AKAP assigns domains per sample.
+        samples = read_samples(path, self.config.data_format, who="LONPT (AKAP assigns a domain "
+                               "to each sample)")
         from core.data.extras import input_coverage
 
         # Triples, images and tasks in the records feed their modules (issue 17), as in the

@@ -290,12 +290,18 @@ def chat_command(
     top_p: float = _TOP_P, repetition_penalty: float = _REP, stop: list[str] = _STOP,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
     triple: list[str] = _TRIPLE, image: Path | None = _IMAGE, task: str | None = _TASK,
+    system: str = typer.Option("", "--system", help="A system prompt for the conversation."),
+    history: bool = typer.Option(
+        True, "--history/--no-history", help="Feed the earlier turns back (the chat template "
+        "multi-turn data trains on; oldest turns drop out when the context is full), or answer "
+        "each line alone."),
 ) -> None:
     """A simple REPL: each line you type is answered, streamed token by token.
 
-    One prompt per turn (the model is an encoder-decoder trained on single turns, so earlier
-    turns are not fed back). Empty line or EOF (Ctrl-D) ends; Ctrl-C stops a reply.
-    --triple/--image/--task are given with every turn.
+    The conversation so far goes to the encoder through the chat template multi-turn training
+    data uses (README: "Data formats"); the oldest turns drop out when the context is full.
+    Empty line or EOF (Ctrl-D) ends; Ctrl-C stops a reply. --triple/--image/--task are given
+    with every turn.
     """
     import time
 
@@ -307,6 +313,7 @@ def chat_command(
     inputs = _prompt_inputs(model, path, triple, image, task)
     _note(f"chatting with {path} — empty line or Ctrl-D to quit")
     turn = 0
+    turns: list[tuple[str, str]] = []
     while True:
         try:
             line = input("> ") if sys.stdin.isatty() else sys.stdin.readline()
@@ -318,11 +325,14 @@ def chat_command(
         try:
             [gen] = generate(model, tokenizer, [line.strip()], cfg,
                              seed=None if seed is None else seed + turn,
-                             on_text=lambda _row, piece: _write(piece), inputs=inputs)
+                             on_text=lambda _row, piece: _write(piece), inputs=inputs,
+                             history=turns, system=system)
         except KeyboardInterrupt:
             _write("\n")
             _note("(interrupted)")
             continue
         _write("\n")
         _report(gen, time.perf_counter() - t0)
+        if history:
+            turns += [("user", line.strip()), ("assistant", gen.text)]
         turn += 1

@@ -1,4 +1,5 @@
-"""`aeron-tui runs list|show`: the runs on this machine and their status, from their events."""
+"""`aeron-tui runs list|show|lineage|export`: the runs on this machine, their status and
+scalars, from their events."""
 
 from __future__ import annotations
 
@@ -203,6 +204,49 @@ def register(app: typer.Typer) -> None:
         tree = Tree(label(root))
         grow(tree, root)
         Console().print(tree, highlight=False)
+
+    @runs_app.command("export")
+    def export_cmd(
+        run_dir: Path = typer.Argument(..., help="A run directory (live or finished)."),
+        to: str = typer.Option(..., "--to", help="tensorboard or csv (wandb: offline, when "
+                               "installed)."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Where to write (default: RUN_DIR/tb, RUN_DIR/metrics.csv, "
+            "RUN_DIR for wandb)."),
+    ) -> None:
+        """Write a run's scalars to TensorBoard or CSV from its events.jsonl — the same numbers
+        `--log` writes live (loss, val loss, bpb, lr, grad norm, tokens/s, memory, branch
+        scores, scratchpad use, RLHF reward/KL...)."""
+        from rich.console import Console
+
+        from core.errors import ConfigError
+        from core.runs.registry import EVENTS_FILE
+        from core.runs.trackers import (
+            CSV_FILE,
+            TB_DIR,
+            TRACKERS,
+            check_available,
+            export_events,
+            make_tracker,
+        )
+
+        if to not in TRACKERS:
+            raise ConfigError(f"--to {to!r}: choose one of {', '.join(TRACKERS)}")
+        events = run_dir / EVENTS_FILE
+        if not events.is_file():
+            raise ConfigError(f"{run_dir}: no {EVENTS_FILE} here; give a run directory")
+        check_available([to])
+        default = {"tensorboard": run_dir / TB_DIR, "csv": run_dir / CSV_FILE,
+                   "wandb": run_dir}[to]
+        target = out or default
+        if to == "tensorboard" and target.is_dir() and any(target.glob("events.out.tfevents*")):
+            raise ConfigError(f"{target}: already holds TensorBoard event files (logged live "
+                              "with --log, or exported before); give --out DIR")
+        if to == "csv" and target.exists():
+            raise ConfigError(f"{target}: already exists; give --out FILE")
+        n = export_events(events, make_tracker(f"{to}:{target}", run_dir))
+        Console().print(f"exported {n:,} events of {run_dir} to {target}", highlight=False,
+                        markup=False, soft_wrap=True)
 
     app.add_typer(runs_app, name="runs")
 

@@ -60,7 +60,11 @@ def _make_command(trainer: str) -> Any:
             None, "--preset", help="Trainer preset (LONPT: smoke, light, standard, heavy, or a "
             "TOML path); it also suggests the profile when --profile is not given."),
         data: str | None = typer.Option(
-            None, "--data", help="styles.jsonl, .txt file or directory (default: sample corpus)."),
+            None, "--data", help="Data file or directory in any format `aeron-tui data --help` "
+            "lists (styles.jsonl, Alpaca, ShareGPT, messages, CSV, Parquet, .txt/.md, ...; "
+            "default: the sample corpus)."),
+        data_format: str | None = typer.Option(
+            None, "--data-format", help="Force the data format instead of detecting it."),
         run_dir: Path | None = typer.Option(
             None, "--run-dir", help="Run directory (default: $AERON_TUI_HOME/runs/<name>)."),
         steps: int | None = typer.Option(None, "--steps", help="Optimizer steps in total."),
@@ -77,6 +81,29 @@ def _make_command(trainer: str) -> Any:
         seq_len: int | None = typer.Option(None, "--seq-len"),
         lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
         precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32."),
+        gradient_checkpointing: bool | None = typer.Option(
+            None, "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute activations in backward (less memory, ~30 % slower)."),
+        eval_every: int | None = typer.Option(
+            None, "--eval-every", help="Evaluate every N optimizer steps."),
+        checkpoint_every: int | None = typer.Option(
+            None, "--checkpoint-every", help="Write a checkpoint every N optimizer steps."),
+        keep_last: int | None = typer.Option(
+            None, "--keep-last", help="Keep the N newest step checkpoints (the best is always "
+            "kept)."),
+        warmup: int | None = typer.Option(
+            None, "--warmup", help="Linear learning-rate warmup steps."),
+        weight_decay: float | None = typer.Option(
+            None, "--weight-decay", help="AdamW weight decay (on >= 2-D weights)."),
+        early_stop: str | None = typer.Option(
+            None, "--early-stop", metavar="PATIENCE[:MIN_DELTA]",
+            help="Stop after PATIENCE evaluations without the validation loss improving by more "
+            "than MIN_DELTA (default 0); the best checkpoint is kept. --set "
+            "early_stop_metric=bpb to watch bits per byte."),
+        log: list[str] = typer.Option(
+            [], "--log", metavar="TRACKER[:PATH]",
+            help="Also log to a tracker (repeatable): tensorboard[:DIR] (default RUN_DIR/tb), "
+            "csv[:FILE] (default RUN_DIR/metrics.csv), wandb (offline)."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
         packing: str | None = typer.Option(
             None, "--packing", help="Sequence packing: auto (on where it cuts padding), on or off."),
@@ -96,11 +123,18 @@ def _make_command(trainer: str) -> Any:
             "seed": seed, "micro_batch": micro_batch, "grad_accum": grad_accum,
             "seq_len": seq_len, "learning_rate": lr, "precision": precision, "device": device,
             "packing": packing,
+            "data_format": data_format, "gradient_checkpointing": gradient_checkpointing,
+            "eval_every": eval_every, "checkpoint_every": checkpoint_every,
+            "keep_last": keep_last, "warmup_steps": warmup, "weight_decay": weight_decay,
+            "trackers": list(log) or None, **parse_early_stop(early_stop),
         }
         run_config, model_config = build_run_config(
             trainer, profile=profile, config_path=config, resume=resume, flags=flags,
             sets=list(sets), shard=shard, overwrite=overwrite,
         )
+        from core.runs.trackers import check_available
+
+        check_available(run_config.trackers)  # a missing package is one line, before any work
         status = execute(trainer, run_config, model_config, events_stdout=events_stdout,
                          control_stdin=control_stdin, quiet=quiet)
         if status not in ("finished", "stopped"):
@@ -108,6 +142,25 @@ def _make_command(trainer: str) -> Any:
 
     command.__doc__ = f"Train with the {trainer!r} trainer."
     return command
+
+
+def parse_early_stop(text: str | None) -> dict[str, Any]:
+    """``"3"`` / ``"3:0.01"`` → the run-config keys (empty when not given)."""
+    if text is None:
+        return {}
+    from core.errors import ConfigError
+
+    patience, _, delta = text.partition(":")
+    try:
+        values: dict[str, Any] = {"early_stop_patience": int(patience)}
+        if delta:
+            values["early_stop_min_delta"] = float(delta)
+    except ValueError:
+        raise ConfigError(f"--early-stop {text!r}: expected PATIENCE[:MIN_DELTA], e.g. 3 or "
+                          "3:0.01") from None
+    if values["early_stop_patience"] < 1 or values.get("early_stop_min_delta", 0.0) < 0:
+        raise ConfigError(f"--early-stop {text!r}: PATIENCE must be >= 1 and MIN_DELTA >= 0")
+    return values
 
 
 # ----------------------------------------------------------------------------------------------

@@ -357,18 +357,16 @@ def input_coverage(samples: Iterable[Any]) -> InputCoverage:
 
 
 def scan_data_inputs(path: str | os.PathLike[str]) -> InputCoverage:
-    """Coverage of the corpus at ``path`` without tokenizing it: styles.jsonl records are read
-    (and validated); plain text carries no optional inputs."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if not (p / "styles.jsonl").is_file():
-            return InputCoverage()
-        p = p / "styles.jsonl"
-    if p.suffix != ".jsonl":
-        return InputCoverage()
-    from core.data.styles import iter_styles
+    """Coverage of the corpus at ``path`` without tokenizing it: supervised records of any
+    format (``core.data.formats``) are streamed (and validated); plain text, preference and
+    prompt data carry no optional inputs."""
+    from core.data.formats import Item, iter_items, open_source
 
-    return input_coverage(iter_styles(p))
+    source = open_source(path)
+    if source.kind != "sft":
+        return InputCoverage()
+    return input_coverage(r for item in iter_items(source) if isinstance(item, Item)
+                          for r in item.records)
 
 
 # ------------------------------------------------------------------------------------------

@@ -367,14 +367,29 @@ def encode_prompt_ids(
     max_tokens: int,
     overflow: str = "truncate",
     style: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
+    system: str = "",
 ) -> EncodedPrompt:
-    """``[<|style|> s] <|user|> prompt </s>`` (the training layout) fitted to ``max_tokens``.
+    """``[<|style|> s] <|user|> prompt </s>`` (the training layout) fitted to ``max_tokens``;
+    with ``history`` / ``system``, the chat template of ``core.data.formatting`` (what
+    multi-turn data trains on).
 
-    Too long: ``overflow="truncate"`` drops tokens from the start of the prompt text (the
-    control tokens and ``</s>`` stay); ``"error"`` raises a ConfigError naming both lengths.
+    Too long: the oldest history turns go first (whole); then ``overflow="truncate"`` drops
+    tokens from the start of the prompt text (the control tokens and ``</s>`` stay); ``"error"``
+    raises a ConfigError naming both lengths.
     """
-    from core.data.formatting import encoder_ids
+    from core.data.formatting import chat_encoder_ids, encoder_ids
 
+    if history or system:
+        full = chat_encoder_ids(tokenizer, prompt, 10**9, history=history, system=system,
+                                style=style)
+        if len(full) <= max_tokens:
+            return EncodedPrompt(full, False, 0)
+        fitted = chat_encoder_ids(tokenizer, prompt, max_tokens, history=history, system=system,
+                                  style=style)
+        tail = [USER_ID, *tokenizer.encode(prompt), EOS_ID]
+        if fitted[-len(tail):] == tail:  # the question itself survived whole
+            return EncodedPrompt(fitted, True, len(full) - len(fitted))
     full = encoder_ids(tokenizer, prompt, 10**9, style=style)
     if len(full) <= max_tokens:
         return EncodedPrompt(full, False, 0)
@@ -472,6 +487,8 @@ def generate(
     on_text: Callable[[int, str], None] | None = None,
     style: str | None = None,
     device: Any = None,
+    history: Sequence[tuple[str, str]] = (),
+    system: str = "",
     inputs: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """Generate a reply to every prompt (one padded batch).
@@ -489,7 +506,8 @@ def generate(
     check_tokenizer_fits(model, tokenizer)
     device = device if device is not None else next(model.parameters()).device
     limit = config.max_prompt_tokens or int(model.config.max_position_embeddings)
-    encoded = [encode_prompt_ids(tokenizer, p, limit, config.overflow, style) for p in prompts]
+    encoded = [encode_prompt_ids(tokenizer, p, limit, config.overflow, style, history, system)
+               for p in prompts]
     ids, mask = pad_batch([e.ids for e in encoded], device)
     generator = None
     if seed is not None:

@@ -89,6 +89,22 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu",
     return model, tokenizer, ckpt
 
 
+def check_checkpoint_vocabulary(model: Any, tokenizer: Any, ckpt: str | Path) -> None:
+    """CheckpointError unless the checkpoint's tokenizer has exactly as many ids as the model has
+    embedding rows (the rule a resume applies): a smaller tokenizer would decode the rows it
+    lacks as garbage, a larger one index past the embedding."""
+    embedding = getattr(model, "token_embedding", None)
+    weight = getattr(embedding, "weight", None)
+    rows = int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+    if int(tokenizer.vocab_size) != rows:
+        raise CheckpointError(
+            f"{Path(ckpt) / 'tokenizer.json'}: the tokenizer has {tokenizer.vocab_size} ids but "
+            f"the model's embedding has {rows} rows; the checkpoint's tokenizer was replaced — "
+            "restore the tokenizer.json it was trained with, or move the model to this "
+            "vocabulary with `aeron-tui tokenizer upgrade`"
+        )
+
+
 def parse_triple(text: str) -> tuple[str, str, str]:
     """``"A,relation,B"`` (``--triple``) → a triple; ConfigError unless it has three parts."""
     parts = [p.strip() for p in text.split(",")]
@@ -163,22 +179,6 @@ def prompt_inputs(
     elif task is not None:
         raise ConfigError(f"--task: {checkpoint} was trained without task names; drop --task")
     return out
-
-
-def check_checkpoint_vocabulary(model: Any, tokenizer: Any, ckpt: str | Path) -> None:
-    """CheckpointError unless the checkpoint's tokenizer has exactly as many ids as the model has
-    embedding rows (the rule a resume applies): a smaller tokenizer would decode the rows it
-    lacks as garbage, a larger one index past the embedding."""
-    embedding = getattr(model, "token_embedding", None)
-    weight = getattr(embedding, "weight", None)
-    rows = int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
-    if int(tokenizer.vocab_size) != rows:
-        raise CheckpointError(
-            f"{Path(ckpt) / 'tokenizer.json'}: the tokenizer has {tokenizer.vocab_size} ids but "
-            f"the model's embedding has {rows} rows; the checkpoint's tokenizer was replaced — "
-            "restore the tokenizer.json it was trained with, or move the model to this "
-            "vocabulary with `aeron-tui tokenizer upgrade`"
-        )
 
 
 def check_shared_tokenizer(a: Any, b: Any, what: str, path: str | Path) -> None:

@@ -895,7 +895,11 @@ def describe_event(event: dict[str, Any]) -> str:
                 if event.get("done") is not None and event.get("of") else "")
         return f"{event['activity']}{done}"
     if kind == "run_finished":
-        return f"{at}run {event['status']}"
+        reason = event.get("reason") if event["status"] != "failed" else None  # error said it
+        if reason and reason.isidentifier():
+            reason = reason.replace("_", " ")
+        why = f" ({reason})" if reason else ""
+        return f"{at}run {event['status']}{why}"
     if kind == "run_started":
         return f"run {event['run_id']} started ({event['trainer']}, {event['total_steps']} steps)"
     return f"{at}{kind}"

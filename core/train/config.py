@@ -43,6 +43,9 @@ class RunConfig:
     profile: str | None = None
     preset: str | None = None
     data: str | None = None
+    # Force the data format (styles, alpaca, sharegpt, messages, prompt_completion, preferences,
+    # prompts, text); None detects it from the records (core.data.formats).
+    data_format: str | None = None
     run_dir: str | None = None
     steps: int = 1000
     seed: int = 42
@@ -63,6 +66,14 @@ class RunConfig:
     eval_max_batches: int = 50
     checkpoint_every: int = 200
     keep_last: int = 3
+    # Stop after this many evaluations without the validation metric improving by more than
+    # early_stop_min_delta (None = off); metric "loss" or "bpb" (when the trainer reports it).
+    early_stop_patience: int | None = None
+    early_stop_min_delta: float = 0.0
+    early_stop_metric: str = "loss"
+    # Experiment trackers fed by the event stream: "tensorboard[:DIR]", "csv[:FILE]",
+    # "wandb[:DIR]" (core.runs.trackers).
+    trackers: list[str] = field(default_factory=list)
     oom_retries: int = 3
     log_every: int = 10
     resume: str | None = None
@@ -111,6 +122,27 @@ class RunConfig:
             raise ConfigError(f"{source}: key 'min_lr_ratio' must be in [0, 1]")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError(f"{source}: 'weight_decay' and 'grad_clip' must be >= 0")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ConfigError(f"{source}: key 'early_stop_patience' must be >= 1, got "
+                              f"{self.early_stop_patience}")
+        if self.early_stop_min_delta < 0:
+            raise ConfigError(f"{source}: key 'early_stop_min_delta' must be >= 0")
+        if self.early_stop_metric not in ("loss", "bpb"):
+            raise ConfigError(f"{source}: key 'early_stop_metric' is {self.early_stop_metric!r}; "
+                              "expected loss or bpb")
+        if self.trackers:
+            from core.runs.trackers import parse_tracker_spec
+
+            for spec in self.trackers:
+                parse_tracker_spec(spec)
+        if self.data_format is not None:
+            from core.data.formats import FORMATS
+
+            if self.data_format not in FORMATS:
+                raise ConfigError(
+                    f"{source}: key 'data_format' is {self.data_format!r}; expected one of "
+                    f"{', '.join(FORMATS)}"
+                )
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"{source}: key 'precision' is {self.precision!r}; expected one of "

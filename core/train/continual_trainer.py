@@ -466,7 +466,10 @@ class ContinualTrainer(Trainer):
 
         after = self._measure(self.model)
         old_path = self.old_data_path()
-        texts = [s.assistant_reply for s in read_styles(old_path)] if old_path.suffix == ".jsonl" else []
+        from core.data.formats import open_source
+
+        texts = ([s.assistant_reply for s in read_styles(old_path)]
+                 if open_source(old_path).kind == "sft" else [])
         words = {w for w, c in word_counts(texts).items() if c >= 5}
         from core.evolve.evaluation import evaluation_subset
 

@@ -191,6 +191,10 @@ class Trainer:
         self._pre_step_data_state: dict[str, Any] | None = None
         self._status = "starting"
         self._setup_done = False
+        self._trackers: list[Any] = []
+        # Early stopping (--early-stop): best metric, its step, evaluations without improvement.
+        self.early_stop: dict[str, Any] = {"best": None, "best_step": None, "bad_evals": 0}
+        self.finish_reason: str | None = None
         # Liveness: what the trainer is doing now (name, done, of) and the heartbeat thread.
         self._activity: tuple[str, int | None, int | None] | None = None
         self._heartbeat: Heartbeat | None = None
@@ -227,16 +231,17 @@ class Trainer:
         """Everything before the first step; emits ``run_started`` at the end."""
         cfg = self.config
         self._check_options()
+        self._check_early_stop_supported()
         self._prepare_run_dir()
         self._barrier()  # every rank sees the run directory rank 0 claimed (and recovered)
         # Before the event stream opens: a refused resume (corrupt checkpoint, pickle, bad
         # trainer_state) leaves the run directory exactly as it was.
         resume = self._find_resume()
-        self.resume_checkpoint = resume
         self._open_events()
         for kind, fields in self._early_events:
             self.emit(kind, **fields)
         self._early_events.clear()
+        self.resume_checkpoint = resume
         self._start_liveness()
         self.device = self.resolve_device()
         self.seed_everything(cfg.seed)
@@ -321,6 +326,7 @@ class Trainer:
         self._stop_liveness()
         if self.is_main and self.run_dir != Path():
             remove_pid_file(self.run_dir)
+        self._close_trackers()
         if self._events_given is None:
             self.events.close()
         if self._run_lock is not None:
@@ -356,7 +362,9 @@ class Trainer:
 
         if self.config.tokenizer:
             return AeronTokenizer.load(self.config.tokenizer)
-        return cached_corpus_tokenizer(self.resolve_data_path(), self.config.tokenizer_vocab_size)
+        return cached_corpus_tokenizer(
+            self.resolve_data_path(), self.config.tokenizer_vocab_size, self.config.data_format
+        )
 
     def resolve_data_path(self) -> Path:
         """``config.data``, or the bundled sample corpus's styles.jsonl (built on first use)."""
@@ -364,14 +372,11 @@ class Trainer:
             path = Path(self.config.data).expanduser()
             if not path.exists():
                 raise DataError(f"{path}: data file not found (check --data)")
-            if path.is_dir():
-                styles = path / "styles.jsonl"
-                if styles.is_file():
-                    return styles
-                if not any(path.rglob("*.txt")):
-                    raise DataError(
-                        f"{path}: the directory holds no styles.jsonl and no .txt files"
-                    )
+            if path.is_dir() and (path / "styles.jsonl").is_file():
+                return path / "styles.jsonl"
+            from core.data.containers import data_files
+
+            data_files(path)  # a directory with nothing readable is refused here, in one line
             return path
         from core.data.sample import ensure_sample_corpus
 
@@ -385,15 +390,16 @@ class Trainer:
 
         path = self.resolve_data_path()
         self.data_path = str(path)
-        samples = read_corpus_records(path, self.config.max_samples)
+        samples = read_corpus_records(path, self.config.max_samples, self.config.data_format)
         self.input_coverage = input_coverage(samples or [])
         self.input_vocab = self.build_input_vocab(samples or [])
         train_pairs, val_pairs = load_pairs(
             path, self.tokenizer, self.seq_len, self.config.max_samples,
-            vocab=self.input_vocab, samples=samples,
+            vocab=self.input_vocab, samples=samples, data_format=self.config.data_format,
         )
         if not train_pairs or not val_pairs:
-            raise DataError(split_problem(path, "training" if not train_pairs else "validation"))
+            raise DataError(split_problem(path, "training" if not train_pairs else "validation",
+                                          self.config.data_format))
         self.val_pairs = val_pairs
         self.train_loader = BatchLoader(
             train_pairs,
@@ -869,6 +875,7 @@ class Trainer:
             "data": self.train_loader.state_dict() if self.train_loader is not None else None,
             "controllers": self.extra_state(),
             "best": {"val_loss": self.best_val_loss, "checkpoint": self.best_checkpoint},
+            "early_stop": dict(self.early_stop),
             "last_val_loss": self.last_val_loss,
             "last_eval_step": self.last_eval_step,
             "nonfinite_skipped": self.nonfinite_skipped,
@@ -1011,6 +1018,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("controllers") or {})
+        self._load_early_stop_state(state.get("early_stop"))
         if "rng" in state:
             restore_rng_state(state["rng"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -1214,15 +1222,97 @@ class Trainer:
         raise ConfigError(f"cannot create a new run directory under {default_runs_root()}")
 
     def _open_events(self) -> None:
+        listeners = [*self._listeners, *self._make_trackers()]
         if self._events_given is None:
             self.events = EventWriter(
                 self.run_dir / EVENTS_FILE,
                 stdout=self._events_stdout,
                 enabled=self.is_main,
-                listeners=self._listeners,
+                listeners=listeners,
             )
         else:
-            self.events.listeners.extend(self._listeners)
+            self.events.listeners.extend(listeners)
+
+    # -- trackers (--log): listeners on this run's own event stream -----------------------------
+
+    def _make_trackers(self) -> list[Any]:
+        """TensorBoard / CSV / W&B listeners from ``config.trackers`` (main rank only)."""
+        if not self.config.trackers or not self.is_main:
+            return []
+        from core.runs.trackers import make_tracker
+
+        self._trackers = [make_tracker(spec, self.run_dir) for spec in self.config.trackers]
+        return self._trackers
+
+    def _close_trackers(self) -> None:
+        for tracker in self._trackers:
+            with contextlib.suppress(Exception):  # a tracker never turns a run into a failure
+                tracker.close()
+        self._trackers = []
+
+    # -- early stopping (--early-stop PATIENCE[:MIN_DELTA]) -------------------------------------
+
+    # Trainers whose loop does not run the engine's evaluation (LONPT validates per domain)
+    # say False here and refuse early stopping in one line.
+    supports_early_stop = True
+
+    def _check_early_stop_supported(self) -> None:
+        if self.config.early_stop_patience and not type(self).supports_early_stop:
+            raise ConfigError(
+                f"--early-stop: the {self.name} trainer has its own validation schedule; early "
+                "stopping works with simple, compressed, continual, reward, dpo and ppo"
+            )
+
+    def _early_stop_update(self, result: dict[str, Any]) -> bool:
+        """After an evaluation: count evaluations without an improvement larger than
+        ``early_stop_min_delta``; True when ``early_stop_patience`` of them in a row are reached
+        (then :meth:`_early_stop_now` ends the run at this step)."""
+        cfg = self.config
+        patience = cfg.early_stop_patience
+        if not patience or self.global_step >= self.total_steps:
+            return False
+        metric = cfg.early_stop_metric
+        value = result.get(metric)
+        if value is None and metric != "loss":  # a trainer that does not report bpb
+            value = result.get("loss")
+        value = float(value) if isinstance(value, (int, float)) else math.nan
+        state = self.early_stop
+        best = state["best"]
+        if math.isfinite(value) and (best is None or value < best - cfg.early_stop_min_delta):
+            state.update(best=value, best_step=self.global_step, bad_evals=0)
+            return False
+        state["bad_evals"] += 1
+        return bool(state["bad_evals"] >= patience)
+
+    def _early_stop_now(self) -> None:
+        """End the run at this step: an ``info`` event saying why, ``total_changed`` to this
+        step and ``run_finished`` (status finished) with reason ``early_stop``. The best
+        checkpoint is kept (never pruned) and named in the message."""
+        cfg = self.config
+        step = self.global_step
+        state = self.early_stop
+        last = (f"{state['best']:.4f} at step {state['best_step']}"
+                if state["best"] is not None else "none")
+        kept = self.best_checkpoint or "none"
+        if self.best_checkpoint and self.best_val_loss is not None:
+            kept += f" (val loss {self.best_val_loss:.4f})"
+        self.finish_reason = "early_stop"
+        self.emit(
+            "info",
+            code="early_stop",
+            global_step=step,
+            message=(f"early stopping at step {step}: validation {cfg.early_stop_metric} has not "
+                     f"improved by more than {cfg.early_stop_min_delta:g} in "
+                     f"{cfg.early_stop_patience} evaluation(s) (last such improvement: {last}); "
+                     f"best checkpoint: {kept}"),
+        )
+        self.total_steps = step
+        self.emit("total_changed", global_step=step, total_steps=step, reason="early stop")
+
+    def _load_early_stop_state(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.early_stop = {"best": state.get("best"), "best_step": state.get("best_step"),
+                               "bad_evals": int(state.get("bad_evals") or 0)}
 
     def _find_resume(self) -> LoadedCheckpoint | None:
         spec = self.config.resume
@@ -1408,8 +1498,12 @@ class Trainer:
             duration_s=round(duration, 3),
             **{k: v for k, v in self.step_event_extra().items() if k in ("phase", "domain")},
         )
+        # Counted before the best checkpoint is written, so it holds this evaluation (resume).
+        stop = self._early_stop_update(result)
         if best:
             self.save_checkpoint(best=True, val_loss=loss, reason="best")
+        if stop:
+            self._early_stop_now()
         return result
 
     def _handle_control(self) -> bool:
@@ -1482,6 +1576,7 @@ class Trainer:
             global_step=self.global_step,
             val_loss=self.best_val_loss,
             elapsed_s=self.elapsed_s(),
+            reason=self.finish_reason,
         )
         return status
 
@@ -1547,15 +1642,16 @@ def default_precision(device: torch.device) -> str:
     return str(measured(device))
 
 
-def read_corpus_records(path: Path, max_samples: int | None = None) -> list[Any] | None:
-    """The records of a styles.jsonl corpus (first ``max_samples``), or None for plain text."""
-    if path.suffix != ".jsonl":
-        return None
-    from core.data.styles import read_styles
+def read_corpus_records(
+    path: Path, max_samples: int | None = None, data_format: str | None = None
+) -> list[Any] | None:
+    """The supervised records of a corpus in any format ``core.data.formats`` reads (first
+    ``max_samples``), or None for plain text."""
+    from core.data.formats import open_source, read_samples
 
-    samples = read_styles(path)
-    if not samples:
-        raise DataError(f"{path}: the corpus is empty (no samples)")
+    if open_source(path, data_format).kind != "sft":
+        return None
+    samples = read_samples(path, data_format)
     return samples[:max_samples] if max_samples is not None else samples
 
 
@@ -1566,20 +1662,26 @@ def load_pairs(
     max_samples: int | None = None,
     vocab: Any = None,
     samples: list[Any] | None = None,
+    data_format: str | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """Encode a corpus once: styles.jsonl → (train, val) pairs by the stable hash split; a
-    ``.txt`` file or directory → continuation windows, split by document hash.
+    """Encode a corpus once. Supervised records (styles.jsonl, Alpaca, ShareGPT, messages,
+    prompt/completion, in any container ``core.data.formats`` reads) → (train, val) pairs by the
+    stable hash split; plain text (.txt/.md files, directories, ``{"text"}`` records) →
+    continuation windows, split by document hash.
 
     With an input ``vocab`` the records' triples/entities/image/task travel with the pairs;
     ``samples`` are the records when the caller has read them already.
     """
+    from core.data.formats import open_source, read_documents, require_kind
     from core.data.formatting import encode_styles_sample, encode_text_windows
 
-    if path.suffix == ".jsonl":
+    source = open_source(path, data_format)
+    require_kind(source, ("sft", "text"), "supervised training")
+    if source.kind == "sft":
         from core.data.styles import split_samples
 
         if samples is None:
-            samples = read_corpus_records(path, max_samples)
+            samples = read_corpus_records(path, max_samples, data_format)
         assert samples is not None
         train, val = split_samples(samples)
         return (
@@ -1587,12 +1689,8 @@ def load_pairs(
             [encode_styles_sample(s, tokenizer, seq_len, vocab, str(path)) for s in val],
         )
     from core.data.styles import hash_is_validation
-    from core.data.text import read_text_corpus
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    docs = [doc for f in files for doc in read_text_corpus(f)]
-    if not docs:
-        raise DataError(f"{path}: the corpus is empty (no documents)")
+    docs = read_documents(path, data_format)
     if max_samples is not None:
         docs = docs[:max_samples]
     train_pairs: list[Any] = []
@@ -1612,53 +1710,43 @@ def load_pairs(
     return train_pairs, val_pairs
 
 
-def split_problem(path: Path, missing: str) -> str:
+def split_problem(path: Path, missing: str, data_format: str | None = None) -> str:
     """Why the corpus at ``path`` gave no ``missing`` (training/validation) samples, with the
     number of documents or samples found and how the split works."""
+    from core.data.formats import open_source, read_documents
     from core.data.styles import VAL_PERCENT
 
-    if path.suffix == ".jsonl":
+    if open_source(path, data_format).kind != "text":
         return (f"{path}: no {missing} samples after the train/validation split (about "
-                f"{VAL_PERCENT} % of samples go to validation, chosen by a hash of each sample); "
-                "add more samples")
-    from core.data.text import read_text_corpus
-
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    docs = sum(len(read_text_corpus(f)) for f in files)
-    unit = "one document per .txt file" if path.is_dir() else \
-        "documents are separated by blank lines"
+                f"{VAL_PERCENT} % of samples go to validation, chosen by a hash of each sample; "
+                "the turns of one conversation stay together); add more samples")
+    docs = len(read_documents(path, data_format))
     return (f"{path}: no {missing} samples: found {docs} document{'s' if docs != 1 else ''} "
-            f"({unit}), and about {VAL_PERCENT} % of documents go to validation; add blank "
-            "lines between documents or more text")
+            "(documents are split by file and by blank lines), and about "
+            f"{VAL_PERCENT} % of documents go to validation; add blank lines between documents "
+            "or more text")
 
 
-def corpus_texts(path: Path) -> Iterator[str]:
-    """The texts a tokenizer is trained on (both sides of styles samples, or documents)."""
-    if path.suffix == ".jsonl":
-        from core.data.styles import read_styles
+def corpus_texts(path: Path, data_format: str | None = None) -> Iterator[str]:
+    """The texts a tokenizer is trained on (every turn of supervised records, or documents)."""
+    from core.data.formats import corpus_texts as texts
 
-        for s in read_styles(path):
-            yield s.user_input
-            yield s.assistant_reply
-        return
-    from core.data.text import read_text_corpus
-
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    for f in files:
-        yield from read_text_corpus(f)
+    return texts(path, data_format)
 
 
-def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
+def cached_corpus_tokenizer(path: Path, vocab_size: int, data_format: str | None = None) -> Any:
     """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
+    from core.data.containers import data_files
     from core.data.tokenizer import AeronTokenizer, corpus_tokenizer_dir
 
-    cache = corpus_tokenizer_dir(path, vocab_size)
+    data_files(path)  # a missing or empty data path is a DataError naming it, not an OSError
+    cache = corpus_tokenizer_dir(path, vocab_size, data_format)
     if (cache / "tokenizer.json").exists():
         try:
             return AeronTokenizer.load(cache)
         except AeronError:
             pass  # a damaged cache entry is rebuilt below
-    texts = list(corpus_texts(path))
+    texts = list(corpus_texts(path, data_format))
     if not any(t.strip() for t in texts):
         raise DataError(f"{path}: the corpus is empty (nothing to train a tokenizer on)")
     tok = AeronTokenizer.train(texts, vocab_size=vocab_size)

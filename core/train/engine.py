@@ -449,9 +449,11 @@ class Trainer:
                 loader.image_shape = self.image_shape
         pairs = [p for loader in loaders for p in getattr(loader, "pairs", [])]
         pairs += self.val_pairs
+        # Encoded pairs carry their extra inputs; other examples (RLHF preferences) carry none.
+        inputs = [i for i in (getattr(p, "inputs", None) for p in pairs) if i is not None]
         if self.image_shape is not None:
             c, size, _ = self.image_shape
-            check_images((p.inputs for p in pairs), size, c)
+            check_images(inputs, size, c)
             if self.pack_length is not None:  # --set model.enable_multimodal=true on text
                 self.pack_length = None
                 for loader in loaders:
@@ -461,7 +463,7 @@ class Trainer:
                     "sequence packing off: the model has a vision path, so every sample "
                     "carries an image (blank without one) and a packed row holds several")
             return
-        first = next((p.inputs for p in pairs if p.inputs is not None and p.inputs.image), None)
+        first = next((i for i in inputs if i.image), None)
         if first is not None:
             raise DataError(
                 f"{first.where}: the record has an image but model.enable_multimodal is off; "

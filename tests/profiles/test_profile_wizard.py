@@ -47,7 +47,9 @@ def test_defaults_on_empty_answers_equal_the_recommendation(machine) -> None:
     choice, _ = run_wizard(_console(), stream=io.StringIO("\n\n\n"), hardware=hw)
     # The wizard estimates at the run's vocabulary (the tokenizer's, not the catalog's 50k).
     assert choice == build_wizard_plan(hw, vocab_size=run_vocabulary().size).recommended
-    assert (choice.profile, choice.trainer, choice.gradient_checkpointing) == ("large", "compressed", True)
+    # The model a text run builds (no knowledge-graph, vision or task modules: nothing feeds
+    # them) fits 24 GB at large with the compressed trainer without recomputing activations.
+    assert (choice.profile, choice.trainer, choice.gradient_checkpointing) == ("large", "compressed", False)
 
 
 def test_a_choice_that_does_not_fit_asks_before_saving(machine) -> None:

@@ -22,8 +22,8 @@ DATA_HELP = """Build the bundled sample corpus, inspect and convert datasets.
 Formats are detected from the fields of the first records (force one with --format):
 
 \b
-  styles             user_input, assistant_reply [provider, style_label, turn_id,
-                     system, history, conversation_id]      (Aeron's styles.jsonl)
+  styles             user_input, assistant_reply [provider, style_label,
+                     turn_id, system, history, conversation_id]
   alpaca             instruction, output|response [input|context, system,
                      history: [[user, assistant], ...]]
   sharegpt           conversations: [{from, value}, ...] [system]
@@ -52,7 +52,8 @@ decoder target, so the loss only sees assistant tokens; messages with
 
 data_app = typer.Typer(
     name="data",
-    help=DATA_HELP,
+    # Rich reads [..] as markup: escape every bracket so the schema prints as written.
+    help=DATA_HELP.replace("[", "\\["),
     no_args_is_help=True,
 )
 

@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train/validation loss (and bits per byte with its baselines), learning rate, tokens/s
         and branch scores over steps or tokens, for one run or several overlaid. Needs
-        matplotlib (pip install 'aeron-tui[plot]')."""
+        matplotlib (pip install 'aeron-tui\\[plot]')."""
         from aeron_tui.plots import plot_runs
 
         written = plot_runs([resolve_run(r) for r in runs], out, x_axis)

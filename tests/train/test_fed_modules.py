@@ -156,37 +156,19 @@ def test_the_knowledge_graph_and_image_change_what_the_model_computes(fed_run: A
         assert not torch.allclose(logits(changed), ref)
 
 
-def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch,
-         capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    import sys
-
-    from aeron_tui.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["aeron-tui", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_generate_takes_triple_image_and_task(fed_run: Any, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_takes_triple_image_and_task(fed_run: Any, cli_main: Any) -> None:
     ckpt = str(fed_run.last_checkpoint)
     img = str(Path(fed_run.data_path).parent / "img" / "0.png")
     common = ["generate", "--checkpoint", ckpt, "--prompt", "What is it?", "--max-new-tokens",
               "3", "--temperature", "0", "--device", "cpu"]
-    code, out, err = _cli([*common, "--triple", "Place0,capital,Ala", "--triple",
-                           "Nowhere,capital,Ala", "--image", img, "--task", "pictures"],
-                          monkeypatch, capsys)
+    code, out, err = cli_main([*common, "--triple", "Place0,capital,Ala", "--triple",
+                               "Nowhere,capital,Ala", "--image", img, "--task", "pictures"])
     assert code == 0, err
     assert "info: not in the model's knowledge-graph vocabulary (53 entities), read as " \
            "unknown: Nowhere\n" in err
-    code, _, err = _cli([*common, "--triple", "only,two"], monkeypatch, capsys)
+    code, _, err = cli_main([*common, "--triple", "only,two"])
     assert code == 1 and "expected SUBJECT,RELATION,OBJECT" in err and err.count("\n") == 1
-    code, _, err = _cli([*common, "--task", "nope"], monkeypatch, capsys)
+    code, _, err = cli_main([*common, "--task", "nope"])
     assert code == 1 and "unknown task 'nope'; this model knows: facts, pictures" in err
 
 

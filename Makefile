@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0; \
 	fi
-	@# The onnx extra too, so the test suite exercises `aeron-tui export onnx` end to end.
-	@$(BIN)/python -m pip install -q -e ".[dev,onnx]"
+	@# The onnx and plot extras too, so the test suite exercises `aeron-tui export onnx` and
+	@# `aeron-tui runs plot` end to end.
+	@$(BIN)/python -m pip install -q -e ".[dev,onnx,plot]"
 	@touch $(STAMP)
 
 run: $(STAMP)

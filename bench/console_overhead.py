@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 AERON = [sys.executable, "-m", "aeron_tui"]
-FIRST_FRAME_MARK = b"Checkpoint"  # footer text: present once the first full frame is drawn
+FIRST_FRAME_MARK = b"Wizard"  # the footer's last key: present once the first full frame is drawn
 
 
 # ------------------------------------------------------------------------------ pty helpers

@@ -9,7 +9,11 @@ estimate without its runtime overhead term (``MemoryEstimate.tensor_bytes``). Th
 is the cheaper figure the unit test uses: weights + gradients + optimizer + bytes autograd saved.
 
     .venv/bin/python bench/estimate_accuracy.py [--profiles tiny small] [--seq-lens 64 128]
-        [--batch 2] [--vocab 8000] [--precision fp32]
+        [--batch 2] [--vocab 8000] [--precision fp32] [--packing]
+
+``--packing`` measures a micro-batch of half-length samples packed two per row (what sequence
+packing makes of short samples) against the packing estimate, which keeps the unpacked
+``batch × seq_len`` bound: there the check is one-sided (the estimate must not fall short).
 
 The machine is shared and noisy; memory figures are deterministic, the timings are not.
 """
@@ -35,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=8000, help="tokenizer-sized vocabulary")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--target", type=float, default=10.0, help="allowed error in %%")
+    parser.add_argument("--packing", action="store_true",
+                        help="packed micro-batches (one-sided check, see above)")
     args = parser.parse_args(argv)
 
     from profiles.catalog import load_profile
@@ -44,24 +50,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{'profile':8} {'seq':>4} {'ckpt':>4} {'predicted MiB':>14} {'measured MiB':>13} "
         f"{'error %':>8} {'saved MiB':>10} {'secs':>6}"
     )
-    print(f"batch {args.batch}, vocab {args.vocab}, {args.precision}, AdamW, CPU")
+    print(f"batch {args.batch}, vocab {args.vocab}, {args.precision}, AdamW, CPU"
+          + (", packed two samples per row" if args.packing else ""))
     print(header)
     print("-" * len(header))
     worst = 0.0
     for name in args.profiles:
-        config = dataclasses.replace(load_profile(name).model, vocab_size=args.vocab)
+        config = dataclasses.replace(load_profile(name).run_model, vocab_size=args.vocab)
         for seq in args.seq_lens:
             for ckpt in (False, True):
                 start = time.perf_counter()
                 measured = measure_training_memory(
-                    config, args.batch, seq, args.precision, ckpt, track_peak=True
+                    config, args.batch, seq, args.precision, ckpt, track_peak=True,
+                    packing=args.packing,
                 )
                 est = estimate_training_memory(
-                    config, args.batch, seq, args.precision, checkpointing=ckpt
+                    config, args.batch, seq, args.precision, checkpointing=ckpt,
+                    packing=args.packing,
                 )
                 assert measured.peak is not None
                 error = 100.0 * (est.tensor_bytes - measured.peak) / measured.peak
-                worst = max(worst, abs(error))
+                # Packed: only an estimate below the measurement is an error.
+                worst = max(worst, -error if args.packing else abs(error))
                 print(
                     f"{name:8} {seq:>4} {'yes' if ckpt else 'no':>4} "
                     f"{est.tensor_bytes / MiB:>14.1f} {measured.peak / MiB:>13.1f} {error:>+8.2f} "
@@ -69,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     verdict = "PASS" if worst <= args.target else "FAIL"
-    print(f"worst |error| {worst:.2f} % (target {args.target:.0f} %): {verdict}")
+    what = "worst shortfall" if args.packing else "worst |error|"
+    print(f"{what} {max(worst, 0.0):.2f} % (target {args.target:.0f} %): {verdict}")
     return 0 if verdict == "PASS" else 1
 
 

@@ -25,3 +25,7 @@ class EventSchemaError(AeronError, ValueError):
 
 class ResourceError(AeronError):
     """The machine ran out of something the run needs (device memory); says what to change."""
+
+
+class RunDirError(AeronError):
+    """A run directory cannot be used: another trainer owns it, or it already holds a run."""

@@ -95,6 +95,8 @@ def format_lonpt_event(event: dict[str, Any]) -> str | None:
             code.split("_", 1)[0], "Warning")
         message = event["message"]
         return message if message.startswith(f"[{tag}]") else f"[{tag}] {message}"
+    if kind == "info":
+        return str(event["message"])
     if kind == "status" and event.get("message"):
         return str(event["message"])
     if kind == "error":

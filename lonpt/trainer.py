@@ -156,6 +156,8 @@ class Position:
 class LonptTrainer(Trainer):
     """LONPT on the shared engine: AKAP domains, PNCEC phases, ACT batch, HPF layers, rails."""
 
+    supports_early_stop = False  # validation is per domain, with per-domain best checkpoints
+
     name = "lonpt"
     description = "LONPT: domain curriculum, cyclic LR phases, memory-targeted batch, low-rank FFN"
 
@@ -216,17 +218,23 @@ class LonptTrainer(Trainer):
         from core.data.formatting import encode_styles_sample
         from core.data.loader import BatchLoader
         from core.data.sample import corpus_manifest
-        from core.data.styles import is_validation, read_styles
+        from core.data.styles import is_validation
 
         cfg = self.lonpt
         path = self.resolve_data_path()
         self.data_path = str(path)
-        if path.suffix != ".jsonl":
-            raise DataError(
-                f"{path}: LONPT trains on a styles.jsonl corpus (formatter 'styles'; AKAP needs "
-                "each sample's style_label); give --data PATH/styles.jsonl"
-            )
-        samples = read_styles(path)
+        from core.data.formats import read_samples
+
+        # Any supervised format (styles.jsonl, Alpaca, ShareGPT, messages, ...); plain text is
+        # refused in one line: AKAP assigns domains per sample.
+        samples = read_samples(path, self.config.data_format, who="LONPT (AKAP assigns a domain "
+                               "to each sample)")
+        from core.data.extras import input_coverage
+
+        # Triples, images and tasks in the records feed their modules (issue 17), as in the
+        # simple trainer.
+        self.input_coverage = input_coverage(samples)
+        self.input_vocab = self.build_input_vocab(samples)
         chosen = select_fraction(samples, cfg.dataset_fraction, cfg.dataset_cap, cfg.seed)
         if cfg.akap_enable:
             assigned = assign_domains(chosen, cfg.domain_names, cfg.akap_assignment,
@@ -236,18 +244,25 @@ class LonptTrainer(Trainer):
         self.domains = build_domains(assigned, cfg.max_length, is_validation)
         self.loaders = {}
         self.domain_val_pairs = {}
+        domain_train: dict[str, list[Any]] = {}
         for d in self.domains:
-            train_pairs = [encode_styles_sample(s, self.tokenizer, self.seq_len) for s in d.train]
+            vocab, src = self.input_vocab, str(path)
+            train_pairs = [encode_styles_sample(s, self.tokenizer, self.seq_len, vocab, src)
+                           for s in d.train]
             self.domain_val_pairs[d.name] = [
-                encode_styles_sample(s, self.tokenizer, self.seq_len) for s in d.val
+                encode_styles_sample(s, self.tokenizer, self.seq_len, vocab, src) for s in d.val
             ]
             if len(train_pairs) < self.world_size:
                 raise DataError(
                     f"AKAP domain {d.name!r} has {len(train_pairs)} training samples for "
                     f"{self.world_size} ranks; raise dataset_fraction"
                 )
-            self.loaders[d.name] = BatchLoader(train_pairs, self.micro_batch, seed=cfg.seed + d.index,
-                                               rank=self.rank, world_size=self.world_size)
+            domain_train[d.name] = train_pairs
+        pack_length = self.resolve_packing([p for ps in domain_train.values() for p in ps])
+        for d in self.domains:
+            self.loaders[d.name] = BatchLoader(domain_train[d.name], self.micro_batch,
+                                               seed=cfg.seed + d.index, rank=self.rank,
+                                               world_size=self.world_size, pack_length=pack_length)
         self.val_pairs = [p for pairs in self.domain_val_pairs.values() for p in pairs]
         self.train_loader = None  # set to the current domain's loader by the loop
         self.act.batch_size = self.micro_batch
@@ -677,7 +692,7 @@ class LonptTrainer(Trainer):
     def domain_validation_batches(self, name: str) -> list[dict[str, Tensor]]:
         """Fixed batches of the domain's validation split (≤ val_max_batches × batch_size)."""
         if name not in self._domain_val_batches:
-            from core.data.loader import collate
+            from core.data.loader import collate_packed
 
             b = self.lonpt.batch_size
             pairs = sorted(self.domain_val_pairs[name], key=len)
@@ -686,7 +701,9 @@ class LonptTrainer(Trainer):
                 stride = len(pairs) / limit
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
             self._domain_eval_pairs[name] = pairs
-            self._domain_val_batches[name] = [collate(pairs[i:i + b], with_target_bytes=True)
+            self._domain_val_batches[name] = [collate_packed(pairs[i:i + b], self.pack_length,
+                                                             with_target_bytes=True,
+                                                             image_shape=self.image_shape)
                                               for i in range(0, len(pairs), b)]
         return self._domain_val_batches[name]
 

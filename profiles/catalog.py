@@ -99,9 +99,52 @@ class SizeProfile:
     builtin: bool = field(default=True, compare=False)
 
     @property
+    def run_model(self) -> NeuralNetConfig:
+        """The model a run with this profile builds on text data (the bundled sample corpus):
+        the knowledge-graph, vision and task modules are built only when the data feeds them
+        (:func:`run_model_config` with the data's coverage)."""
+        return run_model_config(self.model)
+
+    @property
     def parameter_count(self) -> int:
-        """Exact parameter count (every enabled module), computed on the ``meta`` device."""
-        return parameter_count(self.model)
+        """Exact parameter count of :attr:`run_model`, computed on the ``meta`` device."""
+        return parameter_count(self.run_model)
+
+
+def run_model_config(
+    config: NeuralNetConfig, coverage: Any = None, model_overrides: dict[str, Any] | None = None
+) -> NeuralNetConfig:
+    """The model config a run builds from ``config``: ``model_overrides`` (the run's ``[model]``
+    table / ``--set model.x=...``) applied, then the data-fed modules switched on exactly when
+    ``coverage`` (``core.data.extras.InputCoverage`` of the run's data; None = text only) feeds
+    them, unless the overrides set them. The trainer resolves the same way at run start."""
+    from core.data.extras import InputCoverage
+    from core.model.modules import resolve_enabled_modules
+
+    overrides = dict(model_overrides or {})
+    if overrides:
+        config = config.replace(**overrides)
+    fed = (coverage or InputCoverage()).fed_inputs()
+    return resolve_enabled_modules(config, fed, set(overrides))[0]
+
+
+def run_parameter_count(
+    profile: str | SizeProfile,
+    data: str | Path | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+) -> int:
+    """Parameters of "the model this run will build": ``profile`` (name or SizeProfile) on
+    ``data`` (a corpus path; None = the bundled text corpus) with the run's ``[model]``
+    overrides, at ``vocab_size`` (the tokenizer's; None = the profile's). For setup screens."""
+    from core.data.extras import scan_data_inputs
+
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    coverage = scan_data_inputs(data) if data is not None else None
+    config = run_model_config(prof.model, coverage, model_overrides)
+    if vocab_size is not None:
+        config = config.replace(vocab_size=int(vocab_size))
+    return parameter_count(config)
 
 
 def parameter_count(config: NeuralNetConfig) -> int:

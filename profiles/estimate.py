@@ -2,10 +2,10 @@
 
 ``estimate = weights + gradients + optimizer + activations + logits + overhead`` (training.md §4).
 
-* **Parameters** are exact: the model is built on the ``meta`` device (``core.model.model``). Text-only
-  training gives gradients (and optimizer state) only to the components a text batch reaches;
-  the multimodal path, the knowledge-graph tables and the continual-learning FiLM never see a
-  gradient without images, entities or task ids (:data:`INACTIVE_IN_TEXT_TRAINING`).
+* **Parameters** are exact: the model is built on the ``meta`` device (``core.model.model``). A
+  profile stands for the model a run with it builds (``SizeProfile.run_model``): the
+  knowledge-graph, vision and task modules exist only when the data feeds them, so every
+  parameter gets a gradient and optimizer state.
 * **Optimizer.** Simple trainer: ``torch.optim.AdamW`` with fp32 moments, 8 bytes/parameter.
   Compressed trainer (``core.train.compressed``): its own per-component storage — computed
   exactly from ``component_of`` for every parameter: 8-bit bulk moments (2 bytes + block scales),
@@ -50,23 +50,17 @@ GiB = 1024**3
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZERS = ("adamw", "compressed")
 
-# Parameters with no gradient in text-only training (no images, entities or task ids): the
-# multimodal path, the knowledge-graph tables, continual learning, and the reasoning engine's
-# task projection (task ids only) — measured: these have ``grad is None`` after backward.
-INACTIVE_IN_TEXT_TRAINING = (
-    "vision_patch_embedding",
-    "multimodal_fusion",
-    "knowledge_graph",
-    "continual_learning",
-    "reasoning_engine.task_proj.",
-)
+# A run builds the knowledge-graph, vision and task modules only when its data feeds them
+# (core.model.modules.resolve_enabled_modules), so every parameter of the model a run builds
+# gets a gradient tensor. A config with those modules on is estimated as a run that feeds them.
+# Only an older checkpoint's config without an input vocabulary had them unfed; the estimator
+# is for planning runs, so it does not model that case.
 
 
-def _inactive_prefixes(components: dict[str, int]) -> tuple[str, ...]:
-    # The reasoning engine's memory bridge only runs on a recall from the neural memory.
-    if components.get("neural_memory"):
-        return INACTIVE_IN_TEXT_TRAINING
-    return INACTIVE_IN_TEXT_TRAINING + ("reasoning_engine.memory_bridge.",)
+def _inactive_prefixes(config: NeuralNetConfig) -> tuple[str, ...]:
+    """Parameter-name prefixes with no gradient tensor in training (none today)."""
+    del config
+    return ()
 
 # ---------------------------------------------------------------------------- calibration
 # Saved-activation bytes per sample, per block, as Σ coefficient × feature. Measured with
@@ -94,6 +88,19 @@ ACTIVATION_COEFFS: dict[str, dict[str, dict[str, float]]] = {
         "enhancements": {"S*d": 0.0, "d": 34.5},
     },
 }
+# Training on the CPU runs low-precision attention in fp32 (core.model.layers.sdpa: the CPU
+# kernel's bf16 backward is slower), so autograd keeps fp32 q/k/v and output: +2 bytes per
+# q/k/v element and +4 per output element (its bf16 copy feeds out_proj) over the bf16 table;
+# the memory read attends over every slot's key/value per sample.
+CPU_FP32_ATTENTION_EXTRA: dict[str, dict[str, float]] = {
+    "encoder_layer": {"S*d": 6.0, "S*kv": 4.0},
+    "decoder_layer": {"T*d": 12.0, "T*kv": 4.0, "S*kv": 4.0},
+    "memory": {"S*m": 6.0, "K*m": 4.0},
+}
+# Sequence packing: the block-diagonal masks (bool, B·(S² + T² + T·S), built once per forward)
+# and the gathers between packed rows and samples (int64 indices, a few per token); the
+# rotary tables become per row (the ``shared:`` rotary features scale with the batch).
+PACKING_INDEX_BYTES_PER_TOKEN = 24
 # Bytes per logit element (B·T·V) at the peak: logits + saved fp32 log-softmax + the gradients
 # alive when the backward pass starts. Fitted from MemTracker peaks (see `calibrate`).
 LOGITS_BYTES: dict[str, float] = {"fp32": 16.0, "bf16": 14.0}
@@ -229,7 +236,7 @@ def _facts_cached(key: str) -> ParameterFacts:
     trainable = matrix = largest = tensors = 0
     compressed = 0
     component_of = _compressed_component_fn()
-    inactive = _inactive_prefixes(counts)
+    inactive = _inactive_prefixes(config)
     for name, p in model.named_parameters():
         if name.startswith(inactive):
             continue
@@ -355,22 +362,34 @@ def _present_blocks(config: NeuralNetConfig) -> dict[str, int]:
 
 def block_activation_bytes(
     config: NeuralNetConfig, block: str, micro_batch: int, seq_len: int, dec_len: int,
-    precision: str,
+    precision: str, device: str = "cpu", packing: bool = False,
 ) -> float:
     """Saved-activation bytes of one block for a micro-batch (calibrated coefficients).
 
     Features named ``shared:...`` (e.g. rotary tables, scratchpad slot keys) do not scale with
-    the batch.
+    the batch — except the rotary tables of a packed batch (``packing``), built per row.
     """
-    table = ACTIVATION_COEFFS["fp32" if precision == "fp32" else "bf16"][block]
+    table = dict(ACTIVATION_COEFFS["fp32" if precision == "fp32" else "bf16"][block])
+    if precision != "fp32" and device == "cpu":
+        for name, extra in CPU_FP32_ATTENTION_EXTRA.get(block, {}).items():
+            table[name] = table.get(name, 0.0) + extra
     feats = _features(config, seq_len, dec_len)
     total = 0.0
     for name, coef in table.items():
-        if name.startswith("shared:"):
-            total += coef * feats[name.removeprefix("shared:")]
+        feature = name.removeprefix("shared:")
+        per_row = packing and feature in ("S*hd", "T*hd")
+        if name.startswith("shared:") and not per_row:
+            total += coef * feats[feature]
         else:
-            total += coef * micro_batch * feats[name]
+            total += coef * micro_batch * feats[feature]
     return total
+
+
+def packing_bytes(micro_batch: int, seq_len: int, dec_len: int) -> int:
+    """What a packed micro-batch adds: its block masks and the packed/sample index tensors."""
+    s, t = seq_len, dec_len
+    masks = micro_batch * (s * s + t * t + t * s)
+    return int(masks + PACKING_INDEX_BYTES_PER_TOKEN * micro_batch * (s + t))
 
 
 def activation_bytes(
@@ -380,12 +399,20 @@ def activation_bytes(
     precision: str = "fp32",
     checkpointing: bool = False,
     dec_len: int | None = None,
+    device: str = "cpu",
+    packing: bool = False,
 ) -> int:
-    """Activation bytes autograd holds for one micro-batch (without the B·T·V logits terms)."""
+    """Activation bytes autograd holds for one micro-batch (without the B·T·V logits terms).
+
+    ``packing``: several samples per row (rows of ``seq_len``); the bound is the same
+    ``micro_batch × seq_len`` tokens — packed rows are fuller, so a run sits nearer it — plus
+    :func:`packing_bytes`.
+    """
     t = seq_len if dec_len is None else dec_len
     blocks = _present_blocks(config)
     per = {
-        b: block_activation_bytes(config, b, micro_batch, seq_len, t, precision) for b in blocks
+        b: block_activation_bytes(config, b, micro_batch, seq_len, t, precision, device, packing)
+        for b in blocks
     }
     if checkpointing:
         d = config.d_model
@@ -397,12 +424,14 @@ def activation_bytes(
             "decoder_layer"
         ]
     rest = sum(per[b] * n for b, n in blocks.items() if b not in ("encoder_layer", "decoder_layer"))
-    return int(layers + rest)
+    extra = packing_bytes(micro_batch, seq_len, t) if packing else 0
+    return int(layers + rest + extra)
 
 
 # ------------------------------------------------------------------------------ estimates
 def _config_of(profile_or_config: Any, vocab_size: int | None) -> NeuralNetConfig:
-    config = getattr(profile_or_config, "model", profile_or_config)
+    # A profile means the model a run with it builds (data-fed modules off for text data).
+    config = getattr(profile_or_config, "run_model", profile_or_config)
     if vocab_size is not None and vocab_size != config.vocab_size:
         config = dataclasses.replace(config, vocab_size=int(vocab_size))
     return config
@@ -426,13 +455,15 @@ def estimate_training_memory(
     vocab_size: int | None = None,
     device: str = "cpu",
     trainer: str = "simple",
+    packing: bool = False,
 ) -> MemoryEstimate:
     """Peak memory of one training step (bytes) for a profile or a NeuralNetConfig.
 
     ``seq_len`` is both the encoder and the decoder length. ``optimizer`` "adamw" (fp32 moments)
     or "compressed" (``trainer="compressed"`` implies it). ``precision`` "fp32", "bf16", "fp16"
     (mixed precision: fp32 master weights plus autocast copies) or "auto" (bf16 on CUDA, fp32 on
-    CPU). ``device`` "cpu" or "cuda" decides the overhead term.
+    CPU). ``device`` "cpu" or "cuda" decides the overhead term. ``packing``: sequence packing
+    (several samples per row of ``seq_len``): the same token bound plus its masks and indices.
     """
     if micro_batch < 1 or seq_len < 1:
         raise ConfigError("micro_batch and seq_len must be >= 1")
@@ -464,7 +495,11 @@ def estimate_training_memory(
             f"{frozen / 1e6:.1f} M parameters (multimodal, knowledge graph, continual) get no "
             "gradient in text-only training"
         )
-    acts = activation_bytes(config, micro_batch, seq_len, precision, checkpointing)
+    acts = activation_bytes(config, micro_batch, seq_len, precision, checkpointing,
+                            device=device, packing=packing)
+    if packing:
+        notes.append("sequence packing: rows of seq_len tokens hold several samples (block masks "
+                     "per row); packed rows are fuller, so a run sits nearer this estimate")
     if checkpointing:
         notes.append("gradient checkpointing: layer inputs kept, one layer rebuilt at a time")
     logits = int(LOGITS_BYTES["fp32" if precision == "fp32" else "bf16"] * micro_batch * seq_len * config.vocab_size)
@@ -706,6 +741,7 @@ def measure_training_memory(
     track_peak: bool = False,
     cuda: Any = None,
     seed: int = 0,
+    packing: bool = False,
 ) -> MeasuredMemory:
     """Run one real training step (warm-up step first) and measure its memory.
 
@@ -716,7 +752,9 @@ def measure_training_memory(
     tensor bytes with ``MemTracker`` (slow: a dispatch mode sees every op). On CUDA the peak is
     ``cuda.max_memory_allocated()`` after ``cuda.reset_peak_memory_stats()`` (``cuda`` defaults to
     ``torch.cuda``; tests pass a fake with the same methods, whose ``tensor_device`` says where
-    the tensors live).
+    the tensors live). ``packing``: the ``micro_batch`` samples are half as long and packed
+    two per row (``micro_batch // 2`` full rows of ``seq_len``, segment ids 1 and 2 on both
+    sides) — a micro-batch of short samples as sequence packing lays it out.
     """
     import torch
 
@@ -742,11 +780,22 @@ def measure_training_memory(
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=tensor_device.type in ("cpu", "cuda"))
     gen = torch.Generator().manual_seed(seed)
 
+    rows = micro_batch // 2 if packing else micro_batch
+
     def batch() -> tuple[Any, Any]:
-        shape = (micro_batch, seq_len)
+        shape = (rows, seq_len)
         ids = torch.randint(3, config.vocab_size, shape, generator=gen).to(tensor_device)
         dec = torch.randint(3, config.vocab_size, shape, generator=gen).to(tensor_device)
         return ids, dec
+
+    packed: dict[str, Any] = {}
+    if packing:
+        if seq_len < 2 or micro_batch < 2 or micro_batch % 2:
+            raise ConfigError("a packed measurement needs an even micro_batch and seq_len >= 2 "
+                              "(two samples per row)")
+        seg = (torch.arange(seq_len) >= seq_len // 2).long() + 1
+        seg = seg.expand(rows, seq_len).contiguous().to(tensor_device)
+        packed = {"segment_ids": seg, "decoder_segment_ids": seg}
 
     def autocast() -> Any:
         if precision == "fp32":
@@ -755,14 +804,22 @@ def measure_training_memory(
         return torch.autocast(tensor_device.type, dtype=dtype)
 
     def forward(ids: Any, dec: Any) -> Any:
-        out = model(input_ids=ids, decoder_input_ids=dec, labels=dec)
+        out = model(input_ids=ids, decoder_input_ids=dec, labels=dec, **packed)
         loss = out["loss"]
         estimates = out.get("uncertainty_estimates")
         if estimates:  # the trainer-side UQ loss (training.md §3), so the UQ heads train too
-            from core.model.uncertainty import uncertainty_loss, uncertainty_targets
+            from core.model.uncertainty import (
+                auxiliary_loss,
+                uncertainty_loss,
+                uncertainty_targets,
+            )
 
-            targets = uncertainty_targets(out["logits"], dec, config.uq_num_bins)
-            loss = loss + uncertainty_loss(estimates, targets, 1)
+            if packed:  # one estimate per sample: the backbone's per-sample NLL is the target
+                aux = auxiliary_loss(out, dec, 1)
+                loss = loss + aux if aux is not None else loss
+            else:
+                targets = uncertainty_targets(out["logits"], dec, config.uq_num_bins)
+                loss = loss + uncertainty_loss(estimates, targets, 1)
         return loss
 
     def micro(ids: Any, dec: Any, counter: _SavedTensorCounter | None = None) -> None:

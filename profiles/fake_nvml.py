@@ -9,7 +9,7 @@ module's. Names, memory sizes and power limits are those the driver reports for 
 utilisation, temperature and process figures are representative values.
 
 Machines: ``no-driver``, ``driver-not-loaded``, ``rtx-8gb``, ``v100-16gb``, ``rtx-24gb``,
-``a100-80gb``, ``2x24gb``, ``busy-24gb``, ``lost-midsession``. Set ``AERON_TUI_FAKE_GPU=<machine>``
+``a100-80gb``, ``h200``, ``2x24gb``, ``busy-24gb``, ``lost-midsession``. Set ``AERON_TUI_FAKE_GPU=<machine>``
 to make :func:`profiles.hardware.probe` and the sampler use one.
 """
 
@@ -150,6 +150,27 @@ MACHINES: dict[str, FakeMachine] = {
         ),
         driver_version="535.161.08",
         cuda_driver_version=12020,
+    ),
+    # The device machine this project is sometimes lent (name, memory and driver as its
+    # nvidia-smi showed them, see bench/gpu/; power limit and compute capability from the card's
+    # data sheet). Replace with the recorded values once bench/gpu_check.py has run on it.
+    "h200": FakeMachine(
+        devices=(
+            FakeDevice(
+                name="NVIDIA H200",
+                uuid="GPU-7c4e2d19-3b8a-4f60-9d21-h20000000001",
+                total=143771 * MiB,
+                used=562 * MiB,
+                gpu_util=0,
+                mem_util=0,
+                temperature=31,
+                power_mw=76_350,
+                power_limit_mw=700_000,
+                compute_capability=(9, 0),
+            ),
+        ),
+        driver_version="580.159.03",
+        cuda_driver_version=13000,
     ),
     "2x24gb": FakeMachine(devices=(_rtx3090(0), _rtx3090(1))),
     "busy-24gb": FakeMachine(

@@ -213,7 +213,10 @@ def _train_attempts(profile: SizeProfile, trainers: Sequence[str]) -> list[tuple
     return attempts
 
 
-def _describe(status: str, est: MemoryEstimate, budget: int, mb: int, ga: int, ckpt: bool) -> str:
+def _describe(status: str, est: MemoryEstimate, budget: int, mb: int, ga: int, ckpt: bool,
+              chosen_trainer: bool = False) -> str:
+    """The verdict in words. ``chosen_trainer``: only the compressed trainer was tried (the user
+    chose it), so it "fits with" rather than "needs" it."""
     used = f"({gib(est.total)} of {gib(budget)} GiB)"
     if status == "fits":
         return f"fits {used}"
@@ -223,7 +226,8 @@ def _describe(status: str, est: MemoryEstimate, budget: int, mb: int, ga: int, c
         batch = f", micro-batch {mb} × {ga}" if mb > 1 or ga > 1 else ""
         return f"needs gradient checkpointing{batch} {used}"
     with_ckpt = " with gradient checkpointing" if ckpt else ""
-    return f"needs the compressed trainer{with_ckpt}, micro-batch {mb} × {ga} {used}"
+    verb = "fits with" if chosen_trainer else "needs"
+    return f"{verb} the compressed trainer{with_ckpt}, micro-batch {mb} × {ga} {used}"
 
 
 def _cpu_hours(profile: SizeProfile, device: _Device, trainable: int) -> float:
@@ -243,7 +247,8 @@ def fit_profile(
 ) -> ProfileVerdict:
     """The cheapest way ``profile`` fits ``device`` (or by how much it does not)."""
     budget = int((1.0 - margin) * device.free)
-    facts = parameter_facts(profile.model if vocab_size is None else replace(profile.model, vocab_size=vocab_size))
+    model = profile.run_model
+    facts = parameter_facts(model if vocab_size is None else replace(model, vocab_size=vocab_size))
     if mode == "infer":
         est = estimate_inference_memory(
             profile, batch=1, prompt_len=profile.train.seq_len, new_tokens=profile.train.seq_len,
@@ -265,13 +270,15 @@ def fit_profile(
         if smallest is None or est.total < smallest.total:
             smallest = est
         if est.total <= budget:
-            detail = _describe(status, est, budget, mb, ga, ckpt)
+            detail = _describe(status, est, budget, mb, ga, ckpt, "simple" not in trainers)
             if device.kind == "cpu":
                 hours = _cpu_hours(profile, device, facts.trainable_text)
                 if hours > CPU_MAX_HOURS:
+                    with_trainer = " with the compressed trainer" if trainer == "compressed" else ""
                     return ProfileVerdict(
                         profile.name, False,
-                        f"fits in RAM ({gib(est.total)} of {gib(budget)} GiB) but too slow on this "
+                        f"fits in RAM{with_trainer} ({gib(est.total)} of {gib(budget)} GiB) but "
+                        f"too slow on this "
                         f"CPU: ~{hours:.0f} h for {profile.train.max_steps} steps",
                         est, facts.total, "too-slow", mb, ga, ckpt, trainer)
             return ProfileVerdict(profile.name, True, detail, est, facts.total, status, mb, ga, ckpt, trainer)
@@ -314,7 +321,7 @@ def pick_profile(
         from profiles.catalog import list_profiles
 
         profiles = list_profiles()
-    profiles = sorted(profiles, key=lambda p: parameter_facts(p.model).total)
+    profiles = sorted(profiles, key=lambda p: parameter_facts(p.run_model).total)
     trainers = tuple(trainer_options) if trainer_options is not None else available_trainers()
     notes: list[str] = []
     gpus = hardware.usable_gpus if hardware.gpus else []
@@ -440,7 +447,8 @@ def _try_fsdp(profile: SizeProfile, dev: _Device, n: int, budget: int, vocab_siz
                 profile, mb, t.seq_len, dev.precision, checkpointing=ckpt, vocab_size=vocab_size,
                 device="cuda", trainer="simple",
             )
-            model = profile.model if vocab_size is None else replace(profile.model, vocab_size=vocab_size)
+            model = (profile.run_model if vocab_size is None
+                     else replace(profile.run_model, vocab_size=vocab_size))
             sharded = shard_estimate(est, n, model)
             if sharded.total <= budget:
                 ga_n = max(1, math.ceil(mb * ga / (mb * n)))

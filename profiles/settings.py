@@ -178,3 +178,28 @@ def atomic_write_text(path: Path, text: str) -> None:
 
     write(path, text, error=ConfigError,
           hint="Fix the directory's permissions or set AERON_TUI_HOME to a writable directory")
+
+
+def choice_run_values(choice: SavedChoice | None, profile: str | None) -> dict[str, Any]:
+    """The RunConfig values a saved choice sets for a new run of ``profile``.
+
+    The device always; the batch layout, gradient checkpointing and precision only when
+    ``profile`` is the profile they were fitted for (another profile has its own). Flags,
+    ``--config`` files and a trainer's own defaults (LONPT's presets own its batch) still win:
+    callers layer these below them. One rule for ``train``, ``launch`` and the console.
+    """
+    if choice is None:
+        return {}
+    values: dict[str, Any] = {"device": choice.device}
+    if profile == choice.profile:
+        values.update(micro_batch=choice.micro_batch, grad_accum=choice.grad_accum,
+                      gradient_checkpointing=choice.gradient_checkpointing,
+                      precision=choice.precision)
+    return values
+
+
+def describe_choice(choice: SavedChoice) -> str:
+    """One line: ``tiny on cpu, simple trainer, micro-batch 8 × 1``."""
+    return (f"{choice.profile} on {choice.device}, {choice.trainer} trainer, "
+            f"micro-batch {choice.micro_batch} × {choice.grad_accum}"
+            + (", checkpointing" if choice.gradient_checkpointing else ""))

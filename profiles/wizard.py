@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from core.errors import ConfigError
@@ -48,7 +48,14 @@ class DeviceOption:
 
     key: str  # "cuda" or "cpu"
     label: str
-    pick: ProfilePick
+    pick: ProfilePick  # the recommendation, every trainer allowed
+    # Every profile's verdict with exactly one trainer's memory rules: what the tables show for
+    # the trainer selected, the same figures setup and `aeron-tui profile --trainer` show.
+    by_trainer: dict[str, ProfilePick] = field(default_factory=dict)
+
+    def for_trainer(self, trainer: str) -> ProfilePick:
+        """The verdicts with ``trainer``'s memory rules (the recommendation if not computed)."""
+        return self.by_trainer.get(trainer, self.pick)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,8 @@ class WizardPlan:
     profiles: list[SizeProfile]
     trainers: tuple[str, ...]
     recommended: SavedChoice
+    # The run's vocabulary the estimates and parameter counts assume (profiles.runplan).
+    vocab_size: int | None = None
 
     def device(self, key: str) -> DeviceOption:
         """The option for ``key`` ("cuda" or "cpu"); ConfigError when not offered."""
@@ -77,22 +86,32 @@ def build_wizard_plan(
     profiles: Sequence[SizeProfile] | None = None,
     trainers: Sequence[str] | None = None,
     margin: float = 0.10,
+    vocab_size: int | None = None,
 ) -> WizardPlan:
-    """Options and recommendation for ``hardware`` (no prompting, no saving)."""
+    """Options and recommendation for ``hardware`` (no prompting, no saving).
+
+    ``vocab_size`` is the run's vocabulary (:func:`profiles.runplan.run_vocabulary`); None keeps
+    each profile's catalog vocabulary.
+    """
     if profiles is None:
         from profiles.catalog import list_profiles
 
         profiles = list_profiles()
     trainer_options = tuple(trainers) if trainers is not None else available_trainers()
     devices: list[DeviceOption] = []
-    best = pick_profile(hardware, mode, profiles, margin, trainer_options)
+    best = pick_profile(hardware, mode, profiles, margin, trainer_options, vocab_size)
+
+    def per_trainer(hw: HardwareInfo) -> dict[str, ProfilePick]:
+        return {t: pick_profile(hw, mode, profiles, margin, (t,), vocab_size)
+                for t in trainer_options}
+
     if best.device == "cuda":
-        devices.append(DeviceOption("cuda", best.device_label, best))
+        devices.append(DeviceOption("cuda", best.device_label, best, per_trainer(hardware)))
         cpu_only = dataclasses.replace(hardware, gpus=[], nvml_error=None)
-        cpu = pick_profile(cpu_only, mode, profiles, margin, trainer_options)
-        devices.append(DeviceOption("cpu", cpu.device_label, cpu))
+        cpu = pick_profile(cpu_only, mode, profiles, margin, trainer_options, vocab_size)
+        devices.append(DeviceOption("cpu", cpu.device_label, cpu, per_trainer(cpu_only)))
     else:
-        devices.append(DeviceOption("cpu", best.device_label, best))
+        devices.append(DeviceOption("cpu", best.device_label, best, per_trainer(hardware)))
     return WizardPlan(
         hardware=hardware,
         mode=mode,
@@ -100,6 +119,7 @@ def build_wizard_plan(
         profiles=sorted(profiles, key=lambda p: p.parameter_count),
         trainers=trainer_options,
         recommended=choice_from_pick(best),
+        vocab_size=vocab_size,
     )
 
 
@@ -151,7 +171,7 @@ def _refit(plan: WizardPlan, option: DeviceOption, profile: SizeProfile, trainer
     dev = _Device(pick.device, pick.free, pick.precision, pick.device_label,
                   cores=plan.hardware.cpu.physical_cores or plan.hardware.cpu.logical_cores or 1)
     margin = 1.0 - pick.budget / pick.free if pick.free else 0.10
-    verdict = fit_profile(profile, dev, margin, plan.mode, (trainer,))
+    verdict = fit_profile(profile, dev, margin, plan.mode, (trainer,), plan.vocab_size)
     plan_kind = pick.plan if verdict.fits and pick.plan == "ddp" else "single"
     if plan_kind == "ddp":
         verdict = dataclasses.replace(verdict, plan="ddp",
@@ -212,7 +232,11 @@ def profile_table(pick: ProfilePick, numbered: bool = False) -> Table:
     """Rich table of every profile's parameters, estimate and fit; the recommendation in bold."""
     from rich.table import Table
 
-    title = f"Size profiles on {pick.device_label} ({'training' if pick.mode == 'train' else 'inference'})"
+    what = "training" if pick.mode == "train" else "inference"
+    trainers = {v.trainer for v in pick.reasons}
+    if pick.mode == "train" and len(trainers) == 1:
+        what += f", {trainers.pop()} trainer"
+    title = f"Size profiles on {pick.device_label} ({what})"
     table = Table(title=title, title_justify="left", header_style="bold")
     if numbered:
         table.add_column("#", justify="right")
@@ -305,12 +329,17 @@ def run_wizard(
     mode: str = "train",
     profiles: Sequence[SizeProfile] | None = None,
     save: bool = True,
+    vocab_size: int | None = None,
 ) -> tuple[SavedChoice, Path | None]:
     """Interactive setup. Returns the choice and where it was saved (None with ``save=False``).
 
     ``stream`` supplies answers line by line (tests); by default the console reads the terminal.
+    Parameter counts and estimates are at the run's vocabulary (``vocab_size``, default
+    :func:`profiles.runplan.run_vocabulary`): the figures setup and ``profile`` show.
     """
     from rich.console import Console
+
+    from profiles.runplan import run_vocabulary
 
     console = console or Console()
     if hardware is None:
@@ -319,9 +348,11 @@ def run_wizard(
         with console.status("Detecting hardware…"):
             hardware = probe()
     console.print(hardware_table(hardware))
-    plan = build_wizard_plan(hardware, mode, profiles)
+    vocab = run_vocabulary(tokenizer_vocab_size=vocab_size)
+    plan = build_wizard_plan(hardware, mode, profiles, vocab_size=vocab.size)
     rec = plan.recommended
-    render_pick(console, plan.device(rec.device).pick)
+    console.print(vocab.note, highlight=False, markup=False)
+    render_pick(console, _shown(plan.device(rec.device)))
 
     if yes:
         choice = rec
@@ -334,9 +365,9 @@ def run_wizard(
             device = _ask_number(console, "Device", keys, rec.device, stream)
         option = plan.device(device)
         if device != rec.device:
-            render_pick(console, option.pick)
+            render_pick(console, _shown(option))
         names = [v.name for v in option.pick.reasons]
-        console.print(profile_table(option.pick, numbered=True))
+        console.print(profile_table(_shown(option), numbered=True))
         profile = _ask_number(console, "Profile", names, option.pick.profile.name, stream)
         default_trainer = option.pick.trainer if option.pick.profile.name == profile else next(
             v.trainer for v in option.pick.reasons if v.name == profile)
@@ -362,6 +393,11 @@ def run_wizard(
     if path is not None:
         console.print(f"saved to {path}; later runs use it unless told otherwise", highlight=False)
     return choice, path
+
+
+def _shown(option: DeviceOption) -> ProfilePick:
+    """What the tables show for a device: the verdicts with the recommended trainer's rules."""
+    return option.for_trainer(option.pick.trainer)
 
 
 def _fits(plan: WizardPlan, choice: SavedChoice) -> bool:

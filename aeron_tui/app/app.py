@@ -15,7 +15,6 @@ Threads and who does what:
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,13 +28,14 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from aeron_tui.app import feeds
 from aeron_tui.app.messages import EventsArrived, HardwareProbed, HardwareSampled, TrainerExited
-from aeron_tui.app.runsetup import RunSetup, prepare_launch
+from aeron_tui.app.procwatch import ProcessWatch
+from aeron_tui.app.runsetup import RunSetup, default_setup, prepare_launch
 from aeron_tui.app.screens.confirm import ConfirmScreen
 from aeron_tui.app.screens.crash import CrashScreen
 from aeron_tui.app.screens.dashboard import DashboardScreen
 from aeron_tui.app.screens.help import HelpScreen
 from aeron_tui.app.screens.quit import QuitScreen
-from aeron_tui.app.session import RunSession
+from aeron_tui.app.session import RunSession, send_run_command
 from aeron_tui.launcher import STDERR_LOG, TrainerProcess
 from core.runs.events import describe_event
 
@@ -53,11 +53,15 @@ class ConsoleOptions:
     """How the console starts: ``launch`` (optionally starting a run) or ``watch`` a run dir."""
 
     mode: str = "launch"
-    setup: RunSetup = field(default_factory=RunSetup)
+    # None: the defaults a new run starts from (the wizard's saved choice; runsetup.default_setup).
+    setup: RunSetup | None = None
     start: bool = False
     watch_dir: Path | None = None
     replay_speed: float | None = None
     runs_root: Path | None = None
+    # What the command line gave explicitly (these win over the saved choice, also after the
+    # wizard saves a new one).
+    given: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,9 @@ class AeronConsole(App[None]):
         Binding("ctrl+c,ctrl+q", "quit_console", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help"),
         Binding("n", "setup", "Setup"),
+        Binding("n", "setup_hidden", "Setup", show=False),
         Binding("w", "wizard", "Wizard"),
+        Binding("w", "wizard_hidden", "Wizard", show=False),
         Binding("r", "runs", "Runs"),
         Binding("d", "dashboard", "Dashboard", show=False),
     ]
@@ -105,13 +111,16 @@ class AeronConsole(App[None]):
         self.spawn = spawn or default_spawn
         self.options = options or ConsoleOptions()
         self.clock = clock
-        self.setup_choice: RunSetup = self.options.setup
+        self.setup_choice: RunSetup = self.options.setup or default_setup(**self.options.given)
         self.session: RunSession | None = None
         self.hardware_info: HardwareInfo | None = hardware.info if hardware else None
         self.hardware_sample: HardwareSample | None = hardware.sample if hardware else None
         self._fixed_hardware = hardware is not None
         self._sampler: HardwareSampler | None = None
         self._rendered_version: tuple[int, int] = (-1, -1)
+        self._bindings_key: tuple[object, ...] | None = None
+        self.process_watch = ProcessWatch()
+        self._pid_lookup: tuple[int, float, int | None] = (-1, 0.0, None)
         self._starting = False
         self._quitting = False
         self.first_frame_at: float | None = None
@@ -142,6 +151,26 @@ class AeronConsole(App[None]):
         # compete for the GIL and are not needed to draw it.
         if not self._fixed_hardware:
             self._start_hardware()
+        if self.options.mode == "launch":
+            self._find_unattended_runs()
+
+    @work(thread=True, group="unattended", exit_on_error=False)
+    def _find_unattended_runs(self) -> None:
+        """Say at launch which runs are live with no console (detached, or a closed terminal):
+        their trainers go on, and `r` opens them."""
+        from core.runs.registry import default_runs_root, live_run_dirs
+
+        live = live_run_dirs(self.options.runs_root or default_runs_root())
+        if live:
+            self.call_from_thread(self._say_unattended, live)
+
+    def _say_unattended(self, live: list[Path]) -> None:
+        own = self.session.run_dir if self.session is not None else None
+        live = [p for p in live if p != own]  # the run this console just started is attended
+        if live:
+            names = ", ".join(p.name for p in live[:3]) + (" …" if len(live) > 3 else "")
+            self.say(f"{len(live)} run(s) still live without a console: {names} — r opens the "
+                     "runs list (enter watches, p/x control)", timeout=10)
 
     def on_unmount(self) -> None:
         if self._sampler is not None:
@@ -184,6 +213,12 @@ class AeronConsole(App[None]):
 
     def render_tick(self) -> None:
         """Redraw the dashboard from the session (each widget skips work when unchanged)."""
+        if not self.screen_stack:
+            return  # the console is closing; late messages (a trainer's exit) draw nothing
+        keys = self.dashboard.bindings_key() if self.dashboard.is_mounted else None
+        if keys != self._bindings_key:
+            self._bindings_key = keys
+            self.refresh_bindings()  # the footer shows the keys valid in the new state
         session = self.session
         key = (session.id if session else 0, session.version if session else 0)
         live = session is not None and session.live
@@ -191,6 +226,20 @@ class AeronConsole(App[None]):
             return
         self._rendered_version = key
         self.dashboard.render_session(session)
+        self.dashboard.render_process(session, self.process_watch.sample(self._trainer_pid()))
+
+    def _trainer_pid(self) -> int | None:
+        """The pid of the run's trainer on this machine (the child, or the pid file of a
+        watched run — looked up every few seconds), None when unknown or not live."""
+        session = self.session
+        if session is None or not session.live or session.source == "replay":
+            return None
+        if session.process is not None and session.process.running:
+            return session.process.pid
+        now = time.monotonic()
+        if self._pid_lookup[0] != session.id or now - self._pid_lookup[1] > 3.0:
+            self._pid_lookup = (session.id, now, session.watched_pid())
+        return self._pid_lookup[2]
 
     def render_now(self) -> None:
         self._rendered_version = (-1, -1)
@@ -209,7 +258,7 @@ class AeronConsole(App[None]):
         """Show an existing run (live or finished) by following its events.jsonl."""
         run_dir = Path(run_dir)
         session = RunSession(source="replay" if replay_speed is not None else "watch",
-                             run_dir=run_dir)
+                             run_dir=run_dir, created_at=self.clock())
         self._set_session(session)
         path = run_dir / EVENTS_FILE
         if not path.exists():
@@ -257,16 +306,19 @@ class AeronConsole(App[None]):
         if session is None or session.id != message.session_id:
             return
         session.exit_code = message.code
+        if not self.screen_stack:
+            return  # exiting: nothing to show it on
         session.stderr_tail = message.stderr_tail
         session.pending_command = None
         self.render_now()
         st = session.state
         if message.code not in (0, None) or st.status == "failed":
             lines: list[str] = []
+            debug = bool(os.environ.get("AERON_TUI_DEBUG"))
             for entry in st.log:
                 if entry["type"] == "error":
                     lines.append(describe_event(entry))
-                    if entry.get("traceback"):
+                    if entry.get("traceback") and debug:  # tracebacks only with --debug
                         lines += str(entry["traceback"]).rstrip().splitlines()[-12:]
             if message.stderr_tail:
                 if lines:
@@ -287,16 +339,70 @@ class AeronConsole(App[None]):
     # -- starting a run -------------------------------------------------------------------------
 
     def action_start_run(self) -> None:
-        """Start a run with the current setup choice (trainer, profile, preset, data, steps)."""
-        if self.session is not None and self.session.attached:
-            self.say("a run is already going — stop it (x) before starting another",
-                        severity="warning")
-            return
+        """``s``: start a run with the current setup — after asking, when it would run beside a
+        live one, and offering to resume when the run on screen was stopped with a checkpoint."""
         if self._starting:
             return
+        session = self.session
+        if session is not None and session.live and session.source != "replay":
+            st = session.state
+            name = st.run_id or (session.run_dir.name if session.run_dir else "a run")
+
+            def beside(yes: bool | None) -> None:
+                if yes:
+                    self._start(self.setup_choice)
+            self.push_screen(ConfirmScreen(
+                f"{name} is still {session.display_status} (step {st.global_step:,}). Start "
+                f"another run beside it ({self.setup_choice.describe()})? Both share this "
+                "machine.", yes="Start beside it", no="Don't"), beside)
+            return
+        resumable = self.resumable_run()
+        if resumable is not None:
+            self._offer_resume(resumable)
+            return
+        self._start(self.setup_choice)
+
+    def resumable_run(self) -> Path | None:
+        """The run on screen when it stopped (or crashed) with a checkpoint to resume from."""
+        session = self.session
+        if session is None or session.run_dir is None or session.live:
+            return None
+        if session.display_status not in ("stopped", "crashed", "failed"):
+            return None
+        from core.runs.checkpoint import list_checkpoints
+
+        return session.run_dir if list_checkpoints(session.run_dir) else None
+
+    def _offer_resume(self, run_dir: Path) -> None:
+        from aeron_tui.app.screens.choice import Choice, ChoiceScreen
+
+        session = self.session
+        st = session.state if session is not None else None
+        at = f" at step {st.global_step:,}" if st is not None else ""
+        last = (st.last_checkpoint or "").rstrip("/").rsplit("/", 1)[-1] if st else ""
+
+        def chosen(value: str | None) -> None:
+            if value == "resume":
+                self.resume_run(run_dir)
+            elif value == "new":
+                self._start(self.setup_choice)
+        self.push_screen(ChoiceScreen(
+            f"{run_dir.name} {session.display_status if session else 'stopped'}{at}.",
+            f"Resume it from its latest checkpoint{f' ({last})' if last else ''}, or start a "
+            f"new run ({self.setup_choice.describe()}) from step 0?",
+            [Choice("r", "Resume", "resume", "success"), Choice("n", "New run", "new")]),
+            chosen)
+
+    def resume_run(self, run_dir: Path) -> None:
+        """Resume ``run_dir`` from its latest checkpoint (``train … --resume``), watched here."""
+        if self._starting:
+            return
+        self._start(RunSetup(resume_dir=str(run_dir)))
+
+    def _start(self, setup: RunSetup) -> None:
         self._starting = True
-        self.say(f"starting {self.setup_choice.describe()} …", timeout=3)
-        self._launch(self.setup_choice)
+        self.say(f"starting {setup.describe()} …", timeout=3)
+        self._launch(setup)
 
     @work(thread=True, group="launch", exclusive=True, exit_on_error=False)
     def _launch(self, setup: RunSetup) -> None:
@@ -312,12 +418,22 @@ class AeronConsole(App[None]):
         if self.setup_choice.run_dir:
             # That directory now holds this run: the next start gets a fresh one.
             self.setup_choice = self.setup_choice.with_(run_dir=None)
-        session = RunSession(source="child", run_dir=proc.run_dir, process=proc)
+        from core.runs.registry import remember_run_dir
+
+        remember_run_dir(proc.run_dir, self.options.runs_root)
+        session = RunSession(source="child", run_dir=proc.run_dir, process=proc,
+                             created_at=self.clock())
         self._set_session(session)
         self._feed_child(session, proc)
 
     def _launch_failed(self, exc: BaseException) -> None:
         self._starting = False
+        from core.errors import AeronError
+
+        if isinstance(exc, AeronError) and not os.environ.get("AERON_TUI_DEBUG"):
+            # A problem the user can fix: one line, no dialog.
+            self.say(f"could not start: {exc}", severity="error", timeout=10)
+            return
         self.push_screen(CrashScreen("Could not start the run", [str(exc) or type(exc).__name__]))
 
     # -- run control ----------------------------------------------------------------------------
@@ -327,74 +443,82 @@ class AeronConsole(App[None]):
         if session is None or session.source == "none":
             self.say(f"no run to {what} — press s to start one", severity="warning")
             return None
+        if session.source == "replay":
+            self.say(f"this is a replay of a recorded run; nothing to {what}", severity="warning")
+            return None
         if not session.live:
             self.say(f"the run is {session.display_status}; nothing to {what}",
-                        severity="warning")
+                     severity="warning")
             return None
         return session
 
-    def action_pause_resume(self) -> None:
-        session = self._controllable("pause")
-        if session is None:
-            return
-        if not session.attached:
-            self.say("pause/resume works for runs started from this console "
-                        "(this one is only watched)", severity="warning")
-            return
-        assert session.process is not None
-        cmd = "resume" if session.state.status == "paused" else "pause"
-        if session.process.send(cmd):
+    def _send(self, session: RunSession, cmd: str) -> bool:
+        """Deliver ``cmd`` to the run's trainer: the run directory's control channel (works for
+        any live run of this user, started here or not), else the child's stdin."""
+        error = send_run_command(session, cmd)
+        if error is None:
             session.request(cmd)
             self.render_now()
-        else:
-            self.say(f"could not send {cmd}: the trainer is not listening", severity="error")
+            return True
+        self.say(f"could not send {cmd}: {error}", severity="error")
+        return False
+
+    def action_pause_resume(self) -> None:
+        session = self._controllable("pause")
+        if session is not None:
+            self._send(session, "resume" if session.state.paused else "pause")
+
+    def action_pause_run(self) -> None:
+        session = self._controllable("pause")
+        if session is not None:
+            self._send(session, "pause")
+
+    def action_resume_paused(self) -> None:
+        session = self._controllable("resume")
+        if session is not None:
+            self._send(session, "resume")
 
     def action_checkpoint_now(self) -> None:
         session = self._controllable("checkpoint")
-        if session is None:
-            return
-        if not session.attached:
-            self.say("checkpoint-now works for runs started from this console",
-                        severity="warning")
-            return
-        assert session.process is not None
-        if session.process.checkpoint():
+        if session is not None and self._send(session, "checkpoint"):
             self.say("checkpoint requested", timeout=2)
 
     def action_stop_run(self) -> None:
         session = self._controllable("stop")
         if session is None:
             return
-        pid = None if session.attached else session.watched_pid()
-        if not session.attached and pid is None:
-            self.say("this run was not started here and its trainer pid is unknown; "
-                        "stop it where it runs (Ctrl-C)", severity="warning")
-            return
 
         def confirmed(yes: bool | None) -> None:
-            if not yes:
-                return
-            if session.attached and session.process is not None:
-                if session.process.stop():
-                    session.request("stop")
-            elif pid is not None:
-                try:
-                    os.kill(pid, signal.SIGTERM)  # the trainer stops cleanly on SIGTERM
-                    session.request("stop")
-                except OSError as exc:
-                    self.say(f"could not signal pid {pid}: {exc}", severity="error")
-            self.render_now()
+            if yes:
+                self._send(session, "stop")
 
         self.push_screen(
             ConfirmScreen("Stop the run? A final checkpoint is written.", yes="Stop", no="Keep"),
             confirmed,
         )
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Which keys are valid now: the footer shows only those (80 columns hold them)."""
+        screen = self.screen
+        if action in ("setup", "wizard", "runs"):
+            own = {"setup": "setup", "wizard": "wizard", "runs": "runs"}[action]
+            if screen.id == own:
+                return False  # already there
+            if action in ("setup", "wizard") and screen.id == "dashboard" and \
+                    self.session is not None and self.session.live:
+                return False  # keep the footer for the run's keys (n/w still work: hidden)
+            if action in ("setup", "wizard") and screen.id == "runs":
+                return False  # the runs screen's own hidden n/w keys lead there (80 columns)
+        return True
+
     # -- navigation -----------------------------------------------------------------------------
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    def open_dashboard(self) -> None:
+        self.action_dashboard()
 
     def action_dashboard(self) -> None:
         while len(self.screen_stack) > 2:
@@ -405,6 +529,12 @@ class AeronConsole(App[None]):
             return
         self.action_dashboard()
         self.push_screen(factory())
+
+    def action_setup_hidden(self) -> None:
+        self.action_setup()
+
+    def action_wizard_hidden(self) -> None:
+        self.action_wizard()
 
     def action_setup(self) -> None:
         from aeron_tui.app.screens.setup import SetupScreen

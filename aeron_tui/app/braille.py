@@ -32,15 +32,21 @@ class Series:
     marker: str | None = None
 
 
-def nice_ticks(lo: float, hi: float, max_ticks: int) -> list[float]:
-    """Round tick values (1, 2, 5 × 10^k steps) inside [lo, hi], at most ``max_ticks``."""
+def nice_ticks(lo: float, hi: float, max_ticks: int, integer: bool = False) -> list[float]:
+    """Round tick values (1, 2, 5 × 10^k steps) inside [lo, hi], at most ``max_ticks``.
+
+    ``integer`` keeps the spacing a whole number (steps on an x axis: no "9.5").
+    """
     if not (math.isfinite(lo) and math.isfinite(hi)) or max_ticks < 1:
         return []
     if hi <= lo:
         return [lo]
     raw = (hi - lo) / max_ticks
+    if integer:
+        raw = max(raw, 1.0)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    factors = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = next(m * mag for m in factors if m * mag >= raw)
     first = math.ceil(lo / step - 1e-9) * step
     ticks = []
     value = first
@@ -64,8 +70,14 @@ def fmt_tick(value: float, step: float) -> str:
 
 
 def render_chart(series: Sequence[Series], width: int, height: int,
-                 axis_style: str = "grey50") -> list[Text]:
-    """The chart as ``height`` lines of ``width`` cells: y labels, plot area, x labels."""
+                 axis_style: str = "grey50", integer_x: bool = True) -> list[Text]:
+    """The chart as ``height`` lines of ``width`` cells: y labels, plot area, x labels.
+
+    The top and bottom plot rows are labelled with the y range they show (every value drawn is
+    between them), nice round ticks fill the rows between; x ticks are whole numbers
+    (``integer_x``, optimizer steps). A single x value sits mid-chart with its neighbours as
+    ticks.
+    """
     pts = [(x, y) for s in series for x, y in zip(s.xs, s.ys, strict=False)
            if math.isfinite(x) and math.isfinite(y)]
     if width < 12 or height < 3 or not pts:
@@ -83,7 +95,10 @@ def render_chart(series: Sequence[Series], width: int, height: int,
     y_ticks = nice_ticks(y0, y1, max(2, min(6, plot_h // 2)))
     y_step = (y_ticks[1] - y_ticks[0]) if len(y_ticks) > 1 else (y1 - y0) or 1.0
     y_labels = [fmt_tick(t, y_step) for t in y_ticks]
-    label_w = max(len(s) for s in y_labels) if y_labels else 1
+    # The range ends, one decimal finer than the ticks so they read as the exact bounds.
+    fine = y_step / 10
+    top_label, bottom_label = fmt_tick(y1, fine), fmt_tick(y0, fine)
+    label_w = max(len(s) for s in [*y_labels, top_label, bottom_label])
     plot_w = width - label_w - 1  # one column for the axis line
     if plot_w < 4:
         return [Text(" " * width) for _ in range(height)]
@@ -119,11 +134,12 @@ def render_chart(series: Sequence[Series], width: int, height: int,
                     _line(prev, cur, s.style, plot_dot)
             prev = cur
 
-    # Which plot rows carry a y label (the row of the tick's dot position).
-    label_rows: dict[int, str] = {}
+    # Which plot rows carry a y label: the range ends, then the ticks on rows not next to them.
+    label_rows: dict[int, str] = {0: top_label, plot_h - 1: bottom_label}
     for t, lab in zip(y_ticks, y_labels, strict=True):
         row = to_dot(x0, t)[1] >> 2
-        label_rows.setdefault(row, lab)
+        if all(abs(row - taken) > 1 for taken in label_rows):
+            label_rows[row] = lab
 
     lines: list[Text] = []
     for r in range(plot_h):
@@ -150,13 +166,14 @@ def render_chart(series: Sequence[Series], width: int, height: int,
             line.append("".join(run), run_style or "")
         lines.append(line)
 
-    lines.append(_x_axis(x0, x1, label_w, plot_w, axis_style))
+    lines.append(_x_axis(x0, x1, label_w, plot_w, axis_style, integer_x))
     return lines
 
 
-def _x_axis(x0: float, x1: float, label_w: int, plot_w: int, style: str) -> Text:
+def _x_axis(x0: float, x1: float, label_w: int, plot_w: int, style: str,
+            integer: bool = True) -> Text:
     """One row: the x tick labels placed under their columns (no overlaps)."""
-    ticks = nice_ticks(x0, x1, max(2, min(8, plot_w // 10)))
+    ticks = nice_ticks(x0, x1, max(2, min(8, plot_w // 10)), integer=integer)
     step = (ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
     row = [" "] * (label_w + 1 + plot_w)
     taken_until = -1

@@ -142,3 +142,16 @@ def fit_mark(fits: bool) -> Text:
     """The profile tables' fit column: a coloured ✓/✗ only, because the detail column next to
     it already says it in words ("fits (4.1 of 21.2 GiB)", "does not fit by …")."""
     return Text("✓", style="bold green") if fits else Text("✗", style="bold red")
+
+
+# The profile tables of the setup and wizard screens: fixed columns, and the detail column takes
+# the rest of the width so a long verdict ends with "…" instead of being cropped.
+PROFILE_COLUMNS = (("", "mark", 1), ("profile", "profile", 9), ("params", "params", 6),
+                   ("est. memory", "estimate", 11), ("fits", "fits", 4))
+
+
+def profile_detail_width(screen_width: int) -> int:
+    """Width left for the detail column on a screen ``screen_width`` columns wide."""
+    fixed = sum(w for _, _, w in PROFILE_COLUMNS)
+    padding = 2 * (len(PROFILE_COLUMNS) + 1)  # each cell's left/right padding
+    return max(12, screen_width - fixed - padding - 4)  # form margins, scrollbar

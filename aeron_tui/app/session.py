@@ -21,7 +21,7 @@ from core.runs.events import ParseProblem, RunState
 # Event types RunState keeps in its log (plus run_started): what the event log widget shows.
 LOG_TYPES = frozenset({
     "run_started", "eval", "checkpoint", "phase_change", "domain_change", "batch_change",
-    "warning", "status", "error", "run_finished",
+    "info", "warning", "status", "error", "run_finished", "total_changed", "detached",
 })
 MAX_METRIC_POINTS = 2000
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
@@ -57,6 +57,10 @@ class RunSession:
     exit_code: int | None = None
     stderr_tail: list[str] = field(default_factory=list)
     problem_count: int = 0
+    # tokens/s of each step event (the throughput sparkline), newest last.
+    throughput_history: list[float] = field(default_factory=list)
+    # When this view of the run began (the console's clock): "waiting for the first event".
+    created_at: float = field(default_factory=time.time)
     pending_command: str | None = None
     status_before_command: str | None = None
     _gone_checked_at: float = 0.0
@@ -72,6 +76,12 @@ class RunSession:
                 self.pending_log.append(LogLine("problem", None, None, problem=item))
                 continue
             kind = item["type"]
+            if kind == "step":
+                tps = item.get("tokens_per_s")
+                if isinstance(tps, (int, float)) and math.isfinite(tps):
+                    self.throughput_history.append(float(tps))
+                    if len(self.throughput_history) > MAX_METRIC_POINTS:
+                        del self.throughput_history[:-MAX_METRIC_POINTS]
             if kind == "step" and item.get("metrics"):
                 for name, value in item["metrics"].items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool) \
@@ -155,3 +165,25 @@ class RunSession:
         return {k: v for k, v in self.state.metrics.items()
                 if k not in COUNT_METRICS and isinstance(v, (int, float))
                 and not isinstance(v, bool)}
+
+
+def send_run_command(session: RunSession, cmd: str) -> str | None:
+    """Deliver a control command to the session's trainer; None when sent, else why not.
+
+    A child this console started hears it on its stdin at once. Any other live run of this user
+    (watched, started elsewhere, or by an earlier console) gets it over its run directory's
+    control channel (``core.train.control.send_control``, the one ``runs control`` uses).
+    """
+    if session.attached and session.process is not None:
+        if session.process.send(cmd):
+            return None
+    if session.run_dir is None:
+        return "the run has no run directory to send it to"
+    from core.errors import AeronError
+    from core.train.control import send_control
+
+    try:
+        send_control(session.run_dir, cmd)
+    except AeronError as exc:
+        return str(exc)
+    return None

@@ -35,6 +35,9 @@ def continue_training(
     steps: int | None = typer.Option(None, "--steps"),
     seed: int | None = typer.Option(None, "--seed"),
     run_dir: Path | None = typer.Option(None, "--run-dir"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start afresh in a --run-dir that already holds a run: the old "
+        "run is moved into RUN_DIR/previous-<date>/ (nothing is deleted)."),
     micro_batch: int | None = typer.Option(None, "--micro-batch"),
     seq_len: int | None = typer.Option(None, "--seq-len"),
     lr: float | None = typer.Option(None, "--lr"),
@@ -59,7 +62,8 @@ def continue_training(
                  "micro_batch": micro_batch, "seq_len": seq_len, "learning_rate": lr}
         options = [f"from={source}", f"recipe={name}"] + ([f"old_data={old_data}"] if old_data else [])
         run_config, model_config = build_run_config(
-            "continual", profile=profile, flags=flags, sets=[*options, *sets])
+            "continual", profile=profile, flags=flags, sets=[*options, *sets],
+            overwrite=overwrite)
         status = execute("continual", run_config, model_config, events_stdout=events_stdout,
                          control_stdin=control_stdin, quiet=quiet)
         if status not in ("finished", "stopped"):

@@ -38,6 +38,15 @@ _COMPILE = typer.Option(
     False, "--compile", help="torch.compile each encoder/decoder layer (inductor); a layer that "
     "fails to compile runs eagerly with a warning. The first reply pays for compilation (seconds to "
     "minutes).")
+_TRIPLE = typer.Option(
+    [], "--triple", help="A knowledge-graph fact SUBJECT,RELATION,OBJECT given to the model "
+    "(repeatable), as the 'triples' of a training record.")
+_IMAGE = typer.Option(
+    None, "--image", help="A PNG/JPEG image given to the model (a model trained with 'image' "
+    "records; without it such a model reads a blank image).")
+_TASK = typer.Option(
+    None, "--task", help="The task name to condition on (a model trained with 'task' records "
+    "or by `continue`; default: its default task).")
 _ATTENTION = typer.Option(
     None, "--attention", help="Attention kernel: auto (FlashAttention-2 on CUDA fp16/bf16 when "
     "installed, else SDPA), flash2, sdpa or manual. Default: the checkpoint's attention_backend.")
@@ -92,7 +101,7 @@ def _loader(device: Any, attention: str | None, compile_layers: bool) -> Any:
     def load(path: Path) -> tuple[Any, Any, Path]:
         from core.infer.inference import load_policy
 
-        model, tokenizer, ckpt = load_policy(path, device, attention)
+        model, tokenizer, ckpt = load_policy(path, device, attention, on_info=_info)
         if compile_layers:
             from core.model.compile import compile_model
 
@@ -102,11 +111,24 @@ def _loader(device: Any, attention: str | None, compile_layers: bool) -> Any:
     return load
 
 
+def _info(message: str) -> None:
+    _note(f"info: {message}")
+
+
+def _prompt_inputs(model: Any, checkpoint: Path, triple: list[str], image: Path | None,
+                   task: str | None) -> dict[str, Any]:
+    """The model's extra inputs from --triple/--image/--task (notes go to stderr)."""
+    from core.infer.inference import parse_triple, prompt_inputs, resolve_checkpoint
+
+    return prompt_inputs(model, resolve_checkpoint(checkpoint),
+                         [parse_triple(t) for t in triple], image, task, on_info=_info)
+
+
 def _note(message: str, style: str = "dim") -> None:
     from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True, highlight=False).print(Text(message, style=style))
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text(message, style=style))
 
 
 def _prompt_format(ckpt: Path, style: str | None, provider: str | None, cfg: Any) -> Any:
@@ -187,9 +209,14 @@ def generate_command(
     paged_blocks: int = _PAGED,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
     compile_layers: bool = _COMPILE, attention: str | None = _ATTENTION,
+    triple: list[str] = _TRIPLE, image: Path | None = _IMAGE, task: str | None = _TASK,
     style: str | None = _STYLE, provider: str | None = _PROVIDER,
 ) -> None:
-    """Generate a reply to one prompt (formatted as in training), streaming it to stdout."""
+    """Generate a reply to one prompt (formatted as in training), streaming it to stdout.
+
+    A model trained on records with triples, images or tasks takes the same inputs here:
+    --triple SUBJECT,RELATION,OBJECT (repeatable), --image PATH, --task NAME.
+    """
     import time
 
     from core.errors import ConfigError
@@ -214,6 +241,10 @@ def generate_command(
                           "with --draft or --mcts")
     if paged_blocks and ensemble:
         raise ConfigError("--paged-blocks needs a single model; drop it with --ensemble")
+    if (triple or image is not None or task is not None) and (
+            mcts or best_of > 1 or draft is not None or ensemble):
+        raise ConfigError("--triple, --image and --task work with plain generation; drop "
+                          "--mcts, --best-of, --draft and --ensemble")
     dev = _device(device)
     load_policy = _loader(dev, attention, compile_layers)
     model, tokenizer, ckpt = load_policy(checkpoint)
@@ -282,8 +313,9 @@ def generate_command(
             spread = f" ± {stds[i]:.3f}" if stds is not None else ""
             _note(f"{mark} {i}: reward {score:+.3f}{spread}  {preview}")
         return
+    inputs = _prompt_inputs(model, checkpoint, triple, image, task)
     [gen] = generate(model, tokenizer, [prompt], cfg, seed=seed,
-                     on_text=lambda _row, piece: _write(piece))
+                     on_text=lambda _row, piece: _write(piece), inputs=inputs)
     _write("\n")
     _report(gen, time.perf_counter() - t0)
 
@@ -293,12 +325,20 @@ def chat_command(
     max_new_tokens: int = _MAX_NEW, temperature: float = _TEMP, top_k: int = _TOP_K,
     top_p: float = _TOP_P, repetition_penalty: float = _REP, stop: list[str] = _STOP,
     seed: int | None = _SEED, device: str = _DEVICE, strict: bool = _STRICT,
+    triple: list[str] = _TRIPLE, image: Path | None = _IMAGE, task: str | None = _TASK,
+    system: str = typer.Option("", "--system", help="A system prompt for the conversation."),
+    history: bool = typer.Option(
+        True, "--history/--no-history", help="Feed the earlier turns back (the chat template "
+        "multi-turn data trains on; oldest turns drop out when the context is full), or answer "
+        "each line alone."),
     style: str | None = _STYLE, provider: str | None = _PROVIDER,
 ) -> None:
     """A simple REPL: each line you type is answered, streamed token by token.
 
-    One prompt per turn (the model is an encoder-decoder trained on single turns, so earlier
-    turns are not fed back). Empty line or EOF (Ctrl-D) ends; Ctrl-C stops a reply.
+    The conversation so far goes to the encoder through the chat template multi-turn training
+    data uses (README: "Data formats"); the oldest turns drop out when the context is full.
+    Empty line or EOF (Ctrl-D) ends; Ctrl-C stops a reply. --triple/--image/--task are given
+    with every turn.
     """
     import time
 
@@ -306,10 +346,12 @@ def chat_command(
     from core.infer.inference import load_policy
 
     cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict)
-    model, tokenizer, path = load_policy(checkpoint, _device(device))
+    model, tokenizer, path = load_policy(checkpoint, _device(device), on_info=_info)
     cfg = _prompt_format(path, style, provider, cfg)
+    inputs = _prompt_inputs(model, path, triple, image, task)
     _note(f"chatting with {path} — empty line or Ctrl-D to quit")
     turn = 0
+    turns: list[tuple[str, str]] = []
     while True:
         try:
             line = input("> ") if sys.stdin.isatty() else sys.stdin.readline()
@@ -321,11 +363,14 @@ def chat_command(
         try:
             [gen] = generate(model, tokenizer, [line.strip()], cfg,
                              seed=None if seed is None else seed + turn,
-                             on_text=lambda _row, piece: _write(piece))
+                             on_text=lambda _row, piece: _write(piece), inputs=inputs,
+                             history=turns, system=system)
         except KeyboardInterrupt:
             _write("\n")
             _note("(interrupted)")
             continue
         _write("\n")
         _report(gen, time.perf_counter() - t0)
+        if history:
+            turns += [("user", line.strip()), ("assistant", gen.text)]
         turn += 1

@@ -37,10 +37,11 @@ def launch(
     """Open the console; with --start, begin training at once (what `make run` does)."""
     from aeron_tui.app.runsetup import (
         AUTO,
-        RunSetup,
+        MAX_STEPS,
+        check_data,
+        default_setup,
         default_trainer_and_preset,
         preset_problem,
-        validate_data_path,
     )
 
     base: dict[str, object] = {}
@@ -62,11 +63,8 @@ def launch(
             load_profile(profile)
         except ConfigError as exc:
             raise ConfigError(f"--profile: {exc}") from None
-    if profile is None:
-        from profiles.settings import load_saved_choice
-
-        saved = load_saved_choice()
-        profile = saved.profile if saved is not None else AUTO
+    if steps is not None and steps > MAX_STEPS:
+        raise ConfigError(f"--steps {steps:,} is more than {MAX_STEPS:,}; give a smaller number")
     if trainer is not None:
         from aeron_tui.trainers import TRAINERS
 
@@ -78,7 +76,7 @@ def launch(
         if problem:
             raise ConfigError(f"--preset: {problem}")
     if data is not None:
-        problem = validate_data_path(data)
+        problem = check_data(data, trainer).problem
         if problem:
             raise ConfigError(f"--data {problem}")
     if run_dir is not None:
@@ -87,9 +85,13 @@ def launch(
         problem = used_run_dir_problem(run_dir.expanduser())
         if problem:
             raise ConfigError(f"--run-dir: {problem}")
-    setup = RunSetup(trainer=trainer, profile=profile, preset=preset, data=data, steps=steps,
-                     run_dir=str(run_dir) if run_dir else None, overrides=base)
-    _run_console(mode="launch", setup=setup, start=start, runs_root=runs_root)
+    # Unset values default to the wizard's saved choice (the same rule as `train`), and the
+    # setup screen says where each one came from.
+    given = {"trainer": trainer, "profile": profile, "preset": preset, "data": data,
+             "steps": steps, "run_dir": str(run_dir) if run_dir else None}
+    setup = default_setup(**given, overrides=base)
+    _run_console(mode="launch", setup=setup, start=start, runs_root=runs_root,
+                 given={k: v for k, v in given.items() if v is not None})
 
 
 def _str_or_none(value: object) -> str | None:

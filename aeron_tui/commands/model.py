@@ -31,11 +31,18 @@ def info(
     profile: str = typer.Option("default", "--profile", "-p",
                                 help=f"Size profile ({_PROFILE_NAMES}) or a profile .toml file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    data: Path | None = typer.Option(
+        None, "--data", help="The data a run would train on: its triples/images/tasks decide "
+        "which of the knowledge-graph, vision and task modules are built (default: text data)."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="model.KEY=VALUE as for `train` (e.g. model.enable_multimodal=true)."),
 ) -> None:
-    """Print a profile's model configuration and its exact parameter count per component."""
+    """Print the model a run with this profile builds and its exact parameter count per
+    component (the knowledge-graph, vision and task modules only when --data feeds them)."""
     from core.model.model import BACKBONE_COMPONENTS, backbone_parameter_count, count_parameters
+    from core.model.modules import DATA_FED_MODULES, MODULE_NAMES
 
-    config = _profile_model(profile)
+    config = _run_model(profile, data, sets)
     counts = count_parameters(config)  # meta device: nothing allocated
     derived = {
         "head_dim": config.head_dim,
@@ -44,9 +51,12 @@ def info(
         "tot_keep_k (effective)": config.effective_tot_keep_k,
     }
     backbone = backbone_parameter_count(counts)
+    off = [MODULE_NAMES[s] for s in DATA_FED_MODULES if not getattr(config, s)]
     if as_json:
         payload = {
             "profile": profile,
+            "data": str(data) if data is not None else None,
+            "modules_not_built": off,
             "config": config.to_dict(),
             "derived": derived,
             "parameters": counts,
@@ -82,6 +92,9 @@ def info(
                 f"{backbone:,}", f"{100 * backbone / max(total, 1):.1f} %")
     par.add_row("[bold]total[/]", f"[bold]{total:,}[/]", "100.0 %")
     console.print(par)
+    if off:
+        why = "text data" if data is None else f"no record of {data} feeds them"
+        console.print(f"not built ({why}): {', '.join(off)}", highlight=False, soft_wrap=True)
 
 
 @model_app.command("smoke")
@@ -122,48 +135,85 @@ def smoke(
 
 @model_app.command("export")
 def export(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory to export."),
-    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint",
+                                    help="Checkpoint or run directory (its newest complete checkpoint, as in generate)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx."),
     out: Path = typer.Option(..., "--out", help="File to write, e.g. model.onnx."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset version, 18 to 25."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
-                                help="Compare the graph's logits with PyTorch (needs onnxruntime)."),
+                                help="Run the graph in onnxruntime and print its largest difference "
+                                "from the model generate runs."),
 ) -> None:
-    """Export a checkpoint as a logits-only graph: (input_ids, attention_mask,
-    decoder_input_ids) -> logits, with dynamic batch and lengths.
+    """Export a checkpoint as an ONNX graph of what generate runs: (input_ids, attention_mask,
+    decoder_input_ids) -> logits (+ evidential_uncertainty), with dynamic batch and lengths.
 
-    The enhancement stages, the multimodal path and the reasoning engine are skipped in the
-    exported graph (export mode); needs the optional onnx extra: pip install 'aeron-tui[onnx]'.
+    The episodic memory (read from the saved bank), the reasoning engine and the uncertainty
+    heads run as in generate; the decoder is recomputed over the whole decoder input each call
+    (no KV cache). Needs the optional onnx extra: pip install 'aeron-tui\\[onnx]'. There is no
+    GGUF export: no GGUF runtime implements this architecture.
     """
     from rich.console import Console
 
     from core.errors import ConfigError
 
-    if fmt.lower() != "onnx":
-        raise ConfigError(f"--format {fmt!r} is not supported; use --format onnx (GGUF is out of scope)")
+    if fmt.lower() != "onnx":  # a project error: the CLI prints one red line and exits 1
+        raise ConfigError(
+            f"--format {fmt!r} is not supported; use --format onnx. There is no GGUF export: no "
+            "GGUF runtime implements this architecture (a RoPE encoder-decoder with grouped-query "
+            "attention and a reasoning engine), so such a file could not be loaded anywhere; the "
+            "checkpoint's model.safetensors and tokenizer.json are the portable weights")
     from core.infer.export import (
+        check_opset,
         example_inputs,
         export_model_to_onnx,
+        output_names,
         require_onnx,
         verify_onnx_export,
     )
-    from core.runs.checkpoint import build_model_from_checkpoint
+    from core.infer.inference import load_policy
 
-    require_onnx()  # fail before loading a large checkpoint
-    model, _, config = build_model_from_checkpoint(checkpoint)
+    check_opset(opset)  # refuse before loading a large checkpoint
+    require_onnx()
+    model, _, ckpt = load_policy(checkpoint, "cpu")  # the model generate runs, on the CPU
+    config = model.config
     inputs = example_inputs(config)
     path = export_model_to_onnx(model, *inputs, out, opset=opset)
-    console = Console()
+    console = Console(highlight=False, soft_wrap=True)
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    console.print(f"wrote {path} ({size / 2**20:.1f} MiB, opset {opset}): "
-                  "input_ids, attention_mask, decoder_input_ids -> logits", highlight=False)
+    console.print(f"wrote {path} ({size / 2**20:.1f} MiB, opset {opset}) from {ckpt}: input_ids, "
+                  f"attention_mask, decoder_input_ids -> {', '.join(output_names(model))}")
     if verify:
         diff = verify_onnx_export(model, path, example_inputs(config, batch=3, length=5))
         if diff is None:
-            console.print("not verified: onnxruntime is not installed", highlight=False)
+            console.print("not verified: onnxruntime is not installed")
         else:
-            console.print(f"verified with onnxruntime: max |logits difference| {diff:.2e}",
-                          highlight=False)
+            console.print(f"verified with onnxruntime against the model generate runs: "
+                          f"max |difference| {diff:.2e}")
+
+
+def _run_model(profile: str, data: Path | None, sets: list[str]) -> NeuralNetConfig:
+    """The model a run with ``profile`` on ``data`` (None: text) and ``--set model.*`` builds."""
+    from core.errors import ConfigError
+    from core.train.config import parse_set_option
+
+    overrides: dict[str, Any] = {}
+    for item in sets:
+        key, value = parse_set_option(item)
+        if not key.startswith("model."):
+            raise ConfigError(f"--set {item!r}: model info takes model.KEY=VALUE only")
+        overrides[key[len("model."):]] = value
+    try:
+        from profiles.catalog import load_profile, run_model_config
+    except ImportError:
+        return _read_catalog_model(profile)
+    coverage = None
+    if data is not None:
+        from core.data.extras import scan_data_inputs
+
+        if not data.exists():
+            raise ConfigError(f"--data {data}: not found")
+        coverage = scan_data_inputs(data)
+    return run_model_config(load_profile(profile).model, coverage, overrides)
 
 
 def _profile_model(profile: str) -> NeuralNetConfig:

@@ -15,25 +15,43 @@ def profile_command(
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
     mode: str = typer.Option("train", "--mode", help="What to fit: train or infer."),
     run_dir: str = typer.Option(None, "--run-dir", help="Report free disk space here."),
+    trainer: str = typer.Option(
+        None, "--trainer", help="Estimate with this trainer's memory rules (simple or "
+        "compressed; default: the saved choice's trainer, else the one recommended)."),
+    data: str = typer.Option(
+        None, "--data", help="The run's data: its tokenizer's vocabulary sets the parameter "
+        "counts (default: the bundled sample corpus)."),
 ) -> None:
-    """Show this machine's hardware, every size profile's memory estimate and fit, and the pick."""
-    if mode not in ("train", "infer"):
-        from core.errors import ConfigError
+    """Show this machine's hardware, every size profile's memory estimate and fit, and the pick.
 
+    The figures are the ones the console's setup and wizard screens show: the same estimate
+    (at the run's vocabulary) and the same budget rule, for one trainer's memory rules.
+    """
+    from core.errors import ConfigError
+
+    if mode not in ("train", "infer"):
         raise ConfigError(f"--mode must be train or infer, got {mode!r}")
     from profiles.hardware import probe
-    from profiles.pick import pick_profile
+    from profiles.pick import available_trainers
+    from profiles.runplan import profile_pick, run_vocabulary
     from profiles.settings import load_saved_choice
 
+    if trainer is not None and trainer not in available_trainers():
+        raise ConfigError(f"--trainer {trainer!r}: choose one of {', '.join(available_trainers())}")
     hardware = probe(run_dir=run_dir)
-    pick = pick_profile(hardware, mode=mode)
+    vocab = run_vocabulary(data)
     saved = load_saved_choice()
+    if trainer is None and mode == "train":
+        trainer = saved.trainer if saved else profile_pick(hardware, None, vocab).trainer
+    pick = profile_pick(hardware, trainer, vocab, mode=mode)
     if json_output:
         import json
 
         payload = {
             "hardware": hardware.to_dict(),
             "recommendation": pick.to_dict(),
+            "vocab_size": vocab.size,
+            "vocab_source": vocab.source,
             "saved_choice": saved.to_dict() if saved else None,
         }
         typer.echo(json.dumps(payload, indent=2, default=str))
@@ -45,6 +63,7 @@ def profile_command(
 
     console = Console()
     console.print(hardware_table(hardware))
+    console.print(vocab.note, highlight=False, markup=False)
     render_pick(console, pick)
     if saved:
         console.print(

@@ -49,10 +49,8 @@ def _run(trainer: str, common: dict[str, Any], options: dict[str, Any]) -> None:
     run_config, model_config = build_run_config(
         trainer, profile=common["profile"], config_path=common["config"],
         resume=common["resume"], flags=flags, sets=list(common["sets"]),
+        overwrite=common["overwrite"], options=options,
     )
-    chosen = {k: v for k, v in options.items() if v is not None}
-    if chosen:
-        run_config = run_config.with_overrides(options=chosen)
     status = execute(trainer, run_config, model_config, events_stdout=common["events_stdout"],
                      control_stdin=common["control_stdin"], quiet=common["quiet"])
     if status not in ("finished", "stopped"):
@@ -78,6 +76,9 @@ _RUN_DIR = typer.Option(None, "--run-dir", help="Run directory (default: $AERON_
 _STEPS = typer.Option(None, "--steps", help="Optimizer steps (PPO: rollout iterations).")
 _SEED = typer.Option(None, "--seed")
 _RESUME = typer.Option(None, "--resume", metavar="[PATH]", help=RESUME_HELP)
+_OVERWRITE = typer.Option(
+    False, "--overwrite", help="Start afresh in a --run-dir that already holds a run: the old "
+    "run is moved into RUN_DIR/previous-<date>/ (nothing is deleted).")
 _FROM = typer.Option(None, "--from", help=FROM_HELP)
 _MICRO = typer.Option(None, "--micro-batch", help="Pairs (reward/DPO) or prompts (PPO) per step.")
 _SEQ = typer.Option(None, "--seq-len", help="Longest prompt / response in tokens.")
@@ -94,6 +95,7 @@ _PREFS = typer.Option(None, "--prefs", help="Preference JSONL (default: the bund
 def reward(
     profile: str | None = _PROFILE, config: Path | None = _CONFIG, run_dir: Path | None = _RUN_DIR,
     steps: int | None = _STEPS, seed: int | None = _SEED, resume: str | None = _RESUME,
+    overwrite: bool = _OVERWRITE,
     from_: Path | None = _FROM, prefs: Path | None = _PREFS,
     margin: float | None = typer.Option(None, "--margin", help="Bradley-Terry margin m (0)."),
     label_smoothing: float | None = typer.Option(None, "--label-smoothing", help="ε (0)."),
@@ -111,6 +113,7 @@ def reward(
 def dpo(
     profile: str | None = _PROFILE, config: Path | None = _CONFIG, run_dir: Path | None = _RUN_DIR,
     steps: int | None = _STEPS, seed: int | None = _SEED, resume: str | None = _RESUME,
+    overwrite: bool = _OVERWRITE,
     from_: Path | None = _FROM, prefs: Path | None = _PREFS,
     beta: float | None = typer.Option(None, "--beta", help="β (0.1; SimPO 2.0)."),
     loss: str | None = typer.Option(None, "--loss", help="dpo (default), hinge, ipo or simpo."),
@@ -130,6 +133,7 @@ def dpo(
 def ppo(
     profile: str | None = _PROFILE, config: Path | None = _CONFIG, run_dir: Path | None = _RUN_DIR,
     steps: int | None = _STEPS, seed: int | None = _SEED, resume: str | None = _RESUME,
+    overwrite: bool = _OVERWRITE,
     from_: Path | None = _FROM,
     prompts: Path | None = typer.Option(
         None, "--prompts", help="Prompt JSONL (default: the bundled sample prompts)."),

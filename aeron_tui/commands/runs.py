@@ -1,4 +1,5 @@
-"""`aeron-tui runs list|show`: the runs on this machine and their status, from their events."""
+"""`aeron-tui runs list|show|lineage|export`: the runs on this machine, their status and
+scalars, from their events."""
 
 from __future__ import annotations
 
@@ -37,31 +38,46 @@ def register(app: typer.Typer) -> None:
             return
         console = Console()
         if not runs:
-            console.print(f"no runs under {base}")
+            console.print(f"no runs under {base}", highlight=False, markup=False)
+            return
+        columns = ("run", "trainer", "profile", "status", "steps", "best val", "started")
+        rows = [
+            (run.path.name, run.trainer, run.profile, run.status_label,
+             f"{run.global_step}/{run.total_steps}",
+             f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-",
+             _when(run.started_at))
+            for run in runs
+        ]
+        if not console.is_terminal:
+            # Piped or logged: full names in plain aligned columns (a table squeezed to 80
+            # columns cut names until two runs looked identical).
+            typer.echo(f"runs in {base}")
+            for line in _plain_columns([columns, *rows], right=(4, 5)):
+                typer.echo(line)
             return
         table = Table(title=f"runs in {base}")
-        for col in ("run", "trainer", "profile", "status", "steps", "best val", "started"):
+        for col in columns:
             table.add_column(col, justify="right" if col in ("steps", "best val") else "left")
-        for run in runs:
-            table.add_row(
-                run.path.name, run.trainer, run.profile, _status_markup(run.status_label),
-                f"{run.global_step}/{run.total_steps}",
-                f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "-",
-                _when(run.started_at),
-            )
+        table.columns[0].overflow = "fold"  # wrap a long name on a narrow terminal, never cut it
+        table.columns[0].no_wrap = False
+        for row in rows:
+            table.add_row(row[0], row[1], row[2], _status_markup(row[3]), *row[4:])
         console.print(table)
 
     @runs_app.command("show")
-    def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    def show_cmd(
+        run_dir: Path = typer.Argument(
+            ..., help="A run directory, or a run name as `runs list` prints it."),
+        root: Path | None = typer.Option(
+            None, "--root", help="Where run names are looked up (default: $AERON_TUI_HOME/runs)."),
+    ) -> None:
         """Status, progress, losses, checkpoints and the last error of one run."""
         from rich.console import Console
 
-        from core.errors import ConfigError
         from core.runs.checkpoint import list_checkpoints
-        from core.runs.registry import is_run_dir, summarize_run
+        from core.runs.registry import summarize_run
 
-        if not is_run_dir(run_dir):
-            raise ConfigError(f"{run_dir}: not a run directory (no run.toml or events.jsonl)")
+        run_dir = resolve_run(run_dir, root)
         run = summarize_run(run_dir)
         s = run.state
         console = Console()
@@ -86,15 +102,43 @@ def register(app: typer.Typer) -> None:
             for c in ckpts:
                 console.print(f"    {c.name}", highlight=False, markup=False)
         if run.error:
-            console.print(f"  [red]last error:[/] {run.error}", highlight=False)
+            from rich.text import Text
+
+            console.print(Text.assemble(("  last error:", "red"), f" {run.error}"),
+                          highlight=False)
+        unreadable = _unreadable_event_lines(run.path)
+        if unreadable:
+            first = unreadable[0]
+            console.print(
+                f"  unreadable lines in events.jsonl: {len(unreadable)} (first: line "
+                f"{first.line_no}, {first.message}); the numbers above leave them out",
+                highlight=False, markup=False)
+
+    @runs_app.command("plot")
+    def plot_cmd(
+        runs: list[Path] = typer.Argument(..., help="Run directories (or run names under "
+                                          "$AERON_TUI_HOME/runs); several are overlaid."),
+        out: Path = typer.Option(..., "--out", "-o", help="Picture to write: .png, .svg or .pdf."),
+        x_axis: str = typer.Option("step", "--x", help="x axis: step or tokens."),
+    ) -> None:
+        """Train/validation loss (and bits per byte with its baselines), learning rate, tokens/s
+        and branch scores over steps or tokens, for one run or several overlaid. Needs
+        matplotlib (pip install 'aeron-tui\\[plot]')."""
+        from aeron_tui.plots import plot_runs
+
+        written = plot_runs([resolve_run(r) for r in runs], out, x_axis)
+        typer.echo(f"wrote {written}")
 
     @runs_app.command("control")
     def control_cmd(
-        run_dir: Path = typer.Argument(..., help="The run directory of a live run."),
+        run_dir: Path = typer.Argument(
+            ..., help="A live run's directory, or its name as `runs list` prints it."),
         command: str = typer.Argument(..., help="pause, resume, checkpoint or stop."),
         wait: float = typer.Option(
             0.0, "--wait", min=0.0, metavar="SECONDS",
             help="Wait up to SECONDS for the trainer to act (it does between steps)."),
+        root: Path | None = typer.Option(
+            None, "--root", help="Where run names are looked up (default: $AERON_TUI_HOME/runs)."),
     ) -> None:
         """Pause, resume, checkpoint or stop a live run, whoever started it (your runs only).
 
@@ -102,6 +146,8 @@ def register(app: typer.Typer) -> None:
         optimizer steps and records what it did in events.jsonl.
         """
         from core.train.control import send_control, wait_for_effect
+
+        run_dir = resolve_run(run_dir, root)
 
         sent_at = time.time()
         pid = send_control(run_dir, command)
@@ -160,6 +206,49 @@ def register(app: typer.Typer) -> None:
         grow(tree, root)
         Console().print(tree, highlight=False)
 
+    @runs_app.command("export")
+    def export_cmd(
+        run_dir: Path = typer.Argument(..., help="A run directory (live or finished)."),
+        to: str = typer.Option(..., "--to", help="tensorboard or csv (wandb: offline, when "
+                               "installed)."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Where to write (default: RUN_DIR/tb, RUN_DIR/metrics.csv, "
+            "RUN_DIR for wandb)."),
+    ) -> None:
+        """Write a run's scalars to TensorBoard or CSV from its events.jsonl — the same numbers
+        `--log` writes live (loss, val loss, bpb, lr, grad norm, tokens/s, memory, branch
+        scores, scratchpad use, RLHF reward/KL...)."""
+        from rich.console import Console
+
+        from core.errors import ConfigError
+        from core.runs.registry import EVENTS_FILE
+        from core.runs.trackers import (
+            CSV_FILE,
+            TB_DIR,
+            TRACKERS,
+            check_available,
+            export_events,
+            make_tracker,
+        )
+
+        if to not in TRACKERS:
+            raise ConfigError(f"--to {to!r}: choose one of {', '.join(TRACKERS)}")
+        events = run_dir / EVENTS_FILE
+        if not events.is_file():
+            raise ConfigError(f"{run_dir}: no {EVENTS_FILE} here; give a run directory")
+        check_available([to])
+        default = {"tensorboard": run_dir / TB_DIR, "csv": run_dir / CSV_FILE,
+                   "wandb": run_dir}[to]
+        target = out or default
+        if to == "tensorboard" and target.is_dir() and any(target.glob("events.out.tfevents*")):
+            raise ConfigError(f"{target}: already holds TensorBoard event files (logged live "
+                              "with --log, or exported before); give --out DIR")
+        if to == "csv" and target.exists():
+            raise ConfigError(f"{target}: already exists; give --out FILE")
+        n = export_events(events, make_tracker(f"{to}:{target}", run_dir))
+        Console().print(f"exported {n:,} events of {run_dir} to {target}", highlight=False,
+                        markup=False, soft_wrap=True)
+
     app.add_typer(runs_app, name="runs")
 
 
@@ -171,6 +260,44 @@ def _bpb_row(state: Any) -> str:
             (("bigram", state.baseline_bigram_bpb), ("unigram", state.baseline_unigram_bpb))
             if value is not None]
     return f"{state.best_val_bpb:.4f}" + (f" ({', '.join(refs)})" if refs else "")
+
+
+def resolve_run(run: Path, root: Path | None = None) -> Path:
+    """A run directory given as a path, or as a name under the runs root (``runs list`` prints
+    names); ConfigError saying where it looked otherwise."""
+    from core.errors import ConfigError
+    from core.runs.registry import default_runs_root, is_run_dir
+
+    if is_run_dir(run):
+        return run
+    base = root or default_runs_root()
+    if len(run.parts) == 1 and is_run_dir(base / run):
+        return base / run
+    raise ConfigError(
+        f"{run}: not a run directory (no run.toml or events.jsonl) and no run of that name in "
+        f"{base}; `aeron-tui runs list` shows the runs")
+
+
+def _unreadable_event_lines(run_dir: Path) -> list[Any]:
+    """The lines of ``events.jsonl`` that are not events (a partial last line of a live run
+    excepted): ``runs show`` counts them instead of folding over them silently."""
+    from core.runs.events import ParseProblem, read_events
+    from core.runs.registry import EVENTS_FILE, trainer_alive
+
+    path = run_dir / EVENTS_FILE
+    if not path.is_file():
+        return []
+    problems = [e for e in read_events(path) if isinstance(e, ParseProblem)]
+    if problems and problems[-1].message.startswith("incomplete") and trainer_alive(run_dir):
+        problems.pop()
+    return problems
+
+
+def _plain_columns(rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in rows]
 
 
 def _status_markup(status: str) -> str:

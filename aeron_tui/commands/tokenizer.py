@@ -19,17 +19,12 @@ tokenizer_app = typer.Typer(
 
 
 def corpus_texts(paths: list[Path]) -> Iterator[str]:
-    """Training texts: user inputs and replies of styles.jsonl files, documents of text corpora."""
-    from core.data.styles import read_styles
-    from core.data.text import read_text_corpus
+    """Training texts of every data path (any format `aeron-tui data --help` lists): every turn
+    of supervised records, prompts and replies of preference pairs, documents of text."""
+    from core.data.formats import corpus_texts as texts
 
     for path in paths:
-        if path.suffix == ".jsonl":
-            for sample in read_styles(path):
-                yield sample.user_input
-                yield sample.assistant_reply
-        else:
-            yield from read_text_corpus(path)
+        yield from texts(path)
 
 
 @tokenizer_app.command("train")
@@ -37,7 +32,8 @@ def train(
     corpus: list[Path] | None = typer.Option(
         None,
         "--corpus",
-        help="styles.jsonl or .txt file / directory; repeatable (default: the sample corpus).",
+        help="A data file or directory in any format `aeron-tui data --help` lists; repeatable "
+        "(default: the sample corpus).",
     ),
     vocab_size: int = typer.Option(
         50000, "--vocab-size", help="Upper bound on the vocabulary size."

@@ -61,7 +61,11 @@ def _make_command(trainer: str) -> Any:
             None, "--preset", help="Trainer preset (LONPT: smoke, light, standard, heavy, or a "
             "TOML path); it also suggests the profile when --profile is not given."),
         data: str | None = typer.Option(
-            None, "--data", help="styles.jsonl, .txt file or directory (default: sample corpus)."),
+            None, "--data", help="Data file or directory in any format `aeron-tui data --help` "
+            "lists (styles.jsonl, Alpaca, ShareGPT, messages, CSV, Parquet, .txt/.md, ...; "
+            "default: the sample corpus)."),
+        data_format: str | None = typer.Option(
+            None, "--data-format", help="Force the data format instead of detecting it."),
         run_dir: Path | None = typer.Option(
             None, "--run-dir", help="Run directory (default: $AERON_TUI_HOME/runs/<name>)."),
         steps: int | None = typer.Option(None, "--steps", help="Optimizer steps in total."),
@@ -70,12 +74,40 @@ def _make_command(trainer: str) -> Any:
             None, "--resume", metavar="[PATH]",
             help="Resume: alone = the latest valid checkpoint of --run-dir (or of the newest run "
             "of this trainer); PATH = a checkpoint or run directory."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Start afresh in a --run-dir that already holds a run: the "
+            "old run is moved into RUN_DIR/previous-<date>/ (nothing is deleted)."),
         micro_batch: int | None = typer.Option(None, "--micro-batch"),
         grad_accum: int | None = typer.Option(None, "--grad-accum"),
         seq_len: int | None = typer.Option(None, "--seq-len"),
         lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
         precision: str | None = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32."),
+        gradient_checkpointing: bool | None = typer.Option(
+            None, "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute activations in backward (less memory, ~30 % slower)."),
+        eval_every: int | None = typer.Option(
+            None, "--eval-every", help="Evaluate every N optimizer steps."),
+        checkpoint_every: int | None = typer.Option(
+            None, "--checkpoint-every", help="Write a checkpoint every N optimizer steps."),
+        keep_last: int | None = typer.Option(
+            None, "--keep-last", help="Keep the N newest step checkpoints (the best is always "
+            "kept)."),
+        warmup: int | None = typer.Option(
+            None, "--warmup", help="Linear learning-rate warmup steps."),
+        weight_decay: float | None = typer.Option(
+            None, "--weight-decay", help="AdamW weight decay (on >= 2-D weights)."),
+        early_stop: str | None = typer.Option(
+            None, "--early-stop", metavar="PATIENCE[:MIN_DELTA]",
+            help="Stop after PATIENCE evaluations without the validation loss improving by more "
+            "than MIN_DELTA (default 0); the best checkpoint is kept. --set "
+            "early_stop_metric=bpb to watch bits per byte."),
+        log: list[str] = typer.Option(
+            [], "--log", metavar="TRACKER[:PATH]",
+            help="Also log to a tracker (repeatable): tensorboard[:DIR] (default RUN_DIR/tb), "
+            "csv[:FILE] (default RUN_DIR/metrics.csv), wandb (offline)."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+        packing: str | None = typer.Option(
+            None, "--packing", help="Sequence packing: auto (on where it cuts padding), on or off."),
         shard: bool = typer.Option(
             False, "--shard", help="Under torchrun: shard parameters/optimizer with FSDP."),
         sets: list[str] = typer.Option(
@@ -91,11 +123,19 @@ def _make_command(trainer: str) -> Any:
             "steps": steps,
             "seed": seed, "micro_batch": micro_batch, "grad_accum": grad_accum,
             "seq_len": seq_len, "learning_rate": lr, "precision": precision, "device": device,
+            "packing": packing,
+            "data_format": data_format, "gradient_checkpointing": gradient_checkpointing,
+            "eval_every": eval_every, "checkpoint_every": checkpoint_every,
+            "keep_last": keep_last, "warmup_steps": warmup, "weight_decay": weight_decay,
+            "trackers": list(log) or None, **parse_early_stop(early_stop),
         }
         run_config, model_config = build_run_config(
             trainer, profile=profile, config_path=config, resume=resume, flags=flags,
-            sets=list(sets), shard=shard,
+            sets=list(sets), shard=shard, overwrite=overwrite,
         )
+        from core.runs.trackers import check_available
+
+        check_available(run_config.trackers)  # a missing package is one line, before any work
         status = execute(trainer, run_config, model_config, events_stdout=events_stdout,
                          control_stdin=control_stdin, quiet=quiet)
         if status not in ("finished", "stopped"):
@@ -103,6 +143,25 @@ def _make_command(trainer: str) -> Any:
 
     command.__doc__ = f"Train with the {trainer!r} trainer."
     return command
+
+
+def parse_early_stop(text: str | None) -> dict[str, Any]:
+    """``"3"`` / ``"3:0.01"`` → the run-config keys (empty when not given)."""
+    if text is None:
+        return {}
+    from core.errors import ConfigError
+
+    patience, _, delta = text.partition(":")
+    try:
+        values: dict[str, Any] = {"early_stop_patience": int(patience)}
+        if delta:
+            values["early_stop_min_delta"] = float(delta)
+    except ValueError:
+        raise ConfigError(f"--early-stop {text!r}: expected PATIENCE[:MIN_DELTA], e.g. 3 or "
+                          "3:0.01") from None
+    if values["early_stop_patience"] < 1 or values.get("early_stop_min_delta", 0.0) < 0:
+        raise ConfigError(f"--early-stop {text!r}: PATIENCE must be >= 1 and MIN_DELTA >= 0")
+    return values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,8 +178,13 @@ def build_run_config(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     shard: bool = False,
+    overwrite: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """(RunConfig, the profile's NeuralNetConfig) from the layers described in the module doc."""
+    """(RunConfig, the profile's NeuralNetConfig) from the layers described in the module doc.
+
+    ``options`` are trainer options given as dedicated flags (``rlhf --from``): they win over
+    ``--set``."""
     from aeron_tui.trainers import get_trainer
     from core.errors import ConfigError
     from core.train.config import RunConfig, parse_set_option
@@ -143,7 +207,7 @@ def build_run_config(
 
     requested = profile or file_values.get("profile") or _preset_profile(
         trainer, flags.get("preset") or file_values.get("preset"))
-    profile_name, saved = _choose_profile(requested, trainer)
+    profile_name, saved = _choose_profile(requested, trainer, {**file_values, **flags})
     size = _load_size_profile(profile_name)
 
     layered: dict[str, Any] = {}
@@ -165,9 +229,16 @@ def build_run_config(
         layered.pop("resume", None)
     if shard:
         layered["options"]["shard"] = True
+    if overwrite:
+        layered["overwrite"] = True
     fields = set(RunConfig.__dataclass_fields__)
     for item in sets or []:
         key, value = parse_set_option(item)
+        if key == "tokenizer" and resume:
+            raise ConfigError(
+                f"--set {item}: a resumed run keeps its checkpoint's tokenizer; drop --set "
+                "tokenizer, or move the model to a new vocabulary with `aeron-tui tokenizer "
+                "upgrade` and continue from that checkpoint")
         if key.startswith("model."):
             layered["model"][key[len("model."):]] = value
         elif key.startswith("options."):
@@ -176,11 +247,31 @@ def build_run_config(
             layered[key] = value
         else:
             layered["options"][key] = value
-    try:
-        run_config = RunConfig.from_dict(layered, source)
-    except ConfigError:
-        raise
+    layered["options"].update({k: v for k, v in (options or {}).items() if v is not None})
+    run_config = RunConfig.from_dict(layered, source)
+    _check_seq_len(run_config, size)
     return run_config, size.model
+
+
+def _check_seq_len(run_config: Any, size: Any) -> None:
+    """Refuse a sequence length the profile's model cannot hold, before anything starts (the
+    trainer checks again against the final model config)."""
+    from core.errors import ConfigError
+    from core.train.config import SEQ_LEN_MARGIN, seq_len_problem
+
+    if run_config.seq_len is None or run_config.options.get("from"):
+        return  # the preset decides, or the starting checkpoint's architecture does
+    limit = int(run_config.model.get("max_position_embeddings",
+                                     size.model.max_position_embeddings))
+    if run_config.seq_len + SEQ_LEN_MARGIN <= limit:
+        return
+    from profiles.catalog import list_profiles
+
+    longer = [f"{p.name}: {p.model.max_position_embeddings - SEQ_LEN_MARGIN}"
+              for p in list_profiles()
+              if p.model.max_position_embeddings - SEQ_LEN_MARGIN >= run_config.seq_len]
+    problem = seq_len_problem(run_config.seq_len, limit, run_config.profile, ", ".join(longer))
+    raise ConfigError(problem or "")
 
 
 def _read_toml_table(path: Path) -> dict[str, Any]:
@@ -238,36 +329,35 @@ def _preset_profile(trainer: str, preset: str | None) -> str | None:
     return preset_profile(preset)
 
 
-def _choose_profile(requested: str | None, trainer: str) -> tuple[str, dict[str, Any] | None]:
-    """(profile name, batch settings that came with the choice) — the wizard's saved choice
-    when no profile is given, ``pick_profile`` for ``auto`` (or when nothing was saved)."""
+def _choose_profile(requested: str | None, trainer: str, values: dict[str, Any] | None = None,
+                    ) -> tuple[str, dict[str, Any] | None]:
+    """(profile name, run settings that came with the choice).
+
+    No profile given: the wizard's saved choice. ``auto`` (or nothing saved): ``pick_profile``
+    for this trainer at the run's vocabulary. Whatever the profile, the saved choice's device
+    applies, and its batch layout when the profile is the one it was fitted for
+    (``profiles.settings.choice_run_values``); the layers above (trainer defaults, files, flags)
+    still win.
+    """
+    from profiles.settings import choice_run_values, load_saved_choice
+
+    saved = load_saved_choice()
     if requested and requested != "auto":
-        return requested, None
-    if requested is None:
-        from profiles.settings import load_saved_choice
-
-        saved = load_saved_choice()
-        if saved is not None:
-            return saved.profile, {
-                "micro_batch": saved.micro_batch, "grad_accum": saved.grad_accum,
-                "gradient_checkpointing": saved.gradient_checkpointing,
-                "precision": saved.precision,
-            }
-    return _auto_profile(trainer)
+        return requested, choice_run_values(saved, requested) or None
+    if requested is None and saved is not None:
+        return saved.profile, choice_run_values(saved, saved.profile)
+    name, fitted = _auto_profile(trainer, values or {})
+    return name, {**choice_run_values(saved, None), **(fitted or {})} or None
 
 
-def _auto_profile(trainer: str) -> tuple[str, dict[str, Any] | None]:
-    import importlib
-
+def _auto_profile(trainer: str, values: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     from core.errors import ConfigError
     from profiles.hardware import probe
+    from profiles.runplan import profile_pick, run_vocabulary
 
-    try:
-        pick_profile = importlib.import_module("profiles.pick").pick_profile
-    except (ImportError, AttributeError):
-        return "tiny", None  # no picker installed: the smallest profile always fits
-    rules = ("compressed",) if trainer == "compressed" else ("simple",)
-    pick = pick_profile(probe(with_torch=False), mode="train", trainer_options=rules)
+    vocab = run_vocabulary(values.get("data"), values.get("tokenizer"),
+                           values.get("tokenizer_vocab_size"))
+    pick = profile_pick(probe(with_torch=False), trainer, vocab)
     if not pick.fits:
         raise ConfigError("--profile auto: no size profile fits this machine's free memory; "
                           "give --profile NAME (see `aeron-tui profile`)")
@@ -303,6 +393,10 @@ def execute(
     from core.train.control import ControlChannel
 
     cls = get_trainer(trainer).load()
+    if run_config.run_dir:
+        from core.runs.registry import remember_run_dir
+
+        remember_run_dir(run_config.run_dir)  # listed by `runs list` and the console, anywhere
     mode, stream = choose_mode(events_stdout, quiet)
     display = HeadlessDisplay(mode, stream)
     control = ControlChannel()

@@ -25,54 +25,15 @@ def iter_jsonl(
     Raises on: a missing/unreadable file, invalid UTF-8, bad JSON, a non-object line, a line
     longer than ``max_line_bytes``, and a file with no objects at all.
     """
+    from core.data.containers import Problem, iter_jsonl_lenient
+
     p = Path(path)
-    try:
-        fh = open(p, "rb")  # noqa: SIM115 - closed in finally; binary so we control decoding
-    except OSError as exc:
-        raise DataError(f"{p}: cannot open ({exc.strerror or exc}); check the path") from exc
     seen = 0
-    try:
-        line_no = 0
-        while True:
-            try:
-                raw = fh.readline(max_line_bytes + 1)
-            except OSError as exc:
-                raise DataError(f"{p}: read error after line {line_no} ({exc})") from exc
-            if not raw:
-                break
-            line_no += 1
-            if len(raw) > max_line_bytes:
-                raise DataError(
-                    f"{p}:{line_no}: line longer than {max_line_bytes // (1024 * 1024)} MB; "
-                    "each JSONL record must be on its own line — split or shorten it"
-                )
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{p}:{line_no}: invalid UTF-8 at byte {exc.start} of the line; "
-                    "re-save the file as UTF-8"
-                ) from exc
-            if line_no == 1 and text.startswith("\ufeff"):
-                text = text[1:]  # tolerate a UTF-8 byte-order mark
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{p}:{line_no}: bad JSON ({exc.msg} at column {exc.colno}); "
-                    "fix or remove the line"
-                ) from exc
-            if not isinstance(obj, dict):
-                raise DataError(
-                    f"{p}:{line_no}: expected a JSON object, got {type(obj).__name__}; "
-                    "each line must be one {...} record"
-                )
-            seen += 1
-            yield line_no, obj
-    finally:
-        fh.close()
+    for item in iter_jsonl_lenient(p, max_line_bytes):
+        if isinstance(item, Problem):
+            raise DataError(str(item))
+        seen += 1
+        yield item.line, item.obj
     if seen == 0:
         raise DataError(f"{p}: file is empty (no JSON records); give a JSONL file with data")
 

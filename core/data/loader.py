@@ -1,4 +1,5 @@
-"""Batching: padding/collation and a resumable, length-bucketed, distributed batch loader.
+"""Batching: padding/collation, sequence packing and a resumable, length-bucketed, distributed
+batch loader.
 
 Order of one epoch (identical on every rank): a seeded shuffle of all samples, cut into buckets
 of ``bucket_batches`` global batches, each bucket sorted by length and cut into batches whose
@@ -7,6 +8,13 @@ consecutive samples is then split into contiguous per-rank slices — so rank sh
 every rank draws the same number of batches, and ``world_size`` ranks see exactly the samples a
 single process would see with the same global batch. The state is (epoch, samples consumed), so
 a restored loader continues at the exact next sample.
+
+Sequence packing (``pack_length``) changes only how a batch's samples are laid out: several
+short samples share a row (:func:`pack_groups`, :func:`collate_groups`), with per-token sample
+numbers that make the model mask attention block-diagonally and restart positions per sample
+(``core.model.packing``). A batch holds the same samples packed or not, so the loader state, a
+resume and the out-of-memory split (fewer samples per micro-batch, more micro-batches) are
+unchanged.
 """
 
 from __future__ import annotations
@@ -22,12 +30,17 @@ from core.errors import DataError
 
 
 def collate(
-    pairs: Sequence[EncodedPair], pad_id: int = 0, with_target_bytes: bool = False
+    pairs: Sequence[EncodedPair],
+    pad_id: int = 0,
+    with_target_bytes: bool = False,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-pad a list of pairs into int64 tensors with 1/0 masks; padded labels are -100.
 
     Keys: ``input_ids``, ``attention_mask``, ``decoder_input_ids``, ``decoder_attention_mask``,
-    ``labels`` (+ ``target_bytes`` of shape (B,) when ``with_target_bytes``).
+    ``labels`` (+ ``target_bytes`` of shape (B,) when ``with_target_bytes``), plus the extra
+    inputs the pairs carry (:func:`core.data.extras.collate_inputs`; ``image_shape`` for a model
+    with a vision path). ``core.data.extras.model_inputs(batch)`` gives the model's arguments.
     """
     if not pairs:
         raise ValueError("collate needs at least one pair")
@@ -57,7 +70,205 @@ def collate(
     }
     if with_target_bytes:
         batch["target_bytes"] = torch.tensor([p.target_bytes for p in pairs], dtype=torch.long)
+    if image_shape is not None or any(p.inputs is not None for p in pairs):
+        from core.data.extras import collate_inputs
+
+        batch.update(collate_inputs([p.inputs for p in pairs], image_shape))
     return batch
+
+
+def pack_groups(pairs: Sequence[EncodedPair], capacity: int) -> list[list[int]]:
+    """Group pair indices into rows for sequence packing.
+
+    A row holds at most ``max(capacity, longest side in pairs)`` encoder ids and as many decoder
+    ids (a sample longer than ``capacity`` still gets a row). A batch is padded to its longest
+    row on each side, so the grouping minimises ``rows × (longest encoder row + longest
+    decoder row)``: for the fewest rows that fit (first-fit decreasing) and one or two more,
+    samples go longest first to the least-loaded row they fit in, and the cheapest layout wins
+    (on a tie the one with more rows).
+    Deterministic (ties by index); within a row, samples keep the order they were placed in.
+    """
+    if capacity < 1:
+        raise ValueError(f"pack capacity must be >= 1, got {capacity}")
+    enc = [len(p.input_ids) for p in pairs]
+    dec = [len(p.decoder_input_ids) for p in pairs]
+    cap_enc, cap_dec = max(capacity, max(enc)), max(capacity, max(dec))
+    order = sorted(range(len(pairs)), key=lambda i: (-(enc[i] + dec[i]), i))
+
+    def place(rows: int | None) -> list[list[int]] | None:
+        """Longest first into the least-loaded row that fits (first fit, opening rows as
+        needed, when ``rows`` is None); None when ``rows`` rows cannot hold the samples."""
+        groups: list[list[int]] = [[] for _ in range(rows or 0)]
+        load: list[list[int]] = [[0, 0] for _ in range(rows or 0)]
+        for i in order:
+            fits = [r for r, (e, d) in enumerate(load)
+                    if e + enc[i] <= cap_enc and d + dec[i] <= cap_dec]
+            if not fits:
+                if rows is not None:
+                    return None
+                groups.append([])
+                load.append([0, 0])
+                fits = [len(groups) - 1]
+            if rows is None:
+                r = fits[0]
+            else:  # the row that grows the padded length least, then the least loaded
+                top_e, top_d = max(e for e, _ in load), max(d for _, d in load)
+                r = min(fits, key=lambda r: (max(top_e, load[r][0] + enc[i])
+                                             + max(top_d, load[r][1] + dec[i]),
+                                             sum(load[r]), r))
+            groups[r].append(i)
+            load[r][0] += enc[i]
+            load[r][1] += dec[i]
+        return [g for g in groups if g]
+
+    def cost(groups: list[list[int]]) -> int:
+        return len(groups) * (max(sum(enc[i] for i in g) for g in groups)
+                              + max(sum(dec[i] for i in g) for g in groups))
+
+    first_fit = place(None)
+    assert first_fit is not None
+    best = first_fit
+    for rows in range(len(first_fit), min(len(first_fit) + 2, len(pairs)) + 1):
+        groups = place(rows)
+        # Ties go to more, shorter rows: the same positions, less attention work.
+        if groups is not None and cost(groups) <= cost(best):
+            best = groups
+    return best
+
+
+def collate_groups(
+    pairs: Sequence[EncodedPair],
+    groups: Sequence[Sequence[int]],
+    pad_id: int = 0,
+    with_target_bytes: bool = False,
+) -> dict[str, torch.Tensor]:
+    """A packed batch: the pairs of each group concatenated into one right-padded row.
+
+    Besides :func:`collate`'s keys it has ``segment_ids`` / ``decoder_segment_ids`` (the sample
+    number 1, 2, ... of every token in its row, 0 for padding), which make the model keep the
+    samples apart (:mod:`core.model.packing`); ``target_bytes`` is per row.
+    """
+    if not groups or any(not g for g in groups):
+        raise ValueError("collate_groups needs non-empty groups")
+    b = len(groups)
+    s = max(sum(len(pairs[i].input_ids) for i in g) for g in groups)
+    t = max(sum(len(pairs[i].decoder_input_ids) for i in g) for g in groups)
+    input_ids = torch.full((b, s), pad_id, dtype=torch.long)
+    segment_ids = torch.zeros((b, s), dtype=torch.long)
+    decoder_input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    decoder_segment_ids = torch.zeros((b, t), dtype=torch.long)
+    labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
+    target_bytes = torch.zeros(b, dtype=torch.long)
+    for r, group in enumerate(groups):
+        enc: list[int] = []
+        dec: list[int] = []
+        lab: list[int] = []
+        enc_seg: list[int] = []
+        dec_seg: list[int] = []
+        for k, i in enumerate(group, start=1):
+            p = pairs[i]
+            if len(p.labels) != len(p.decoder_input_ids):
+                raise ValueError(f"pair {i}: {len(p.labels)} labels for "
+                                 f"{len(p.decoder_input_ids)} decoder inputs")
+            enc += p.input_ids
+            dec += p.decoder_input_ids
+            lab += p.labels
+            enc_seg += [k] * len(p.input_ids)
+            dec_seg += [k] * len(p.decoder_input_ids)
+            target_bytes[r] += p.target_bytes
+        input_ids[r, : len(enc)] = torch.tensor(enc, dtype=torch.long)
+        segment_ids[r, : len(enc)] = torch.tensor(enc_seg, dtype=torch.long)
+        decoder_input_ids[r, : len(dec)] = torch.tensor(dec, dtype=torch.long)
+        decoder_segment_ids[r, : len(dec)] = torch.tensor(dec_seg, dtype=torch.long)
+        labels[r, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": (segment_ids > 0).long(),
+        "segment_ids": segment_ids,
+        "decoder_input_ids": decoder_input_ids,
+        "decoder_attention_mask": (decoder_segment_ids > 0).long(),
+        "decoder_segment_ids": decoder_segment_ids,
+        "labels": labels,
+    }
+    if with_target_bytes:
+        batch["target_bytes"] = target_bytes
+    return batch
+
+
+def collate_packed(
+    pairs: Sequence[EncodedPair],
+    pack_length: int | None,
+    pad_id: int = 0,
+    with_target_bytes: bool = False,
+    image_shape: tuple[int, int, int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`collate_groups` over :func:`pack_groups` with rows of ``pack_length`` tokens;
+    a plain :func:`collate` (no segment ids) when packing is off (``None``/0), when no two
+    samples share a row, or when the batch carries extra inputs (knowledge graph, images, task
+    ids are per sample, and a packed row holds several samples)."""
+    if not pairs:
+        raise ValueError("collate needs at least one pair")
+    extras = image_shape is not None or any(p.inputs is not None for p in pairs)
+    if pack_length and not extras:
+        groups = pack_groups(pairs, pack_length)
+        if len(groups) < len(pairs):
+            return collate_groups(pairs, groups, pad_id, with_target_bytes)
+    return collate(pairs, pad_id, with_target_bytes, image_shape)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The keyword arguments a training/evaluation forward takes from a collated batch
+    (``segment_ids`` / ``decoder_segment_ids`` only when the batch is packed), with the extra
+    inputs it carries (:func:`core.data.extras.model_inputs`)."""
+    from core.data.extras import model_inputs as extra_inputs
+
+    keys = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask",
+            "labels", "segment_ids", "decoder_segment_ids")
+    return {**{k: batch[k] for k in keys if k in batch}, **extra_inputs(batch)}
+
+
+def batch_num_samples(batch: dict[str, torch.Tensor]) -> int:
+    """How many samples a collated batch holds (rows, or segments of a packed batch)."""
+    segments = batch.get("segment_ids")
+    if segments is None:
+        return int(batch["input_ids"].shape[0])
+    return int(segments.max(dim=1).values.sum())
+
+
+def padding_fraction(batches: Sequence[dict[str, torch.Tensor]]) -> float:
+    """Share of padding among all encoder + decoder positions of ``batches``."""
+    real = total = 0
+    for batch in batches:
+        for key in ("attention_mask", "decoder_attention_mask"):
+            mask = batch[key]
+            real += int(mask.sum())
+            total += mask.numel()
+    return 1.0 - real / total if total else 0.0
+
+
+def packing_effect(
+    pairs: Sequence[EncodedPair],
+    batch_size: int,
+    pack_length: int,
+    seed: int = 0,
+    max_batches: int = 400,
+) -> tuple[float, float]:
+    """Padding share of all positions, ``(unpacked, packed)``, over the first ``max_batches``
+    batches a :class:`BatchLoader` would draw (lengths only: nothing is collated)."""
+    loader = BatchLoader(pairs, batch_size, seed=seed)
+    real = plain = packed = 0
+    for _ in range(min(max_batches, loader.batches_per_epoch)):
+        batch = loader.next_pairs()
+        enc = [len(p.input_ids) for p in batch]
+        dec = [len(p.decoder_input_ids) for p in batch]
+        real += sum(enc) + sum(dec)
+        plain += len(batch) * (max(enc) + max(dec))
+        groups = pack_groups(batch, pack_length)
+        packed += len(groups) * (max(sum(enc[i] for i in g) for g in groups)
+                                 + max(sum(dec[i] for i in g) for g in groups))
+    if not plain:
+        return 0.0, 0.0
+    return 1.0 - real / plain, 1.0 - real / packed
 
 
 class BatchLoader:
@@ -78,6 +289,8 @@ class BatchLoader:
         world_size: int = 1,
         pad_id: int = 0,
         with_target_bytes: bool = False,
+        image_shape: tuple[int, int, int] | None = None,
+        pack_length: int | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -96,6 +309,10 @@ class BatchLoader:
         self.world_size = world_size
         self.pad_id = pad_id
         self.with_target_bytes = with_target_bytes
+        self.image_shape = image_shape
+        # Sequence packing: each batch's samples share rows of this many tokens (None: off).
+        # The sample order and the state are the same either way, so resume is unaffected.
+        self.pack_length = pack_length
         self._lengths = [len(p) for p in self.pairs]
         self.epoch = 0
         self.position = 0  # samples of this epoch's global order already consumed (all ranks)
@@ -193,7 +410,8 @@ class BatchLoader:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        return collate(self.next_pairs(), self.pad_id, self.with_target_bytes)
+        return collate_packed(self.next_pairs(), self.pack_length, self.pad_id,
+                              self.with_target_bytes, self.image_shape)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

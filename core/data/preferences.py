@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from core.data.jsonl import MAX_LINE_BYTES, canonical_json, iter_jsonl, require_str
+from core.data.jsonl import canonical_json
 from core.data.styles import VAL_PERCENT, hash_is_validation
 from core.errors import DataError
 
@@ -47,54 +47,21 @@ class PromptSample:
     style_label: str = ""  # optional; lets encode_prompt use the training layout
 
 
-def _optional_str(obj: dict[str, Any], key: str, path: Any, line_no: int) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "answer":
-        return str(value)  # numeric answers are common in math prompt sets
-    if not isinstance(value, str):
-        raise DataError(
-            f"{path}:{line_no}: field {key!r} must be a string, got {type(value).__name__}"
-        )
-    return value
-
-
 def read_preferences(
-    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+    path: str | os.PathLike[str], format: str | None = None
 ) -> list[PreferencePair]:
-    """Read and validate a preference JSONL file; DataError names file and line."""
-    pairs: list[PreferencePair] = []
-    for line_no, obj in iter_jsonl(path, max_line_bytes):
-        prompt = require_str(obj, "prompt", path, line_no)
-        chosen = require_str(obj, "chosen", path, line_no)
-        rejected = require_str(obj, "rejected", path, line_no)
-        if chosen == rejected:
-            raise DataError(
-                f"{path}:{line_no}: 'chosen' and 'rejected' are identical; "
-                "a preference pair needs two different responses"
-            )
-        pair_id = _optional_str(obj, "id", path, line_no) or ""
-        source = _optional_str(obj, "source", path, line_no) or ""
-        rejection = _optional_str(obj, "rejection", path, line_no) or ""
-        pairs.append(PreferencePair(prompt, chosen, rejected, pair_id, source, line_no, rejection))
-    return pairs
+    """Every preference pair of ``path`` (JSONL, JSON, CSV/TSV or Parquet; ``chosen`` /
+    ``rejected`` as strings or message lists); DataError names file, line and fields."""
+    from core.data.formats import read_preference_pairs
+
+    return read_preference_pairs(path, format, who="reward/DPO training")
 
 
-def read_prompts(
-    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
-) -> list[PromptSample]:
-    """Read and validate a prompt JSONL file; DataError names file and line."""
-    prompts: list[PromptSample] = []
-    for line_no, obj in iter_jsonl(path, max_line_bytes):
-        prompt = require_str(obj, "prompt", path, line_no)
-        answer = _optional_str(obj, "answer", path, line_no)
-        if answer is not None and not answer.strip():
-            raise DataError(f"{path}:{line_no}: field 'answer' is empty; omit it or give a value")
-        pid = _optional_str(obj, "id", path, line_no) or ""
-        style = _optional_str(obj, "style_label", path, line_no) or ""
-        prompts.append(PromptSample(prompt, answer, pid, line_no, style))
-    return prompts
+def read_prompts(path: str | os.PathLike[str], format: str | None = None) -> list[PromptSample]:
+    """Every prompt of ``path`` (any container); DataError names file, line and fields."""
+    from core.data.formats import read_prompt_samples
+
+    return read_prompt_samples(path, format, who="PPO/GRPO rollouts")
 
 
 def split_key(record: PreferencePair | PromptSample) -> str:

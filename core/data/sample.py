@@ -380,10 +380,10 @@ def corpus_manifest(paths: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
             raise DataError(f"{p}: corpus file not found")
         targets = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in targets:
-            if f.suffix == ".txt":
-                from core.data.text import read_text_corpus
+            if f.suffix in (".txt", ".md"):
+                from core.data.text import iter_file_documents
 
-                count = len(read_text_corpus(f))
+                count = sum(1 for _ in iter_file_documents(f))  # streamed, never the whole file
             else:
                 count = _count_lines(f)
             files.append(

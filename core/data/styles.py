@@ -1,7 +1,14 @@
 """The seed's ``styles.jsonl`` format: reader, deterministic train/val split, statistics.
 
-One object per line: ``provider``, ``style_label``, ``user_input``, ``assistant_reply`` (all
-non-empty strings) and ``turn_id`` (string, may be empty). Extra fields are ignored.
+One object per line: ``user_input`` and ``assistant_reply`` (non-empty strings), optional
+``provider`` and ``style_label`` (conditioning tokens on the encoder side when given),
+``turn_id`` (string, may be empty), and for multi-turn data ``system`` (a system prompt),
+``history`` (the turns before this one: ``[{"role", "content"}, ...]`` with roles ``user``,
+``assistant``, ``system``, ``tool``; ``user_input`` may then be empty when the last context turn
+is not the user's) and ``conversation_id`` (turns sharing it stay in the same split). Extra
+fields are ignored. Optional ``triples``, ``entities``, ``image`` and ``task`` feed the
+model's knowledge-graph, vision and task inputs (:mod:`core.data.extras`). Other formats (Alpaca, ShareGPT, messages, CSV, Parquet, ...) are read into
+the same :class:`StyleSample` by :mod:`core.data.formats`.
 """
 
 from __future__ import annotations
@@ -9,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.data.jsonl import MAX_LINE_BYTES, canonical_json, iter_jsonl, require_str
+from core.data.extras import Triple, parse_record_extras
+from core.data.jsonl import canonical_json
 from core.errors import DataError
+
+HISTORY_ROLES = ("user", "assistant", "system", "tool")
 
 VAL_PERCENT = 20
 SPLIT_SALT = "aeron-split:"
@@ -33,6 +43,20 @@ class StyleSample:
     # Key hashed for the split: the turn_id, or the canonical JSON of the line when the turn_id
     # is empty or already used by an earlier line (so appending lines never moves old ones).
     split_key: str = ""
+    # Multi-turn context (the chat template in core.data.formatting renders it on the encoder).
+    system: str = ""
+    history: tuple[tuple[str, str], ...] = ()
+    conversation_id: str = ""
+    # Optional model inputs beside the text (core.data.extras.parse_record_extras fills them).
+    triples: tuple[Triple, ...] = ()
+    entities: tuple[str, ...] = ()
+    image: str | None = None  # resolved path (relative paths are relative to the data file)
+    task: str | None = None
+
+    @property
+    def has_extras(self) -> bool:
+        """True when the record carries any knowledge-graph, image or task input."""
+        return bool(self.triples or self.entities or self.image or self.task)
 
 
 def hash_is_validation(key: str, val_percent: int = VAL_PERCENT) -> bool:
@@ -62,43 +86,93 @@ def is_validation(sample: StyleSample, val_percent: int = VAL_PERCENT) -> bool:
     return hash_is_validation(_sample_key(sample), val_percent)
 
 
-def iter_styles(
-    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
-) -> Iterator[StyleSample]:
-    """Stream validated samples of a styles.jsonl file; DataError names file and line."""
-    seen_ids: set[str] = set()
-    for line_no, obj in iter_jsonl(path, max_line_bytes):
-        yield parse_style_record(obj, path, line_no, seen_ids)
+def read_styles(path: str | os.PathLike[str], format: str | None = None) -> list[StyleSample]:
+    """Every sample of a supervised dataset: styles.jsonl, or any format and container
+    :mod:`core.data.formats` reads (Alpaca, ShareGPT, messages, prompt/completion in JSONL,
+    JSON, CSV/TSV, Parquet); DataError names file, line, format and the missing fields."""
+    from core.data.formats import read_samples
+
+    return read_samples(path, format)
 
 
-def read_styles(
-    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
-) -> list[StyleSample]:
-    """Read and validate a whole styles.jsonl file (see :func:`iter_styles`)."""
-    return list(iter_styles(path, max_line_bytes))
+def _optional(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: field {key!r} is empty (only whitespace); omit it or give a "
+                        "value")
+    return value
+
+
+def _history(obj: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    raw = obj.get("history")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise DataError(f"{where}: field 'history' must be a list of {{role, content}} objects")
+    turns = []
+    for i, turn in enumerate(raw):
+        ok = (isinstance(turn, dict) and turn.get("role") in HISTORY_ROLES
+              and isinstance(turn.get("content"), str))
+        if not ok:
+            raise DataError(f"{where}: history[{i}] must be {{\"role\": one of "
+                            f"{', '.join(HISTORY_ROLES)}, \"content\": string}}")
+        turns.append((turn["role"], turn["content"]))
+    return tuple(turns)
 
 
 def parse_style_record(
-    obj: dict[str, Any], path: str | os.PathLike[str], line_no: int, seen_ids: set[str]
+    obj: dict[str, Any],
+    path: str | os.PathLike[str],
+    line_no: int,
+    seen_ids: set[str],
+    *,
+    where: str | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> StyleSample:
     """Validate one record; ``seen_ids`` tracks turn_ids already used earlier in the file."""
-    provider = require_str(obj, "provider", path, line_no)
-    style = require_str(obj, "style_label", path, line_no)
-    user = require_str(obj, "user_input", path, line_no)
-    reply = require_str(obj, "assistant_reply", path, line_no)
+    where = where or f"{path}:{line_no}"
+    expects = ("(format styles: user_input, assistant_reply; optional provider, style_label, "
+               "turn_id, system, history, conversation_id)")
+    missing = [k for k in ("user_input", "assistant_reply") if k not in obj]
+    if missing:
+        noun = "field" if len(missing) == 1 else "fields"
+        raise DataError(f"{where}: missing {noun} {', '.join(repr(m) for m in missing)} {expects}")
+    for key in ("user_input", "assistant_reply"):
+        if not isinstance(obj[key], str):
+            raise DataError(
+                f"{where}: field {key!r} must be a string, got {type(obj[key]).__name__}"
+            )
+    history = _history(obj, where)
+    user, reply = obj["user_input"], obj["assistant_reply"]
+    if not reply.strip() or not (user.strip() or (history and user == "")):
+        key = "assistant_reply" if not reply.strip() else "user_input"
+        raise DataError(f"{where}: field {key!r} is empty; give a non-empty string")
+    provider = _optional(obj, "provider", where)
+    style = _optional(obj, "style_label", where)
+    system = _optional(obj, "system", where)
+    conversation = _optional(obj, "conversation_id", where)
     turn_id = obj.get("turn_id", "")
     if turn_id is None:
         turn_id = ""
     if not isinstance(turn_id, str):
         raise DataError(
-            f"{path}:{line_no}: field 'turn_id' must be a string, got {type(turn_id).__name__}"
+            f"{where}: field 'turn_id' must be a string, got {type(turn_id).__name__}"
         )
-    if turn_id and turn_id not in seen_ids:
+    if conversation:
+        key = conversation
+    elif turn_id and turn_id not in seen_ids:
         key = turn_id
         seen_ids.add(turn_id)
     else:
         key = canonical_json(obj)
-    return StyleSample(provider, style, user, reply, turn_id, line_no, key)
+    if extras is None:
+        extras = parse_record_extras(obj, path, line_no)
+    return StyleSample(provider, style, user, reply, turn_id, line_no, key, system=system,
+                       history=history, conversation_id=conversation, **extras)
 
 
 def split_samples(

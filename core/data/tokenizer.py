@@ -392,3 +392,42 @@ def _vocab_from_merges(merges: list[tuple[str, str]], vocab_size: int) -> Any:
         if merged not in vocab:
             vocab[merged] = len(vocab)
     return _build_backend(vocab, kept)
+
+
+# ------------------------------------------------------------------ the per-corpus tokenizer cache
+def corpus_tokenizer_dir(
+    path: str | os.PathLike[str], vocab_size: int, data_format: str | None = None
+) -> Path:
+    """Where the tokenizer trained on ``path`` (a data file, or a directory of them) with
+    ``vocab_size`` is cached: ``$AERON_TUI_HOME/cache/tokenizers/<hash of the corpus files>``.
+
+    The trainers use it to reuse a tokenizer; the setup screens use it to know a run's real
+    vocabulary (and so its parameter count) before the run starts. A forced ``data_format``
+    changes which texts a file yields, so it is part of the key (detection keeps the old key).
+    """
+    from core.data.containers import data_files
+    from core.errors import DataError
+    from core.fileio import file_sha256
+    from core.paths import aeron_home
+
+    try:
+        files = data_files(path)
+    except DataError as exc:
+        raise FileNotFoundError(str(exc)) from exc  # an OSError, as reading a file would be
+    key = hashlib.sha256()
+    for f in files:
+        key.update(file_sha256(f).encode())
+    key.update(f":v{vocab_size}:aeron-bpe-1{':' + data_format if data_format else ''}".encode())
+    return aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
+
+
+def saved_vocab_size(directory: str | os.PathLike[str]) -> int | None:
+    """The vocabulary size a saved tokenizer records in its config (None when absent/unreadable),
+    read without building the tokenizer."""
+    p = Path(directory)
+    cfg = (p if p.is_dir() else p.parent) / CONFIG_FILE
+    try:
+        value = json.loads(cfg.read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

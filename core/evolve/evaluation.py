@@ -57,8 +57,10 @@ def evaluate_pairs(
     device: str | torch.device = "cpu",
 ) -> EvalResult:
     """Token-summed NLL of ``pairs`` under ``model`` (eval mode, fp32, RNG untouched)."""
+    from core.data.extras import forward_batch, image_shape_of
     from core.data.loader import collate
 
+    shape = image_shape_of(getattr(model, "config", None))
     subset = evaluation_subset(pairs, max_samples)
     if not subset:
         raise ValueError("nothing to evaluate: the validation split is empty")
@@ -70,9 +72,9 @@ def evaluate_pairs(
     with torch.random.fork_rng():
         for i in range(0, len(subset), batch_size):
             chunk = subset[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            batch = {k: v.to(device) for k, v in collate(chunk, image_shape=shape).items()}
             labels = batch.pop("labels")
-            out = model(**batch)
+            out = model(**forward_batch(batch))
             logits = out["logits"].float()
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"

@@ -13,7 +13,14 @@ input. Spec: ``shared/spec/rlhf.md`` §5.
 * slerp:            spherical interpolation of two models (or of their task vectors with a base),
                     linear when the vectors are nearly parallel or tiny
 * layerwise:        ``(1 − α_l) θ_A + α_l θ_B`` with a per-layer schedule
-* fisher:           ``Σ F_k θ_k / (Σ F_k + 1e-8)`` with each model's diagonal Fisher
+* fisher:           ``Σ w_k (F̂_k + ε) θ_k / Σ w_k (F̂_k + ε)`` with ``F̂_k = F_k / mean(F_k)`` each
+                    model's diagonal Fisher divided by its own mean over the whole model and
+                    ``ε = 1e-6`` (:data:`FISHER_FLOOR`). Entries whose Fisher is ~0 in every
+                    model (a module that never got a gradient, a tensor without a Fisher) get the
+                    plain weighted average; merging a model with itself returns it unchanged.
+
+Every method returns its input when all the models are the same checkpoint (task arithmetic,
+TIES and DARE with that checkpoint as the base, or with another base at density 1 and λ 1).
 
 Non-float tensors and state buffers (memory slots, scratchpad commits, EWC state, counters) are
 copied from the base model (or the first model when there is no base): averaging them has no
@@ -36,6 +43,9 @@ import torch
 from core.errors import ConfigError
 
 METHODS = ("soup", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "layerwise", "fisher")
+# What `aeron-tui merge --method` accepts: the per-tensor methods plus greedy soup, which is a
+# search over soups (:func:`greedy_soup_checkpoints`) rather than a tensor formula.
+CLI_METHODS = ("soup", "greedy_soup", *METHODS[1:])
 NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 # Buffers that hold per-model state rather than learned weights.
@@ -49,6 +59,10 @@ _STATE_PATTERNS = (
 _STATE_RE = re.compile("|".join(_STATE_PATTERNS))
 EWC_PREFIX = "ewc_state."  # core.model.continual stores Fishers as continual_learning.ewc_state.*
 _LAYER_RE = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.")
+# Added to every model's mean-normalised Fisher: a relative 1e-6 keeps the division defined
+# where no model has information and turns it into the plain average there (mean(F̂) = 1).
+FISHER_FLOOR = 1e-6
+FISHER_SOURCES = ("auto", "stored", "data")
 
 
 class MergeError(ConfigError):
@@ -113,6 +127,7 @@ class TensorStats:
     change_norm: float = 0.0  # ‖θ_merged − θ_reference‖ (reference = base, else first model)
     relative_change: float = 0.0
     trimmed_frac: float = 0.0  # TIES: entries zeroed by trimming, mean over models
+    fisher_fallback_frac: float = 0.0  # Fisher: entries with no Fisher information (plain average)
     dropped_frac: float = 0.0  # DARE: entries dropped, mean over models
     sign_conflict_frac: float = 0.0  # entries where the kept task vectors disagree in sign
 
@@ -128,7 +143,7 @@ class MergeReport:
     def summary(self) -> dict[str, Any]:
         merged = [t for t in self.tensors if not t.copied]
         n = max(1, len(merged))
-        return {
+        out = {
             "tensors_merged": len(merged),
             "tensors_copied": len(self.tensors) - len(merged),
             "mean_relative_change": sum(t.relative_change for t in merged) / n,
@@ -136,6 +151,10 @@ class MergeReport:
             "mean_dropped_frac": sum(t.dropped_frac for t in merged) / n,
             "mean_sign_conflict_frac": sum(t.sign_conflict_frac for t in merged) / n,
         }
+        if self.method == "fisher":
+            # Tensors no model has Fisher information about were plainly averaged.
+            out["tensors_plain_average"] = sum(1 for t in merged if t.fisher_fallback_frac >= 1.0)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,10 +263,21 @@ def merge_tensor(
     if method == "soup":
         out = sum(wi * x for wi, x in zip(w, xs, strict=True))
     elif method == "fisher":
-        if fishers is None or len(fishers) != len(xs):
-            raise MergeError("fisher merging needs a Fisher (EWC consolidation) for every model")
-        fs = [f.to(torch.float32) * wi for f, wi in zip(fishers, w, strict=True)]
-        out = sum(f * x for f, x in zip(fs, xs, strict=True)) / (sum(fs) + 1e-8)
+        if fishers is None:  # no model has a Fisher for this tensor: nothing to weigh by
+            out = sum(wi * x for wi, x in zip(w, xs, strict=True))
+            stats.fisher_fallback_frac = 1.0
+        else:
+            if len(fishers) != len(xs):
+                raise MergeError(f"tensor {name!r}: {len(fishers)} Fishers for {len(xs)} models")
+            for i, f in enumerate(fishers):
+                if f.shape != ref.shape:
+                    raise MergeError(f"tensor {name!r}: the Fisher of model {i + 1} has shape "
+                                     f"{tuple(f.shape)}, the tensor {tuple(ref.shape)}")
+            fs = [wi * f.to(torch.float32).clamp_min(0.0) for f, wi in zip(fishers, w, strict=True)]
+            info = sum(fs)
+            floored = [f + wi * FISHER_FLOOR for f, wi in zip(fs, w, strict=True)]
+            out = sum(f * x for f, x in zip(floored, xs, strict=True)) / sum(floored)
+            stats.fisher_fallback_frac = (info < FISHER_FLOOR).float().mean().item()
     elif method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
         assert b is not None
         taus = [x - b for x in xs]
@@ -378,18 +408,22 @@ def merge_sources(
         models=labels,
         base="base" if has_base else None,
     )
+    scales = None
+    if params.method == "fisher":
+        if fisher_gets is None or len(fisher_gets) != n:
+            raise MergeError("fisher merging needs a Fisher for every model")
+        scales = fisher_scales(names, fisher_gets, labels)
     out: dict[str, torch.Tensor] = {}
     for name in names:
         tensors = [get(name) for get in model_gets]
         base_t = base_get(name) if base_get is not None else None
         fisher_ts = None
-        if params.method == "fisher" and fisher_gets is not None and not is_state_tensor(name, tensors[0]):
-            fisher_ts = []
-            for i, get in enumerate(fisher_gets):
-                f = get(name)
-                if f is None:
-                    raise MergeError(f"{labels[i]} has no Fisher for tensor {name!r}; run EWC consolidation first")
-                fisher_ts.append(f)
+        if scales is not None and fisher_gets is not None and not is_state_tensor(name, tensors[0]):
+            found = [get(name) for get in fisher_gets]
+            # A tensor some model has no Fisher for gets the plain average (unknown is not
+            # unimportant); otherwise each Fisher is divided by its model's mean.
+            if all(f is not None for f in found):
+                fisher_ts = [f.to(torch.float32) * scale for f, scale in zip(found, scales, strict=True)]  # type: ignore[union-attr]
         merged, stats = merge_tensor(name, tensors, base_t, params, fisher_ts, num_layers)
         out[name] = merged
         report.tensors.append(stats)
@@ -398,6 +432,36 @@ def merge_sources(
         out[name] = first_get(name).clone()
         report.tensors.append(TensorStats(name=name, shape=list(out[name].shape), copied=True))
     return out, report
+
+
+def fisher_scales(
+    names: Sequence[str],
+    fisher_gets: Sequence[Callable[[str], torch.Tensor | None]],
+    labels: Sequence[str],
+) -> list[float]:
+    """``1 / mean(F_k)`` per model over the merged tensors its Fisher covers (0 for an all-zero one).
+
+    A Fisher's scale is not portable between models (it grows with the tokens per sample and the
+    loss: see :mod:`core.model.continual`), so each is compared to its own mean. Reads each Fisher
+    tensor once, one at a time.
+    """
+    sums = [0.0] * len(fisher_gets)
+    counts = [0] * len(fisher_gets)
+    for name in names:
+        if _STATE_RE.search(name):  # state buffers are copied, never merged
+            continue
+        for i, get in enumerate(fisher_gets):
+            f = get(name)
+            if f is not None:
+                sums[i] += float(f.double().clamp_min(0.0).sum())
+                counts[i] += f.numel()
+    for label, count in zip(labels, counts, strict=True):
+        if count == 0:
+            raise MergeError(
+                f"{label} has no Fisher for any merged tensor; merge the checkpoints with "
+                "`aeron-tui merge --method fisher`, which computes one on --data"
+            )
+    return [count / total if total > 0 else 0.0 for total, count in zip(sums, counts, strict=True)]
 
 
 def is_ewc_key(name: str) -> bool:
@@ -414,12 +478,15 @@ def merge_safetensors(
     params: MergeParams,
     out_file: str | os.PathLike[str],
     base_file: str | os.PathLike[str] | None = None,
+    fisher_files: Sequence[str | os.PathLike[str] | None] | None = None,
 ) -> MergeReport:
     """Streaming merge of ``model.safetensors`` files into ``out_file`` (written atomically).
 
     Input tensors are memory-mapped and read one at a time, so peak memory stays near the size of
     the merged model. Nothing is written when the inputs are incompatible. Fisher merging reads
-    each model's EWC Fisher from its own file (``continual_learning.ewc_state.fisher.*``).
+    model ``i``'s Fisher from ``fisher_files[i]`` (tensors named like the weights, as
+    :func:`compute_fisher` writes them) when one is given, else the EWC Fisher stored in its own
+    file (``continual_learning.ewc_state.fisher.*``).
     """
     from contextlib import ExitStack
 
@@ -441,9 +508,19 @@ def merge_safetensors(
         handles = [open_(p) for p in model_files]
         base = open_(base_file) if base_file is not None else None
 
-        def fisher_getter(h: Any) -> Callable[[str], torch.Tensor | None]:
+        def fisher_getter(h: Any, key: Callable[[str], str]) -> Callable[[str], torch.Tensor | None]:
             keys = set(h.keys())
-            return lambda name: h.get_tensor(fisher_key(name)) if fisher_key(name) in keys else None
+            return lambda name: h.get_tensor(key(name)) if key(name) in keys else None
+
+        fisher_gets = None
+        if params.method == "fisher":
+            files = list(fisher_files) if fisher_files is not None else [None] * len(handles)
+            if len(files) != len(handles):
+                raise MergeError(f"{len(files)} Fisher files given for {len(handles)} models")
+            fisher_gets = [
+                fisher_getter(h, fisher_key) if f is None else fisher_getter(open_(f), str)
+                for h, f in zip(handles, files, strict=True)
+            ]
 
         merged, report = merge_sources(
             [list(h.keys()) for h in handles],
@@ -451,7 +528,7 @@ def merge_safetensors(
             params,
             base_keys=list(base.keys()) if base is not None else None,
             base_get=base.get_tensor if base is not None else None,
-            fisher_gets=[fisher_getter(h) for h in handles] if params.method == "fisher" else None,
+            fisher_gets=fisher_gets,
             labels=[str(p) for p in model_files],
         )
         report.base = str(base_file) if base_file is not None else None
@@ -486,7 +563,7 @@ def check_checkpoints_mergeable(paths: Sequence[str | os.PathLike[str]]) -> dict
         if diff:
             raise MergeError(
                 f"{p} and {first} have different model configs ({'; '.join(diff[:4])}); "
-                "only checkpoints of the same profile can be merged"
+                + _module_mismatch_hint(c, configs[0])
             )
         if m.get("tokenizer_sha256") != manifests[0].get("tokenizer_sha256"):
             raise MergeError(
@@ -494,6 +571,19 @@ def check_checkpoints_mergeable(paths: Sequence[str | os.PathLike[str]]) -> dict
                 "differently. Run `aeron-tui tokenizer upgrade` on one of them first"
             )
     return configs[0]
+
+
+def _module_mismatch_hint(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Why two configs differ when one was trained with knowledge-graph/image/task data."""
+    from core.model.modules import DATA_FED_MODULES, MODULE_NAMES
+
+    differ = [s for s in DATA_FED_MODULES if bool(a.get(s)) != bool(b.get(s))]
+    if not differ:
+        return "only checkpoints of the same profile can be merged"
+    names = ", ".join(MODULE_NAMES[s] for s in differ)
+    return (f"only one of them has the {names} module (built only when the training data has "
+            "its input); merge checkpoints trained on the same kind of data, or `continue` one "
+            "on the other's data first")
 
 
 @dataclass
@@ -511,12 +601,21 @@ def merge_checkpoints(
     sanity_data: str | os.PathLike[str] | None = None,
     sanity_samples: int = 128,
     report_params: dict[str, Any] | None = None,
+    fisher_data: str | os.PathLike[str] | None = None,
+    fisher_samples: int = 128,
+    fisher_source: str = "auto",
+    progress: Callable[[str], None] | None = None,
 ) -> CheckpointMergeResult:
     """Merge checkpoint directories into a new checkpoint with lineage and a merge report.
 
     Everything is checked before anything is written; the output directory appears atomically.
     With ``sanity_data`` (a styles.jsonl) the validation loss and bits per byte of every input
     and of the result are measured and stored in the report.
+
+    Fisher merging takes each model's Fisher from ``fisher_source``: ``stored`` (the EWC Fisher a
+    continual run saved in the checkpoint), ``data`` (computed by :func:`compute_fisher` on
+    ``fisher_samples`` samples of ``fisher_data``) or ``auto`` (stored when the checkpoint has
+    one, else computed). ``progress`` receives one line per step that takes time.
     """
     import json
     import tempfile
@@ -535,12 +634,37 @@ def merge_checkpoints(
     inputs = ([base] if base is not None else []) + list(models)
     config = check_checkpoints_mergeable(inputs)
     params.validate(len(models), base is not None)
+    fisher_plan = _plan_fishers(models, params.method, fisher_source, fisher_data)
     with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as tmp:
+        fisher_files: list[Path | None] = []
+        fisher_report: list[dict[str, Any]] = []
+        computed: dict[Path, tuple[Path, int]] = {}  # a checkpoint given twice is computed once
+        for model, use_stored in zip(models if fisher_plan else [], fisher_plan, strict=True):
+            if use_stored:
+                fisher_files.append(None)
+                fisher_report.append({"checkpoint": str(model), "source": "stored"})
+                continue
+            assert fisher_data is not None  # _plan_fishers checked it
+            key = Path(model).resolve()
+            if key not in computed:
+                if progress is not None:
+                    progress(f"computing the Fisher of {model} on up to {fisher_samples} samples "
+                             f"of {fisher_data}")
+                fisher, used = compute_fisher(model, fisher_data, fisher_samples)
+                computed[key] = (Path(tmp) / f"fisher-{len(computed)}.safetensors", used)
+                _save_tensors(fisher, computed[key][0])
+                del fisher
+            fisher_files.append(computed[key][0])
+            fisher_report.append({"checkpoint": str(model), "source": "computed",
+                                  "data": str(fisher_data), "samples": computed[key][1]})
         merged_file = Path(tmp) / MODEL_FILE
         report = merge_safetensors(
             [Path(m) / MODEL_FILE for m in models], params, merged_file,
             base_file=Path(base) / MODEL_FILE if base is not None else None,
+            fisher_files=fisher_files if params.method == "fisher" else None,
         )
+        if params.method == "fisher":
+            report.params["fisher"] = fisher_report
         from safetensors import safe_open
         from safetensors.torch import load_file
 
@@ -567,6 +691,87 @@ def merge_checkpoints(
         result.sanity = sanity_check([*inputs, path], sanity_data, sanity_samples)
     _write_json_atomic(path / "merge_report.json", {**report.to_dict(), "sanity": result.sanity})
     return result
+
+
+def has_stored_fisher(checkpoint: str | os.PathLike[str]) -> bool:
+    """True when the checkpoint's weights hold an EWC Fisher (``aeron-tui continue`` with EWC)."""
+    from safetensors import safe_open
+
+    from core.runs.checkpoint import MODEL_FILE
+
+    prefix = fisher_key("")
+    with safe_open(str(Path(checkpoint) / MODEL_FILE), framework="pt") as fh:
+        return any(k.startswith(prefix) for k in fh.keys())
+
+
+def _plan_fishers(models: Sequence[str | os.PathLike[str]], method: str, source: str,
+                  data: str | os.PathLike[str] | None) -> list[bool]:
+    """Per model: use its stored Fisher (True) or compute one (False); refusals before any work.
+
+    Empty for the methods that use no Fisher."""
+    if method != "fisher":
+        return []
+    if source not in FISHER_SOURCES:
+        raise MergeError(f"Fisher source {source!r}; choose one of {', '.join(FISHER_SOURCES)}")
+    stored = [source != "data" and has_stored_fisher(m) for m in models]
+    if source == "stored":
+        for m, has in zip(models, stored, strict=True):
+            if not has:
+                raise MergeError(
+                    f"{m} has no stored Fisher (only `aeron-tui continue` with EWC saves one); "
+                    "use --fisher data (or auto) to compute it on --data"
+                )
+    if not all(stored) and data is None:
+        raise MergeError("the Fisher of a checkpoint without a stored one is computed on data: give --data")
+    return stored
+
+
+def compute_fisher(
+    checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], samples: int = 128
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The diagonal empirical Fisher of a checkpoint's model on ``samples`` samples of ``data``.
+
+    ``F = mean over samples of (∂ log p(reply | prompt) / ∂θ)²`` — the same estimator EWC
+    consolidation stores (:class:`core.model.continual.ElasticWeightConsolidation`), one
+    backward pass per sample, in eval mode. The samples are a deterministic subset of the whole
+    file spread over its length range. Returns ``({tensor name in model.safetensors: F}, samples
+    used)``; parameters that get no gradient have an all-zero Fisher.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    from core.data.formatting import encode_styles_sample
+    from core.data.loader import collate
+    from core.data.styles import read_styles
+    from core.evolve.evaluation import evaluation_subset
+    from core.model.continual import ElasticWeightConsolidation
+    from core.runs.checkpoint import ALIASES_KEY, MODEL_FILE, build_model_from_checkpoint
+
+    if samples < 1:
+        raise MergeError(f"the Fisher needs at least one sample, got {samples}")
+    model, tok, cfg = build_model_from_checkpoint(checkpoint)
+    max_len = min(256, int(getattr(cfg, "max_position_embeddings", 256)) - 1)
+    pairs = evaluation_subset([encode_styles_sample(s, tok, max_len) for s in read_styles(data)], samples)
+    if not pairs:
+        raise MergeError(f"{data}: no samples to compute the Fisher on")
+
+    def batches() -> Iterable[dict[str, torch.Tensor]]:
+        for i in range(0, len(pairs), 8):
+            yield collate(pairs[i : i + 8])
+
+    ewc = ElasticWeightConsolidation(0.0)
+    used = ewc.consolidate(model, batches())
+    with safe_open(str(Path(checkpoint) / MODEL_FILE), framework="pt") as fh:
+        aliases = json.loads((fh.metadata() or {}).get(ALIASES_KEY, "{}"))
+    fisher = {aliases.get(name, name): f.contiguous() for name, f in ewc.fisher.items()}
+    return fisher, used
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(path))
 
 
 def sanity_check(

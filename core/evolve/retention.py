@@ -29,16 +29,18 @@ def token_nlls(
     model: Any, pairs: Sequence[EncodedPair], batch_size: int = 16
 ) -> list[tuple[list[int], list[float]]]:
     """Per pair: the scored target ids and their NLLs (nats) under ``model`` (eval mode)."""
+    from core.data.extras import forward_batch, image_shape_of
     from core.data.loader import collate
 
+    shape = image_shape_of(getattr(model, "config", None))
     was_training = model.training
     model.eval()
     out: list[tuple[list[int], list[float]]] = []
     with torch.random.fork_rng():
         for i in range(0, len(pairs), batch_size):
-            batch = collate(pairs[i : i + batch_size])
+            batch = collate(pairs[i : i + batch_size], image_shape=shape)
             labels = batch.pop("labels")
-            logits = model(**batch)["logits"].float()
+            logits = model(**forward_batch(batch))["logits"].float()
             nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
             for row_labels, row_nll in zip(labels, nll, strict=True):
                 keep = row_labels != IGNORE_INDEX
@@ -122,15 +124,17 @@ def vocabulary_retention(
 @torch.no_grad()
 def pooled_encoder_states(model: Any, pairs: Sequence[EncodedPair], batch_size: int = 32) -> torch.Tensor:
     """Mean-pooled states the decoder reads (after the enhancement pipeline), one row per pair."""
+    from core.data.extras import image_shape_of, model_inputs
     from core.data.loader import collate
 
+    shape = image_shape_of(getattr(model, "config", None))
     was_training = model.training
     model.eval()
     rows = []
     with torch.random.fork_rng():
         for i in range(0, len(pairs), batch_size):
-            batch = collate(pairs[i : i + batch_size])
-            enc = model.encode(batch["input_ids"], batch["attention_mask"])
+            batch = collate(pairs[i : i + batch_size], image_shape=shape)
+            enc = model.encode(batch["input_ids"], batch["attention_mask"], **model_inputs(batch))
             mask = batch["attention_mask"].unsqueeze(-1).to(enc.memory.dtype)
             rows.append(((enc.memory * mask).sum(1) / mask.sum(1).clamp(min=1)).float())
     if was_training:

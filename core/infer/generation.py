@@ -266,6 +266,7 @@ def generate_ids(
     stop_check: Callable[[int, list[int]], bool] | None = None,
     prefix: Sequence[int] = DECODER_PREFIX,
     commit_scratchpad: bool = False,
+    inputs: dict[str, Any] | None = None,
 ) -> GenerationOutput:
     """Generate for a batch of encoder inputs (right-padded, ``attention_mask`` 1 = real).
 
@@ -276,14 +277,16 @@ def generate_ids(
     reference the cache is tested against). ``config.paged_blocks`` N > 0 keeps the cache in a
     :class:`core.infer.paged_kv.PagedKVCache` of N blocks instead: finished rows leave the batch and
     free their blocks (same tokens; :class:`core.infer.paged_kv.PagedCacheExhausted` when N is too
-    small).
+    small). ``inputs`` are the encoder's extra arguments (``input_entities``,
+    ``knowledge_graph``, ``vision_inputs``, ``task_id``; see :func:`expand_inputs`).
     """
     config = config or GenerationConfig()
     device = input_ids.device
     b = int(input_ids.shape[0])
     max_new = _max_new_tokens(model, config, len(prefix))
     with eval_mode(model):
-        encoded = model.encode(input_ids, attention_mask, commit_scratchpad=commit_scratchpad)
+        encoded = model.encode(input_ids, attention_mask, commit_scratchpad=commit_scratchpad,
+                               **expand_inputs(inputs, b))
         vocab = int(model.config.vocab_size)
         stop_ids = torch.tensor(sorted(set(config.stop_ids)), device=device, dtype=torch.long)
         seq = torch.tensor([list(prefix)] * b, device=device, dtype=torch.long)
@@ -377,15 +380,29 @@ def encode_prompt_ids(
     overflow: str = "truncate",
     style: str | None = None,
     provider: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
+    system: str = "",
 ) -> EncodedPrompt:
     """``[<|provider|> p] [<|style|> s] <|user|> prompt </s>`` (the training layout) fitted to
-    ``max_tokens``.
+    ``max_tokens``; with ``history`` / ``system``, the chat template of
+    ``core.data.formatting`` (what multi-turn data trains on).
 
-    Too long: ``overflow="truncate"`` drops tokens from the start of the prompt text (the
-    control tokens and ``</s>`` stay); ``"error"`` raises a ConfigError naming both lengths.
+    Too long: the oldest history turns go first (whole); then ``overflow="truncate"`` drops
+    tokens from the start of the prompt text (the control tokens and ``</s>`` stay); ``"error"``
+    raises a ConfigError naming both lengths.
     """
-    from core.data.formatting import encoder_ids
+    from core.data.formatting import chat_encoder_ids, encoder_ids
 
+    if history or system:
+        full = chat_encoder_ids(tokenizer, prompt, 10**9, history=history, system=system,
+                                style=style, provider=provider)
+        if len(full) <= max_tokens:
+            return EncodedPrompt(full, False, 0)
+        fitted = chat_encoder_ids(tokenizer, prompt, max_tokens, history=history, system=system,
+                                  style=style, provider=provider)
+        tail = [USER_ID, *tokenizer.encode(prompt), EOS_ID]
+        if fitted[-len(tail):] == tail:  # the question itself survived whole
+            return EncodedPrompt(fitted, True, len(full) - len(fitted))
     full = encoder_ids(tokenizer, prompt, 10**9, style=style, provider=provider)
     if len(full) <= max_tokens:
         return EncodedPrompt(full, False, 0)
@@ -454,6 +471,27 @@ class TextStreamer:
         return rest
 
 
+def expand_inputs(inputs: dict[str, Any] | None, batch: int) -> dict[str, Any]:
+    """Encoder extra inputs with one row repeated to ``batch`` rows (tensors with batch size 1;
+    the knowledge-graph dict's tensors too)."""
+    if not inputs:
+        return {}
+
+    def grow(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: grow(v) for k, v in value.items()}
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == 1 and batch > 1:
+            return value.expand(batch, *value.shape[1:])
+        return value
+
+    return {k: grow(v) for k, v in inputs.items()}
+
+
+def _to_device(inputs: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: (_to_device(v, device) if isinstance(v, dict) else
+                v.to(device) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -464,8 +502,14 @@ def generate(
     on_text: Callable[[int, str], None] | None = None,
     style: str | None = None,
     device: Any = None,
+    history: Sequence[tuple[str, str]] = (),
+    system: str = "",
+    inputs: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """Generate a reply to every prompt (one padded batch).
+
+    ``inputs``: knowledge-graph / image / task inputs for the encoder, one row shared by every
+    prompt (``core.infer.inference.prompt_inputs`` builds them from names and paths).
 
     ``on_text(row, piece)`` streams decoded text as it is produced (``chat`` uses it).
     Raises ConfigError for bad options, a too-long prompt with ``overflow="error"``, or a
@@ -478,7 +522,8 @@ def generate(
     device = device if device is not None else next(model.parameters()).device
     limit = config.max_prompt_tokens or int(model.config.max_position_embeddings)
     style = style if style is not None else config.style
-    encoded = [encode_prompt_ids(tokenizer, p, limit, config.overflow, style, config.provider)
+    encoded = [encode_prompt_ids(tokenizer, p, limit, config.overflow, style, config.provider,
+                                 history, system)
                for p in prompts]
     ids, mask = pad_batch([e.ids for e in encoded], device)
     generator = None
@@ -516,8 +561,10 @@ def generate(
             if bool(finished[i]):
                 done_streaming[i] = True
 
+    moved = None if inputs is None else _to_device(inputs, ids.device)
     out = generate_ids(
-        model, ids, mask, config, generator=generator, on_step=on_step, stop_check=stop_check
+        model, ids, mask, config, generator=generator, on_step=on_step, stop_check=stop_check,
+        inputs=moved,
     )
     results = []
     for i, prompt in enumerate(prompts):

@@ -34,7 +34,6 @@ from core.infer.generation import (
     FINISH_STOP_STRING,
     Generation,
     GenerationConfig,
-    check_tokenizer_fits,
     crop_cache,
     encode_prompt_ids,
     eval_mode,
@@ -64,11 +63,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu",
-                attention_backend: str | None = None) -> tuple[Any, Any, Path]:
+                attention_backend: str | None = None,
+                on_info: Callable[[str], None] | None = None) -> tuple[Any, Any, Path]:
     """``(model, tokenizer, checkpoint path)`` of a generating model, in eval mode.
 
     Attention runs on ``attention_backend`` (default: the checkpoint config's
     ``attention_backend``). A reward-model checkpoint is refused with a message saying what it is.
+    An older checkpoint's never-fed knowledge-graph/vision/task modules are not built (one line
+    to ``on_info``; outputs are unchanged).
     """
     from core.model.layers import set_attention_backend
     from core.runs.checkpoint import build_model_from_checkpoint, read_manifest
@@ -80,10 +82,103 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu",
             f"{ckpt}: is a reward-model checkpoint; generate from a policy checkpoint "
             "(and pass this one as --reward)"
         )
-    model, tokenizer, config = build_model_from_checkpoint(ckpt, str(device))
-    check_tokenizer_fits(model, tokenizer)
+    model, tokenizer, config = build_model_from_checkpoint(ckpt, str(device), drop_unfed=True,
+                                                          on_info=on_info)
+    check_checkpoint_vocabulary(model, tokenizer, ckpt)
     set_attention_backend(model, attention_backend or config.attention_backend)
     return model, tokenizer, ckpt
+
+
+def check_checkpoint_vocabulary(model: Any, tokenizer: Any, ckpt: str | Path) -> None:
+    """CheckpointError unless the checkpoint's tokenizer has exactly as many ids as the model has
+    embedding rows (the rule a resume applies): a smaller tokenizer would decode the rows it
+    lacks as garbage, a larger one index past the embedding."""
+    embedding = getattr(model, "token_embedding", None)
+    weight = getattr(embedding, "weight", None)
+    rows = int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+    if int(tokenizer.vocab_size) != rows:
+        raise CheckpointError(
+            f"{Path(ckpt) / 'tokenizer.json'}: the tokenizer has {tokenizer.vocab_size} ids but "
+            f"the model's embedding has {rows} rows; the checkpoint's tokenizer was replaced — "
+            "restore the tokenizer.json it was trained with, or move the model to this "
+            "vocabulary with `aeron-tui tokenizer upgrade`"
+        )
+
+
+def parse_triple(text: str) -> tuple[str, str, str]:
+    """``"A,relation,B"`` (``--triple``) → a triple; ConfigError unless it has three parts."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"--triple {text!r}: expected SUBJECT,RELATION,OBJECT (three "
+                          "non-empty parts separated by commas)")
+    return parts[0], parts[1], parts[2]
+
+
+def prompt_inputs(
+    model: Any,
+    checkpoint: str | Path,
+    triples: Sequence[tuple[str, str, str]] = (),
+    image: str | Path | None = None,
+    task: str | None = None,
+    on_info: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The encoder's extra inputs for one prompt, from ``--triple`` / ``--image`` / ``--task``.
+
+    Names go through the checkpoint's input vocabulary (``input_vocab.json``): unknown entities
+    and relations become ``<unk>`` (reported to ``on_info``); an unknown task is a ConfigError
+    listing the known ones. A model trained with tasks uses its default task when none is given,
+    and a model with a vision path reads a blank image when none is given — as in training, where
+    records without one get a blank image. Inputs the model has no module for are a ConfigError.
+    """
+    from core.data.extras import InputVocab, load_image
+    from core.errors import DataError
+    from core.runs.checkpoint import read_input_vocab
+
+    config = model.config
+    info = on_info or (lambda _m: None)
+    data = read_input_vocab(checkpoint)
+    vocab = InputVocab.from_dict(data, str(checkpoint)) if data is not None else InputVocab()
+    out: dict[str, Any] = {}
+    if triples:
+        if not config.enable_knowledge_graph:
+            raise ConfigError(
+                f"--triple: {checkpoint} has no knowledge-graph module (it was trained without "
+                "'triples' in its data); drop --triple")
+        unknown = vocab.unknown_names(triples, ())
+        if unknown:
+            info(f"not in the model's knowledge-graph vocabulary ({len(vocab.entities) - 1} "
+                 f"entities), read as unknown: {', '.join(unknown[:8])}")
+        ids = [[vocab.entity_id(a), vocab.relation_id(r), vocab.entity_id(b)]
+               for a, r, b in triples]
+        out["knowledge_graph"] = {"triples": torch.tensor([ids], dtype=torch.long)}
+    if image is not None and not config.enable_multimodal:
+        raise ConfigError(f"--image: {checkpoint} has no vision path (it was trained without "
+                          "'image' in its data); drop --image")
+    if config.enable_multimodal:
+        size, channels = int(config.effective_image_size), int(config.num_channels)
+        if image is None:
+            info("no --image: the model reads a blank image")
+            out["vision_inputs"] = torch.zeros(1, channels, size, size)
+        else:
+            path = Path(image).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"--image {image}: file not found")
+            out["vision_inputs"] = load_image(str(path), size, channels, "--image").unsqueeze(0)
+    if task is not None and not config.enable_continual:
+        raise ConfigError(f"--task: {checkpoint} has no task conditioning (it was trained "
+                          "without 'task' in its data); drop --task")
+    if config.enable_continual and vocab.tasks:
+        name = task
+        if name is None:
+            name = vocab.default_task or vocab.tasks[0]
+            info(f"no --task: using task {name!r} (known: {', '.join(vocab.tasks)})")
+        try:
+            out["task_id"] = torch.tensor([vocab.task_id(name)], dtype=torch.long)
+        except DataError as exc:
+            raise ConfigError(f"--task: {exc}") from None
+    elif task is not None:
+        raise ConfigError(f"--task: {checkpoint} was trained without task names; drop --task")
+    return out
 
 
 def check_shared_tokenizer(a: Any, b: Any, what: str, path: str | Path) -> None:

@@ -66,6 +66,9 @@ class NeuralNetConfig:
     num_channels: int = 3
     vision_d_model: int = 768
     vision_max_patches: int = 1024
+    # Side of the square images are resized to; None: the largest multiple of patch_size that
+    # fits vision_max_patches, at most 224 (see effective_image_size).
+    image_size: int | None = None
     # Reasoning engine
     num_tot_branches: int = 4
     num_scratchpad_slots: int = 64
@@ -135,6 +138,14 @@ class NeuralNetConfig:
         return ((hidden + m - 1) // m) * m
 
     @property
+    def effective_image_size(self) -> int:
+        """Image side in pixels: ``image_size`` or the default described at the field."""
+        if self.image_size is not None:
+            return self.image_size
+        per_side = min(math.isqrt(self.vision_max_patches), max(1, 224 // self.patch_size))
+        return per_side * self.patch_size
+
+    @property
     def effective_tot_keep_k(self) -> int:
         """Branches kept after pruning: ``tot_keep_k`` or, when None, ``ceil(N/2)``."""
         if self.tot_keep_k is None:
@@ -175,6 +186,14 @@ class NeuralNetConfig:
             raise ConfigError(
                 f"dim_feedforward ({self.dim_feedforward}) gives an empty SwiGLU hidden layer"
             )
+        if self.image_size is not None:
+            side, rest = divmod(self.image_size, self.patch_size)
+            if self.image_size <= 0 or rest or side * side > self.vision_max_patches:
+                raise ConfigError(
+                    f"image_size ({self.image_size}) must be a positive multiple of patch_size "
+                    f"({self.patch_size}) giving at most vision_max_patches "
+                    f"({self.vision_max_patches}) patches"
+                )
         if self.memory_dim % self.memory_heads:
             raise ConfigError(
                 f"memory_dim ({self.memory_dim}) must be divisible by memory_heads "

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.model.layers import AeronRMSNorm, masked_mean_pool
+from core.model.layers import AeronRMSNorm, masked_mean_pool, sdpa, tracing
 
 USAGE_DECAY = 0.99
 STAT_POSITIONS = 64  # query positions per sample that the read statistics look at
@@ -111,6 +111,8 @@ class NeuralMemoryNetwork(nn.Module):
         cur_key = self.write_key(pooled)  # (B, m), differentiable
         cur_value = self.write_value(pooled)
         pending = PendingMemoryWrite(cur_key.detach(), cur_value.detach(), None)
+        if tracing():
+            return self._traced_read(x, normed, cur_key, cur_value, pending)
         written_idx = self.written.nonzero().squeeze(1)
         n_written = int(written_idx.numel())
         if n_written == 0:
@@ -127,10 +129,37 @@ class NeuralMemoryNetwork(nn.Module):
         kh = keys.view(b, w_n + 1, h, hd).transpose(1, 2)  # (B, h, W+1, hd)
         vh = values.view(b, w_n + 1, h, hd).transpose(1, 2)
         # SDPA's fused kernel never materialises the (S × W) weights, forward or backward.
-        recall = F.scaled_dot_product_attention(qh, kh, vh)
+        recall = sdpa(qh, kh, vh)
         recall = recall.transpose(1, 2).reshape(b, s, self.memory_dim)
         with torch.no_grad():
             pending.read_mass, pending.read_entropy = self._read_statistics(qh, kh, mask, written_idx)
+        o = self.out_proj(recall)
+        g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
+        return x + g * o, recall, pending
+
+    def _traced_read(self, x: Tensor, normed: Tensor, cur_key: Tensor, cur_value: Tensor,
+                     pending: PendingMemoryWrite) -> tuple[Tensor, Tensor, PendingMemoryWrite]:
+        """The read of :meth:`forward` without data-dependent shapes, for an exported graph.
+
+        The whole bank takes part with the unwritten slots masked out (the same softmax as over
+        the written ones), and with no slot written the recall is multiplied by 0 — the eager
+        path's "no read" (``x`` unchanged; a zero recall adds nothing downstream either).
+        """
+        b, s, _ = x.shape
+        q = self.q_proj(normed)
+        dtype = q.dtype
+        h, hd, n = self.num_heads, self.head_dim, self.num_slots
+        keys = torch.cat((self.mem_keys.to(dtype).unsqueeze(0).expand(b, -1, -1),
+                          cur_key.to(dtype).unsqueeze(1)), dim=1)
+        values = torch.cat((self.mem_values.to(dtype).unsqueeze(0).expand(b, -1, -1),
+                            cur_value.to(dtype).unsqueeze(1)), dim=1)
+        allowed = torch.cat((self.written, self.written.new_ones(1))).view(1, 1, 1, n + 1)
+        qh = q.view(b, s, h, hd).transpose(1, 2)
+        kh = keys.view(b, n + 1, h, hd).transpose(1, 2)
+        vh = values.view(b, n + 1, h, hd).transpose(1, 2)
+        recall = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed)
+        recall = recall.transpose(1, 2).reshape(b, s, self.memory_dim)
+        recall = recall * self.written.any().to(dtype)
         o = self.out_proj(recall)
         g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
         return x + g * o, recall, pending

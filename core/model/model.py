@@ -35,16 +35,28 @@ from core.model.layers import (
     EncoderLayer,
     LayerCache,
     RotaryEmbedding,
+    exporting,
     init_linear,
     masked_mean_pool,
     maybe_checkpoint,
     set_attention_backend,
+    token_cross_entropy,
+    tracing,
 )
 from core.model.memory import NeuralMemoryNetwork
 from core.model.multimodal import (
     MultimodalFusion,
     VisionPatchEmbedding,
     validate_vision_inputs,
+)
+from core.model.packing import (
+    PackedLayout,
+    check_segments,
+    cross_segment_mask,
+    decoder_segment_mask,
+    encoder_segment_mask,
+    segment_positions,
+    segments_per_row,
 )
 from core.model.reasoning import AeronReasoningEngine, PendingWrite, skipped_info
 from core.model.uncertainty import UncertaintyQuantification
@@ -94,6 +106,8 @@ class EncoderOutput:
     memory: Tensor
     memory_mask: Tensor | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    # (B,S) sample numbers of a packed batch (core.model.packing), None when unpacked.
+    segment_ids: Tensor | None = None
 
 
 @dataclass
@@ -128,14 +142,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _tracing() -> bool:
     """True while compiling/exporting/tracing: skip data-dependent Python checks."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None:
-        if compiler.is_compiling():
-            return True
-        is_exporting = getattr(compiler, "is_exporting", None)
-        if is_exporting is not None and is_exporting():
-            return True
-    return bool(torch.jit.is_tracing())
+    return tracing()
 
 
 class AeronEncoder(nn.Module):
@@ -273,25 +280,37 @@ class TransformerNeuralNetBackbone(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         commit_scratchpad: bool = False,
+        segment_ids: Tensor | None = None,
+        decoder_segment_ids: Tensor | None = None,
     ) -> dict[str, Any]:
         """Run the model; returns a dict with every key of :data:`OUTPUT_KEYS` (spec §6).
 
         ``labels`` (same shape as ``decoder_input_ids``, or as ``input_ids`` without a
         decoder) add ``loss`` = mean cross-entropy over labels != -100.
+
+        ``segment_ids`` / ``decoder_segment_ids`` (both, shaped like the ids) mark a packed
+        batch: several samples per row, kept apart exactly (:mod:`core.model.packing`).
+        Per-sample outputs (uncertainty estimates, branch scores) then have one entry per
+        sample, numbered row by row.
         """
         outputs: dict[str, Any] = dict.fromkeys(OUTPUT_KEYS)
         outputs.update(self._idle_outputs())
+        enc_segments, dec_segments = self._check_packing(
+            input_ids, decoder_input_ids, segment_ids, decoder_segment_ids, encoder_outputs,
+            past_key_values, use_cache, vision_inputs,
+            EnhancementInputs(input_entities, knowledge_graph, task_id))
         dec_embeds: Tensor | None = None
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("input_ids is required unless encoder_outputs is given")
             enc_embeds = None
             if decoder_input_ids is not None and past_key_values is None:
-                enc_embeds, dec_embeds = self._embed_both(input_ids, decoder_input_ids)
+                enc_embeds, dec_embeds = self._embed_both(input_ids, decoder_input_ids,
+                                                          enc_segments is not None)
             encoded, post_graph = self._encode(
                 input_ids, attention_mask, vision_inputs,
                 EnhancementInputs(input_entities, knowledge_graph, task_id),
-                output_attentions, commit_scratchpad, enc_embeds,
+                output_attentions, commit_scratchpad, enc_embeds, enc_segments,
             )
         else:
             if not isinstance(encoder_outputs, EncoderOutput):
@@ -306,7 +325,8 @@ class TransformerNeuralNetBackbone(nn.Module):
 
         if decoder_input_ids is not None:
             dec = self._decode(decoder_input_ids, encoded, decoder_attention_mask,
-                               past_key_values, use_cache, output_attentions, dec_embeds)
+                               past_key_values, use_cache, output_attentions, dec_embeds,
+                               dec_segments)
             outputs["logits"] = dec["logits"]
             outputs["past_key_values"] = dec["past_key_values"]
             outputs["decoder_self_attentions"] = dec["decoder_self_attentions"]
@@ -321,7 +341,8 @@ class TransformerNeuralNetBackbone(nn.Module):
         if labels is not None:
             estimates = outputs.get("uncertainty_estimates")
             outputs["loss"], sequence_nll = self._loss(outputs["logits"], labels,
-                                                       sequence_nll=bool(estimates))
+                                                       sequence_nll=bool(estimates),
+                                                       segments=dec_segments)
             if sequence_nll is not None:
                 # The UQ heads' training target (the trainer's auxiliary_loss reads it): kept
                 # from this pass instead of a second log-softmax over the vocabulary.
@@ -372,7 +393,9 @@ class TransformerNeuralNetBackbone(nn.Module):
         return {k: dec[k] for k in ("logits", "past_key_values", "decoder_last_hidden_state")}
 
     def set_export_mode(self, enabled: bool = True) -> None:
-        """Export mode: eval mode; fusion, enhancement stages and reasoning are skipped.
+        """Export mode: eval mode; fusion, enhancement stages and reasoning are skipped (the plain
+        encoder-decoder). ONNX export (``core.infer.export``) traces the full eval forward
+        instead — what ``generate`` runs.
 
         The rotary tables are built for every position up front: a graph traced from a short
         example must not capture (or lazily build) a table too short for longer inputs.
@@ -425,9 +448,10 @@ class TransformerNeuralNetBackbone(nn.Module):
         output_attentions: bool,
         commit_scratchpad: bool,
         embeds: Tensor | None = None,
+        segments: Tensor | None = None,
     ) -> tuple[EncoderOutput, list[Callable[[dict[str, Any]], None]]]:
         checks = not _tracing()
-        _check_ids("input_ids", input_ids, self.config, checks)
+        _check_ids("input_ids", input_ids, self.config, checks, segments is None)
         mask = _check_mask("attention_mask", attention_mask, input_ids, checks)
         if not self._export_mode:
             self._check_enhancement_inputs(input_ids.shape[0], vision_inputs, inputs, checks)
@@ -442,21 +466,35 @@ class TransformerNeuralNetBackbone(nn.Module):
                                        lambda: self._fuse_vision(token_x, vision_inputs))
             x = fused if ok else x
         pad = _padding(mask, checks)
-        attn_mask = AttentionMask(pad[:, None, None, :], False) if pad is not None else NO_MASK
-        rope = self.rotary(s, 0, x.device)
+        layout: PackedLayout | None = None
+        if segments is not None:
+            attn_mask = AttentionMask(encoder_segment_mask(segments), False)
+            rope = self.rotary.at(segment_positions(segments))
+            layout = PackedLayout.from_segments(segments)
+        else:
+            attn_mask = AttentionMask(pad[:, None, None, :], False) if pad is not None else NO_MASK
+            rope = self.rotary(s, 0, x.device)
         x, enc_w = self.encoder(x, attn_mask, rope, output_attentions)
         x = self.encoder_norm(x)
         diagnostics["encoder_attentions"] = enc_w
 
+        # The enhancement stages and the reasoning engine pool over a sample: a packed batch
+        # runs them on its samples unpacked, so they see exactly what an unpacked batch gives.
+        sample_mask = pad
+        if layout is not None:
+            x = layout.unpack(x)
+            sample_mask = _padding(layout.sample_mask, checks)
         post_graph: list[Callable[[dict[str, Any]], None]] = []
         recall = task_emb = None
         if not self._export_mode:
-            enh = self._run_enhancements(x, pad, inputs, errors)
+            enh = self._run_enhancements(x, sample_mask, inputs, errors)
             x, recall, task_emb = enh.x, enh.memory_recall, enh.task_embedding
             diagnostics.update(enh.outputs)
             post_graph.extend(enh.post_graph)
 
-        x, pending = self._reason(x, pad, recall, task_emb, errors, diagnostics)
+        x, pending = self._reason(x, sample_mask, recall, task_emb, errors, diagnostics)
+        if layout is not None:
+            x = layout.repack(x)
         if pending is not None and commit_scratchpad and not self.training:
             engine = self.reasoning_engine
             assert engine is not None
@@ -466,7 +504,56 @@ class TransformerNeuralNetBackbone(nn.Module):
                 outputs["scratchpad_stats"] = engine.scratchpad_stats(None)
 
             post_graph.append(commit)
-        return EncoderOutput(x, pad, diagnostics), post_graph
+        return EncoderOutput(x, pad, diagnostics, segments), post_graph
+
+    def _check_packing(
+        self,
+        input_ids: Tensor | None,
+        decoder_input_ids: Tensor | None,
+        segment_ids: Tensor | None,
+        decoder_segment_ids: Tensor | None,
+        encoder_outputs: EncoderOutput | None,
+        past_key_values: PastKeyValues | None,
+        use_cache: bool,
+        vision_inputs: Tensor | None,
+        inputs: EnhancementInputs,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Validated segment ids of a packed batch, or ``(None, None)`` when the batch is not
+        packed (no segment ids, or one sample per row: the plain path is the same and faster)."""
+        if segment_ids is None and decoder_segment_ids is None:
+            return None, None
+        if segment_ids is None or decoder_segment_ids is None or input_ids is None \
+                or decoder_input_ids is None:
+            raise ValueError(
+                "a packed batch needs input_ids, decoder_input_ids, segment_ids and "
+                "decoder_segment_ids together")
+        if encoder_outputs is not None or past_key_values is not None or use_cache:
+            raise ValueError("segment_ids (packed batches) are for training and evaluation "
+                             "forwards, not with encoder_outputs, past_key_values or use_cache")
+        if vision_inputs is not None or inputs.input_entities is not None \
+                or inputs.knowledge_graph is not None or isinstance(inputs.task_id, Tensor):
+            raise ValueError("packed batches (segment_ids) carry text only: per-sample "
+                             "vision_inputs, input_entities, knowledge_graph or task_id tensors "
+                             "need an unpacked batch")
+        if _tracing():
+            return segment_ids, decoder_segment_ids
+        check_segments("segment_ids", segment_ids, input_ids)
+        check_segments("decoder_segment_ids", decoder_segment_ids, decoder_input_ids)
+        enc_counts = segments_per_row(segment_ids)
+        if not bool((enc_counts == segments_per_row(decoder_segment_ids)).all()):
+            raise ValueError("segment_ids and decoder_segment_ids must hold the same number of "
+                             "samples in every row")
+        if int(enc_counts.max()) <= 1:
+            return None, None
+        limit = self.config.max_position_embeddings
+        for name, segments in (("segment_ids", segment_ids),
+                               ("decoder_segment_ids", decoder_segment_ids)):
+            longest = int(segment_positions(segments).max()) + 1
+            if longest > limit:
+                raise ValueError(
+                    f"{name}: a packed sample has {longest} tokens, more than "
+                    f"max_position_embeddings ({limit}); truncate the samples or raise the limit")
+        return segment_ids, decoder_segment_ids
 
     def _check_enhancement_inputs(self, batch: int, vision_inputs: Tensor | None,
                                   inputs: EnhancementInputs, values: bool) -> None:
@@ -524,10 +611,13 @@ class TransformerNeuralNetBackbone(nn.Module):
             if ok:
                 res.x, res.memory_recall, pending = r
                 out["neural_memory_enhanced"] = res.memory_recall is not None
-                out["memory_statistics"] = {**memory.memory_statistics(),
-                                            "read_entropy": pending.read_entropy}
-                if self._memory_writes_enabled():
-                    res.post_graph.append(self._memory_write_action(pending))
+                # An exported graph reads the bank as it is (statistics are Python values and
+                # writes change buffers: neither is part of a graph).
+                if not exporting():
+                    out["memory_statistics"] = {**memory.memory_statistics(),
+                                                "read_entropy": pending.read_entropy}
+                    if self._memory_writes_enabled():
+                        res.post_graph.append(self._memory_write_action(pending))
 
         cl = self.continual_learning
         if cl is not None and inputs.task_id is not None:
@@ -623,7 +713,9 @@ class TransformerNeuralNetBackbone(nn.Module):
             return x, None
         diagnostics["reasoning_info"] = result.info
         diagnostics["tot_branch_scores"] = result.tot_branch_scores
-        diagnostics["scratchpad_stats"] = engine.scratchpad_stats(result.pending_write)
+        diagnostics["scratchpad_stats"] = (
+            {**_empty_scratchpad(), "total_slots": engine.scratchpad.num_slots} if _tracing()
+            else engine.scratchpad_stats(result.pending_write))
         return result.hidden, result.pending_write
 
     def _after_graph(self, outputs: dict[str, Any],
@@ -643,15 +735,16 @@ class TransformerNeuralNetBackbone(nn.Module):
         use_cache: bool,
         output_attentions: bool,
         embeds: Tensor | None = None,
+        segments: Tensor | None = None,
     ) -> dict[str, Any]:
         cfg = self.config
         checks = not _tracing()
-        _check_ids("decoder_input_ids", ids, cfg, checks)
+        _check_ids("decoder_input_ids", ids, cfg, checks, segments is None)
         b, t = ids.shape
         memory = encoded.memory
         _check_batch(memory.shape[0], b)
         past_len = _check_past(past, cfg, b)
-        if past_len + t > cfg.max_position_embeddings:
+        if segments is None and past_len + t > cfg.max_position_embeddings:
             raise ValueError(
                 f"decoder_input_ids: {past_len} cached + {t} new tokens exceed "
                 f"max_position_embeddings ({cfg.max_position_embeddings})"
@@ -666,11 +759,18 @@ class TransformerNeuralNetBackbone(nn.Module):
             mask = mask != 0
             if mask.shape[1] == t and past_len:
                 mask = torch.cat((mask.new_ones(b, past_len), mask), dim=1)
-        self_mask = _decoder_self_mask(mask, t, past_len, ids.device, checks)
-        cross_pad = encoded.memory_mask
-        cross_mask = (AttentionMask(cross_pad[:, None, None, :], False)
-                      if cross_pad is not None else NO_MASK)
-        rope = self.rotary(t, past_len, ids.device)
+        if segments is not None:
+            if encoded.segment_ids is None:
+                raise ValueError("decoder_segment_ids need an encoder output of a packed batch")
+            self_mask = AttentionMask(decoder_segment_mask(segments), False)
+            cross_mask = AttentionMask(cross_segment_mask(segments, encoded.segment_ids), False)
+            rope = self.rotary.at(segment_positions(segments))
+        else:
+            self_mask = _decoder_self_mask(mask, t, past_len, ids.device, checks)
+            cross_pad = encoded.memory_mask
+            cross_mask = (AttentionMask(cross_pad[:, None, None, :], False)
+                          if cross_pad is not None else NO_MASK)
+            rope = self.rotary(t, past_len, ids.device)
         x = self.token_embedding(ids) if embeds is None else embeds
         x, self_w, cross_w, cache = self.decoder(
             x, memory, self_mask, cross_mask, rope, past, use_cache, output_attentions)
@@ -684,15 +784,16 @@ class TransformerNeuralNetBackbone(nn.Module):
         }
 
     # ------------------------------------------------------------------------ helpers
-    def _embed_both(self, input_ids: Tensor, decoder_input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def _embed_both(self, input_ids: Tensor, decoder_input_ids: Tensor, packed: bool = False
+                    ) -> tuple[Tensor, Tensor]:
         """Encoder and decoder embeddings from one lookup.
 
         The backward of an embedding lookup builds a dense ``(V, d)`` gradient; one joint
         lookup builds it once instead of twice (measured in bench/model_step.py).
         """
         checks = not _tracing()
-        _check_ids("input_ids", input_ids, self.config, checks)
-        _check_ids("decoder_input_ids", decoder_input_ids, self.config, checks)
+        _check_ids("input_ids", input_ids, self.config, checks, not packed)
+        _check_ids("decoder_input_ids", decoder_input_ids, self.config, checks, not packed)
         _check_batch(input_ids.shape[0], decoder_input_ids.shape[0])
         s = input_ids.shape[1]
         joint = torch.cat((input_ids, decoder_input_ids.to(input_ids.dtype)), dim=1)
@@ -704,10 +805,11 @@ class TransformerNeuralNetBackbone(nn.Module):
             return self.output_projection(hidden)
         return F.linear(hidden, self.token_embedding.weight)
 
-    def _loss(self, logits: Tensor, labels: Tensor, sequence_nll: bool = False
-              ) -> tuple[Tensor, Tensor | None]:
+    def _loss(self, logits: Tensor, labels: Tensor, sequence_nll: bool = False,
+              segments: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Mean CE over ``labels != -100``; with ``sequence_nll`` also the detached per-sequence
-        mean NLL ``(B,)`` (decoder labels only)."""
+        mean NLL ``(B,)`` (decoder labels only; per sample ``(N,)`` of a packed batch whose
+        decoder ``segments`` are given)."""
         if not isinstance(labels, Tensor) or labels.dtype not in _INT_DTYPES:
             raise ValueError(
                 f"labels must be an integer tensor, got "
@@ -725,15 +827,18 @@ class TransformerNeuralNetBackbone(nn.Module):
                     f"labels must be in [0, vocab_size={logits.shape[-1]}) or -100, got values "
                     f"in [{int(valid.min())}, {int(valid.max())}]"
                 )
-        flat = logits.reshape(-1, logits.shape[-1]).float()
         target = labels.reshape(-1)
-        nll = F.cross_entropy(flat, target, ignore_index=-100, reduction="none")
+        nll = token_cross_entropy(logits.reshape(-1, logits.shape[-1]), target, -100)
         count = (target != -100).sum().clamp_min(1)
         loss = nll.sum() / count
         if not sequence_nll:
             return loss, None
         with torch.no_grad():
             valid = (labels != -100).to(nll.dtype)
+            if segments is not None:
+                layout = PackedLayout.from_segments(segments)
+                per_sample = layout.per_sample_sum(nll.detach().view(labels.shape))
+                return loss, per_sample / layout.per_sample_sum(valid).clamp_min(1.0)
             per_seq = nll.detach().view(labels.shape).sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
         return loss, per_seq
 
@@ -770,7 +875,10 @@ def _empty_scratchpad() -> dict[str, Any]:
     return {"used_slots": 0, "total_slots": 0, "step_counter": 0, "slot_types": []}
 
 
-def _check_ids(name: str, ids: Any, config: NeuralNetConfig, values: bool) -> None:
+def _check_ids(name: str, ids: Any, config: NeuralNetConfig, values: bool,
+               positions: bool = True) -> None:
+    """``positions=False`` for packed rows: positions restart per sample there, so the row may
+    be longer than ``max_position_embeddings`` (each sample is checked instead)."""
     if not isinstance(ids, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
     if ids.dtype not in _INT_DTYPES:
@@ -778,7 +886,7 @@ def _check_ids(name: str, ids: Any, config: NeuralNetConfig, values: bool) -> No
     if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(f"{name} must have shape (batch, length) with both > 0, "
                          f"got {tuple(ids.shape)}")
-    if ids.shape[1] > config.max_position_embeddings:
+    if positions and ids.shape[1] > config.max_position_embeddings:
         raise ValueError(
             f"{name} has length {ids.shape[1]}, longer than max_position_embeddings "
             f"({config.max_position_embeddings}); truncate the input or raise the limit"

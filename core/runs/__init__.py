@@ -80,40 +80,40 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from core.runs.checkpoint import (
-        save_checkpoint,
-        load_checkpoint,
         LoadedCheckpoint,
-        verify_checkpoint,
-        read_manifest,
         build_model_from_checkpoint,
-        load_model_state,
-        list_checkpoints,
-        latest_checkpoint,
-        prune_checkpoints,
         config_differences,
+        latest_checkpoint,
+        list_checkpoints,
+        load_checkpoint,
+        load_model_state,
+        prune_checkpoints,
+        read_manifest,
+        save_checkpoint,
+        verify_checkpoint,
     )
     from core.runs.events import (
-        EventWriter,
         EventTail,
-        RunState,
+        EventWriter,
         ParseProblem,
+        RunState,
+        describe_event,
+        fold,
         make_event,
         read_events,
-        fold,
-        describe_event,
+    )
+    from core.runs.lineage import (
+        LineageNode,
+        index_checkpoints,
+        lineage_tree,
     )
     from core.runs.registry import (
         RunSummary,
         default_runs_root,
-        new_run_dir,
         is_run_dir,
-        list_runs,
         latest_run,
+        list_runs,
+        new_run_dir,
         summarize_run,
         trainer_alive,
-    )
-    from core.runs.lineage import (
-        LineageNode,
-        lineage_tree,
-        index_checkpoints,
     )

@@ -522,7 +522,11 @@ class RunState:
             setattr(self, name, event.get(name) or getattr(self, name))
         self.model_params = event.get("model_params") or self.model_params
         self.config = event.get("config") or self.config
-        self.started_at = t - float(event.get("elapsed_s") or 0.0)
+        # The trainer counts from run_started (setup excluded); the run began at its first event
+        # (loading data, building the tokenizer): never move the start later, or a live clock
+        # would stand still for the whole setup time.
+        start = t - float(event.get("elapsed_s") or 0.0)
+        self.started_at = start if self.started_at is None else min(self.started_at, start)
         self.status = "running"
         self.detached = False
         self.detached_reason = None
@@ -867,7 +871,16 @@ def describe_event(event: dict[str, Any]) -> str:
             best = f" ✓ best of domain {domain}"
         else:
             best = ""
-        return f"{at}validation loss {format_loss(event['loss'])}{describe_bpb(event)}{where}{best}"
+        metrics = event.get("metrics") or {}
+        reward, loss = metrics.get("reward"), event["loss"]
+        if isinstance(reward, (int, float)) and isinstance(loss, (int, float)) \
+                and math.isclose(loss, -reward, rel_tol=1e-9, abs_tol=1e-12):
+            # PPO/GRPO report the negated held-out reward as their "loss" (best = highest
+            # reward); calling it a validation loss would mislead.
+            kl = metrics.get("kl")
+            kl_txt = f", KL {kl:.4f}" if isinstance(kl, (int, float)) else ""
+            return f"{at}held-out reward {reward:.4f}{kl_txt}{where}{best}"
+        return f"{at}validation loss {format_loss(loss)}{describe_bpb(event)}{where}{best}"
     if kind == "checkpoint":
         val = event.get("val_loss")
         val_txt = f" val_loss={val:.4f}" if isinstance(val, (int, float)) else ""
@@ -900,7 +913,11 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "sample":
         return f"{at}{len(event['samples'])} sample(s)"
     if kind == "run_finished":
-        return f"{at}run {event['status']}"
+        reason = event.get("reason") if event["status"] != "failed" else None  # error said it
+        if reason and reason.isidentifier():
+            reason = reason.replace("_", " ")
+        why = f" ({reason})" if reason else ""
+        return f"{at}run {event['status']}{why}"
     if kind == "run_started":
         return f"run {event['run_id']} started ({event['trainer']}, {event['total_steps']} steps)"
     return f"{at}{kind}"

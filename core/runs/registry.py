@@ -223,11 +223,14 @@ def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary:
 
 
 def list_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
-    """Every run directory directly under ``root`` (default runs root), newest first."""
+    """Every run directory directly under ``root`` (default runs root), and those started from
+    it elsewhere (:func:`remember_run_dir`), newest first."""
     base = Path(root) if root is not None else default_runs_root()
     if not base.is_dir():
         return []
-    runs = [summarize_run(p) for p in base.iterdir() if p.is_dir() and is_run_dir(p)]
+    dirs = [p for p in base.iterdir() if p.is_dir() and is_run_dir(p)]
+    dirs += [p for p in known_run_dirs(base) if p not in dirs]
+    runs = [summarize_run(p) for p in dirs]
     return sorted(runs, key=lambda r: r.started_at or 0.0, reverse=True)
 
 
@@ -244,3 +247,56 @@ def latest_run(
         if trainer is None or run.trainer == trainer:
             return run.path
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Runs outside the runs root (started with --run-dir elsewhere)
+# --------------------------------------------------------------------------------------------
+
+ELSEWHERE_FILE = "elsewhere.txt"  # in the runs root: one run directory path per line
+
+
+def remember_run_dir(run_dir: str | os.PathLike[str],
+                     root: str | os.PathLike[str] | None = None) -> None:
+    """Note a run directory that is not directly under ``root`` so :func:`list_runs` lists it.
+
+    Best effort (an unwritable root only means the run is not listed there).
+    """
+    base = Path(root) if root is not None else default_runs_root()
+    path = Path(run_dir).expanduser().resolve()
+    if path.parent == base.resolve():
+        return
+    if path in known_run_dirs(base):
+        return
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / ELSEWHERE_FILE, "a", encoding="utf-8") as fh:
+            fh.write(f"{path}\n")
+    except OSError:
+        pass
+
+
+def known_run_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Run directories outside ``root`` that were started from it (still existing ones)."""
+    base = Path(root) if root is not None else default_runs_root()
+    try:
+        lines = (base / ELSEWHERE_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out: list[Path] = []
+    for line in lines:
+        path = Path(line.strip())
+        if line.strip() and path not in out and is_run_dir(path):
+            out.append(path)
+    return out
+
+
+def live_run_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Run directories (under ``root`` and remembered elsewhere) whose trainer is alive on this
+    machine, by their pid files only (no events are read): cheap enough for a console's start."""
+    base = Path(root) if root is not None else default_runs_root()
+    if not base.is_dir():
+        return []
+    dirs = [p for p in base.iterdir() if p.is_dir() and (p / PID_FILE).is_file()]
+    dirs += [p for p in known_run_dirs(base) if p not in dirs and (p / PID_FILE).is_file()]
+    return [p for p in dirs if trainer_alive(p) is True]

@@ -853,7 +853,8 @@ class CompressedTrainer(SimpleTrainer):
         )
 
     def save_checkpoint(
-        self, name: str | None = None, best: bool = False, val_loss: float | None = None
+        self, name: str | None = None, best: bool = False, val_loss: float | None = None,
+        *, reason: str | None = None,
     ) -> Any:
         if self._just_rolled_back and self.last_checkpoint is not None:
             return self.last_checkpoint  # this state *is* the last checkpoint
@@ -863,7 +864,7 @@ class CompressedTrainer(SimpleTrainer):
             self.rollback(f"non-finite optimizer state in {', '.join(bad)} before a checkpoint")
             if self.last_checkpoint is not None:
                 return self.last_checkpoint
-        return super().save_checkpoint(name=name, best=best, val_loss=val_loss)
+        return super().save_checkpoint(name=name, best=best, val_loss=val_loss, reason=reason)
 
     # ---------------------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:

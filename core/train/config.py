@@ -27,6 +27,8 @@ else:  # pragma: no cover - Python 3.10
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+# Sequence packing (several short samples per row): on, off, or on where it cuts padding.
+PACKING = ("auto", "on", "off")
 
 
 @dataclass
@@ -34,13 +36,17 @@ class RunConfig:
     """One training run. ``options`` holds trainer-specific settings (the TOML ``[options]`` table).
 
     ``resume`` is ``None`` (fresh run), ``"latest"`` (newest valid checkpoint in ``run_dir``) or a
-    checkpoint / run directory path. ``model`` overrides fields of the profile's NeuralNetConfig.
+    checkpoint / run directory path; ``overwrite`` lets a fresh run start in a directory that
+    holds one (the old run is moved aside, see :mod:`core.runs.lock`). ``model`` overrides fields of the profile's NeuralNetConfig.
     """
 
     trainer: str = "simple"
     profile: str | None = None
     preset: str | None = None
     data: str | None = None
+    # Force the data format (styles, alpaca, sharegpt, messages, prompt_completion, preferences,
+    # prompts, text); None detects it from the records (core.data.formats).
+    data_format: str | None = None
     run_dir: str | None = None
     steps: int = 1000
     seed: int = 42
@@ -58,6 +64,7 @@ class RunConfig:
     device: str = "auto"
     gradient_checkpointing: bool | None = None
     compile: bool = False
+    packing: str = "auto"
     eval_every: int = 200
     # None: sized by the engine (a sample count with a stable estimate, capped so validating
     # costs at most ~10 % of the training between evaluations); an int fixes the batch count.
@@ -69,9 +76,20 @@ class RunConfig:
     sample_max_tokens: int = 32
     checkpoint_every: int = 200
     keep_last: int = 3
+    # Stop after this many evaluations without the validation metric improving by more than
+    # early_stop_min_delta (None = off); metric "loss" or "bpb" (when the trainer reports it).
+    early_stop_patience: int | None = None
+    early_stop_min_delta: float = 0.0
+    early_stop_metric: str = "loss"
+    # Experiment trackers fed by the event stream: "tensorboard[:DIR]", "csv[:FILE]",
+    # "wandb[:DIR]" (core.runs.trackers).
+    trackers: list[str] = field(default_factory=list)
     oom_retries: int = 3
     log_every: int = 10
     resume: str | None = None
+    # Start afresh in a run directory that holds a run, moving the old run into
+    # RUN_DIR/previous-<date>/ (core.runs.lock); never saved in run.toml.
+    overwrite: bool = False
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 2048
     max_samples: int | None = None
@@ -128,10 +146,40 @@ class RunConfig:
             raise ConfigError(f"{source}: key 'lr_decay_fraction' must be in (0, 1]")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError(f"{source}: 'weight_decay' and 'grad_clip' must be >= 0")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ConfigError(f"{source}: key 'early_stop_patience' must be >= 1, got "
+                              f"{self.early_stop_patience}")
+        if self.early_stop_min_delta < 0:
+            raise ConfigError(f"{source}: key 'early_stop_min_delta' must be >= 0")
+        if self.early_stop_metric not in ("loss", "bpb"):
+            raise ConfigError(f"{source}: key 'early_stop_metric' is {self.early_stop_metric!r}; "
+                              "expected loss or bpb")
+        if self.trackers:
+            from core.runs.trackers import parse_tracker_spec
+
+            for spec in self.trackers:
+                parse_tracker_spec(spec)
+        if self.data_format is not None:
+            from core.data.formats import FORMATS
+
+            if self.data_format not in FORMATS:
+                raise ConfigError(
+                    f"{source}: key 'data_format' is {self.data_format!r}; expected one of "
+                    f"{', '.join(FORMATS)}"
+                )
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"{source}: key 'precision' is {self.precision!r}; expected one of "
                 f"{', '.join(PRECISIONS)}"
+            )
+        if self.resume and self.overwrite:
+            raise ConfigError(
+                f"{source}: --resume continues the run in the directory and --overwrite moves it "
+                "aside; give one of them"
+            )
+        if self.packing not in PACKING:
+            raise ConfigError(
+                f"{source}: key 'packing' is {self.packing!r}; expected one of {', '.join(PACKING)}"
             )
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(
@@ -223,6 +271,26 @@ class RunConfig:
             else:
                 data[name] = value
         return RunConfig.from_dict(data, source)
+
+
+# Positions a sequence needs beyond its tokens (the decoder's start and end markers).
+SEQ_LEN_MARGIN = 2
+
+
+def seq_len_problem(seq_len: int | None, max_positions: int, profile: str | None,
+                    longer: str = "") -> str | None:
+    """Why ``seq_len`` does not fit a model with ``max_positions`` positions, or None.
+
+    ``longer`` names profiles with a longer context (the CLI knows the catalog; core does not).
+    """
+    limit = int(max_positions) - SEQ_LEN_MARGIN
+    if seq_len is None or seq_len <= limit:
+        return None
+    which = f"the {profile} profile's" if profile else "the model's"
+    other = f"a profile with a longer context ({longer})" if longer else "a larger profile"
+    return (f"--seq-len {seq_len} does not fit {which} context of {max_positions} positions "
+            f"(seq_len at most {limit}); use --seq-len {limit} or less, {other}, or set "
+            "model.max_position_embeddings explicitly")
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:

@@ -17,7 +17,14 @@ Options (``--set key=value`` or the ``[options]`` table):
 True (penalty on ``F / mean(F)``: the raw Fisher's scale differs by orders of magnitude between
 corpora, see :mod:`core.model.continual`), ``ewc_batches`` 200, ``mirror_lambda`` 0.4,
 ``mirror_temperature`` 2.0, ``mirror_on_new`` False, ``latent_lambda`` 0.1,
-``retention_samples`` 256.
+``retention_samples`` 256, ``task_per_corpus`` True, ``task`` / ``old_task`` (names).
+
+Task per corpus (issue 17): by default each corpus is a task of the continual module's task
+conditioning — records without a ``task`` field get ``task`` (default: the new data file's name)
+or ``old_task`` (default: the checkpoint's default task, else the old data file's name) — so the
+model keeps one conditioning per corpus and ``generate --task`` picks one. A checkpoint without
+the module gains it (the task conditioning starts as the identity); ``task_per_corpus=false``
+turns this off.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from torch import Tensor, nn
 
 from core.errors import ConfigError
 from core.model.layers import masked_mean_pool
-from core.train.engine import Trainer, load_pairs
+from core.model.packing import segment_mean_pool
+from core.train.engine import Trainer, load_pairs, read_corpus_records
 
 RECIPES: dict[str, dict[str, bool]] = {
     "plain": {"replay": False, "ewc": False, "mirror": False, "latent": False},
@@ -54,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
     "mirror_on_new": False,
     "latent_lambda": 0.1,
     "retention_samples": 256,
+    "task_per_corpus": True,
+    "task": None,
+    "old_task": None,
 }
 RETENTION_FILE = "retention.json"
 # λ on the mean-normalised Fisher: chosen on the sample corpus and the test corpora (see
@@ -66,11 +77,14 @@ class MixedLoader:
     """Micro-batches of ``b − k`` new samples plus ``k = round(ratio·b)`` replayed old samples.
 
     Resumable like :class:`core.data.loader.BatchLoader` (both positions are saved); batches
-    carry ``is_replay`` (B,) marking the old-corpus rows.
+    carry ``is_replay`` (B,) marking the old-corpus rows. With ``pack_length`` the new samples
+    and the replayed ones are packed into rows separately, so ``is_replay`` stays per row.
     """
 
-    def __init__(self, new: Any, old: Any | None, ratio: float, batch_size: int) -> None:
+    def __init__(self, new: Any, old: Any | None, ratio: float, batch_size: int,
+                 pack_length: int | None = None) -> None:
         self.new, self.old, self.ratio = new, old, ratio
+        self.pack_length = pack_length
         self.set_batch_size(batch_size)
 
     def split(self, batch_size: int) -> tuple[int, int]:
@@ -90,12 +104,22 @@ class MixedLoader:
         return self
 
     def __next__(self) -> dict[str, Tensor]:
-        from core.data.loader import collate
+        from core.data.loader import collate, collate_groups, pack_groups
 
         n_new, n_old = self.split(self.batch_size)
         pairs = list(self.new.next_pairs())
         replay = list(self.old.next_pairs()) if self.old is not None and n_old else []
-        batch = collate(pairs + replay)
+        extras = self.new.image_shape is not None or any(
+            p.inputs is not None for p in pairs + replay)
+        if self.pack_length and not extras:
+            new_rows = pack_groups(pairs, self.pack_length)
+            old_rows = ([[len(pairs) + i for i in g] for g in pack_groups(replay, self.pack_length)]
+                        if replay else [])
+            if len(new_rows) + len(old_rows) < len(pairs) + len(replay):
+                batch = collate_groups(pairs + replay, new_rows + old_rows)
+                batch["is_replay"] = torch.tensor([False] * len(new_rows) + [True] * len(old_rows))
+                return batch
+        batch = collate(pairs + replay, image_shape=self.new.image_shape)
         batch["is_replay"] = torch.tensor([False] * len(pairs) + [True] * len(replay))
         return batch
 
@@ -146,6 +170,12 @@ class ContinualTrainer(Trainer):
         self.teacher: nn.Module | None = None
         self.old_train: list[Any] = []
         self.old_val: list[Any] = []
+        self._old_records: list[Any] | None = None
+        self.old_task: str | None = None
+        self.new_task: str | None = None
+        if not isinstance(opts["task_per_corpus"], bool):
+            raise ConfigError(
+                f"continual option task_per_corpus={opts['task_per_corpus']!r} must be true or false")
         self.before: dict[str, Any] = {}
         self._sums: dict[str, Tensor] = {}
         self._count = 0
@@ -180,25 +210,85 @@ class ContinualTrainer(Trainer):
         value = self.config.options.get("old_data")
         return str(value) if value else None
 
+    def build_input_vocab(self, samples: list[Any]) -> Any:
+        """The base checkpoint's vocabulary extended with both corpora's names and, with
+        ``task_per_corpus``, one task per corpus (the new one is the default task)."""
+        from dataclasses import replace
+
+        from core.data.extras import InputVocab, input_coverage
+
+        resume = self.resume_checkpoint
+        if resume is not None and resume.input_vocab is not None:
+            vocab = InputVocab.from_dict(resume.input_vocab, str(resume.path))
+        else:
+            base = self._base_checkpoint()
+            vocab = (InputVocab.from_dict(base.input_vocab, str(base.path))
+                     if base.input_vocab is not None else InputVocab())
+        old_path = self.old_data_path()
+        self._old_records = read_corpus_records(old_path)
+        self.old_coverage = input_coverage(self._old_records or [])
+        if resume is None or resume.input_vocab is None:
+            if self.opts["task_per_corpus"]:
+                self.old_task = str(self.opts["old_task"] or vocab.default_task or old_path.stem)
+                new = str(self.opts["task"] or Path(self.data_path).stem)
+                self.new_task = new if new != self.old_task else f"{new}-new"
+                vocab = vocab.extended(self._old_records or [], default_task=self.old_task)
+                vocab = vocab.extended(samples, default_task=self.new_task)
+            else:
+                vocab = vocab.extended([*(self._old_records or []), *samples])
+        else:  # resumed: the tasks this run chose at its start
+            tasks = (resume.trainer_state.get("controllers") or {}).get("continual_tasks") or {}
+            self.new_task, self.old_task = tasks.get("new"), tasks.get("old")
+        self._old_vocab = (replace(vocab, default_task=self.old_task)
+                           if self.old_task is not None else vocab)
+        return vocab
+
+    def resolve_modules(self, model_config: Any, resume: Any) -> Any:
+        """As the engine, but EWC keeps its Fisher in the continual module: with the ``ewc``
+        term the module is built even when no task feeds it (``task_per_corpus=false``)."""
+        resolved = super().resolve_modules(model_config, resume)
+        if (self.terms["ewc"] and not resolved.enable_continual
+                and "enable_continual" not in self.config.model):
+            self._setup_notes.append("task conditioning module built without tasks: EWC keeps "
+                                    "its Fisher there (task_per_corpus is off)")
+            resolved = resolved.replace(enable_continual=True)
+        return resolved
+
+    def fed_inputs(self) -> Any:
+        """What either corpus feeds: replayed old records need their modules too."""
+        fed = super().fed_inputs()
+        old = getattr(self, "old_coverage", None)
+        if old is not None and old.feeds_images and not fed.images:
+            from dataclasses import replace
+
+            fed = replace(fed, images=True)
+        return fed
+
     def build_data(self) -> None:
         from core.data.loader import BatchLoader
 
         super().build_data()
-        self.old_train, self.old_val = load_pairs(self.old_data_path(), self.tokenizer, self.seq_len)
+        self.old_train, self.old_val = load_pairs(
+            self.old_data_path(), self.tokenizer, self.seq_len, vocab=self._old_vocab,
+            samples=self._old_records)
         old_loader = None
         if self.terms["replay"] and self.old_train:
             old_loader = BatchLoader(self.old_train, 1, seed=self.config.seed + 1, rank=self.rank,
                                      world_size=self.world_size)
         self.train_loader = MixedLoader(self.train_loader, old_loader, float(self.opts["replay_ratio"]),
-                                        self.micro_batch)
+                                        self.micro_batch, self.pack_length)
         self.corpus["old_corpus"] = str(self.old_data_path())
+        if self.new_task is not None:
+            self.corpus["tasks"] = {"new": self.new_task, "old": self.old_task}
 
     def build_model(self) -> nn.Module:
-        from core.runs.checkpoint import load_model_state
+        from core.runs.checkpoint import adapt_state_to_model, load_model_state
 
         model = super().build_model()
         base = self._base_checkpoint()
-        load_model_state(model, base.model_state, base.path)
+        state, notes = adapt_state_to_model(model, base.model_state, base.path)
+        self._setup_notes.extend(notes)
+        load_model_state(model, state, base.path)
         if self.terms["mirror"] or self.terms["latent"]:
             self.teacher = copy.deepcopy(model).eval()
             for p in self.teacher.parameters():
@@ -223,7 +313,7 @@ class ContinualTrainer(Trainer):
             state = self.model.continual_learning.ewc  # type: ignore[union-attr]
             ewc = (f"; EWC λ {state.ewc_lambda:g}" + (" on F/mean(F)" if state.normalize else "")
                    + f", mean Fisher {state.fisher_mean():.3g}")
-        self.emit("warning", code="continual",
+        self.emit("info", code="continual",
                   message=f"continual recipe {recipe}: " + ", ".join(k for k, v in self.terms.items() if v)
                   + f"{ewc}; before: old-corpus {self.before['old']['bpb']:.4f} bpb, new-corpus "
                   f"{self.before['new']['bpb']:.4f} bpb", global_step=self.global_step)
@@ -232,8 +322,8 @@ class ContinualTrainer(Trainer):
         module = getattr(self.model, "continual_learning", None)
         if module is None:
             raise ConfigError(
-                "EWC needs the model's continual-learning module, but the checkpoint's config has "
-                "enable_continual=false; use --set recipe=replay (or mirror) instead"
+                "EWC needs the model's continual-learning module, but model.enable_continual is "
+                "false; drop that setting or use --set recipe=replay (or mirror) instead"
             )
         normalize = bool(self.opts["ewc_normalize"])
         module.ewc.normalize = normalize
@@ -244,27 +334,29 @@ class ContinualTrainer(Trainer):
         if module.ewc.active and resumed:
             module.ewc.bind(self.model)
             return
+        from core.data.extras import forward_batch
         from core.data.loader import BatchLoader
 
-        loader = BatchLoader(self.old_train, max(1, self.micro_batch), seed=self.config.seed + 2, shuffle=True)
+        loader = BatchLoader(self.old_train, max(1, self.micro_batch), seed=self.config.seed + 2,
+                             shuffle=True, image_shape=self.image_shape)
         n = min(int(self.opts["ewc_batches"]), max(1, len(loader)))
 
         def batches() -> Any:
             for _ in range(n):
-                yield {k: v.to(self.device) for k, v in next(loader).items()}
+                yield forward_batch({k: v.to(self.device) for k, v in next(loader).items()})
 
         module.consolidate(self.model, batches())
         module.ewc.bind(self.model)
 
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any] | None, Tensor]:
+        from core.data.loader import model_inputs
+
         is_replay = batch.pop("is_replay", None)
         latent = self.terms["latent"] and float(self.opts["latent_lambda"]) > 0
-        outputs = self.train_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_attention_mask"],
-            labels=batch["labels"], output_hidden_states=latent,
-        )
+        # the ids, masks and labels, a packed batch's segment ids and the extra inputs
+        inputs = model_inputs(batch)
+        outputs = self.train_model(**inputs, output_hidden_states=latent)
         ce = outputs["loss"]
         loss = ce
         parts: dict[str, Tensor] = {"ce": ce.detach()}
@@ -275,9 +367,8 @@ class ContinualTrainer(Trainer):
         if self.model.training and self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    decoder_input_ids=batch["decoder_input_ids"],
-                    decoder_attention_mask=batch["decoder_attention_mask"], output_hidden_states=latent,
+                    **{k: v for k, v in inputs.items() if k != "labels"},
+                    output_hidden_states=latent,
                 )
             if self.terms["mirror"]:
                 rows = torch.ones_like(batch["labels"][:, 0], dtype=torch.bool)
@@ -287,9 +378,14 @@ class ContinualTrainer(Trainer):
                 loss = loss + float(self.opts["mirror_lambda"]) * mirror
                 parts["mirror"] = mirror.detach()
             if latent:
-                mask = batch["attention_mask"]
-                z = masked_mean_pool(outputs["encoder_last_hidden_state"], mask)
-                z_old = masked_mean_pool(teacher["encoder_last_hidden_state"], mask)
+                segments = batch.get("segment_ids")
+                if segments is not None:  # packed: one mean per sample, not per row
+                    z = segment_mean_pool(outputs["encoder_last_hidden_state"], segments)
+                    z_old = segment_mean_pool(teacher["encoder_last_hidden_state"], segments)
+                else:
+                    mask = batch["attention_mask"]
+                    z = masked_mean_pool(outputs["encoder_last_hidden_state"], mask)
+                    z_old = masked_mean_pool(teacher["encoder_last_hidden_state"], mask)
                 anchor = (1 - F.cosine_similarity(z.float(), z_old.float(), dim=-1)).mean()
                 loss = loss + float(self.opts["latent_lambda"]) * anchor
                 parts["latent"] = anchor.detach()
@@ -370,7 +466,10 @@ class ContinualTrainer(Trainer):
 
         after = self._measure(self.model)
         old_path = self.old_data_path()
-        texts = [s.assistant_reply for s in read_styles(old_path)] if old_path.suffix == ".jsonl" else []
+        from core.data.formats import open_source
+
+        texts = ([s.assistant_reply for s in read_styles(old_path)]
+                 if open_source(old_path).kind == "sft" else [])
         words = {w for w, c in word_counts(texts).items() if c >= 5}
         from core.evolve.evaluation import evaluation_subset
 
@@ -395,15 +494,18 @@ class ContinualTrainer(Trainer):
 
     def _reload_base(self) -> nn.Module:
         from core.model.model import TransformerNeuralNetBackbone
-        from core.runs.checkpoint import load_model_state
+        from core.runs.checkpoint import adapt_state_to_model, load_model_state
 
         model = TransformerNeuralNetBackbone(self.model_config)
-        load_model_state(model, self._base_checkpoint().model_state, self._base_checkpoint().path)
+        base = self._base_checkpoint()
+        state, _ = adapt_state_to_model(model, base.model_state, base.path)
+        load_model_state(model, state, base.path)
         return model.to(self.device).eval()
 
     # ------------------------------------------------------------------ state
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "continual_before": self.before}
+        return {**super().extra_state(), "continual_before": self.before,
+                "continual_tasks": {"new": self.new_task, "old": self.old_task}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)

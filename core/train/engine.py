@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core.data.loader import batch_num_samples
 from core.data.ngram import bits_per_byte
 from core.errors import AeronError, CheckpointError, ConfigError, DataError, ResourceError
 from core.model.uncertainty import auxiliary_loss, batch_calibration_error
@@ -32,15 +33,18 @@ from core.runs.checkpoint import (
     CHECKPOINTS_DIR,
     LoadedCheckpoint,
     capture_rng_state,
+    check_trainer_state,
     latest_checkpoint,
     load_checkpoint,
     load_model_state,
     prune_checkpoints,
+    recover_interrupted_saves,
     restore_rng_state,
     save_checkpoint,
     step_checkpoint_name,
 )
 from core.runs.events import EventWriter
+from core.runs.lock import RunDirLock, claim_run_dir
 from core.runs.registry import (
     EVENTS_FILE,
     RUN_CONFIG_FILE,
@@ -49,7 +53,7 @@ from core.runs.registry import (
     remove_pid_file,
     write_pid_file,
 )
-from core.train.config import RunConfig
+from core.train.config import RunConfig, seq_len_problem
 from core.train.control import CONTROL_FILE, ControlChannel
 from core.train.heartbeat import Heartbeat
 from core.train.metrics import StepMetrics, memory_stats
@@ -65,6 +69,12 @@ EVAL_SAMPLES = 512
 MIN_EVAL_SAMPLES = 32
 EVAL_TIME_SHARE = 0.10
 FORWARD_COST = 0.42
+# ``packing = "auto"`` packs when the packed batches hold at least this share fewer positions
+# (real + padding) than the unpacked ones. Measured on the CPU (bench/packing.py,
+# bench/RESULTS.md): the backbone step gains ~12 % at 30 % fewer positions, while at the 16 %
+# the length-bucketed bundled corpus offers, longer rows' attention and the masks cost what
+# the padding did; the per-sample stages gain nothing either way.
+PACKING_MIN_SAVING = 0.25
 
 
 class StopTraining(Exception):
@@ -112,6 +122,8 @@ class Trainer:
     # Language-model trainers score target tokens: their first eval carries the count-based
     # reference baselines and their evals are followed by live samples. (Not RLHF trainers.)
     language_model = True
+    # Seconds between heartbeat events (None: no heartbeat; only benchmarks turn it off).
+    heartbeat_interval_s: float | None = 1.0
 
     def __init__(
         self,
@@ -155,12 +167,24 @@ class Trainer:
         self.last_sample_step = -1
         self.corpus: dict[str, Any] = {}
         self.data_path = ""
+        # The records' optional inputs (issue 17): coverage, the entity/relation/task vocabulary
+        # (saved in checkpoints) and the image shape batches carry when the model has a vision
+        # path. ``resume_checkpoint`` is set before build_data so a resume keeps its vocabulary.
+        self.input_coverage: Any = None
+        self.input_vocab: Any = None
+        self.image_shape: tuple[int, int, int] | None = None
+        self.resume_checkpoint: LoadedCheckpoint | None = None
         self.global_step = 0
         self.total_steps = config.steps
         self.micro_batch = config.micro_batch or 1
         self.grad_accum = config.grad_accum or 1
         self._oom_splits = 0  # micro-batch splits after out-of-memory errors (handle_oom)
         self.seq_len = config.seq_len or 256
+        self.pack_length: int | None = None  # sequence packing row length (None: off)
+        self._packing_resolved = False  # set by resolve_packing (trainers that pack call it)
+        # One-line explanations found during setup (packing, modules switched by the data,
+        # checkpoint modules added or ignored); ``info`` events once the run has started.
+        self._setup_notes: list[str] = []
         self.base_lr = config.learning_rate or 0.0
         self.warmup_steps = 0
         self.nonfinite_skipped = 0
@@ -184,10 +208,17 @@ class Trainer:
         self._pre_step_data_state: dict[str, Any] | None = None
         self._status = "starting"
         self._setup_done = False
+        self._trackers: list[Any] = []
+        # Early stopping (--early-stop): best metric, its step, evaluations without improvement.
+        self.early_stop: dict[str, Any] = {"best": None, "best_step": None, "bad_evals": 0}
+        self.finish_reason: str | None = None
         # Liveness: what the trainer is doing now (name, done, of) and the heartbeat thread.
         self._activity: tuple[str, int | None, int | None] | None = None
         self._heartbeat: Heartbeat | None = None
         self._steps_this_process = 0
+        self._run_lock: RunDirLock | None = None
+        # Events found before the stream is open (run-dir claim, resume search): emitted after.
+        self._early_events: list[tuple[str, dict[str, Any]]] = []
 
     # ==========================================================================================
     # The recipe
@@ -217,12 +248,18 @@ class Trainer:
         """Everything before the first step; emits ``run_started`` at the end."""
         cfg = self.config
         self._check_options()
+        self._check_early_stop_supported()
         self._prepare_run_dir()
-        self._open_events()
-        self._start_liveness()
-        if cfg.resume:
-            self.set_activity("loading checkpoint")
+        self._barrier()  # every rank sees the run directory rank 0 claimed (and recovered)
+        # Before the event stream opens: a refused resume (corrupt checkpoint, pickle, bad
+        # trainer_state) leaves the run directory exactly as it was.
         resume = self._find_resume()
+        self._open_events()
+        for kind, fields in self._early_events:
+            self.emit(kind, **fields)
+        self._early_events.clear()
+        self.resume_checkpoint = resume
+        self._start_liveness()
         self.device = self.resolve_device()
         self.seed_everything(cfg.seed)
         if resume is None:
@@ -231,7 +268,12 @@ class Trainer:
         self._resolve_sizes()
         self.set_activity("loading data")
         self.build_data()
+        if self.config.packing == "on" and not self._packing_resolved:
+            self._setup_notes.append(
+                f"sequence packing does not apply to the {self.name} trainer (it builds its own "
+                "batches); training unpacked")
         self.model_config = self.resolve_model_config(resume)
+        self.configure_batches()
         self.set_activity("building model")
         self.model = self.build_model().to(self.device)
         self.precision = self.resolve_precision()
@@ -242,6 +284,7 @@ class Trainer:
         self.train_model = self.wrap_model(self.model)
         self.optimizer = self.build_optimizer()
         if resume is not None:
+            self.set_activity("restoring checkpoint")
             self._restore(resume)
         self.metrics = StepMetrics(self.device)
         self.config = self.resolved_config()
@@ -269,10 +312,12 @@ class Trainer:
         )
         if resume is not None:
             self.emit(
-                "warning",
+                "info",
                 message=f"resumed from {resume.path} at step {self.global_step}",
                 global_step=self.global_step,
             )
+        for note in self._setup_notes:
+            self.emit("info", message=note, global_step=self.global_step)
 
     def train(self) -> str:
         """The loop. Returns ``finished`` or ``stopped``."""
@@ -298,8 +343,12 @@ class Trainer:
         self._stop_liveness()
         if self.is_main and self.run_dir != Path():
             remove_pid_file(self.run_dir)
+        self._close_trackers()
         if self._events_given is None:
             self.events.close()
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
 
     # ==========================================================================================
     # Setup pieces (override points)
@@ -330,7 +379,9 @@ class Trainer:
 
         if self.config.tokenizer:
             return AeronTokenizer.load(self.config.tokenizer)
-        return cached_corpus_tokenizer(self.resolve_data_path(), self.config.tokenizer_vocab_size)
+        return cached_corpus_tokenizer(
+            self.resolve_data_path(), self.config.tokenizer_vocab_size, self.config.data_format
+        )
 
     def resolve_data_path(self) -> Path:
         """``config.data``, or the bundled sample corpus's styles.jsonl (built on first use)."""
@@ -338,14 +389,11 @@ class Trainer:
             path = Path(self.config.data).expanduser()
             if not path.exists():
                 raise DataError(f"{path}: data file not found (check --data)")
-            if path.is_dir():
-                styles = path / "styles.jsonl"
-                if styles.is_file():
-                    return styles
-                if not any(path.rglob("*.txt")):
-                    raise DataError(
-                        f"{path}: the directory holds no styles.jsonl and no .txt files"
-                    )
+            if path.is_dir() and (path / "styles.jsonl").is_file():
+                return path / "styles.jsonl"
+            from core.data.containers import data_files
+
+            data_files(path)  # a directory with nothing readable is refused here, in one line
             return path
         from core.data.sample import ensure_sample_corpus
 
@@ -354,17 +402,21 @@ class Trainer:
     def build_data(self) -> None:
         """Pre-tokenize the corpus once: ``self.train_loader`` (a resumable BatchLoader over the
         training split) and ``self.val_pairs`` (the validation split)."""
+        from core.data.extras import input_coverage
         from core.data.loader import BatchLoader
 
         path = self.resolve_data_path()
         self.data_path = str(path)
+        samples = read_corpus_records(path, self.config.max_samples, self.config.data_format)
+        self.input_coverage = input_coverage(samples or [])
+        self.input_vocab = self.build_input_vocab(samples or [])
         train_pairs, val_pairs = load_pairs(
-            path, self.tokenizer, self.seq_len, self.config.max_samples
+            path, self.tokenizer, self.seq_len, self.config.max_samples,
+            vocab=self.input_vocab, samples=samples, data_format=self.config.data_format,
         )
-        if not train_pairs:
-            raise DataError(f"{path}: no training samples after the train/validation split")
-        if not val_pairs:
-            raise DataError(f"{path}: no validation samples (the corpus is too small to split)")
+        if not train_pairs or not val_pairs:
+            raise DataError(split_problem(path, "training" if not train_pairs else "validation",
+                                          self.config.data_format))
         self.val_pairs = val_pairs
         self.train_loader = BatchLoader(
             train_pairs,
@@ -372,6 +424,7 @@ class Trainer:
             seed=self.config.seed,
             rank=self.rank,
             world_size=self.world_size,
+            pack_length=self.resolve_packing(train_pairs),
         )
         from core.data.sample import corpus_manifest
 
@@ -387,6 +440,96 @@ class Trainer:
 
         self.corpus["prompt_format"] = prompt_format(pairs, self.tokenizer)
 
+    def build_input_vocab(self, samples: list[Any]) -> Any:
+        """The run's entity/relation/task vocabulary: a resumed checkpoint's (ids must not move),
+        else every name in ``samples``."""
+        from core.data.extras import InputVocab
+
+        resume = self.resume_checkpoint
+        if resume is not None and resume.input_vocab is not None:
+            return InputVocab.from_dict(resume.input_vocab, str(resume.path))
+        return InputVocab.from_samples(samples)
+
+    def fed_inputs(self) -> Any:
+        """What the run's data feeds the model (:class:`core.model.modules.FedInputs`)."""
+        images = bool(self.input_coverage is not None and self.input_coverage.feeds_images)
+        if self.input_vocab is None:
+            from core.model.modules import FedInputs
+
+            return FedInputs(images=images)
+        return self.input_vocab.fed_inputs(images)
+
+    def configure_batches(self) -> None:
+        """Once the model config is known: batches of a vision model carry images (blank for a
+        record without one), and every image is decoded once now, so a bad file stops the run
+        before its first step with the record's ``file:line``."""
+        from core.data.extras import check_images, image_shape_of
+
+        self.image_shape = image_shape_of(self.model_config)
+        loaders = [self.train_loader, getattr(self.train_loader, "new", None),
+                   getattr(self.train_loader, "old", None),
+                   *getattr(self, "loaders", {}).values()]
+        for loader in loaders:
+            if loader is not None and hasattr(loader, "image_shape"):
+                loader.image_shape = self.image_shape
+        pairs = [p for loader in loaders for p in getattr(loader, "pairs", [])]
+        pairs += self.val_pairs
+        # Encoded pairs carry their extra inputs; other examples (RLHF preferences) carry none.
+        inputs = [i for i in (getattr(p, "inputs", None) for p in pairs) if i is not None]
+        if self.image_shape is not None:
+            c, size, _ = self.image_shape
+            check_images(inputs, size, c)
+            if self.pack_length is not None:  # --set model.enable_multimodal=true on text
+                self.pack_length = None
+                for loader in loaders:
+                    if loader is not None and hasattr(loader, "pack_length"):
+                        loader.pack_length = None
+                self._setup_notes.append(
+                    "sequence packing off: the model has a vision path, so every sample "
+                    "carries an image (blank without one) and a packed row holds several")
+            return
+        first = next((i for i in inputs if i.image), None)
+        if first is not None:
+            raise DataError(
+                f"{first.where}: the record has an image but model.enable_multimodal is off; "
+                "remove --set model.enable_multimodal=false or the records' 'image' fields")
+
+    def resolve_packing(self, train_pairs: list[Any]) -> int | None:
+        """Sequence packing for this run: sets and returns ``self.pack_length`` (rows of
+        ``seq_len`` tokens) or None. ``packing = "auto"`` packs when it saves at least
+        :data:`PACKING_MIN_SAVING` of the positions a step computes; the choice and the
+        padding it measured go out as an ``info`` event."""
+        from core.data.loader import packing_effect
+
+        mode = self.config.packing
+        self.pack_length = None
+        self._packing_resolved = True
+        if mode == "off":
+            return None
+        coverage = self.input_coverage
+        if coverage is not None and (coverage.feeds_knowledge_graph or coverage.feeds_images
+                                     or coverage.feeds_tasks):
+            self._setup_notes.append(
+                f"sequence packing off ({mode}): the records carry a knowledge graph, images or "
+                "task ids, which belong to one sample each and a packed row holds several")
+            return None
+        before, after = packing_effect(train_pairs, self.micro_batch, self.seq_len,
+                                       self.config.seed)
+        saving = 1.0 - (1.0 - before) / (1.0 - after) if after < 1.0 else 0.0
+        on = mode == "on" or saving >= PACKING_MIN_SAVING
+        figures = (f"padding {before * 100:.1f} % of positions unpacked, "
+                   f"{after * 100:.1f} % packed")
+        if on:
+            self.pack_length = self.seq_len
+            self._setup_notes.append(
+                f"sequence packing on ({mode}): several samples per row of {self.seq_len} "
+                f"tokens, masked apart; {figures}")
+        else:
+            self._setup_notes.append(
+                f"sequence packing off (auto): it would save {saving * 100:.0f} % of the "
+                f"positions ({figures}); --packing on forces it")
+        return self.pack_length
+
     def resolve_model_config(self, resume: LoadedCheckpoint | None) -> Any:
         """The profile's config with the tokenizer's vocabulary, room for ``seq_len`` and the
         ``[model]`` overrides; a resumed run must match its checkpoint's config."""
@@ -400,14 +543,19 @@ class Trainer:
         if isinstance(base, dict):
             base = NeuralNetConfig.from_dict(base)
         changes: dict[str, Any] = {"vocab_size": int(self.tokenizer.vocab_size)}
-        if base.max_position_embeddings < self.seq_len + 2:
-            changes["max_position_embeddings"] = self.seq_len + 2
         if self.config.gradient_checkpointing is not None:
             changes["use_gradient_checkpointing"] = bool(self.config.gradient_checkpointing)
         try:
             model_config = base.replace(**{**changes, **self.config.model})
+            model_config = self.resolve_modules(model_config, resume)
         except ConfigError as exc:
             raise ConfigError(f"run config [model]: {exc}") from exc
+        # The sequence length never rewrites the architecture (it used to grow
+        # max_position_embeddings silently): too long is refused with the limit.
+        problem = seq_len_problem(self.seq_len, model_config.max_position_embeddings,
+                                  self.config.profile)
+        if problem:
+            raise ConfigError(problem)
         if resume is not None:
             from core.runs.checkpoint import config_differences
 
@@ -419,6 +567,30 @@ class Trainer:
                     f"this run's: {'; '.join(diff[:6])} — resume with the checkpoint's profile"
                 )
         return model_config
+
+    def resolve_modules(self, model_config: Any, resume: LoadedCheckpoint | None) -> Any:
+        """Switch the data-fed modules (knowledge graph, vision, task conditioning) on exactly
+        when the data feeds them, unless ``[model]`` sets them (issue 17); a resumed run keeps
+        its checkpoint's modules. Emits one ``info`` event per module switched."""
+        from core.model.modules import DATA_FED_MODULES, resolve_enabled_modules
+
+        explicit = set(self.config.model)
+        if resume is not None and isinstance(resume.config, type(model_config)):
+            from core.model.modules import MODULE_NAMES
+            from core.runs.checkpoint import unfed_modules
+
+            keep = [*DATA_FED_MODULES, "kg_num_entities", "kg_num_relations", "num_tasks"]
+            saved = {k: getattr(resume.config, k) for k in keep if k not in explicit}
+            old = unfed_modules(resume)
+            if old:
+                self._setup_notes.append(
+                    f"{resume.path} predates data-fed modules: its "
+                    f"{', '.join(MODULE_NAMES[s] for s in old)} module(s) are kept as saved for "
+                    "an exact resume; a new run (or `continue`) builds only what the data feeds")
+            return model_config.replace(**saved)
+        resolved, notes = resolve_enabled_modules(model_config, self.fed_inputs(), explicit)
+        self._setup_notes.extend(notes)
+        return resolved
 
     def build_model(self) -> nn.Module:
         from core.model.model import TransformerNeuralNetBackbone
@@ -486,13 +658,11 @@ class Trainer:
         self, batch: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Any] | None, Tensor]:
         """Mean token cross-entropy of one micro-batch (the model's own loss)."""
-        outputs = self.train_model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"],
-            decoder_attention_mask=batch["decoder_attention_mask"],
-            labels=batch["labels"],
-        )
+        from core.data.loader import model_inputs
+
+        # model_inputs: the ids, masks and labels, the segment ids of a packed batch and the
+        # extra inputs (knowledge graph, images, task ids) the batch carries.
+        outputs = self.train_model(**model_inputs(batch))
         n_tokens = (batch["labels"] != -100).sum()
         return outputs["loss"], outputs, n_tokens
 
@@ -527,7 +697,7 @@ class Trainer:
             tokens = int(cpu_batch["attention_mask"].sum()) + int(
                 cpu_batch["decoder_attention_mask"].sum()
             )
-            samples = int(cpu_batch["input_ids"].shape[0])
+            samples = batch_num_samples(cpu_batch)
             batch = (cpu_batch if self.device.type == "cpu" else
                      {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()})
             # DDP: all-reduce gradients only on the last micro-batch of the step.
@@ -661,7 +831,7 @@ class Trainer:
     def validation_batches(self) -> list[dict[str, Tensor]]:
         """Fixed validation batches (length-sorted, collated once, kept on the CPU)."""
         if self._val_batches is None:
-            from core.data.loader import collate
+            from core.data.loader import collate_packed
 
             pairs = sorted(self.val_pairs, key=len)
             limit = self.eval_max_batches() * self.micro_batch
@@ -671,7 +841,8 @@ class Trainer:
                 pairs = sorted((pairs[int(i * stride)] for i in range(limit)), key=len)
             self._val_eval_pairs = pairs
             self._val_batches = [
-                collate(pairs[i : i + self.micro_batch], with_target_bytes=True)
+                collate_packed(pairs[i : i + self.micro_batch], self.pack_length,
+                               with_target_bytes=True, image_shape=self.image_shape)
                 for i in range(0, len(pairs), self.micro_batch)
             ]
         return self._val_batches
@@ -831,6 +1002,7 @@ class Trainer:
             "data": self.train_loader.state_dict() if self.train_loader is not None else None,
             "controllers": self.extra_state(),
             "best": {"val_loss": self.best_val_loss, "checkpoint": self.best_checkpoint},
+            "early_stop": dict(self.early_stop),
             "last_val_loss": self.last_val_loss,
             "last_eval_step": self.last_eval_step,
             "nonfinite_skipped": self.nonfinite_skipped,
@@ -912,6 +1084,7 @@ class Trainer:
                 optimizer_state=optim_state,
                 parents=self.lineage_parents,
                 corpus=self.corpus,
+                input_vocab=self.input_vocab.to_dict() if self.input_vocab is not None else None,
                 extra={
                     "global_step": self.global_step,
                     "run_id": self.run_id,
@@ -972,6 +1145,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("controllers") or {})
+        self._load_early_stop_state(state.get("early_stop"))
         if "rng" in state:
             restore_rng_state(state["rng"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -1051,8 +1225,8 @@ class Trainer:
         if not self.is_main or not self.events.enabled or self.run_dir == Path():
             return
         self.control.watch_file(self.run_dir / CONTROL_FILE, since=self._t_start)
-        if self._heartbeat is None:
-            self._heartbeat = Heartbeat(self._beat)
+        if self._heartbeat is None and self.heartbeat_interval_s:
+            self._heartbeat = Heartbeat(self._beat, self.heartbeat_interval_s)
             self._heartbeat.start()
 
     def _stop_liveness(self) -> None:
@@ -1101,11 +1275,13 @@ class Trainer:
         return _multiples_left(self.global_step, self.total_steps, self.config.checkpoint_every)
 
     def planned_eval_batches(self) -> int | None:
-        """Validation batches per evaluation (timing the first evaluation before it ran)."""
-        try:
-            return len(self.validation_batches()) or None
-        except Exception:  # noqa: BLE001 - trainers with their own validation data
+        """Validation batches per evaluation (timing the first evaluation before it ran):
+        what :meth:`validation_batches` will hold, counted without building it. None for
+        trainers with their own evaluation."""
+        if type(self).evaluate is not Trainer.evaluate or not self.val_pairs:
             return None
+        samples = min(len(self.val_pairs), self.config.eval_max_batches * self.micro_batch)
+        return math.ceil(samples / self.micro_batch)
 
     # ==========================================================================================
     # Internals
@@ -1126,7 +1302,7 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         cfg = self.config
         if cfg.run_dir is None:
-            self.run_dir = new_run_dir(default_runs_root(), self.name, cfg.profile)
+            self.run_dir = self._fresh_run_dir()
             self.config = cfg.with_overrides(source="run", run_dir=str(self.run_dir))
         else:
             self.run_dir = Path(cfg.run_dir).expanduser()
@@ -1143,18 +1319,127 @@ class Trainer:
                 f"run directory {self.run_dir} is not writable ({exc.strerror or exc}); "
                 "choose another --run-dir"
             ) from exc
+        # One owner per run directory; a directory holding a run needs --resume or --overwrite.
+        self._run_lock, moved = claim_run_dir(
+            self.run_dir, resume=bool(cfg.resume), overwrite=bool(cfg.overwrite))
+        if self._run_lock.unlocked_reason:
+            self._early_events.append(("warning", {"message": self._run_lock.unlocked_reason,
+                                                   "code": "no_lock"}))
+        if moved is not None:
+            self._early_events.append(("info", {
+                "message": f"--overwrite: the earlier run in {self.run_dir} was moved to {moved}"}))
+        for note in recover_interrupted_saves(self.run_dir):
+            self._early_events.append(("info", {"message": note}))
         write_pid_file(self.run_dir)
 
+    def _fresh_run_dir(self) -> Path:
+        """A new default run directory, created here (two trainers started in the same second
+        get different names instead of one refusing the other)."""
+        for _ in range(1000):
+            candidate = new_run_dir(default_runs_root(), self.name, self.config.profile)
+            if not self.is_main:
+                return candidate
+            try:
+                candidate.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            except OSError:
+                return candidate  # reported with the run directory's own check
+            return candidate
+        raise ConfigError(f"cannot create a new run directory under {default_runs_root()}")
+
     def _open_events(self) -> None:
+        listeners = [*self._listeners, *self._make_trackers()]
         if self._events_given is None:
             self.events = EventWriter(
                 self.run_dir / EVENTS_FILE,
                 stdout=self._events_stdout,
                 enabled=self.is_main,
-                listeners=self._listeners,
+                listeners=listeners,
             )
         else:
-            self.events.listeners.extend(self._listeners)
+            self.events.listeners.extend(listeners)
+
+    # -- trackers (--log): listeners on this run's own event stream -----------------------------
+
+    def _make_trackers(self) -> list[Any]:
+        """TensorBoard / CSV / W&B listeners from ``config.trackers`` (main rank only)."""
+        if not self.config.trackers or not self.is_main:
+            return []
+        from core.runs.trackers import make_tracker
+
+        self._trackers = [make_tracker(spec, self.run_dir) for spec in self.config.trackers]
+        return self._trackers
+
+    def _close_trackers(self) -> None:
+        for tracker in self._trackers:
+            with contextlib.suppress(Exception):  # a tracker never turns a run into a failure
+                tracker.close()
+        self._trackers = []
+
+    # -- early stopping (--early-stop PATIENCE[:MIN_DELTA]) -------------------------------------
+
+    # Trainers whose loop does not run the engine's evaluation (LONPT validates per domain)
+    # say False here and refuse early stopping in one line.
+    supports_early_stop = True
+
+    def _check_early_stop_supported(self) -> None:
+        if self.config.early_stop_patience and not type(self).supports_early_stop:
+            raise ConfigError(
+                f"--early-stop: the {self.name} trainer has its own validation schedule; early "
+                "stopping works with simple, compressed, continual, reward, dpo and ppo"
+            )
+
+    def _early_stop_update(self, result: dict[str, Any]) -> bool:
+        """After an evaluation: count evaluations without an improvement larger than
+        ``early_stop_min_delta``; True when ``early_stop_patience`` of them in a row are reached
+        (then :meth:`_early_stop_now` ends the run at this step)."""
+        cfg = self.config
+        patience = cfg.early_stop_patience
+        if not patience or self.global_step >= self.total_steps:
+            return False
+        metric = cfg.early_stop_metric
+        value = result.get(metric)
+        if value is None and metric != "loss":  # a trainer that does not report bpb
+            value = result.get("loss")
+        value = float(value) if isinstance(value, (int, float)) else math.nan
+        state = self.early_stop
+        best = state["best"]
+        if math.isfinite(value) and (best is None or value < best - cfg.early_stop_min_delta):
+            state.update(best=value, best_step=self.global_step, bad_evals=0)
+            return False
+        state["bad_evals"] += 1
+        return bool(state["bad_evals"] >= patience)
+
+    def _early_stop_now(self) -> None:
+        """End the run at this step: an ``info`` event saying why, ``total_changed`` to this
+        step and ``run_finished`` (status finished) with reason ``early_stop``. The best
+        checkpoint is kept (never pruned) and named in the message."""
+        cfg = self.config
+        step = self.global_step
+        state = self.early_stop
+        last = (f"{state['best']:.4f} at step {state['best_step']}"
+                if state["best"] is not None else "none")
+        kept = self.best_checkpoint or "none"
+        if self.best_checkpoint and self.best_val_loss is not None:
+            kept += f" (val loss {self.best_val_loss:.4f})"
+        self.finish_reason = "early_stop"
+        self.emit(
+            "info",
+            code="early_stop",
+            global_step=step,
+            message=(f"early stopping at step {step}: validation {cfg.early_stop_metric} has not "
+                     f"improved by more than {cfg.early_stop_min_delta:g} in "
+                     f"{cfg.early_stop_patience} evaluation(s) (last such improvement: {last}); "
+                     f"best checkpoint: {kept}"),
+        )
+        self.total_steps = step
+        self.emit("total_changed", global_step=step, total_steps=step, reason="early stop")
+
+    def _load_early_stop_state(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.early_stop = {"best": state.get("best"), "best_step": state.get("best_step"),
+                               "bad_evals": int(state.get("bad_evals") or 0)}
 
     def _find_resume(self) -> LoadedCheckpoint | None:
         spec = self.config.resume
@@ -1162,7 +1447,7 @@ class Trainer:
             return None
 
         def skipped(message: str) -> None:
-            self.emit("warning", message=message, code="checkpoint_skipped")
+            self._early_events.append(("warning", {"message": message, "code": "checkpoint_skipped"}))
 
         if spec == "latest":
             path = latest_checkpoint(self.run_dir, on_skip=skipped)
@@ -1180,7 +1465,41 @@ class Trainer:
                 if found is None:
                     raise CheckpointError(f"{path}: no complete checkpoint in this run directory")
                 path = found
-        return load_checkpoint(path, device="cpu", load_optimizer=True)
+        loaded = load_checkpoint(path, device="cpu", load_optimizer=True)
+        check_trainer_state(loaded.trainer_state, loaded.path / "trainer_state.json")
+        self._check_model_overrides(loaded)
+        if self.config.tokenizer:
+            self._check_resume_tokenizer(loaded)
+        return loaded
+
+    def _check_model_overrides(self, loaded: LoadedCheckpoint) -> None:
+        """``[model]`` values that contradict the checkpoint, found before the event stream
+        opens (:meth:`resolve_model_config` compares the whole config later)."""
+        from core.runs.checkpoint import RUNTIME_CONFIG_FIELDS
+
+        saved = loaded.config_dict
+        diff = [f"{key}: checkpoint {saved.get(key, '<absent>')!r}, this run {value!r}"
+                for key, value in sorted(self.config.model.items())
+                if key not in RUNTIME_CONFIG_FIELDS and saved.get(key, "<absent>") != value]
+        if diff:
+            raise CheckpointError(
+                f"{loaded.path / 'config.json'}: the checkpoint's model config differs from "
+                f"this run's: {'; '.join(diff[:6])} — resume with the checkpoint's settings"
+            )
+
+    def _check_resume_tokenizer(self, loaded: LoadedCheckpoint) -> None:
+        """A resumed run keeps its checkpoint's tokenizer: a different ``tokenizer`` is refused
+        (the embedding rows belong to the checkpoint's vocabulary); the same one is fine."""
+        from core.data.tokenizer import AeronTokenizer
+
+        wanted = AeronTokenizer.load(self.config.tokenizer)
+        if wanted.sha256 != loaded.tokenizer.sha256:
+            raise ConfigError(
+                f"tokenizer {self.config.tokenizer}: a resumed run keeps the tokenizer of "
+                f"{loaded.path} (vocabulary {loaded.tokenizer.vocab_size}, this one "
+                f"{wanted.vocab_size}); drop --set tokenizer, or move the model to a new "
+                "vocabulary with `aeron-tui tokenizer upgrade`"
+            )
 
     def _resolve_sizes(self) -> None:
         cfg = self.config
@@ -1196,7 +1515,8 @@ class Trainer:
     def resolved_config(self) -> RunConfig:
         """The config with every value this run actually uses (saved as run.toml).
 
-        ``resume`` is cleared: running the saved file again starts the same run afresh.
+        ``resume`` and ``overwrite`` are cleared: running the saved file again starts the same
+        run afresh (in a new directory, or with --overwrite).
         """
         data = self.config.to_dict()
         data.update(
@@ -1208,7 +1528,15 @@ class Trainer:
             warmup_steps=self.warmup_steps,
             data=self.data_path or data["data"],
             resume=None,
+            overwrite=False,
         )
+        if self.model_config is not None:
+            # The data-fed modules this run resolved (issue 17): recorded, so running the saved
+            # run.toml again builds the same model.
+            from core.model.modules import DATA_FED_MODULES
+
+            data["model"] = {**data["model"],
+                             **{k: getattr(self.model_config, k) for k in DATA_FED_MODULES}}
         return RunConfig.from_dict(data, "resolved run config")
 
     def _one_step(self) -> None:
@@ -1299,10 +1627,14 @@ class Trainer:
             **self.reference_baselines(),
             **{k: v for k, v in self.step_event_extra().items() if k in ("phase", "domain")},
         )
+        # Counted before the best checkpoint is written, so it holds this evaluation (resume).
+        stop = self._early_stop_update(result)
         if self.samples_due():
             self.emit_samples()
         if best:
             self.save_checkpoint(best=True, val_loss=loss, reason="best")
+        if stop:
+            self._early_stop_now()
         return result
 
     def _handle_control(self) -> bool:
@@ -1375,6 +1707,7 @@ class Trainer:
             global_step=self.global_step,
             val_loss=self.best_val_loss,
             elapsed_s=self.elapsed_s(),
+            reason=self.finish_reason,
         )
         return status
 
@@ -1440,33 +1773,55 @@ def default_precision(device: torch.device) -> str:
     return str(measured(device))
 
 
+def read_corpus_records(
+    path: Path, max_samples: int | None = None, data_format: str | None = None
+) -> list[Any] | None:
+    """The supervised records of a corpus in any format ``core.data.formats`` reads (first
+    ``max_samples``), or None for plain text."""
+    from core.data.formats import open_source, read_samples
+
+    if open_source(path, data_format).kind != "sft":
+        return None
+    samples = read_samples(path, data_format)
+    return samples[:max_samples] if max_samples is not None else samples
+
+
 def load_pairs(
-    path: Path, tokenizer: Any, seq_len: int, max_samples: int | None = None
+    path: Path,
+    tokenizer: Any,
+    seq_len: int,
+    max_samples: int | None = None,
+    vocab: Any = None,
+    samples: list[Any] | None = None,
+    data_format: str | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """Encode a corpus once: styles.jsonl → (train, val) pairs by the stable hash split; a
-    ``.txt`` file or directory → continuation windows, split by document hash."""
+    """Encode a corpus once. Supervised records (styles.jsonl, Alpaca, ShareGPT, messages,
+    prompt/completion, in any container ``core.data.formats`` reads) → (train, val) pairs by the
+    stable hash split; plain text (.txt/.md files, directories, ``{"text"}`` records) →
+    continuation windows, split by document hash.
+
+    With an input ``vocab`` the records' triples/entities/image/task travel with the pairs;
+    ``samples`` are the records when the caller has read them already.
+    """
+    from core.data.formats import open_source, read_documents, require_kind
     from core.data.formatting import encode_styles_sample, encode_text_windows
 
-    if path.suffix == ".jsonl":
-        from core.data.styles import read_styles, split_samples
+    source = open_source(path, data_format)
+    require_kind(source, ("sft", "text"), "supervised training")
+    if source.kind == "sft":
+        from core.data.styles import split_samples
 
-        samples = read_styles(path)
-        if not samples:
-            raise DataError(f"{path}: the corpus is empty (no samples)")
-        if max_samples is not None:
-            samples = samples[:max_samples]
+        if samples is None:
+            samples = read_corpus_records(path, max_samples, data_format)
+        assert samples is not None
         train, val = split_samples(samples)
         return (
-            [encode_styles_sample(s, tokenizer, seq_len) for s in train],
-            [encode_styles_sample(s, tokenizer, seq_len) for s in val],
+            [encode_styles_sample(s, tokenizer, seq_len, vocab, str(path)) for s in train],
+            [encode_styles_sample(s, tokenizer, seq_len, vocab, str(path)) for s in val],
         )
     from core.data.styles import hash_is_validation
-    from core.data.text import read_text_corpus
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    docs = [doc for f in files for doc in read_text_corpus(f)]
-    if not docs:
-        raise DataError(f"{path}: the corpus is empty (no documents)")
+    docs = read_documents(path, data_format)
     if max_samples is not None:
         docs = docs[:max_samples]
     train_pairs: list[Any] = []
@@ -1474,45 +1829,55 @@ def load_pairs(
     for i, doc in enumerate(docs):
         target = val_pairs if hash_is_validation(f"doc:{i}:{doc[:200]}") else train_pairs
         target.extend(encode_text_windows(doc, tokenizer, seq_len))
+    task = getattr(vocab, "default_task", None)
+    if task is not None:  # a model with tasks: plain text is the vocabulary's default task
+        import dataclasses
+
+        from core.data.extras import SampleInputs
+
+        inputs = SampleInputs(task_id=vocab.task_id(task), where=str(path))
+        train_pairs = [dataclasses.replace(p, inputs=inputs) for p in train_pairs]
+        val_pairs = [dataclasses.replace(p, inputs=inputs) for p in val_pairs]
     return train_pairs, val_pairs
 
 
-def corpus_texts(path: Path) -> Iterator[str]:
-    """The texts a tokenizer is trained on (both sides of styles samples, or documents)."""
-    if path.suffix == ".jsonl":
-        from core.data.styles import read_styles
+def split_problem(path: Path, missing: str, data_format: str | None = None) -> str:
+    """Why the corpus at ``path`` gave no ``missing`` (training/validation) samples, with the
+    number of documents or samples found and how the split works."""
+    from core.data.formats import open_source, read_documents
+    from core.data.styles import VAL_PERCENT
 
-        for s in read_styles(path):
-            yield s.user_input
-            yield s.assistant_reply
-        return
-    from core.data.text import read_text_corpus
+    if open_source(path, data_format).kind != "text":
+        return (f"{path}: no {missing} samples after the train/validation split (about "
+                f"{VAL_PERCENT} % of samples go to validation, chosen by a hash of each sample; "
+                "the turns of one conversation stay together); add more samples")
+    docs = len(read_documents(path, data_format))
+    return (f"{path}: no {missing} samples: found {docs} document{'s' if docs != 1 else ''} "
+            "(documents are split by file and by blank lines), and about "
+            f"{VAL_PERCENT} % of documents go to validation; add blank lines between documents "
+            "or more text")
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    for f in files:
-        yield from read_text_corpus(f)
+
+def corpus_texts(path: Path, data_format: str | None = None) -> Iterator[str]:
+    """The texts a tokenizer is trained on (every turn of supervised records, or documents)."""
+    from core.data.formats import corpus_texts as texts
+
+    return texts(path, data_format)
 
 
-def cached_corpus_tokenizer(path: Path, vocab_size: int) -> Any:
+def cached_corpus_tokenizer(path: Path, vocab_size: int, data_format: str | None = None) -> Any:
     """A BPE tokenizer trained on ``path`` (``vocab_size`` upper bound), cached on disk."""
-    from core.data.tokenizer import AeronTokenizer
-    from core.paths import aeron_home
-    from core.runs.checkpoint import file_sha256
+    from core.data.containers import data_files
+    from core.data.tokenizer import AeronTokenizer, corpus_tokenizer_dir
 
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    import hashlib
-
-    key = hashlib.sha256()
-    for f in files:
-        key.update(file_sha256(f).encode())
-    key.update(f":v{vocab_size}:aeron-bpe-1".encode())
-    cache = aeron_home() / "cache" / "tokenizers" / key.hexdigest()[:24]
+    data_files(path)  # a missing or empty data path is a DataError naming it, not an OSError
+    cache = corpus_tokenizer_dir(path, vocab_size, data_format)
     if (cache / "tokenizer.json").exists():
         try:
             return AeronTokenizer.load(cache)
         except AeronError:
             pass  # a damaged cache entry is rebuilt below
-    texts = list(corpus_texts(path))
+    texts = list(corpus_texts(path, data_format))
     if not any(t.strip() for t in texts):
         raise DataError(f"{path}: the corpus is empty (nothing to train a tokenizer on)")
     tok = AeronTokenizer.train(texts, vocab_size=vocab_size)

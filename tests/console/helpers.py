@@ -66,3 +66,15 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], timeout: float =
             return
         await pilot.pause(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def estimates_in_process(monkeypatch: Any) -> None:
+    """Run the setup/wizard helpers (profile estimates, torch) in this test process instead of a
+    fresh interpreter: the same functions and figures, without a second torch import per screen
+    (the suite's process has torch loaded already). Production keeps them out of the console."""
+    from aeron_tui.app import offload
+
+    def in_process(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
+        return fn(*args)
+
+    monkeypatch.setattr(offload, "in_child", in_process)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aeron_tui.app.braille import BRAILLE_BASE, Series, fmt_tick, nice_ticks, render_chart
 
 
@@ -19,7 +21,7 @@ def test_chart_has_the_requested_size_and_labels() -> None:
 
 def test_decreasing_series_goes_from_top_left_to_bottom_right() -> None:
     lines = render_chart([Series([0, 10], [10, 0], "red")], width=30, height=10)
-    plot = [line.plain[4:] for line in lines[:-1]]  # after the y labels and axis
+    plot = [re.split("[┤│]", line.plain, maxsplit=1)[1] for line in lines[:-1]]  # after the axis
     top = next(i for i, row in enumerate(plot) if row.strip())
     bottom = max(i for i, row in enumerate(plot) if row.strip())
     assert plot[top].index(next(c for c in plot[top] if c != " ")) < \
@@ -39,3 +41,16 @@ def test_ticks() -> None:
     assert nice_ticks(0, 10, 6) == [0, 2, 4, 6, 8, 10]
     assert nice_ticks(4.93, 5.72, 5) == [5.0, 5.2, 5.4, 5.6]
     assert fmt_tick(5.25, 0.25) == "5.25" and fmt_tick(1500, 500) == "1,500"
+
+
+def test_one_point_gets_whole_step_ticks_and_the_y_range_is_labelled_at_both_ends() -> None:
+    lines = render_chart([Series([10], [5.3], "x")], width=40, height=8)
+    assert lines[-1].plain.split() == ["9", "10", "11"]  # no 9.5, no 10.5
+    top, bottom = (float(lines[i].plain.split("┤")[0]) for i in (0, -2))
+    assert bottom < 5.3 < top
+    # A longer series: the top and bottom labels bound every value drawn.
+    ys = [5.74, 5.5, 5.3, 5.05]
+    lines = render_chart([Series([0, 20, 40, 60], ys, "x")], width=40, height=10)
+    top, bottom = (float(lines[i].plain.split("┤")[0]) for i in (0, -2))
+    assert bottom <= min(ys) and top >= max(ys) and top - bottom < 1.0
+    assert all(float(t).is_integer() for t in lines[-1].plain.split())

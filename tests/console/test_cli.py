@@ -91,3 +91,60 @@ def test_help_lists_every_binding() -> None:
                     missing.append(f"{cls.__name__}: {key}")
     assert crash.CrashScreen.BINDINGS  # closes with escape/enter (listed under Dialogs)
     assert missing == []
+
+
+def test_a_command_that_exits_non_zero_exits_non_zero_from_main(monkeypatch) -> None:
+    """typer.Exit(n) inside a command (fail(), a failed training run) must reach the shell:
+    without standalone mode click returns the code instead of raising it."""
+    import pytest
+    import typer
+
+    import aeron_tui.cli as cli
+
+    small = typer.Typer()
+
+    @small.command()
+    def broken() -> None:
+        raise typer.Exit(3)
+
+    @small.command()
+    def fine() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", small)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["broken"])
+    assert info.value.code == 3
+    cli.main(["fine"])  # no SystemExit: exit code 0
+
+
+def test_no_help_text_loses_its_brackets_to_rich_markup() -> None:
+    """Every bracketed part of a command's or option's help (schemas, install hints such as
+    'aeron-tui[plot]', defaults) prints as written: Rich reads [...] as markup and drops it."""
+    import re
+
+    import click
+    import typer
+    from typer.testing import CliRunner
+
+    from aeron_tui.cli import app
+
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+    checked = 0
+
+    def walk(cmd: click.Command, path: list[str]) -> None:
+        nonlocal checked
+        raw = " ".join([cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)])
+        groups = re.findall(r"\[[^\[\]]*\]", raw.replace("\\[", "["))
+        if groups:
+            out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+            flat = " ".join(out.replace("│", " ").split())
+            for group in groups:
+                assert " ".join(group.split()) in flat, (path, group)
+                checked += 1
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(root, [])
+    assert checked > 10

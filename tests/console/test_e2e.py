@@ -99,8 +99,12 @@ async def test_real_run_numbers_pause_and_stop(tmp_path: Path, sample_corpus_dir
 @pytest.mark.timeout(300)
 @sync
 async def test_real_trainer_failure_shows_the_modal(tmp_path: Path) -> None:
+    # The first records are fine (setup and `s` read those), a later line is not: only the
+    # trainer finds it, and its one-line error is what the modal shows.
+    good = ('{"provider": "p", "style_label": "qa", "user_input": "hi %d", '
+            '"assistant_reply": "yo"}\n')
     bad = tmp_path / "broken.jsonl"
-    bad.write_text('{"provider": "x", "style_label": "qa"\nnot json at all\n')
+    bad.write_text("".join(good % i for i in range(30)) + "not json at all\n")
     app, (hook, _) = _console(tmp_path, str(bad))
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await pilot.press("s")
@@ -137,7 +141,17 @@ async def test_watch_follows_a_live_headless_run_and_can_stop_it(
                            and app.session.state.global_step >= 2, timeout=180,
                            what="live steps through the tail")
             assert app.session.source == "watch" and app.session.display_status == "running"
-            await pilot.press("x")  # stop via the trainer's pid file (SIGTERM → clean stop)
+            # One rule for every live run of the user: pause, resume and stop all work on a run
+            # this console did not start (its run directory's control channel).
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.session.state.status == "paused", timeout=120,
+                           what="paused through the control channel")
+            assert app.dashboard.check_action("resume", ()) and \
+                not app.dashboard.check_action("pause", ())
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.session.state.status == "running", timeout=120,
+                           what="resumed")
+            await pilot.press("x")
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("y")
             await wait_for(pilot, lambda: app.session.state.status == "stopped", timeout=120,

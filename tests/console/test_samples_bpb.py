@@ -82,7 +82,7 @@ async def test_samples_panel_history_and_bpb_chart(tmp_path: Path) -> None:
         assert abs(levels["unigram"] - UNIGRAM / BYTES_PER_NAT) < 1e-9
         # b: bits per byte — the validation points as emitted, the baselines as emitted.
         await pilot.press("b")
-        assert chart.mode == "bpb"
+        assert chart.unit == "bpb"
         val = next(s for s in chart._series if s.style == VAL_STYLE)
         assert val.ys == [e["bpb"] for e in evals]
         refs = {s.style: s.ys for s in chart._series if s.style in (BIGRAM_STYLE, UNIGRAM_STYLE)}
@@ -91,4 +91,4 @@ async def test_samples_panel_history_and_bpb_chart(tmp_path: Path) -> None:
         assert "bits per byte" in str(box.border_title)
         assert "bigram" in str(box.border_subtitle) and "unigram" in str(box.border_subtitle)
         await pilot.press("b")
-        assert chart.mode == "loss"
+        assert chart.unit == "loss"

@@ -57,7 +57,7 @@ async def test_setup_validates_in_place_and_saves_run_toml(tmp_path: Path) -> No
         steps = screen.query_one("#steps", Input)
         steps.value = "0"
         await pilot.pause()
-        assert "≥ 1" in _label(screen, "#steps-status")
+        assert "at least 1" in _label(screen, "#steps-status")
         preset = screen.query_one("#preset", Input)
         preset.value = "smoke"  # a LONPT preset: the simple trainer has none
         await pilot.pause()

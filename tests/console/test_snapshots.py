@@ -1,7 +1,10 @@
-"""Snapshot tests of the main screens at a fixed size, with a recorded fake GPU machine, frozen
-CPU/RAM figures and clock, and the recorded event stream of a real tiny run (data/events.jsonl).
+"""Snapshot tests of the main screens — dashboard, setup, runs, wizard — at 80×24 and 140×45,
+with a recorded fake GPU machine, frozen CPU/RAM figures and clock, and the recorded event
+stream of a real tiny run (data/events.jsonl). The setup and wizard estimates run in this test
+process (the same functions the console runs in a helper process).
 
-Update after reviewing the look: ``.venv/bin/pytest tests/console/test_snapshots.py --snapshot-update``.
+Update after reviewing the look: ``.venv/bin/pytest tests/console/test_snapshots.py --snapshot-update``
+(read each changed snapshot's text before accepting it).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from textual.pilot import Pilot
 
 from aeron_tui.app.app import AeronConsole, ConsoleOptions
 
-from .helpers import FROZEN_NOW, fixed_hardware, wait_for
+from .helpers import FROZEN_NOW, estimates_in_process, fixed_hardware, wait_for
 
 RECORDED = Path(__file__).with_name("data") / "events.jsonl"
 
@@ -38,7 +41,7 @@ async def _until_finished(pilot: Pilot[Any]) -> None:
 
 
 def test_dashboard_snapshot(snap_compare: Any, tmp_path: Path) -> None:
-    assert snap_compare(_watch_app(tmp_path), terminal_size=(120, 40), run_before=_until_finished)
+    assert snap_compare(_watch_app(tmp_path), terminal_size=(140, 45), run_before=_until_finished)
 
 
 def test_dashboard_snapshot_80x24_two_gpus(snap_compare: Any, tmp_path: Path) -> None:
@@ -52,10 +55,9 @@ def test_dashboard_snapshot_cpu_only(snap_compare: Any, tmp_path: Path) -> None:
 
 
 def _setup_app(tmp_path: Path) -> AeronConsole:
-    from aeron_tui.app.runsetup import RunSetup
+    from aeron_tui.app.runsetup import default_setup
 
-    opts = ConsoleOptions(setup=RunSetup(trainer="simple", profile="auto"),
-                          runs_root=tmp_path / "runs")
+    opts = ConsoleOptions(setup=default_setup(trainer="simple"), runs_root=tmp_path / "runs")
     return AeronConsole(opts, clock=lambda: FROZEN_NOW, hardware=fixed_hardware("rtx-24gb"))
 
 
@@ -72,9 +74,11 @@ async def _setup_loaded(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
-@pytest.mark.slow  # the profile estimates run in a helper process (torch import)
-def test_setup_snapshot(snap_compare: Any, tmp_path: Path) -> None:
-    assert snap_compare(_setup_app(tmp_path), terminal_size=(120, 36), run_before=_setup_loaded)
+@pytest.mark.parametrize("size", [(80, 24), (140, 45)])
+def test_setup_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        size: tuple[int, int]) -> None:
+    estimates_in_process(monkeypatch)
+    assert snap_compare(_setup_app(tmp_path), terminal_size=size, run_before=_setup_loaded)
 
 
 async def _wizard_loaded(pilot: Pilot[Any]) -> None:
@@ -87,8 +91,47 @@ async def _wizard_loaded(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
-@pytest.mark.slow  # the wizard plan runs in a helper process (torch import)
-def test_wizard_snapshot(snap_compare: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (140, 45)])
+def test_wizard_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         size: tuple[int, int]) -> None:
+    estimates_in_process(monkeypatch)
     app = AeronConsole(ConsoleOptions(runs_root=tmp_path / "runs"), clock=lambda: FROZEN_NOW,
                        hardware=fixed_hardware("2x24gb"))
-    assert snap_compare(app, terminal_size=(120, 36), run_before=_wizard_loaded)
+    assert snap_compare(app, terminal_size=size, run_before=_wizard_loaded)
+
+
+async def _runs_loaded(pilot: Pilot[Any]) -> None:
+    from aeron_tui.app.screens.runs import RunsScreen
+
+    await pilot.press("r")
+    screen = pilot.app.screen
+    assert isinstance(screen, RunsScreen)
+    await wait_for(pilot, lambda: len(screen.runs) == 3, what="the run list")
+    await pilot.press("space")  # one run marked for comparison
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (140, 45)])
+def test_runs_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       size: tuple[int, int]) -> None:
+    import time
+
+    from .synth import T0, synthetic_events, write_events
+
+    monkeypatch.setenv("TZ", "UTC")  # the "started" column is local time
+    time.tzset()
+    monkeypatch.chdir(tmp_path)  # a relative runs root: the screen shows "runs", not a tmp path
+    root = Path("runs")
+    shutil.copytree(RECORDED.parent, root / "simple-tiny-recorded",
+                    ignore=lambda d, names: [n for n in names if n != "events.jsonl"])
+    write_events(root / "lonpt-tiny-20231114-221320" / "events.jsonl",
+                 synthetic_events(40, t0=T0 + 100))
+    write_events(root / "simple-small-with-a-rather-long-name-20231114-221500" / "events.jsonl",
+                 synthetic_events(40, t0=T0 + 300)[:15])
+    app = AeronConsole(ConsoleOptions(runs_root=root), clock=lambda: FROZEN_NOW,
+                       hardware=fixed_hardware())
+    try:
+        assert snap_compare(app, terminal_size=size, run_before=_runs_loaded)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -11,12 +11,13 @@ from aeron_tui.app.app import AeronConsole, ConsoleOptions
 from aeron_tui.app.screens.wizard import WizardScreen
 from profiles.settings import load_saved_choice
 
-from .helpers import fixed_hardware, sync, wait_for
+from .helpers import estimates_in_process, fixed_hardware, sync, wait_for
 
 
-@pytest.mark.slow  # two helper processes estimate every profile (torch import each)
 @sync
-async def test_wizard_recommends_and_saves_the_chosen_profile(tmp_path: Path) -> None:
+async def test_wizard_recommends_and_saves_the_chosen_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    estimates_in_process(monkeypatch)  # the helper-process path itself: test_offload.py
     app = AeronConsole(ConsoleOptions(runs_root=tmp_path / "runs"),
                        hardware=fixed_hardware("rtx-24gb"))
     async with app.run_test(size=(120, 36)) as pilot:
@@ -30,7 +31,9 @@ async def test_wizard_recommends_and_saves_the_chosen_profile(tmp_path: Path) ->
         assert screen.chosen_profile == view.recommended.profile
         assert screen.query_one("#device", Select).value == "cuda"
         table = screen.query_one("#wizard-profiles", DataTable)
-        names = [r.name for r in view.device("cuda").rows]
+        shown = screen.shown_rows()
+        assert shown is not None
+        names = [r.name for r in shown.rows]
         assert table.row_count == len(names)
         table.focus()
         await pilot.pause()

@@ -164,6 +164,14 @@ def test_full_recipe_report_events_and_lineage(tmp_path: Path, base_checkpoint) 
 
     with safe_open(str(latest_checkpoint(tmp_path / "full") / "model.safetensors"), "pt") as fh:
         assert any("ewc_state.fisher." in k for k in fh.keys())
+    # A task per corpus: the base had no task module (its data had no 'task'); it was added.
+    ckpt = latest_checkpoint(tmp_path / "full")
+    assert json.loads((ckpt / "config.json").read_text())["enable_continual"] is True
+    vocab = json.loads((ckpt / "input_vocab.json").read_text())
+    assert vocab["tasks"] == ["old", "new"] and vocab["default_task"] == "new"
+    infos = [e["message"] for e in read_events(tmp_path / "full" / "events.jsonl")
+             if e["type"] == "info"]
+    assert any("has no task conditioning module" in m and "starts freshly" in m for m in infos)
 
 
 def test_bad_options_fail_before_training(tmp_path: Path) -> None:

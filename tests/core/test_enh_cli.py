@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -88,22 +87,30 @@ def test_data_select_bad_input_names_the_file_and_line(tiny_checkpoint: Path, tm
     assert not out.exists()  # nothing half-written
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
-                    or importlib.util.find_spec("onnxscript") is None,
-                    reason="needs the onnx extra: pip install 'aeron-tui[onnx]'")
-def test_model_export_writes_a_verified_onnx_graph(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    out = tmp_path / "export" / "aeron.onnx"
-    result = CliRunner().invoke(app, ["model", "export", "--checkpoint", str(tiny_checkpoint),
-                                      "--format", "onnx", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert out.is_file() and "wrote" in result.output
-    diff = float(result.output.split("max |logits difference|")[1].split()[0])
-    assert diff < 1e-4
+def test_model_export_refuses_an_unsupported_opset_in_one_line_before_loading(tmp_path: Path) -> None:
+    from core.infer.export import ExportError
+
+    # The default used to be 17: a RuntimeError traceback, then an opset-18 file anyway.
+    missing = tmp_path / "no-such-checkpoint"  # refused before the checkpoint is looked at
+    result = CliRunner().invoke(app, ["model", "export", "--checkpoint", str(missing), "--opset", "17",
+                                      "--out", str(tmp_path / "m.onnx")])
+    assert isinstance(result.exception, ExportError)
+    message = str(result.exception)
+    assert "\n" not in message and "--opset 17 is not supported" in message and "--opset 18" in message
+    assert not (tmp_path / "m.onnx").exists()
 
 
-def test_model_export_rejects_other_formats(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_model_export_help_keeps_the_install_hint() -> None:
+    result = CliRunner().invoke(app, ["model", "export", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "pip install 'aeron-tui[onnx]'" in result.output  # Rich markup used to eat "[onnx]"
+
+
+def test_model_export_rejects_other_formats_and_says_why_there_is_no_gguf(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["model", "export", "--checkpoint", str(tiny_checkpoint),
                                       "--format", "gguf", "--out", str(tmp_path / "m.gguf")])
     assert result.exit_code != 0
     assert "--format 'gguf' is not supported" in str(result.exception)
+    assert "no GGUF runtime implements this architecture" in str(result.exception)
+    assert not (tmp_path / "m.gguf").exists()

@@ -15,6 +15,9 @@ from core.model.layers import (
     RotaryEmbedding,
     SwiGLU,
     apply_rotary,
+    attention,
+    manual_attention,
+    token_cross_entropy,
 )
 
 
@@ -191,3 +194,49 @@ def test_rmsnorm_under_autocast_emits_the_autocast_dtype() -> None:
         y = norm(x)
     y.float().sum().backward()
     assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("vocab", [300, 9000])
+def test_low_precision_cross_entropy_matches_the_fp32_one(vocab: int) -> None:
+    # 9000 takes the chunked route (no fp32 copy of the logits), 300 the plain one.
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(40, vocab, generator=gen) * 3).bfloat16()
+    target = torch.randint(0, vocab, (40,), generator=gen)
+    target[::7] = -100
+    ours = logits.clone().requires_grad_()
+    ref = logits.clone().requires_grad_()
+    got = token_cross_entropy(ours, target)
+    want = F.cross_entropy(ref.float(), target, ignore_index=-100, reduction="none")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got.dtype == torch.float32 and bool((got[::7] == 0).all())
+    weights = torch.randn(40, generator=gen)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert ours.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.grad.float(), ref.grad.float(), atol=2e-3, rtol=1e-2)
+
+
+def test_cpu_training_attention_runs_fp32_and_matches_the_reference() -> None:
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 10, 16, generator=gen)  # 4 query heads over 2 key/value heads
+    k, v = torch.randn(2, 2, 10, 16, generator=gen), torch.randn(2, 2, 10, 16, generator=gen)
+    mask = AttentionMask(torch.rand(2, 1, 10, 10, generator=gen) > 0.3, False)
+    mask = AttentionMask(mask.mask | torch.eye(10, dtype=torch.bool), False)
+    low = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    ref = [t.bfloat16().float().requires_grad_() for t in (q, k, v)]
+    saved: list[torch.dtype] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = attention(*low, mask)
+    assert torch.float32 in saved  # the kernel ran (and saved) in fp32
+    want = manual_attention(*ref, mask)[0]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), want, atol=1e-2, rtol=1e-2)
+    out.float().sum().backward()
+    want.sum().backward()
+    for a, b in zip(low, ref, strict=True):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=2e-2, rtol=2e-2)

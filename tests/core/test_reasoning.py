@@ -232,3 +232,32 @@ def test_tree_of_thought_matches_the_literal_spec(threshold: float) -> None:
     ref, q = _reference_tree_of_thought(tot, x, u, mask)
     torch.testing.assert_close(out.logits, q, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_scratchpad_read_equals_the_per_head_attention() -> None:
+    """The read folds q/o projections into the slot keys/values: same function as written out."""
+    import math
+
+    import torch.nn.functional as F
+
+    from core.model.reasoning import ScratchpadAttention, sinusoid
+
+    cfg = small_config(d_model=32, num_scratchpad_slots=5)
+    torch.manual_seed(3)
+    att = ScratchpadAttention(cfg)
+    b, s, p, d = 2, 7, 5, 32
+    h, hd = att.heads, att.head_dim
+    queries, values = torch.randn(b, s, d), torch.randn(b, p, d)
+    slot_keys = torch.randn(p, d)
+    typ, prio = torch.randint(0, 5, (1, p)), torch.randint(0, 5, (1, p))
+    age = torch.randint(0, 9, (1, p))
+    read, weights = att(queries, slot_keys, values, typ, prio, age)
+    keys = slot_keys + att.type_emb(typ) + att.priority_emb(prio) + sinusoid(age, d)
+    bias = att.importance(values).squeeze(-1) - F.softplus(att.rho) * torch.log1p(age.float())
+    q = att.q_proj(queries).view(b, s, h, hd).transpose(1, 2)
+    k = att.k_proj(keys.expand(b, p, d)).view(b, p, h, hd).transpose(1, 2)
+    v = att.v_proj(values).view(b, p, h, hd).transpose(1, 2)
+    want_w = (q @ k.transpose(-1, -2) / math.sqrt(hd) + bias[:, None, None, :]).softmax(-1)
+    want = att.o_proj((want_w @ v).transpose(1, 2).reshape(b, s, d))
+    torch.testing.assert_close(weights, want_w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(read, want, atol=1e-5, rtol=1e-5)

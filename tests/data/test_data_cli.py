@@ -129,7 +129,7 @@ def test_help_does_not_import_heavy_modules() -> None:
 def test_stats_on_corpus_directory(sample_corpus_dir: Path) -> None:
     result = runner.invoke(app, ["data", "stats", str(sample_corpus_dir), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["kind"] == "styles"
+    assert json.loads(result.output)["format"] == "styles"
 
 
 def test_tokenizer_train_unwritable_out(tmp_path: Path) -> None:

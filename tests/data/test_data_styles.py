@@ -73,7 +73,7 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.jsonl: cannot open"):
         read_styles(tmp_path / "nope.jsonl")
-    with pytest.raises(DataError, match="cannot open"):
+    with pytest.raises(DataError, match="directory holds no"):
         read_styles(tmp_path)
 
 

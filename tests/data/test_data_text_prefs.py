@@ -20,8 +20,10 @@ def test_text_file_blocks_and_directory_files(tmp_path: Path) -> None:
     (d / "sub").mkdir(parents=True)
     (d / "b.txt").write_text("B\n\nstill B")
     (d / "sub" / "a.txt").write_text("A")
-    (d / "ignored.md").write_text("no")
-    assert read_text_corpus(d) == ["B\n\nstill B", "A"]
+    (d / "notes.md").write_text("M")
+    (d / "ignored.csv").write_text("no")
+    # Documents are split by file and by blank lines (as training splits them), .md included.
+    assert read_text_corpus(d) == ["B", "still B", "M", "A"]
 
 
 def test_text_corpus_errors(tmp_path: Path) -> None:
@@ -29,7 +31,7 @@ def test_text_corpus_errors(tmp_path: Path) -> None:
     empty.write_text("\n\n  \n")
     with pytest.raises(DataError, match="empty.txt: corpus is empty"):
         read_text_corpus(empty)
-    with pytest.raises(DataError, match="no .txt files"):
+    with pytest.raises(DataError, match="no .txt or .md files"):
         read_text_corpus(_empty_dir(tmp_path))
     with pytest.raises(DataError, match="no such file"):
         read_text_corpus(tmp_path / "missing.txt")
@@ -70,7 +72,7 @@ def test_preferences_valid_and_split(tmp_path: Path) -> None:
         ({"prompt": "", "chosen": "a", "rejected": "b"}, "'prompt' is empty"),
         ({"prompt": "p", "chosen": "a"}, "missing field 'rejected'"),
         ({"prompt": "p", "chosen": "a", "rejected": ["b"]}, "'rejected' must be a string"),
-        ({"prompt": "p", "chosen": "a", "rejected": "b", "id": 3}, "'id' must be a string"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "id": [3]}, "'id' must be a string"),
     ],
 )
 def test_bad_preference_lines(tmp_path: Path, row: dict[str, object], message: str) -> None:

@@ -126,20 +126,92 @@ def test_state_buffers_and_integers_are_copied_from_base() -> None:
     assert report.summary()["tensors_copied"] == 2
 
 
-@pytest.mark.parametrize("method", ["soup", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "layerwise"])
-def test_merging_identical_models_is_identity(method: str) -> None:
+def _identical_models() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A state dict and a Fisher for it shaped like a real one: spread over orders of magnitude,
+    exactly zero for a module that got no gradient, and far below 1e-8 in places."""
     g = torch.Generator().manual_seed(0)
     sd = {
         "encoder.layers.0.w": torch.randn(8, 8, generator=g),
         "decoder.layers.1.w": torch.randn(8, generator=g).to(torch.bfloat16),
         "token_embedding.weight": torch.randn(16, 8, generator=g),
+        "knowledge_graph.entity_embedding.weight": torch.randn(5, 8, generator=g),
     }
-    base = sd if method in ("task_arithmetic", "ties", "dare_linear", "dare_ties") else None
-    out, report = merge_state_dicts([sd, sd], MergeParams(method), base=base)
+    fisher = {k: torch.rand(v.shape, generator=g) ** 6 * 1e-3 for k, v in sd.items()}
+    fisher["knowledge_graph.entity_embedding.weight"].zero_()
+    fisher["encoder.layers.0.w"][0] = 1e-12
+    return sd, fisher
+
+
+@pytest.mark.parametrize("method, base, settings", [
+    ("soup", None, {}),
+    ("task_arithmetic", "self", {}),
+    ("task_arithmetic", "other", {}),  # base + mean(θ − base) = θ
+    ("ties", "self", {}),
+    ("ties", "other", {"density": 1.0}),
+    ("dare_linear", "self", {}),
+    ("dare_linear", "other", {"density": 1.0}),
+    ("dare_ties", "self", {}),
+    ("slerp", None, {}),
+    ("slerp", "other", {}),
+    ("layerwise", None, {}),
+    ("fisher", None, {}),
+    ("fisher", None, {"weights": [0.9, 0.1]}),
+])
+def test_merging_identical_models_is_identity(method: str, base: str | None, settings: dict) -> None:
+    sd, fisher = _identical_models()
+    base_sd = None
+    if base == "self":
+        base_sd = sd
+    elif base == "other":
+        base_sd = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(9)).to(v.dtype) for k, v in sd.items()}
+    fishers = [fisher, fisher] if method == "fisher" else None
+    out, report = merge_state_dicts([sd, sd], MergeParams(method, **settings), base=base_sd, fishers=fishers)
     for name, tensor in sd.items():
         assert out[name].dtype == tensor.dtype
-        assert torch.allclose(out[name].float(), tensor.float(), atol=1e-6), name
-    assert report.summary()["mean_relative_change"] < 1e-6
+        # Within a few float32 roundings of the input (|θ| < 5 here); a Fisher merge that
+        # divides by ΣF + 1e-8 moved these by up to 100 %.
+        assert torch.allclose(out[name].float(), tensor.float(), rtol=1e-6, atol=2e-6), name
+    if base != "other":  # the change is measured from the base
+        assert report.summary()["mean_relative_change"] < 2e-6
+
+
+def test_fisher_entries_without_information_get_the_plain_average() -> None:
+    a = {"w": t(0, 10, 4), "kg": t(2, 2, 2), "v": t(1, 1, 1)}
+    b = {"w": t(10, 0, 8), "kg": t(4, 6, 8), "v": t(3, 3, 3)}
+    fa = {"w": t(3, 1, 0), "kg": t(0, 0, 0), "v": t(1, 1, 1)}
+    fb = {"w": t(1, 1, 0), "kg": t(0, 0, 0)}  # b has no Fisher for v at all
+    out, report = merge_state_dicts([a, b], MergeParams("fisher", weights=[1, 3]), fishers=[fa, fb])
+    # kg: no information in either model → the weighted plain average 0.25·a + 0.75·b
+    assert torch.allclose(out["kg"], t(3.5, 5.0, 6.5))
+    # v: a Fisher in one model only → plain average (unknown is not unimportant)
+    assert torch.allclose(out["v"], t(2.5, 2.5, 2.5))
+    # w: Fisher-weighted where there is information; the last entry has none → plain average
+    # F̂ = F / mean(F) over each model's Fisher: a's mean is 7/9 (w, kg and v), b's 1/3.
+    fa_w = t(3, 1) / (7 / 9) * 0.25
+    fb_w = t(1, 1) / (2 / 6) * 0.75
+    expected = (fa_w * t(0, 10) + fb_w * t(10, 0)) / (fa_w + fb_w)
+    assert torch.allclose(out["w"][:2], expected, rtol=1e-5)
+    assert out["w"][2].item() == pytest.approx(0.25 * 4 + 0.75 * 8)
+    stats = {s.name: s for s in report.tensors}
+    assert stats["kg"].fisher_fallback_frac == 1.0 and stats["v"].fisher_fallback_frac == 1.0
+    assert stats["w"].fisher_fallback_frac == pytest.approx(1 / 3)
+    assert report.summary()["tensors_plain_average"] == 2
+
+
+def test_fisher_scale_of_one_model_does_not_decide_the_merge() -> None:
+    # Each Fisher is compared to its own model's mean: a model whose Fisher is 1000× larger
+    # overall (longer sequences, a worse fit) does not win every entry.
+    a, b = {"w": t(0, 10)}, {"w": t(10, 0)}
+    fa, fb = {"w": t(3, 1)}, {"w": t(1, 3)}
+    same, _ = merge_state_dicts([a, b], MergeParams("fisher"), fishers=[fa, fb])
+    scaled, _ = merge_state_dicts([a, b], MergeParams("fisher"), fishers=[fa, {"w": fb["w"] * 1000}])
+    assert torch.allclose(same["w"], scaled["w"], rtol=1e-5)
+    assert torch.allclose(same["w"], t(2.5, 2.5), rtol=1e-5)
+
+
+def test_fisher_merge_refuses_a_model_without_any_fisher() -> None:
+    with pytest.raises(MergeError, match="model 2 has no Fisher"):
+        merge_state_dicts([{"w": t(1)}, {"w": t(2)}], MergeParams("fisher"), fishers=[{"w": t(1)}, {}])
 
 
 def test_bad_parameters_are_rejected_before_any_work() -> None:
@@ -218,7 +290,8 @@ def test_ewc_state_is_carried_not_merged_and_feeds_fisher_merge(tmp_path) -> Non
     out = tmp_path / "m.safetensors"
     merge_safetensors([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], MergeParams("fisher"), out)
     got = load_file(str(out))
-    assert torch.allclose(got["w"], t(2.5, 5.0), atol=1e-5)
+    # F̂: a's Fisher over its mean 2 is (1.5, 0.5), b's is (1, 1).
+    assert torch.allclose(got["w"], t(10 / 2.5, 5 / 1.5), atol=1e-5)
     assert torch.equal(got["continual_learning.ewc_state.anchor.w"], t(0, 10))
 
 

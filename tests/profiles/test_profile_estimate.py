@@ -29,7 +29,7 @@ RECALIBRATE = (
 def micro_config():
     """A very small model for the tests that check bookkeeping, not calibration."""
     return dataclasses.replace(
-        load_profile("tiny").model, vocab_size=128, d_model=64, nhead=2, num_kv_heads=1,
+        load_profile("tiny").run_model, vocab_size=128, d_model=64, nhead=2, num_kv_heads=1,
         dim_feedforward=128, num_encoder_layers=1, num_decoder_layers=1, num_scratchpad_slots=4,
     )
 
@@ -38,7 +38,7 @@ def micro_config():
 def tiny_config():
     # tiny with one layer per stack: the calibration is per block, and the step is twice as fast.
     return dataclasses.replace(
-        load_profile("tiny").model, vocab_size=V, num_encoder_layers=1, num_decoder_layers=1
+        load_profile("tiny").run_model, vocab_size=V, num_encoder_layers=1, num_decoder_layers=1
     )
 
 
@@ -54,7 +54,11 @@ def test_parameters_are_exact(micro_config) -> None:
 def test_profile_parameters_equal_count_parameters(name: str) -> None:
     config = load_profile(name).model
     assert parameter_facts(config).total == count_parameters(config)["total"]
-    assert load_profile(name).parameter_count == parameter_facts(config).total
+    # A profile's count is the model a run on text builds: no knowledge-graph/vision/task module.
+    run = load_profile(name).run_model
+    assert not (run.enable_knowledge_graph or run.enable_multimodal or run.enable_continual)
+    assert load_profile(name).parameter_count == count_parameters(run)["total"]
+    assert parameter_facts(run).total < parameter_facts(config).total
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -84,6 +88,18 @@ def test_bf16_autocast_copies_are_counted(tiny_config) -> None:
     assert est.weights == 4 * facts.total + 2 * facts.matrix_text
     assert est.activations + 4 * B * S * V == pytest.approx(
         measured.saved_activations, rel=0.10), RECALIBRATE
+
+
+def test_packed_micro_batch_stays_under_the_packing_estimate(tiny_config) -> None:
+    # B samples of half the length, two per row: what packing makes of a short-sample batch.
+    packed = measure_training_memory(tiny_config, B, S, "bf16", packing=True)
+    plain = measure_training_memory(tiny_config, B, S, "bf16")
+    est = estimate_training_memory(tiny_config, B, S, "bf16", packing=True)
+    assert est.activations > estimate_training_memory(tiny_config, B, S, "bf16").activations
+    assert any("sequence packing" in note for note in est.notes)
+    # The same samples in fewer, fuller rows never hold more than the unpacked bound.
+    assert packed.saved_activations < plain.saved_activations
+    assert packed.saved_activations < est.activations + 2 * B * S * V
 
 
 def test_compressed_trainer_state_is_exact(micro_config) -> None:

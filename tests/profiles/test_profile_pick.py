@@ -26,6 +26,7 @@ EXPECTED = [
     ("v100-16gb", "medium", "cuda", "simple", "single"),
     ("rtx-24gb", "large", "cuda", "compressed", "single"),
     ("a100-80gb", "default", "cuda", "simple", "single"),
+    ("h200", "default", "cuda", "simple", "single"),  # the device machine: 3.7 B, micro-batch 4
     ("2x24gb", "large", "cuda", "compressed", "ddp"),
     ("busy-24gb", "small", "cuda", "simple", "single"),
     ("lost-midsession", "tiny", "cpu", "simple", "single"),

@@ -241,12 +241,21 @@ def test_generate_refuses_reward_checkpoint_and_other_tokenizer(checkpoints) -> 
 
 
 def test_chat_streams_each_turn(checkpoints, target, tok) -> None:
-    result = CliRunner().invoke(app, ["chat", "--checkpoint", str(checkpoints["target"]),
-                                      "--temperature", "0", "--max-new-tokens", "8"],
-                                input="first question\nsecond\n\n")
+    cfg = GenerationConfig(max_new_tokens=8, temperature=0.0)
+    args = ["chat", "--checkpoint", str(checkpoints["target"]), "--temperature", "0",
+            "--max-new-tokens", "8"]
+    # Each line alone (--no-history) ...
+    result = CliRunner().invoke(app, [*args, "--no-history"], input="first question\nsecond\n\n")
     assert result.exit_code == 0, result.output
     for prompt in ("first question", "second"):
-        [expected] = generate(target, tok, [prompt], GenerationConfig(max_new_tokens=8,
-                                                                      temperature=0.0))
+        [expected] = generate(target, tok, [prompt], cfg)
         assert expected.text in result.stdout
     assert result.output.count("tokens/s") == 2
+    # ... and by default the conversation so far through the chat template, as trained.
+    result = CliRunner().invoke(app, [*args, "--system", "Be brief."],
+                                input="first question\nsecond\n\n")
+    assert result.exit_code == 0, result.output
+    [first] = generate(target, tok, ["first question"], cfg, system="Be brief.")
+    [second] = generate(target, tok, ["second"], cfg, system="Be brief.",
+                        history=[("user", "first question"), ("assistant", first.text)])
+    assert result.stdout == f"{first.text}\n{second.text}\n"

@@ -142,7 +142,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod, "_write_tensor_file", full)
-    with pytest.raises(CheckpointError, match="disk is full.*intact"):
+    with pytest.raises(CheckpointError, match="disk full at .*intact"):
         _save(path, Tied(), step=2)
     after = {p.name: p.read_bytes() for p in path.iterdir()}
     assert after == before

@@ -33,30 +33,13 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def _run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from aeron_tui.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["aeron-tui", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.slow
 def test_sigkill_between_checkpoints_then_resume_equals_uninterrupted(
-    tmp_path: Path, small_corpus: Path, _isolated_home: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+    tmp_path: Path, small_corpus: Path, _isolated_home: Path, cli_main: Any) -> None:
     steps = 14
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     # The uninterrupted reference runs in-process through the same CLI (one start-up saved).
-    code, _, err = _run_cli(cli_train_args(full_dir, small_corpus, steps) + ["--quiet"],
-                            monkeypatch, capsys)
+    code, _, err = cli_main(cli_train_args(full_dir, small_corpus, steps) + ["--quiet"])
     assert code == 0, err
 
     child = _spawn(cli_train_args(part_dir, small_corpus, steps) + ["--events-stdout"],
@@ -77,8 +60,7 @@ def test_sigkill_between_checkpoints_then_resume_equals_uninterrupted(
 
     assert summarize_run(part_dir).status == "crashed"
 
-    code, _, err = _run_cli(cli_train_args(part_dir, small_corpus, steps) + ["--resume", "--quiet"],
-                            monkeypatch, capsys)
+    code, _, err = cli_main(cli_train_args(part_dir, small_corpus, steps) + ["--resume", "--quiet"])
     assert code == 0, err
     a, b = _losses(full_dir), _losses(part_dir)
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
@@ -202,15 +184,13 @@ def _corrupt(kind: str, ckpt: Path) -> str:
 
 @pytest.mark.parametrize("kind", ["missing", "checksum", "pickle"])
 def test_bad_checkpoint_on_resume_fails_clearly(
-    kind: str, finished_run: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+    kind: str, finished_run: Path, small_corpus: Path, cli_main: Any) -> None:
     ckpt = finished_run / "checkpoints" / "step_000008"
     expected = _corrupt(kind, ckpt)
     before = _snapshot(ckpt)
     events_before = (finished_run / "events.jsonl").read_bytes()
     args = cli_train_args(finished_run, small_corpus, 12) + ["--resume", str(ckpt)]
-    code, _, err = _run_cli(args, monkeypatch, capsys)
+    code, _, err = cli_main(args)
     assert code != 0
     line = err.replace("\n", "")  # Rich wraps the one error line at the terminal width
     assert expected in line, err
@@ -222,41 +202,36 @@ def test_bad_checkpoint_on_resume_fails_clearly(
 
 
 def test_different_model_config_on_resume_names_fields(
-    finished_run: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+    finished_run: Path, small_corpus: Path, cli_main: Any) -> None:
     ckpt = finished_run / "checkpoints" / "step_000008"
     args = cli_train_args(finished_run, small_corpus, 12) + [
         "--resume", str(ckpt), "--set", "model.dim_feedforward=256"]
-    code, _, err = _run_cli(args, monkeypatch, capsys)
+    code, _, err = cli_main(args)
     assert code != 0
     assert "dim_feedforward: checkpoint 128, this run 256" in err.replace("\n", "")
 
 
 def test_resume_latest_skips_a_corrupt_checkpoint(
-    finished_run: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+    finished_run: Path, small_corpus: Path, cli_main: Any) -> None:
     _corrupt("checksum", finished_run / "checkpoints" / "step_000008")
     args = cli_train_args(finished_run, small_corpus, 10) + ["--resume"]
-    code, _, err = _run_cli(args, monkeypatch, capsys)
+    code, _, err = cli_main(args)
     assert code == 0, err
     events = [e for e in read_events(finished_run / "events.jsonl") if isinstance(e, dict)]
     warnings = [e["message"] for e in events if e["type"] == "warning"]
     assert any("skipping checkpoint step_000008" in w for w in warnings)
-    assert any("resumed from" in w and "step_000004" in w for w in warnings)
+    infos = [e["message"] for e in events if e["type"] == "info"]
+    assert any("resumed from" in m and "step_000004" in m for m in infos)
     assert events[-1]["type"] == "run_finished" and events[-1]["global_step"] == 10
 
 
-def test_runs_list_shows_status(finished_run: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run_cli(["runs", "list", "--root", str(finished_run.parent), "--json"],
-                            monkeypatch, capsys)
+def test_runs_list_shows_status(finished_run: Path, cli_main: Any) -> None:
+    code, out, _ = cli_main(["runs", "list", "--root", str(finished_run.parent), "--json"])
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert rows[0]["status"] == "finished" and rows[0]["global_step"] == 8
     assert rows[0]["trainer"] == "simple" and rows[0]["profile"] == "tiny"
-    code, out, _ = _run_cli(["runs", "show", str(finished_run)], monkeypatch, capsys)
+    code, out, _ = cli_main(["runs", "show", str(finished_run)])
     assert code == 0 and "finished" in out and "step_000008" in out
     # Loss and bits per byte of the run's eval, beside the reference baselines it carried.
     [ev] = [e for e in read_events(finished_run / "events.jsonl")
@@ -266,19 +241,15 @@ def test_runs_list_shows_status(finished_run: Path, monkeypatch: pytest.MonkeyPa
             f"unigram {ev['baseline_unigram_bpb']:.4f})") in out
 
 
-def test_unknown_config_key_exits_nonzero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_config_key_exits_nonzero(tmp_path: Path, cli_main: Any) -> None:
     bad = tmp_path / "run.toml"
     bad.write_text("stepz = 3\n")
-    code, _, err = _run_cli(["train", "simple", "--profile", "tiny", "--config", str(bad)],
-                            monkeypatch, capsys)
+    code, _, err = cli_main(["train", "simple", "--profile", "tiny", "--config", str(bad)])
     assert code == 1 and "stepz" in err and "run.toml" in err
 
 
-def test_cli_plain_output_and_exit_code(tmp_path: Path, small_corpus: Path,
-                                        monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run_cli(cli_train_args(tmp_path / "r", small_corpus, 3), monkeypatch, capsys)
+def test_cli_plain_output_and_exit_code(tmp_path: Path, small_corpus: Path, cli_main: Any) -> None:
+    code, out, err = cli_main(cli_train_args(tmp_path / "r", small_corpus, 3))
     assert code == 0, err
     # stdout is not a TTY here: one plain line per log interval, no escape codes.
     lines = out.splitlines()
@@ -287,17 +258,14 @@ def test_cli_plain_output_and_exit_code(tmp_path: Path, small_corpus: Path,
 
 
 def test_unknown_option_for_simple_trainer_is_named(
-    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+    tmp_path: Path, small_corpus: Path, cli_main: Any) -> None:
     args = cli_train_args(tmp_path / "r", small_corpus, 2) + ["--set", "lerning_rate=0.1"]
-    code, _, err = _run_cli(args, monkeypatch, capsys)
+    code, _, err = cli_main(args)
     assert code == 1 and "no option 'lerning_rate'" in err.replace("\n", "")
 
 
 def test_generate_formats_prompts_as_training_did(
-    finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:
+    finished_run: Path, monkeypatch: pytest.MonkeyPatch, cli_main: Any) -> None:
     """`generate` at temperature 0 from the final checkpoint repeats the run's last live sample
     for the same prompt: the prompt got the same provider/style head the trainer gave it."""
     events = [e for e in read_events(finished_run / "events.jsonl") if isinstance(e, dict)]
@@ -310,23 +278,40 @@ def test_generate_formats_prompts_as_training_did(
     for s in sample["samples"]:
         args = ["generate", "--checkpoint", str(ckpt), "--prompt", s["prompt"],
                 "--temperature", "0", "--max-new-tokens", "32", "--style", s["style"]]
-        code, out, err = _run_cli(args, monkeypatch, capsys)
+        code, out, err = cli_main(args)
         assert code == 0, err
         assert out == s["text"] + "\n"
         assert f"<|provider|> synthetic <|style|> {s['style']} <|user|>" in err
     # Without --style the checkpoint's most common training style is used; '' drops it.
-    code, _, err = _run_cli(["generate", "--checkpoint", str(ckpt), "--prompt", "What is 1 plus 1?",
-                             "--temperature", "0", "--max-new-tokens", "4"], monkeypatch, capsys)
+    code, _, err = cli_main(["generate", "--checkpoint", str(ckpt), "--prompt", "What is 1 plus 1?",
+                             "--temperature", "0", "--max-new-tokens", "4"])
     assert code == 0 and f"<|style|> {recorded['style']} <|user|>" in err
-    code, _, err = _run_cli(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--style",
+    code, _, err = cli_main(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--style",
                              "poetry", "--provider", "", "--temperature", "0",
-                             "--max-new-tokens", "2"], monkeypatch, capsys)
+                             "--max-new-tokens", "2"])
     assert code == 0 and "style 'poetry' never occurred in training" in err
     assert "<|provider|>" not in err
     # chat formats each turn the same way.
     s = sample["samples"][0]
     monkeypatch.setattr(sys, "stdin", io.StringIO(s["prompt"] + "\n\n"))
-    code, out, err = _run_cli(["chat", "--checkpoint", str(ckpt), "--temperature", "0",
-                               "--max-new-tokens", "32", "--style", s["style"]], monkeypatch, capsys)
+    code, out, err = cli_main(["chat", "--checkpoint", str(ckpt), "--temperature", "0",
+                               "--max-new-tokens", "32", "--style", s["style"]])
     assert code == 0, err
     assert out == s["text"] + "\n"
+
+
+def test_packing_flag_reaches_the_run_and_bad_values_are_one_line(
+    tmp_path: Path, small_corpus: Path, cli_main: Any) -> None:
+    import json
+
+    run_dir = tmp_path / "r"
+    code, _, err = cli_main(cli_train_args(run_dir, small_corpus, 2) + ["--packing", "on"])
+    assert code == 0, err
+    assert 'packing = "on"' in (run_dir / "run.toml").read_text()
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    notes = [e["message"] for e in events if e["type"] == "info"]
+    assert any(n.startswith("sequence packing on (on)") for n in notes), notes
+    code, _, err = cli_main(cli_train_args(tmp_path / "bad", small_corpus, 2)
+                            + ["--packing", "sometimes"])
+    assert code == 1 and "'packing'" in err and "auto, on, off" in err
+    assert len(err.strip().splitlines()) == 1

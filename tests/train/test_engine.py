@@ -47,9 +47,13 @@ class Recording:
         return RecordingTrainer
 
 
-def test_stop_then_resume_equals_uninterrupted(tmp_path: Path, small_corpus: Path) -> None:
+@pytest.mark.parametrize("packing", ["on", "off"])
+def test_stop_then_resume_equals_uninterrupted(tmp_path: Path, small_corpus: Path,
+                                               packing: str) -> None:
     full_dir = tmp_path / "full"
-    assert _trainer(run_config(full_dir, small_corpus)).run() == "finished"
+    full_run = _trainer(run_config(full_dir, small_corpus, packing=packing))
+    assert full_run.run() == "finished"
+    assert (full_run.pack_length is not None) == (packing == "on")
     full = step_losses(full_dir)
     assert sorted(full) == list(range(1, 13))
 
@@ -60,11 +64,11 @@ def test_stop_then_resume_equals_uninterrupted(tmp_path: Path, small_corpus: Pat
         if event["type"] == "step" and event["global_step"] == 7:
             stopper["trainer"].control.put("stop")
 
-    first = _trainer(run_config(part_dir, small_corpus), listeners=[stop_at_7])
+    first = _trainer(run_config(part_dir, small_corpus, packing=packing), listeners=[stop_at_7])
     stopper["trainer"] = first
     assert first.run() == "stopped"
     assert (part_dir / "checkpoints" / "step_000007").is_dir()
-    second = _trainer(run_config(part_dir, small_corpus, resume="latest"))
+    second = _trainer(run_config(part_dir, small_corpus, resume="latest", packing=packing))
     assert second.run() == "finished"
     resumed = step_losses(part_dir)
     assert sorted(resumed) == list(range(1, 13))
@@ -75,6 +79,62 @@ def test_stop_then_resume_equals_uninterrupted(tmp_path: Path, small_corpus: Pat
 
     manifest = json.loads((part_dir / "checkpoints" / "step_000012" / "manifest.json").read_text())
     assert manifest["parents"] and manifest["parents"][0]["relation"] == "resumed"
+
+
+def _varied_corpus(path: Path, n: int = 200) -> Path:
+    """Styles samples of 1-4 sentences a side: short and of varied length."""
+    import json
+    import random
+
+    rng = random.Random(5)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        ask = " ".join(f"What is {a + k} plus {b}?" for k in range(rng.randint(1, 3)))
+        reply = " ".join(f"{a + k} plus {b} is {a + k + b}." for k in range(rng.randint(1, 4)))
+        rows.append({"provider": "synthetic", "style_label": "math", "user_input": ask,
+                     "assistant_reply": reply, "turn_id": f"v{i:04d}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_packed_and_unpacked_runs_train_alike(tmp_path: Path) -> None:
+    """Packing lays the same samples out differently, kept apart by masks: the runs match."""
+    from core.train.simple import SimpleTrainer
+
+    class Counting(SimpleTrainer):
+        packed_batches = 0
+
+        def next_batch(self) -> Any:
+            batch = super().next_batch()
+            type(self).packed_batches += "segment_ids" in batch
+            return batch
+
+    corpus = _varied_corpus(tmp_path / "styles.jsonl")
+    runs = {}
+    for packing in ("on", "off"):
+        run_dir = tmp_path / packing
+        trainer = type(f"Counting{packing}", (Counting,), {})(
+            run_config(run_dir, corpus, steps=6, eval_every=6, seq_len=64, packing=packing),
+            tiny_model_config())
+        assert trainer.run() == "finished"
+        packed_val = sum("segment_ids" in b for b in trainer.validation_batches())
+        if packing == "on":
+            assert type(trainer).packed_batches >= 2 and packed_val > 0
+        else:
+            assert type(trainer).packed_batches == 0 and packed_val == 0
+        runs[packing] = _events(run_dir)
+    notes = [e["message"] for e in runs["on"] if e["type"] == "info"]
+    assert any(n.startswith("sequence packing on (on)") and "% packed" in n for n in notes)
+    on, off = ({e["global_step"]: e for e in events if e["type"] == "step"}
+               for events in runs.values())
+    assert sorted(on) == sorted(off) == list(range(1, 7))
+    for step in on:
+        assert on[step]["loss"] == pytest.approx(off[step]["loss"], rel=2e-4), step
+        assert on[step]["samples_per_s"] > 0
+    val_on, val_off = ([e["loss"] for e in events if e["type"] == "eval"]
+                       for events in runs.values())
+    assert val_on == pytest.approx(val_off, rel=2e-4) and len(val_on) == 1
 
 
 def test_events_redraw_the_loss_curve(tmp_path: Path, small_corpus: Path) -> None:

@@ -88,3 +88,21 @@ def test_bpb_baselines_and_samples_print_under_the_eval_line(tmp_path: Path) -> 
     assert "1.234 bpb (bigram 1.763, unigram 3.288)" in lines[at]
     assert lines[at + 1] == "  [qa] What is 2 plus 2? → 2 plus 2 is 4."
     assert lines[at + 2].startswith("  Line one⏎line two xxx") and "… → a⏎b" in lines[at + 2]
+
+
+def test_info_lines_are_not_warnings_and_ppo_evals_say_reward(tmp_path: Path) -> None:
+    out = io.StringIO()
+    display = HeadlessDisplay("plain", out)
+    with EventWriter(tmp_path / "events.jsonl", listeners=[display]) as writer:
+        writer.emit("run_started", run_id="r1", trainer="ppo", total_steps=4)
+        writer.emit("info", message="resumed from /x/step_000002 at step 2", global_step=2)
+        # PPO's eval loss is the negated held-out reward.
+        writer.emit("eval", global_step=4, loss=-0.7119, best=True,
+                    metrics={"reward": 0.7119, "kl": 0.0312})
+        writer.emit("eval", global_step=4, loss=0.52, metrics={"accuracy": 0.8})
+    lines = out.getvalue().splitlines()
+    assert "[2] resumed from /x/step_000002 at step 2" in lines
+    assert not any("warning" in ln for ln in lines)
+    assert "[4] held-out reward 0.7119, KL 0.0312 ✓ best" in lines
+    assert "[4] validation loss 0.5200" in lines  # a real loss keeps its name
+    assert [e["type"] for e in display.state.log][:1] == ["info"]  # the console's log shows it

@@ -44,11 +44,12 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {e["global_step"]: e["loss"] for e in _events(run_dir) if e["type"] == "step"}
 
 
+@pytest.mark.parametrize("packing", ["on", "off"])
 def test_oom_splits_the_micro_batch_and_trains_like_the_smaller_batch(
-    tmp_path: Path, small_corpus: Path
+    tmp_path: Path, small_corpus: Path, packing: str
 ) -> None:
-    trainer = _oom_above(2)(run_config(tmp_path / "oom", small_corpus, steps=6, micro_batch=8),
-                            tiny_model_config())
+    trainer = _oom_above(2)(run_config(tmp_path / "oom", small_corpus, steps=6, micro_batch=8,
+                                       packing=packing), tiny_model_config())
     assert trainer.run() == "finished"
     assert (trainer.micro_batch, trainer.grad_accum) == (2, 4)
     events = _events(tmp_path / "oom")
@@ -61,8 +62,8 @@ def test_oom_splits_the_micro_batch_and_trains_like_the_smaller_batch(
     # Same samples, same effective batch: the run follows the trajectory the 8 × 1 run takes
     # without any OOM. Not bit-equal: four micro-batch means of 2 are averaged instead of one
     # token mean over 8 (the sequences differ in length), a ~1e-4 relative difference.
-    reference = _oom_above(99)(run_config(tmp_path / "ref", small_corpus, steps=6, micro_batch=8),
-                               tiny_model_config())
+    reference = _oom_above(99)(run_config(tmp_path / "ref", small_corpus, steps=6, micro_batch=8,
+                                          packing=packing), tiny_model_config())
     assert reference.run() == "finished"
     got, want = _losses(tmp_path / "oom"), _losses(tmp_path / "ref")
     assert got.keys() == want.keys() and len(got) == 6

@@ -18,11 +18,13 @@ from aeron_tui.app.widgets.checkpoints_table import CheckpointsTable
 from aeron_tui.app.widgets.event_log import EventLog
 from aeron_tui.app.widgets.hardware_panel import HardwarePanel
 from aeron_tui.app.widgets.loss_chart import LossChart
+from aeron_tui.app.widgets.process_panel import ProcessPanel
 from aeron_tui.app.widgets.run_panel import RunPanel
 from aeron_tui.app.widgets.samples_panel import SamplesPanel
 from aeron_tui.app.widgets.scratchpad_grid import ScratchpadGrid
 
 if TYPE_CHECKING:
+    from aeron_tui.app.procwatch import ProcessSample
     from profiles.hardware import HardwareInfo
     from profiles.sampler import HardwareSample
 
@@ -36,14 +38,20 @@ def _box(widget_id: str, title: str, *children: object, classes: str = "box") ->
 class DashboardScreen(Screen[None]):
     """Renders the current :class:`RunSession`; the app calls :meth:`render_session` on a timer."""
 
+    # Several bindings share a key: the footer shows the first one valid now (check_action),
+    # so it lists only the keys that do something in this state and fits 80 columns.
     BINDINGS = [
-        Binding("s", "app.start_run", "Start"),
-        Binding("p,space", "app.pause_resume", "Pause/Resume"),
-        Binding("x", "app.stop_run", "Stop"),
-        Binding("c", "app.checkpoint_now", "Checkpoint"),
-        Binding("m", "toggle_smoothing", "Smooth", show=False),
+        Binding("s", "start", "Start"),
+        Binding("s", "offer_resume", "Resume…"),
+        Binding("s", "start_beside", "Start", show=False),
+        Binding("p,space", "pause", "Pause"),
+        Binding("p,space", "resume", "Resume"),
+        Binding("x", "stop", "Stop"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("m", "toggle_smoothing", "Smooth"),
         Binding("b", "toggle_bpb", "Loss/bpb", show=False),
         Binding("h", "samples_history", "Samples", show=False),
+        Binding("tab", "app.focus_next", "Focus", show=False),
     ]
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -54,7 +62,8 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dash"):
             with Horizontal(id="top"):
-                yield _box("hw-box", "hardware", HardwarePanel(id="hardware"))
+                yield _box("hw-box", "hardware", HardwarePanel(id="hardware"),
+                           ProcessPanel(id="trainer-process"))
                 yield _box("run-box", "run", RunPanel(self._clock, id="run"))
             with Horizontal(id="middle"):
                 yield _box("chart-box", "loss", LossChart(id="loss"))
@@ -78,10 +87,16 @@ class DashboardScreen(Screen[None]):
         box = self.query_one("#branch-box")
         metrics_only = bool(branches.shown_metrics) and not branches.shown_scores
         box.border_title = "trainer metrics" if metrics_only else "ToT branches"
+        box.border_subtitle = branches.legend
         self.query_one(ScratchpadGrid).show(session)
         self.query_one(EventLog).show(session)
         self.query_one(SamplesPanel).show(session)
         self.query_one(CheckpointsTable).show(session)
+
+    def render_process(self, session: RunSession | None, sample: ProcessSample | None) -> None:
+        """The trainer's own CPU % and memory (the app samples its pid)."""
+        if self._ready():
+            self.query_one(ProcessPanel).show(session, sample)
 
     def render_hardware(self, info: HardwareInfo | None, sample: HardwareSample | None) -> None:
         if not self._ready():
@@ -102,8 +117,71 @@ class DashboardScreen(Screen[None]):
             return False
         return bool(self.query(RunPanel)) and bool(self.query(HardwarePanel))
 
+    # -- keys valid now --------------------------------------------------------------------------
+
+    def _state(self) -> tuple[str, bool]:
+        """(what the run on screen allows: "none" | "live" | "replay" | "done", paused)."""
+        app = self.app
+        session = getattr(app, "session", None)
+        if session is None or session.source == "none":
+            return "none", False
+        if session.source == "replay":
+            return "replay", False
+        if session.live:
+            return "live", session.state.paused
+        return "done", False
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        kind, paused = self._state()
+        app = self.app
+        if action == "start":
+            return kind in ("none", "done", "replay") and not self._resumable()
+        if action == "offer_resume":
+            return kind == "done" and self._resumable()
+        if action == "start_beside":
+            return kind == "live"
+        if action == "pause":
+            return kind == "live" and not paused
+        if action == "resume":
+            return kind == "live" and paused
+        if action in ("stop", "checkpoint"):
+            return kind == "live"
+        if action == "toggle_smoothing":
+            session = getattr(app, "session", None)
+            return session is not None and bool(session.state.train_losses)
+        return True
+
+    def _resumable(self) -> bool:
+        finder = getattr(self.app, "resumable_run", None)
+        return finder is not None and finder() is not None
+
+    def bindings_key(self) -> tuple[object, ...]:
+        """What the footer depends on (the app refreshes the bindings when it changes)."""
+        kind, paused = self._state()
+        session = getattr(self.app, "session", None)
+        return (kind, paused, session.display_status if session else None,
+                bool(session and session.state.train_losses))
+
+    def action_start(self) -> None:
+        self.app.action_start_run()  # type: ignore[attr-defined]
+
+    action_offer_resume = action_start
+    action_start_beside = action_start
+
+    def action_pause(self) -> None:
+        self.app.action_pause_run()  # type: ignore[attr-defined]
+
+    def action_resume(self) -> None:
+        self.app.action_resume_paused()  # type: ignore[attr-defined]
+
+    def action_stop(self) -> None:
+        self.app.action_stop_run()  # type: ignore[attr-defined]
+
+    def action_checkpoint(self) -> None:
+        self.app.action_checkpoint_now()  # type: ignore[attr-defined]
+
     def action_toggle_bpb(self) -> None:
-        self.query_one(LossChart).toggle_mode()
+        self.query_one(LossChart).toggle_unit()
 
     def action_samples_history(self) -> None:
         from aeron_tui.app.screens.samples import SamplesScreen

@@ -21,34 +21,41 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("q  ctrl+c  ctrl+q", "quit (asks to stop or detach a running run)"),
         ("escape", "close the current screen or dialog"),
     ]),
-    ("Dashboard", [
-        ("s", "start a run with the current setup"),
-        ("p  space", "pause / resume the run"),
+    ("Dashboard (the footer shows the keys valid now)", [
+        ("s", "start a run with the current setup (the wizard's saved choice unless changed); "
+              "after a stop it offers to resume; beside a live run it asks first"),
+        ("p  space", "pause / resume the run (any live run of yours, watched ones too)"),
         ("x", "stop the run (asks first; writes a final checkpoint)"),
         ("c", "checkpoint now"),
-        ("m", "toggle loss smoothing (debiased EMA)"),
+        ("m", "loss chart: raw values / debiased EMA"),
         ("b", "chart: loss ↔ validation bits per byte (with the bigram/unigram baselines)"),
         ("h", "every set of live samples so far (the panel shows the newest)"),
         ("tab", "move focus (event log, checkpoints)"),
     ]),
     ("Run setup", [
-        ("tab / shift+tab", "next / previous field"),
+        ("tab  shift+tab", "next / previous field"),
         ("enter", "pick the highlighted profile"),
         ("ctrl+s", "save run.toml"),
         ("ctrl+r", "save and start the run"),
     ]),
     ("Wizard", [
-        ("tab / shift+tab", "device, trainer, profile table"),
+        ("tab  shift+tab", "device, trainer, profile table"),
         ("enter", "pick the highlighted profile"),
         ("ctrl+s", "save the hardware choice (later runs use it)"),
     ]),
     ("Runs", [
         ("enter", "watch the highlighted run"),
+        ("R", "resume the highlighted stopped run from its latest checkpoint"),
+        ("space", "mark a run (two marked: c compares their loss curves)"),
+        ("c", "compare the two marked runs on one chart"),
+        ("o", "show the highlighted run's config (run.toml)"),
+        ("g", "write the runs plot (PNG) of the marked runs, or of the highlighted one"),
         ("f5", "refresh the list"),
     ]),
     ("Dialogs", [
-        ("y / n", "answer yes / no"),
-        ("s / d", "quit dialog: stop the run / leave it running headless"),
+        ("y  n", "answer yes / no"),
+        ("s  d", "quit dialog: stop the run / leave it running headless"),
+        ("r  n", "after a stop: resume the run / start a new one"),
     ]),
 ]
 

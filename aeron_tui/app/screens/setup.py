@@ -19,15 +19,23 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select
+from textual.widgets.data_table import ColumnKey
 from textual.worker import get_current_worker
 
-from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
+from aeron_tui.app.format import (
+    PROFILE_COLUMNS,
+    fit_mark,
+    fmt_bytes,
+    fmt_count,
+    profile_detail_width,
+)
 from aeron_tui.app.runsetup import (
     AUTO,
+    MAX_STEPS,
     RunSetup,
+    check_data,
     preset_problem,
     trainer_presets,
-    validate_data_path,
 )
 
 if TYPE_CHECKING:
@@ -38,8 +46,9 @@ class SetupScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape", "app.dashboard", "Back"),
-        Binding("ctrl+s", "save", "Save run.toml"),
-        Binding("ctrl+r", "start", "Start run"),
+        Binding("tab", "app.focus_next", "Next"),
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+r", "start", "Start"),
     ]
 
     def __init__(self, setup: RunSetup, hardware: Any = None) -> None:
@@ -50,6 +59,8 @@ class SetupScreen(Screen[None]):
         self.auto_choice: str | None = None
         self.notes: list[str] = []
         self.chosen_profile = setup.profile
+        self._profiles_for: str | None = None
+        self._vocab_for = (setup.data or "").strip()
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -59,6 +70,7 @@ class SetupScreen(Screen[None]):
         trainer = self.setup.trainer or _default_trainer()
         with VerticalScroll(classes="form-screen"):
             yield Label("Run setup", classes="screen-title")
+            yield Label(self._origins_text(), id="origins", classes="field-help")
             with Horizontal(classes="form-row"):
                 yield Label("trainer")
                 yield Select([(f"{name} — {entry.description}", name)
@@ -77,7 +89,9 @@ class SetupScreen(Screen[None]):
             yield Label("", id="data-status", classes="field-help")
             with Horizontal(classes="form-row"):
                 yield Label("steps")
-                yield Input(str(self.setup.steps or ""), type="integer",
+                # A text field checked as a whole: an integer field silently drops the "." of
+                # "10.5" (→ 105) and the "e" of "1e3" (→ 13).
+                yield Input(str(self.setup.steps or ""),
                             placeholder="blank: the trainer's / preset's default", id="steps")
             yield Label("", id="steps-status", classes="field-help")
             yield Label("profile  (enter picks; auto = the largest that fits this hardware)",
@@ -96,8 +110,9 @@ class SetupScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#profiles", DataTable)
-        for name in ("", "profile", "params", "est. memory", "fits", "detail"):
-            table.add_column(name, key=name or "mark")
+        for title, key, width in PROFILE_COLUMNS:
+            table.add_column(title, key=key, width=width)
+        table.add_column("detail", key="detail", width=profile_detail_width(self.app.size.width))
         self._refresh_presets(self._trainer())
         self._check_data(self.query_one("#data", Input).value)
         self._check_steps(self.query_one("#steps", Input).value)
@@ -141,7 +156,9 @@ class SetupScreen(Screen[None]):
     def _trainer_changed(self, event: Select.Changed) -> None:
         trainer = self._trainer()
         self._refresh_presets(trainer)
-        self._load_profiles(trainer)
+        self._check_data(self.query_one("#data", Input).value)
+        if trainer != self._profiles_for:
+            self._load_profiles(trainer)
 
     @on(Input.Changed, "#data")
     def _data_changed(self, event: Input.Changed) -> None:
@@ -152,45 +169,48 @@ class SetupScreen(Screen[None]):
         self._check_steps(event.value)
 
     def _check_data(self, value: str) -> bool:
+        """Read the head of the data as the trainer will (one line: what is wrong, or what
+        was found)."""
         label = self.query_one("#data-status", Label)
-        problem = validate_data_path(value)
-        if problem:
-            label.update(Text(f"✗ {problem}", style="bold red"))
+        found = check_data(value, self._trainer())
+        if found.problem:
+            label.update(Text(f"✗ {found.problem}", style="bold red"))
             label.set_classes("field-error")
             return False
         label.set_classes("field-help")
-        if not value.strip():
-            label.update(Text("✓ the bundled sample corpus (built on first use)", style="green"))
-        else:
-            path = Path(value).expanduser()
-            size = path.stat().st_size if path.is_file() else None
-            label.update(Text(f"✓ {path.name}" + (f" · {fmt_bytes(size)}" if size else " (dir)"),
-                              style="green"))
+        name = Path(value).expanduser().name if value.strip() else ""
+        label.update(Text(f"✓ {name + ': ' if name else ''}{found.summary}", style="green"))
+        if value.strip() != self._vocab_for:
+            self._vocab_for = value.strip()
+            if self.is_mounted and self._profiles_for is not None:
+                self._load_profiles(self._trainer())  # the vocabulary may differ: new counts
         return True
 
     def _check_steps(self, value: str) -> bool:
         label = self.query_one("#steps-status", Label)
-        text = value.strip()
-        if not text:
-            label.update("")
-            return True
-        try:
-            ok = int(text) >= 1
-        except ValueError:
-            ok = False
-        label.update(Text("" if ok else "✗ steps must be a whole number ≥ 1", style="bold red"))
-        return ok
+        problem = steps_problem(value)
+        label.update(Text(f"✗ {problem}", style="bold red") if problem else "")
+        return problem is None
 
     # -- profiles -------------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="profiles", exit_on_error=False)
     def _load_profiles(self, trainer: str) -> None:
+        self._profiles_for = trainer
+        data = self.query_one("#data", Input).value.strip()
+        if check_data(data, trainer).problem:
+            data = ""
+        self.query_one("#profile-status", Label).update(
+            f"estimating memory per profile for the {trainer} trainer…")
+        self._estimate_profiles(trainer, data or None)
+
+    @work(thread=True, exclusive=True, group="profiles", exit_on_error=False)
+    def _estimate_profiles(self, trainer: str, data: str | None) -> None:
         from aeron_tui.app.offload import Cancelled, in_child
         from aeron_tui.app.runsetup import profile_rows
 
         worker = get_current_worker()
         try:
-            auto, rows, notes = in_child(profile_rows, self.hardware, trainer,
+            auto, rows, notes = in_child(profile_rows, self.hardware, trainer, data,
                                          cancelled=lambda: worker.is_cancelled)
             error = None
         except Cancelled:
@@ -216,27 +236,55 @@ class SetupScreen(Screen[None]):
             fits = fit_mark(row.fits)
             table.add_row(self._mark(row.name), row.name, fmt_count(row.params),
                           fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
-                          Text(row.detail, overflow="ellipsis"), key=row.name)
+                          Text(row.detail, overflow="ellipsis", no_wrap=True), key=row.name)
         if not error:
             status.update(self._profile_summary())
         names = [AUTO] + [r.name for r in rows]
         if self.chosen_profile in names:
             table.move_cursor(row=names.index(self.chosen_profile))
 
+    def on_resize(self) -> None:
+        table = self.query_one("#profiles", DataTable)
+        column = table.columns.get(ColumnKey("detail"))
+        width = profile_detail_width(self.app.size.width)
+        if column is not None and column.width != width:
+            column.width = width
+            if self.profile_rows:  # lay the verdicts out again (their … moves)
+                self._show_profiles(self.auto_choice, self.profile_rows, self.notes, None)
+
     def _mark(self, name: str) -> Text:
         return Text("●", style="bold green") if name == self.chosen_profile else Text(" ")
 
     def _profile_summary(self) -> Text:
         chosen = self.chosen_profile
+        trainer = self._profiles_for or self._trainer()
+        rules = "8/12/16-bit moments" if trainer == "compressed" else "AdamW fp32 moments"
         if chosen == AUTO:
             text = Text(f"profile: auto → {self.auto_choice or 'nothing fits'}", style="bold")
-            for note in self.notes:
+        else:
+            row = next((r for r in self.profile_rows if r.name == chosen), None)
+            text = Text(f"profile: {chosen}", style="bold")
+            if row is not None and not row.fits:
+                text.append("  (estimated not to fit this hardware)", style="bold yellow")
+        vocab, *notes = self.notes or [""]
+        text.append(f"\nmemory with the {trainer} trainer's optimizer state ({rules}); {vocab}",
+                    style="dim")
+        if chosen == AUTO:
+            for note in notes:
                 text.append(f"\n{note}", style="yellow")
-            return text
-        row = next((r for r in self.profile_rows if r.name == chosen), None)
-        text = Text(f"profile: {chosen}", style="bold")
-        if row is not None and not row.fits:
-            text.append("  (estimated not to fit this hardware)", style="bold yellow")
+        return text
+
+    def _origins_text(self) -> Text:
+        """Where the defaults in this form came from (the wizard's saved choice, a flag, …)."""
+        by_origin: dict[str, list[str]] = {}
+        for name, origin in self.setup.origins.items():
+            by_origin.setdefault(origin, []).append(name)
+        text = Text()
+        for origin, names in by_origin.items():
+            if text:
+                text.append("\n")
+            text.append(f"{', '.join(names)} ← ", style="bold")
+            text.append(origin, style="dim")
         return text
 
     @on(DataTable.RowSelected, "#profiles")
@@ -269,7 +317,7 @@ class SetupScreen(Screen[None]):
             profile=profile,
             preset=preset or None,
             data=data or None,
-            steps=int(steps_txt) if steps_txt else None,
+            steps=int(steps_txt.replace("_", "").replace(",", "")) if steps_txt else None,
             run_dir=None,
         )
 
@@ -319,6 +367,21 @@ class SetupScreen(Screen[None]):
     @on(Button.Pressed, "#back")
     def _back_pressed(self) -> None:
         self.app.action_dashboard()  # type: ignore[attr-defined]
+
+
+def steps_problem(value: str) -> str | None:
+    """Why ``value`` is not a step count (one line), or None (blank = the default)."""
+    text = value.strip().replace("_", "").replace(",", "")
+    if not text:
+        return None
+    if not text.isdigit():
+        return f"steps must be a whole number of optimizer steps, got {value.strip()!r}"
+    n = int(text)
+    if n < 1:
+        return "steps must be at least 1"
+    if n > MAX_STEPS:
+        return f"{n:,} steps is more than {MAX_STEPS:,}; give a smaller number"
+    return None
 
 
 def _default_trainer() -> str:

@@ -16,13 +16,20 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, Select
+from textual.widgets.data_table import ColumnKey
 from textual.worker import get_current_worker
 
-from aeron_tui.app.format import fit_mark, fmt_bytes, fmt_count
+from aeron_tui.app.format import (
+    PROFILE_COLUMNS,
+    fit_mark,
+    fmt_bytes,
+    fmt_count,
+    profile_detail_width,
+)
 from aeron_tui.app.widgets.hardware_panel import HardwarePanel
 
 if TYPE_CHECKING:
-    from aeron_tui.app.wizardview import WizardView
+    from aeron_tui.app.wizardview import TrainerRows, WizardView
 
 
 class WizardScreen(Screen[None]):
@@ -30,6 +37,7 @@ class WizardScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape", "app.dashboard", "Back"),
+        Binding("tab", "app.focus_next", "Next"),
         Binding("ctrl+s", "save", "Save choice"),
     ]
 
@@ -39,6 +47,7 @@ class WizardScreen(Screen[None]):
         self.sample = sample
         self.view: WizardView | None = None
         self.chosen_profile: str | None = None
+        self._picked_by_hand = False
         self.saved: Any = None
 
     def compose(self) -> ComposeResult:
@@ -66,8 +75,9 @@ class WizardScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#wizard-profiles", DataTable)
-        for name in ("", "profile", "params", "estimate", "fits", "detail"):
-            table.add_column(name, key=name or "mark")
+        for title, key, width in PROFILE_COLUMNS:
+            table.add_column(title, key=key, width=width)
+        table.add_column("detail", key="detail", width=profile_detail_width(self.app.size.width))
         self.query_one(HardwarePanel).show(self.hardware, self.sample)
         self._load()
 
@@ -109,56 +119,87 @@ class WizardScreen(Screen[None]):
         value = self.query_one("#device", Select).value
         return str(value) if isinstance(value, str) and value else "cpu"
 
-    def _fill_table(self) -> None:
+    def on_resize(self) -> None:
+        table = self.query_one("#wizard-profiles", DataTable)
+        column = table.columns.get(ColumnKey("detail"))
+        width = profile_detail_width(self.app.size.width)
+        if column is not None and column.width != width:
+            column.width = width
+            self._fill_table()
+
+    def _trainer_value(self) -> str:
+        value = self.query_one("#trainer", Select).value
+        return str(value) if isinstance(value, str) and value else "simple"
+
+    def shown_rows(self) -> TrainerRows | None:
+        """The verdicts the table shows: the selected device with the selected trainer."""
         if self.view is None:
+            return None
+        return self.view.device(self._device()).rows_for(self._trainer_value())
+
+    def _fill_table(self) -> None:
+        shown = self.shown_rows()
+        if shown is None:
             return
-        device = self.view.device(self._device())
         table = self.query_one("#wizard-profiles", DataTable)
         table.clear()
-        for row in device.rows:
+        for row in shown.rows:
             mark = Text("●", style="bold green") if row.name == self.chosen_profile else Text(" ")
-            name = Text(("→ " if row.name == device.recommended else "  ") + row.name,
-                        style="bold" if row.name == device.recommended else "")
+            name = Text(("→ " if row.name == shown.recommended else "  ") + row.name,
+                        style="bold" if row.name == shown.recommended else "")
             fits = fit_mark(row.fits)
             table.add_row(mark, name, fmt_count(row.params),
                           fmt_bytes(row.estimate_bytes) if row.estimate_bytes else "—", fits,
-                          Text(row.detail, overflow="ellipsis"), key=row.name)
-        names = [r.name for r in device.rows]
+                          Text(row.detail, overflow="ellipsis", no_wrap=True), key=row.name)
+        names = [r.name for r in shown.rows]
         if self.chosen_profile in names:
             table.move_cursor(row=names.index(self.chosen_profile))
         self._summary()
 
     def _summary(self) -> None:
-        if self.view is None:
+        shown = self.shown_rows()
+        if self.view is None or shown is None:
             return
-        device = self.view.device(self._device())
+        trainer = self._trainer_value()
         text = Text()
-        text.append(f"choice: {self.chosen_profile or '—'} on {device.key}, "
-                    f"{self.query_one('#trainer', Select).value} trainer", style="bold")
-        if device.recommended is None:
-            text.append("\nno profile fits this device", style="bold red")
-        for note in device.notes:
+        text.append(f"choice: {self.chosen_profile or '—'} on {self._device()}, "
+                    f"{trainer} trainer", style="bold")
+        if shown.recommended is None:
+            text.append(f"\nno profile fits this device with the {trainer} trainer",
+                        style="bold red")
+        rules = "8/12/16-bit moments" if trainer == "compressed" else "AdamW fp32 moments"
+        text.append(f"\nmemory with the {trainer} trainer's optimizer state ({rules}); "
+                    f"{self.view.vocab_note}", style="dim")
+        for note in shown.notes:
             text.append(f"\nnote: {note}", style="yellow")
         self.query_one("#wizard-status", Label).update(text)
+
+    def _follow_recommendation(self) -> None:
+        """Keep the choice on the recommendation when the user has not picked another one."""
+        shown = self.shown_rows()
+        if shown is None:
+            return
+        names = [r.name for r in shown.rows]
+        if self.chosen_profile not in names or not self._picked_by_hand:
+            self.chosen_profile = shown.recommended or (names[0] if names else None)
 
     @on(Select.Changed, "#device")
     def _device_changed(self) -> None:
         if self.view is not None:
-            device = self.view.device(self._device())
-            if self.chosen_profile not in [r.name for r in device.rows] or \
-                    self.chosen_profile == self.view.recommended.profile:
-                self.chosen_profile = device.recommended or (device.rows[0].name
-                                                             if device.rows else None)
+            self._follow_recommendation()
             self._fill_table()
 
     @on(Select.Changed, "#trainer")
     def _trainer_changed(self) -> None:
-        self._summary()
+        if self.view is not None:
+            self._follow_recommendation()
+            self._fill_table()
 
     @on(DataTable.RowSelected, "#wizard-profiles")
     def _picked(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value is not None:
             self.chosen_profile = str(event.row_key.value)
+            self._picked_by_hand = True
             self._fill_table()
 
     # -- saving ---------------------------------------------------------------------------------
@@ -197,11 +238,14 @@ class WizardScreen(Screen[None]):
                     f"plan {choice.plan}", style="green")
         if not fits:
             text.append(f"\nwarning: {choice.reason}", style="bold yellow")
-        text.append("\nlater runs (and the next run started here) use it", style="dim")
+        text.append("\nthe default of every later start (s here, `launch`, `train`) unless "
+                    "told otherwise", style="dim")
         label.update(text)
         app = self.app
         if hasattr(app, "setup_choice"):
-            app.setup_choice = app.setup_choice.with_(profile=choice.profile)
+            from aeron_tui.app.runsetup import default_setup
+
+            app.setup_choice = default_setup(**app.options.given)  # type: ignore[attr-defined]
 
     @on(Button.Pressed, "#save")
     def _save_pressed(self) -> None:

@@ -1,7 +1,10 @@
 """Tree-of-Thought branch scores: one bar per branch for the latest step plus its history.
 
-A branch kept for fewer than half of the batch's samples at the latest step is marked pruned
-(✗, struck through, grey, keep fraction in red); the right column is the keep fraction.
+Columns (headed on screen): the branch, its mean score at the latest step (bar and number), the
+score's history (sparkline, each branch on its own scale) and ``kept`` — the share of the
+batch's samples for which the branch survived pruning. A branch kept for fewer than half of the
+samples is marked pruned (✗, struck through, grey, share in red); a line under the table says
+so.
 Runs without branch scores (RLHF trainers, reasoning off) show the trainer's headline
 ``metrics`` here instead, with the same bars-and-sparkline treatment — no special screen per
 trainer.
@@ -45,9 +48,16 @@ class BranchScores(Static):
             return
         self._key = key
         body = self._render_body(session)
-        lines = line_count(body)
+        lines = line_count(body) + (1 if self.shown_scores else 0)  # + the header row
         self.update(body, layout=lines != self._lines)
         self._lines = lines
+
+    @property
+    def legend(self) -> str:
+        """What ✗ means (the box shows it under the table)."""
+        if not self.shown_scores:
+            return ""
+        return f"✗ = pruned (kept < {PRUNED_BELOW:.0%})"
 
     def _render_body(self, session: RunSession | None) -> Table | Text:
         st = session.state if session else None
@@ -80,12 +90,13 @@ class BranchScores(Static):
         scale = 1.0 if unit else max((abs(s) for s in finite), default=1.0) or 1.0
         history = st.branch_history[-spark_w:]
         self.pruned = []
-        table = Table.grid(padding=(0, 1))
-        table.add_column(no_wrap=True, width=3)
-        table.add_column(no_wrap=True, width=bar_w)
-        table.add_column(no_wrap=True, width=6, justify="right")
-        table.add_column(no_wrap=True, width=spark_w)
-        table.add_column(no_wrap=True, width=4, justify="right")
+        table = Table(box=None, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
+                      header_style="dim")
+        table.add_column("", no_wrap=True, width=3)
+        table.add_column("score", no_wrap=True, width=bar_w)
+        table.add_column("", no_wrap=True, width=6, justify="right")
+        table.add_column("history", no_wrap=True, width=spark_w)
+        table.add_column("kept", no_wrap=True, width=4, justify="right")
         for i, score in enumerate(scores):
             color = BRANCH_COLORS[i % len(BRANCH_COLORS)]
             kept = keep[i] if i < len(keep) and isinstance(keep[i], (int, float)) else None
@@ -133,3 +144,4 @@ class BranchScores(Static):
             table.add_row(Text(name, style=color), fmt_float(float(value), 4),
                           Text(sparkline(hist, spark_w * 2), style=color))
         return table
+

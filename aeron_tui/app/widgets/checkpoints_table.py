@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from aeron_tui.app.format import fmt_bytes, fmt_float
 from aeron_tui.app.session import RunSession
@@ -32,14 +34,31 @@ class CheckpointsTable(DataTable[str]):
         self._key: tuple[object, ...] = ()
         self.rows_shown = 0
 
+    # Fixed columns (best mark, step, val, size); the name takes what is left and ends with …
+    # when cut, so the numbers are never the part cropped.
+    FIXED = {"best": 1, "step": 7, "val": 6, "size": 9}
+
     def on_mount(self) -> None:
-        self.add_column("", key="best", width=1)
-        self.add_column("name", key="name")
-        self.add_column("step", key="step")
-        self.add_column("val", key="val")
-        self.add_column("size", key="size")
+        self.add_column("", key="best", width=self.FIXED["best"])
+        self.add_column("name", key="name", width=self._name_width())
+        self.add_column("step", key="step", width=self.FIXED["step"])
+        self.add_column("val", key="val", width=self.FIXED["val"])
+        self.add_column("size", key="size", width=self.FIXED["size"])
+        self._session: RunSession | None = None
+
+    def _name_width(self) -> int:
+        gaps = 2 * len(self.FIXED) + 2  # cell padding
+        return max(8, (self.size.width or 40) - sum(self.FIXED.values()) - gaps)
+
+    def on_resize(self) -> None:
+        column = self.columns.get(ColumnKey("name"))
+        if column is not None and column.width != self._name_width():
+            column.width = self._name_width()
+            self._key = ()
+            self.show(self._session)
 
     def show(self, session: RunSession | None) -> None:
+        self._session = session
         ckpts = session.state.checkpoints if session else []
         key = (session.id if session else None, len(ckpts))
         if key == self._key:
@@ -51,7 +70,7 @@ class CheckpointsTable(DataTable[str]):
             name = c.get("name") or str(c.get("path", "")).rstrip("/").rsplit("/", 1)[-1]
             self.add_row(
                 "★" if i == best else "",
-                name,
+                Text(name, overflow="ellipsis", no_wrap=True),
                 f"{c['global_step']:,}",
                 fmt_float(c.get("val_loss")),
                 fmt_bytes(c["size_bytes"]) if isinstance(c.get("size_bytes"), int) else "—",

@@ -9,8 +9,10 @@ bytes-per-token ratio, exact because baseline and eval score the same pairs).
 Drawn with the console's own braille renderer (:mod:`aeron_tui.app.braille`): a redraw costs a
 millisecond or two, so a key press or a new batch of events shows at once even on a busy
 machine. Series are downsampled to about two points per column first, so the cost is the same
-at step 100 and step 100,000. Smoothing is TensorBoard's debiased EMA; the raw curve stays
-visible, dimmed, under the smoothed one.
+at step 100 and step 100,000. ``m`` switches between the raw losses and TensorBoard's debiased
+EMA: in EMA mode each series is drawn once, smoothed (no raw line underneath), and the title and
+legend both say so. The legend carries the latest values (the same figures as the run panel and
+the event log), the y axis is labelled at both ends of its range, and x ticks are whole steps.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from aeron_tui.app.session import RunSession
 
 SMOOTHING_WEIGHT = 0.8
 TRAIN_STYLE = "rgb(90,170,255)"
-TRAIN_RAW_STYLE = "rgb(70,90,130)"
 VAL_STYLE = "rgb(255,170,60)"
 BIGRAM_STYLE = "rgb(110,190,110)"
 UNIGRAM_STYLE = "rgb(170,110,190)"
-MODES = ("loss", "bpb")
+UNITS = ("loss", "bpb")
 
 
 class LossChart(Widget):
@@ -41,7 +42,7 @@ class LossChart(Widget):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.smoothing = True
-        self.mode = "loss"
+        self.unit = "loss"  # what the chart plots: "loss" or "bpb" (b switches)
         self.train_points = 0
         self.val_points = 0
         self._key: tuple[object, ...] = ()
@@ -58,7 +59,7 @@ class LossChart(Widget):
         last = st.train_losses[-1] if st and st.train_losses else None
         refs = (st.baseline_bigram_bpb, st.baseline_unigram_bpb, len(st.val_bpbs)) if st else ()
         key = (session.id if session else None, n_train, n_val, last, self.smoothing,
-               self.size.width, self.mode, refs)
+               self.size.width, self.unit, refs)
         if key == self._key and not force:
             return
         self._key = key
@@ -74,14 +75,27 @@ class LossChart(Widget):
         self.show(self._session, force=True)
         return self.smoothing
 
-    def toggle_mode(self) -> str:
-        """Loss ↔ bits per byte; returns the new mode."""
-        self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
+    def toggle_unit(self) -> str:
+        """Loss ↔ bits per byte; returns the new unit."""
+        self.unit = UNITS[(UNITS.index(self.unit) + 1) % len(UNITS)]
         self.show(self._session, force=True)
-        return self.mode
+        return self.unit
 
     def on_resize(self) -> None:
         self.show(self._session, force=True)
+
+    @property
+    def mode(self) -> str:
+        """What the lines show: ``EMA 0.8`` or ``raw`` (title and legend use the same words)."""
+        return f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
+
+    def readout(self) -> tuple[tuple[int, float] | None, tuple[int, float] | None]:
+        """The latest (step, loss) of train and of validation: the figures the legend shows."""
+        st = self._session.state if self._session else None
+        if st is None:
+            return None, None
+        return (st.train_losses[-1] if st.train_losses else None,
+                st.val_losses[-1] if st.val_losses else None)
 
     def _title(self) -> None:
         # Title and legend live on the surrounding box: every row inside is for data.
@@ -89,18 +103,23 @@ class LossChart(Widget):
         if box is None:
             return
         legend = Text()
-        if self.mode == "bpb":
+        if self.unit == "bpb":
             box.border_title = "validation bits per byte · loss (b) · x: step"
             legend.append("● val bpb", VAL_STYLE)
+            st = self._session.state if self._session else None
+            if st is not None and st.val_bpbs:
+                step, bpb = st.val_bpbs[-1]
+                legend.append(f" {bpb:.4f} @{step:,}", "bold")
         else:
-            mode = f"EMA {SMOOTHING_WEIGHT}" if self.smoothing else "raw"
-            box.border_title = f"loss · {mode} (m) · bpb (b) · x: step"
+            other = "raw" if self.smoothing else "EMA"
+            box.border_title = f"loss · {self.mode} (m: {other}) · bpb (b)"
+            train, val = self.readout()
             legend.append("━ train", TRAIN_STYLE)
-            if self.smoothing:
-                legend.append(" (", "grey50")
-                legend.append("raw", TRAIN_RAW_STYLE)
-                legend.append(")", "grey50")
+            if train is not None:
+                legend.append(f" {train[1]:.4f}", "bold")
             legend.append("  ● val", VAL_STYLE)
+            if val is not None:
+                legend.append(f" {val[1]:.4f} @{val[0]:,}", "bold")
         for name, style, _ in self.reference_levels():
             legend.append(f"  ─ {name}", style)
         box.border_subtitle = legend  # type: ignore[assignment]
@@ -111,7 +130,7 @@ class LossChart(Widget):
         if st is None:
             return []
         scale = 1.0
-        if self.mode == "loss":
+        if self.unit == "loss":
             # nats/token = bpb × ln 2 × bytes/token: the ratio of the newest eval with both.
             losses = dict(st.val_losses)
             both = [(step, bpb) for step, bpb in st.val_bpbs if step in losses and bpb > 0]
@@ -132,26 +151,25 @@ class LossChart(Widget):
             return []
         buckets = max(20, 2 * max(10, self.size.width - 8))
         out: list[Series] = []
-        if self.mode == "bpb":
+        if self.unit == "bpb":
             if st.val_bpbs:
                 vx = [float(step) for step, _ in st.val_bpbs]
                 vy = [v for _, v in st.val_bpbs]
                 out.append(Series(vx, vy, VAL_STYLE, line=len(vx) > 1, marker="●"))
             return self._with_references(out)
         if st.train_losses:
-            xs, ys = downsample(st.train_losses, buckets)
-            if self.smoothing and len(st.train_losses) > 2:
-                out.append(Series(xs, ys, TRAIN_RAW_STYLE))
+            points = st.train_losses
+            if self.smoothing:
                 # Smooth the full series, then sample it (EMA over bucket means lags more).
-                smooth = debiased_ema([p[1] for p in st.train_losses], SMOOTHING_WEIGHT)
-                pairs = [(p[0], v) for p, v in zip(st.train_losses, smooth, strict=True)]
-                sx, sy = downsample(pairs, buckets)
-                out.append(Series(sx, sy, TRAIN_STYLE))
-            else:
-                out.append(Series(xs, ys, TRAIN_STYLE))
+                smooth = debiased_ema([p[1] for p in points], SMOOTHING_WEIGHT)
+                points = [(p[0], v) for p, v in zip(points, smooth, strict=True)]
+            xs, ys = downsample(points, buckets)
+            out.append(Series(xs, ys, TRAIN_STYLE))
         if st.val_losses:
             vx = [float(s) for s, _ in st.val_losses]
             vy = [v for _, v in st.val_losses]
+            if self.smoothing:
+                vy = debiased_ema(vy, SMOOTHING_WEIGHT)
             out.append(Series(vx, vy, VAL_STYLE, line=len(vx) > 1, marker="●"))
         return self._with_references(out)
 
@@ -169,7 +187,7 @@ class LossChart(Widget):
     def render(self) -> Text:
         width, height = self.size.width, self.size.height
         if not self._series:
-            what = "no bits per byte yet — evaluations will draw here" if self.mode == "bpb" else (
+            what = "no bits per byte yet — evaluations will draw here" if self.unit == "bpb" else (
                 "no loss yet — step events will draw here")
             return Text(what, style="dim")
         if self._lines is None or len(self._lines) != height:

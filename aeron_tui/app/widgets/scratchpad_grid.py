@@ -21,7 +21,7 @@ FREE_COLOR = "grey30"
 
 
 class ScratchpadGrid(Static):
-    """The slot grid with used/total and the scratchpad's step counter."""
+    """The slot grid with used/total (and committed writes once there are any)."""
 
     DEFAULT_CSS = """
     ScratchpadGrid { height: auto; padding: 0 1; }
@@ -66,9 +66,11 @@ class ScratchpadGrid(Static):
 
         out = Text()
         out.append(f"used {used}/{total}", "bold")
+        # The scratchpad's step counter counts committed writes (inference-time memory); it
+        # stays 0 through training, so it is shown only once it moves.
         counter = pad.get("step_counter")
-        if isinstance(counter, int):
-            out.append(f"  step counter {counter}", "dim")
+        if isinstance(counter, int) and counter > 0:
+            out.append(f"  committed writes {counter}", "dim")
         out.append("\n")
         width = max(8, (self.size.width - 2) if self.size.width else 32)
         # Spaced cells read better; go dense when the spaced grid would not fit the height.

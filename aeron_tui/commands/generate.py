@@ -248,6 +248,11 @@ def generate_command(
     dev = _device(device)
     load_policy = _loader(dev, attention, compile_layers)
     model, tokenizer, ckpt = load_policy(checkpoint)
+    if triple:
+        from core.infer.inference import parse_triple
+
+        for t in triple:
+            parse_triple(t)  # a malformed --triple is the only line, before any note
     cfg = _prompt_format(ckpt, style, provider, cfg)
     if mcts:
         from core.infer.inference import reward_scores
@@ -347,8 +352,8 @@ def chat_command(
 
     cfg = _config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, strict)
     model, tokenizer, path = load_policy(checkpoint, _device(device), on_info=_info)
-    cfg = _prompt_format(path, style, provider, cfg)
     inputs = _prompt_inputs(model, path, triple, image, task)
+    cfg = _prompt_format(path, style, provider, cfg)
     _note(f"chatting with {path} — empty line or Ctrl-D to quit")
     turn = 0
     turns: list[tuple[str, str]] = []

@@ -1280,7 +1280,7 @@ class Trainer:
         trainers with their own evaluation."""
         if type(self).evaluate is not Trainer.evaluate or not self.val_pairs:
             return None
-        samples = min(len(self.val_pairs), self.config.eval_max_batches * self.micro_batch)
+        samples = min(len(self.val_pairs), self.eval_max_batches() * self.micro_batch)
         return math.ceil(samples / self.micro_batch)
 
     # ==========================================================================================

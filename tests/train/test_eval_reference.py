@@ -147,6 +147,11 @@ def test_default_evaluation_size_follows_the_training_between_evaluations(
     n, mb = batches(steps=2, eval_every=200, micro_batch=8)
     assert n * mb == engine.MIN_EVAL_SAMPLES
     assert batches(steps=30, eval_max_batches=3)[0] == 3
+    # A real run at the default size: the plan it announces is what it validates.
+    trainer, events = _train(tmp_path / "real", small_corpus, steps=4, eval_every=4,
+                             eval_max_batches=None, sample_prompts=0)
+    [started] = [e for e in events if e["type"] == "run_started"]
+    assert started["eval_batches"] == len(trainer.validation_batches()) == trainer.eval_max_batches()
 
 
 def test_plain_text_corpus_samples_continue_the_end_of_a_window(tmp_path: Path) -> None:

@@ -135,6 +135,11 @@ def test_packed_and_unpacked_runs_train_alike(tmp_path: Path) -> None:
     val_on, val_off = ([e["loss"] for e in events if e["type"] == "eval"]
                        for events in runs.values())
     assert val_on == pytest.approx(val_off, rel=2e-4) and len(val_on) == 1
+    # Bits per byte too (packed rows carry their samples' bytes), and the same baselines.
+    [ev_on], [ev_off] = ([e for e in events if e["type"] == "eval"] for events in runs.values())
+    assert ev_on["bpb"] == pytest.approx(ev_off["bpb"], rel=2e-4) and ev_on["bpb"] > 0
+    for key in ("baseline_bigram_bpb", "baseline_unigram_bpb"):
+        assert ev_on[key] == pytest.approx(ev_off[key], rel=1e-9)
 
 
 def test_events_redraw_the_loss_curve(tmp_path: Path, small_corpus: Path) -> None:

@@ -69,8 +69,10 @@ def test_the_phase_line_follows_a_real_run_and_the_heartbeat_never_stops(
     # The summary names what a user looks for next.
     state = fold(events)
     lines = out.getvalue().splitlines()
+    assert state.best_val_bpb is not None and state.baseline_bigram_bpb is not None
     assert lines[-1] == (f"run finished: 16/16 steps in {lines[-1].split(' in ')[1].split(' ·')[0]}"
                          f" · best val {state.best_val_loss:.4f} (step {state.best_val_step})"
+                         f" · {state.best_val_bpb:.3f} bpb (bigram {state.baseline_bigram_bpb:.3f})"
                          f" · final checkpoint {state.last_checkpoint}")
     assert Path(state.last_checkpoint or "").is_dir()
     assert "· evaluating" in lines and "· saving checkpoint" in lines

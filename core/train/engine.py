@@ -568,25 +568,33 @@ class Trainer:
                 )
         return model_config
 
+    def modules_checkpoint(self, resume: LoadedCheckpoint | None) -> LoadedCheckpoint | None:
+        """The checkpoint whose data-fed modules this run keeps as they were saved (None: the
+        data decides): the resumed one, so a resume is exact. RLHF adds its ``--from``."""
+        return resume
+
     def resolve_modules(self, model_config: Any, resume: LoadedCheckpoint | None) -> Any:
         """Switch the data-fed modules (knowledge graph, vision, task conditioning) on exactly
-        when the data feeds them, unless ``[model]`` sets them (issue 17); a resumed run keeps
-        its checkpoint's modules. Emits one ``info`` event per module switched."""
+        when the data feeds them, unless ``[model]`` sets them (issue 17); a run that continues a
+        checkpoint (:meth:`modules_checkpoint`) keeps its modules. Emits one ``info`` event per
+        module switched."""
         from core.model.modules import DATA_FED_MODULES, resolve_enabled_modules
 
         explicit = set(self.config.model)
-        if resume is not None and isinstance(resume.config, type(model_config)):
+        source = self.modules_checkpoint(resume)
+        if source is not None and isinstance(source.config, type(model_config)):
             from core.model.modules import MODULE_NAMES
             from core.runs.checkpoint import unfed_modules
 
             keep = [*DATA_FED_MODULES, "kg_num_entities", "kg_num_relations", "num_tasks"]
-            saved = {k: getattr(resume.config, k) for k in keep if k not in explicit}
-            old = unfed_modules(resume)
+            saved = {k: getattr(source.config, k) for k in keep if k not in explicit}
+            old = unfed_modules(source)
             if old:
                 self._setup_notes.append(
-                    f"{resume.path} predates data-fed modules: its "
-                    f"{', '.join(MODULE_NAMES[s] for s in old)} module(s) are kept as saved for "
-                    "an exact resume; a new run (or `continue`) builds only what the data feeds")
+                    f"{source.path} predates data-fed modules: its "
+                    f"{', '.join(MODULE_NAMES[s] for s in old)} module(s) are kept as saved, so "
+                    "its weights load whole; a new run (or `continue`) builds only what the data "
+                    "feeds")
             return model_config.replace(**saved)
         resolved, notes = resolve_enabled_modules(model_config, self.fed_inputs(), explicit)
         self._setup_notes.extend(notes)

@@ -294,19 +294,10 @@ class RLHFTrainer(Trainer):
                 self.lineage_parents = [{"id": init.version, "relation": "continued"}]
         return super().resolve_model_config(resume)
 
-    def resolve_modules(self, model_config: Any, resume: LoadedCheckpoint | None) -> Any:
-        """With ``--from``, the checkpoint's data-fed modules (knowledge graph, vision, task
-        conditioning) stay as it was trained, so its weights load whole; ``--set model.enable_x``
-        still wins. Without one, the engine resolves them from the data."""
-        init = self.load_init_checkpoint()
-        if init is None or resume is not None:
-            return super().resolve_modules(model_config, resume)
-        from core.model.modules import DATA_FED_MODULES
-
-        explicit = set(self.config.model)
-        keep = [*DATA_FED_MODULES, "kg_num_entities", "kg_num_relations", "num_tasks"]
-        return model_config.replace(
-            **{k: getattr(init.config, k) for k in keep if k not in explicit})
+    def modules_checkpoint(self, resume: LoadedCheckpoint | None) -> LoadedCheckpoint | None:
+        """With ``--from``, that checkpoint's data-fed modules stay as it was trained, so its
+        weights load whole (``--set model.enable_x`` still wins)."""
+        return resume if resume is not None else self.load_init_checkpoint()
 
     def init_weights(self, model: nn.Module) -> None:
         """Load ``--from`` backbone weights into a freshly built model (no-op without it)."""

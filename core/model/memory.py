@@ -34,6 +34,12 @@ from core.model.layers import AeronRMSNorm, masked_mean_pool, sdpa, tracing
 
 USAGE_DECAY = 0.99
 STAT_POSITIONS = 64  # query positions per sample that the read statistics look at
+ENTROPY_POSITIONS = 8  # of those, the ones the mean read entropy (a display figure) looks at
+
+
+def _stat_stride(length: int) -> int:
+    """Stride between the query positions the read statistics use (at most STAT_POSITIONS)."""
+    return max(1, -(-length // STAT_POSITIONS))
 
 
 @dataclass
@@ -118,8 +124,59 @@ class NeuralMemoryNetwork(nn.Module):
         if n_written == 0:
             return x, None, pending
         q = self.q_proj(normed)
+        if x.device.type == "cpu":
+            recall, weights = self._shared_bank_read(q, cur_key, cur_value, written_idx)
+        else:
+            recall, weights = self._fused_read(q, cur_key, cur_value, written_idx)
+        with torch.no_grad():
+            pending.read_mass, pending.read_entropy = self._read_statistics(
+                weights, mask, written_idx, s)
+        o = self.out_proj(recall)
+        g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
+        return x + g * o, recall, pending
+
+    def _shared_bank_read(self, q: Tensor, cur_key: Tensor, cur_value: Tensor,
+                          written_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The read with the bank shared by the batch: ``(recall (B,S,m), weights (h,B,S,W+1))``.
+
+        The bank is a buffer, so no gradient is due to it: one ``(h, B·S, hd) × (h, hd, W)``
+        product scores every query against it, each sample's own slot is a dot product, and
+        the backward pass computes only the queries' and the current slot's gradients. SDPA
+        would need the bank copied per sample and would produce (and discard) a key and a value
+        gradient for every copy: measured on the tiny training step, 1,000 written slots, the
+        read fell from about 240 to 30 CPU-ms (bench/RESULTS.md, ``memory_read``). The weights
+        are materialised, ``B·h·S·(W+1)`` of them (the estimator counts them on the CPU); the
+        GPU keeps the fused kernel (:meth:`_fused_read`), which never does.
+        """
+        b, s, m = q.shape
+        h, hd = self.num_heads, self.head_dim
         dtype = q.dtype
-        h, hd, w_n = self.num_heads, self.head_dim, n_written
+        qh = q.view(b * s, h, hd).transpose(0, 1) * (1.0 / math.sqrt(hd))  # (h, B·S, hd)
+        bank_k = self.mem_keys[written_idx].to(dtype)  # (W, m)
+        bank_v = self.mem_values[written_idx].to(dtype)
+        scores = torch.matmul(qh, bank_k.view(-1, h, hd).permute(1, 2, 0))  # (h, B·S, W)
+        ck = cur_key.to(dtype).view(b, 1, h, hd)
+        cur = (qh.transpose(0, 1).view(b, s, h, hd) * ck).sum(dim=-1)  # (B, S, h)
+        scores = torch.cat((scores, cur.view(b * s, h).T.unsqueeze(-1)), dim=-1)
+        # Softmax in the compute dtype: the CPU kernel accumulates in fp32 either way, and an
+        # fp32 copy of the (h, B·S, W+1) weights costs more than the products around it.
+        weights = scores.softmax(dim=-1)  # (h, B·S, W+1)
+        # The bank's values with a zero row for the current slot, whose value differs per
+        # sample and is added apart: no slice of the weights, so no copy of them.
+        bank_v = torch.cat((bank_v, bank_v.new_zeros(1, m))).view(-1, h, hd).transpose(0, 1)
+        recall = torch.matmul(weights, bank_v)  # (h, B·S, hd)
+        cv = cur_value.to(dtype).view(b, 1, h, hd).expand(b, s, h, hd)
+        recall = recall + weights[..., -1:] * cv.reshape(b * s, h, hd).transpose(0, 1)
+        recall = recall.transpose(0, 1).reshape(b, s, m)
+        return recall, weights.detach().view(h, b, s, -1)
+
+    def _fused_read(self, q: Tensor, cur_key: Tensor, cur_value: Tensor,
+                    written_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The read on SDPA's fused kernel (GPU): ``(recall (B,S,m), weights (h,B,S',W+1))``
+        with the weights (no autograd) only at the statistics' query positions."""
+        b, s, m = q.shape
+        h, hd, w_n = self.num_heads, self.head_dim, int(written_idx.numel())
+        dtype = q.dtype
         # Keys/values per sample: the bank (a constant: buffers) plus the sample's own slot.
         bank_k = self.mem_keys[written_idx].to(dtype).unsqueeze(0).expand(b, -1, -1)
         bank_v = self.mem_values[written_idx].to(dtype).unsqueeze(0).expand(b, -1, -1)
@@ -129,13 +186,12 @@ class NeuralMemoryNetwork(nn.Module):
         kh = keys.view(b, w_n + 1, h, hd).transpose(1, 2)  # (B, h, W+1, hd)
         vh = values.view(b, w_n + 1, h, hd).transpose(1, 2)
         # SDPA's fused kernel never materialises the (S × W) weights, forward or backward.
-        recall = sdpa(qh, kh, vh)
-        recall = recall.transpose(1, 2).reshape(b, s, self.memory_dim)
+        recall = sdpa(qh, kh, vh).transpose(1, 2).reshape(b, s, m)
         with torch.no_grad():
-            pending.read_mass, pending.read_entropy = self._read_statistics(qh, kh, mask, written_idx)
-        o = self.out_proj(recall)
-        g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
-        return x + g * o, recall, pending
+            stride = _stat_stride(s)
+            scores = torch.matmul(qh[:, :, ::stride], kh.transpose(-1, -2)).float()
+            weights = (scores / math.sqrt(hd)).softmax(dim=-1)  # (B, h, S', W+1)
+        return recall, weights.transpose(0, 1)
 
     def _traced_read(self, x: Tensor, normed: Tensor, cur_key: Tensor, cur_value: Tensor,
                      pending: PendingMemoryWrite) -> tuple[Tensor, Tensor, PendingMemoryWrite]:
@@ -164,29 +220,34 @@ class NeuralMemoryNetwork(nn.Module):
         g = torch.sigmoid(self.gate(torch.cat((x, o), dim=-1)))
         return x + g * o, recall, pending
 
-    def _read_statistics(self, qh: Tensor, kh: Tensor, mask: Tensor | None,
-                         written_idx: Tensor) -> tuple[Tensor, float]:
-        """Read mass per slot and mean read entropy, from at most :data:`STAT_POSITIONS`
-        evenly spaced query positions per sample (all of them for shorter inputs).
+    def _read_statistics(self, weights: Tensor, mask: Tensor | None, written_idx: Tensor,
+                         seq_len: int) -> tuple[Tensor, float]:
+        """Read mass per slot and mean read entropy from the read's ``weights (h, B, ·, W+1)``
+        (all ``seq_len`` query positions, or only the sampled ones) at at most
+        :data:`STAT_POSITIONS` evenly spaced query positions per sample (all of them for
+        shorter inputs); the entropy, a display figure, at :data:`ENTROPY_POSITIONS` of them.
 
         Read mass: attention averaged over heads and real positions, summed over the batch
         (each sample contributes at most 1) — the usage signal for slot replacement.
         """
-        b, _, s, _ = qh.shape
-        stride = max(1, -(-s // STAT_POSITIONS))
-        scores = torch.matmul(qh[:, :, ::stride], kh.transpose(-1, -2)).float()
-        weights = (scores / math.sqrt(self.head_dim)).softmax(dim=-1)  # (B, h, S', W+1)
+        h, b = weights.shape[:2]
+        stride = _stat_stride(seq_len)
+        if stride > 1 and weights.shape[2] == seq_len:
+            weights = weights[:, :, ::stride]
+        sampled = weights.shape[2]
         if mask is not None:
-            m = mask[:, ::stride].to(weights.dtype)
+            m = mask[:, ::stride].float()
             m = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
         else:
-            sampled = weights.shape[2]
-            m = torch.full((b, sampled), 1.0 / sampled, dtype=weights.dtype, device=weights.device)
+            m = torch.full((b, sampled), 1.0 / sampled, device=weights.device)
         n_written = int(written_idx.numel())
-        per_slot = torch.einsum("bhsw,bs->w", weights[..., :n_written], m) / self.num_heads
-        read_mass = torch.zeros(self.num_slots, device=qh.device, dtype=torch.float32)
-        read_mass.index_add_(0, written_idx, per_slot.float())
-        entropy = float(torch.special.entr(weights).sum(dim=-1).mean())
+        # Σ over samples and positions as one product per head: (B·S') @ (h, B·S', W+1).
+        per_slot = torch.matmul(m.reshape(-1).to(weights.dtype),
+                                weights.reshape(h, b * sampled, -1)).float().sum(dim=0)
+        read_mass = torch.zeros(self.num_slots, device=weights.device, dtype=torch.float32)
+        read_mass.index_add_(0, written_idx, per_slot[:n_written].float() / h)
+        step = max(1, -(-sampled // ENTROPY_POSITIONS))
+        entropy = float(torch.special.entr(weights[:, :, ::step].float()).sum(dim=-1).mean())
         return read_mass, entropy
 
     # ------------------------------------------------------------------ write

@@ -120,3 +120,52 @@ def test_statistics_report_read_entropy_after_a_read() -> None:
     assert set(stats) == {"num_slots", "memory_dim", "slots_used", "mean_usage", "read_entropy",
                           "top_slots", "writes_total"}
     assert stats["read_entropy"] > 0 and stats["mean_usage"] > 0
+
+
+def _filled_memory(slots: int = 40, dim: int = 32, heads: int = 4) -> NeuralMemoryNetwork:
+    mem = _memory(memory_slots=slots, memory_dim=dim, memory_heads=heads)
+    gen = torch.Generator().manual_seed(3)
+    mem.write(torch.randn(slots - 3, dim, generator=gen), torch.randn(slots - 3, dim, generator=gen))
+    return mem
+
+
+def _read_both_ways(mem: NeuralMemoryNetwork, seq: int, autocast: bool
+                    ) -> list[tuple[torch.Tensor, ...]]:
+    """(recall, read mass, entropy, grads of q / current key / current value) from the CPU's
+    shared-bank read and from the fused (SDPA) read on the same inputs."""
+    gen = torch.Generator().manual_seed(4)
+    b, m = 3, mem.memory_dim
+    q0 = torch.randn(b, seq, m, generator=gen)
+    k0, v0 = torch.randn(b, m, generator=gen), torch.randn(b, m, generator=gen)
+    mask = torch.ones(b, seq, dtype=torch.bool)
+    mask[1, seq // 2:] = False
+    idx = mem.written.nonzero().squeeze(1)
+    upstream = torch.randn(b, seq, m, generator=gen)
+    results = []
+    for read in (mem._shared_bank_read, mem._fused_read):
+        q, k, v = (t.clone().requires_grad_(True) for t in (q0, k0, v0))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            recall, weights = read(q, k, v, idx)
+        (recall.float() * upstream).sum().backward()
+        mass, entropy = mem._read_statistics(weights, mask, idx, seq)
+        results.append((recall.float(), mass, torch.tensor(entropy), q.grad, k.grad, v.grad))
+    return results
+
+
+def test_shared_bank_read_is_the_fused_read() -> None:
+    """The CPU read (the bank scored once for the whole batch, no gradient for the bank) gives
+    the SDPA read's recall, statistics and gradients, at short and long (strided) lengths."""
+    mem = _filled_memory()
+    for seq in (7, 150):  # 150 > STAT_POSITIONS: the statistics sample every 3rd position
+        shared, fused = _read_both_ways(mem, seq, autocast=False)
+        for name, a, b in zip(("recall", "mass", "entropy", "dq", "dkey", "dvalue"), shared, fused, strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (seq, name)
+
+
+def test_shared_bank_read_under_bf16_autocast_stays_near_fp32() -> None:
+    mem = _filled_memory()
+    ref = _read_both_ways(mem, 9, autocast=False)[0]
+    low = _read_both_ways(mem, 9, autocast=True)[0]
+    for name, a, b in zip(("recall", "mass", "entropy", "dq", "dkey", "dvalue"), low, ref, strict=True):
+        scale = b.abs().max().clamp_min(1e-6)
+        assert ((a.float() - b).abs().max() / scale) < 0.05, name

@@ -8,9 +8,11 @@ buffers (checkpointed, not trained): ``mem_keys``, ``mem_values``, ``usage``, ``
    one *current* slot per sample, ``(write_key, write_value)(pool(norm x))`` — the differentiable
    path through which ``write_key``/``write_value`` learn. The recall ``(B,S,memory_dim)`` is
    projected back and gated in: ``x + σ(gate([x; o]))⊙o``. With no written slot the read is
-   skipped (``neural_memory_enhanced`` False) but the write below still happens. The read runs
-   on SDPA's fused kernel; the usage statistics are computed apart, without autograd, from at
-   most 64 query positions per sample.
+   skipped (``neural_memory_enhanced`` False) but the write below still happens. On the CPU
+   the read scores the bank once for the whole batch with plain products (the bank is a
+   buffer: no gradient is due to it); on the GPU it runs on SDPA's fused kernel. The usage
+   statistics come from the read's weights, without autograd, at at most 64 query positions
+   per sample.
 2. **Write** (after the graph is built, by the backbone, per ``memory_write_mode``): each
    sample's detached current slot replaces the least-used slot — an unwritten one first, then the
    lowest usage, then the oldest — and ``usage ← 0.99·usage + read mass``. Done in place on

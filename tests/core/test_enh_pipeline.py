@@ -70,17 +70,20 @@ def test_profile_totals_with_all_modules_match_spec_section_8(profile: str, tota
 
     model = load_profile(profile).model
     if profile == "tiny":
-        # tiny's vision path is deliberately smaller than the spec's (64x64 images, width 128,
-        # 2 fusion layers; it is built only for data with images): the spec's arithmetic holds
-        # at the spec's vision settings, and the profile's own total is smaller by exactly the
-        # difference of those two modules.
-        spec_vision = model.replace(vision_d_model=768, num_multimodal_layers=6, image_size=None)
-        assert count_parameters(spec_vision)["total"] == total
+        # tiny's vision path (64x64 images, width 128, 2 fusion layers; built only for data
+        # with images) and its memory bank (256 x 256 in 4 heads) are deliberately smaller than
+        # the spec's: the spec's arithmetic holds at the spec's settings, and the profile's own
+        # total is smaller by exactly the difference of the modules they size (the reasoning
+        # engine's memory bridge reads memory_dim).
+        spec_sizes = model.replace(vision_d_model=768, num_multimodal_layers=6, image_size=None,
+                                   memory_slots=1000, memory_dim=512, memory_heads=8)
+        assert count_parameters(spec_sizes)["total"] == total
         ours = count_parameters(model)
-        spec = count_parameters(spec_vision)
+        spec = count_parameters(spec_sizes)
         assert ours["total"] < total
         assert total - ours["total"] == sum(
-            spec[k] - ours[k] for k in ("vision_patch_embedding", "multimodal_fusion"))
+            spec[k] - ours[k] for k in ("vision_patch_embedding", "multimodal_fusion",
+                                        "neural_memory", "reasoning_engine"))
         return
     assert count_parameters(model)["total"] == total
 

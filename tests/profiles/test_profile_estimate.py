@@ -83,8 +83,10 @@ def test_bf16_autocast_copies_are_counted(tiny_config) -> None:
     # Weights the model concatenates before use are cast as one (counted as activations). The
     # reasoning engine's few-row layers (cross-branch, critic, gates) stay fp32 under autocast
     # since 860d052, so the estimate's bf16 copy of every text matrix is an upper bound
-    # (measured 0.63 of it on this config); the picker errs on the safe side.
-    assert 0.55 * 2 * facts.matrix_text <= measured.autocast_copies <= 2 * facts.matrix_text
+    # (measured 0.51 of it on this config since the tiny profile's memory bank shrank to 256 x
+    # 256, leaving the few-row layers a larger share; 0.63 before); the picker errs on the safe
+    # side.
+    assert 0.45 * 2 * facts.matrix_text <= measured.autocast_copies <= 2 * facts.matrix_text
     assert est.weights == 4 * facts.total + 2 * facts.matrix_text
     assert est.activations + 4 * B * S * V == pytest.approx(
         measured.saved_activations, rel=0.10), RECALIBRATE

@@ -43,7 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 STAGES = ("lr", "schedule", "shape", "reasoning", "final")
-CALIBRATION_WARM, CALIBRATION_STEPS = 4, 20
+# 60 timed steps: a step's cost follows its batch's sample lengths, and 20 steps missed the mean by
+# up to 16 % (a run then used that much more or less CPU than its budget).
+CALIBRATION_WARM, CALIBRATION_STEPS = 4, 60
 SWEEP_VAL_SAMPLES = 640
 # Every run is scored on the validation pairs encoded at this length (the tiny profile's; 99.8 %
 # of the bundled corpus's samples fit whole), whatever length it trained at.
@@ -88,6 +90,7 @@ def run_config_for(spec: dict[str, Any], run_dir: Path, steps: int) -> tuple[Any
         sets.append(f"warmup_steps={max(0, round(spec['warmup_frac'] * steps))}")
     if spec.get("reasoning") is False:
         sets.append("model.enable_reasoning=false")
+    sets.extend(f"{key}={value}" for key, value in spec.get("set", {}).items())
     return build_run_config("simple", profile=spec["profile"], flags=flags, sets=sets)
 
 
@@ -107,6 +110,7 @@ def cli_command(spec: dict[str, Any], steps: int) -> str:
         parts.append(f"--set warmup_steps={max(0, round(spec['warmup_frac'] * steps))}")
     if spec.get("reasoning") is False:
         parts.append("--set model.enable_reasoning=false")
+    parts.extend(f"--set {key}={value}" for key, value in spec.get("set", {}).items())
     return " ".join(parts)
 
 
@@ -183,6 +187,14 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="recipe-run-"))
     steps = int(spec.get("steps") or CALIBRATION_WARM + CALIBRATION_STEPS)
     cfg, model_cfg = run_config_for(spec, work / "run", steps)
+    warm = CALIBRATION_WARM
+    if spec.get("calibrate") and model_cfg.enable_memory:
+        # A step's cost grows while the neural memory's bank fills (one slot per sample and
+        # step, and the read scores every written slot); time it once the bank is full, as it
+        # is for most of a run.
+        warm += math.ceil(model_cfg.memory_slots / cfg.micro_batch)
+        steps = warm + CALIBRATION_STEPS
+        cfg, model_cfg = run_config_for(spec, work / "run", steps)
     step_losses: list[float | None] = []
 
     def listen(event: dict[str, Any]) -> None:
@@ -204,7 +216,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                            "schedule": trainer.config.lr_schedule,
                            "micro_batch": trainer.micro_batch, "seq_len": trainer.seq_len}
     if spec.get("calibrate"):
-        timed = trainer.step_cpu[CALIBRATION_WARM:]
+        timed = trainer.step_cpu[warm:]
         out["cpu_per_step"] = sum(timed) / len(timed)
     else:
         lonpt = spec.get("trainer") == "lonpt"
@@ -316,13 +328,14 @@ class Sweep:
         return [self.done[spec_key(s)] for s in specs if spec_key(s) in self.done]
 
     def cpu_per_step(self, shape: dict[str, Any]) -> float:
-        spec = {"profile": self.args.profile, "seed": 0, "calibrate": True, **shape}
+        spec = {"profile": self.args.profile, "seed": 0, "calibrate": "memory full", **shape}
         [row] = self.run_all([spec])
         return float(row["cpu_per_step"])
 
     def specs(self, recipe: dict[str, Any], seeds: list[int], budget: float,
               val_samples: int | None) -> list[dict[str, Any]]:
-        shape = {k: recipe[k] for k in ("micro_batch", "seq_len", "reasoning") if k in recipe}
+        # What changes a step's cost: the batch shape and the model (`set` holds --set overrides).
+        shape = {k: recipe[k] for k in ("micro_batch", "seq_len", "reasoning", "set") if k in recipe}
         per_step = self.cpu_per_step(shape)
         steps = max(10, round(budget / per_step))
         # Runs at the profile's length were always scored at SCORE_SEQ_LEN; others say so.
@@ -438,6 +451,7 @@ def _label(spec: dict[str, Any], row: dict[str, Any] | None = None) -> str:
         parts.append(f"{spec['micro_batch']}×{spec['seq_len']}")
     if spec.get("reasoning") is False:
         parts.append("reasoning off")
+    parts.extend(f"{key.removeprefix('model.')} {value}" for key, value in spec.get("set", {}).items())
     return ", ".join(parts)
 
 

@@ -5,12 +5,12 @@ Its first (and only) evaluation carries the run's own bigram and unigram baselin
 training split and scored on the same validation pairs as the model; the model must end below
 both in bits per byte. Measured (bench/RESULTS.md "recipe_search", `bench/recipe_search.py --stage
 crossing`, 1 thread, evaluated every 25 steps on the same 512 validation pairs; bigram 1.761 bpb,
-unigram 3.296): a 300-step run first evaluates below the bigram at step 275 (seeds 0 and 1, about
-95 CPU-s of training) and ends at 1.684 / 1.688 bpb; a 250-step run ends above it (1.783), since
+unigram 3.296): a 300-step run first evaluates below the bigram at step 275 (seeds 0 and 1, 42 and
+41 CPU-s of training since the memory read was fixed and the tiny bank sized 256 x 256; 98 and 91
+before) and ends at 1.687 / 1.712 bpb; a 250-step run ended above it (1.783, session 4), since
 the last 20 % of a run (the lr decay) is where it gains most. CI_STEPS = 300 is the shortest run
-with a clear margin (0.075 bpb, against 0.004 between the two seeds; 1.672 after main's cheaper
-CPU steps were merged); the test process costs about 115 CPU-s on this box, the issue's target
-being "below the bigram within 5 CPU-minutes".
+with a clear margin (0.075 bpb on seed 0, the seed this test runs); the test takes about 51 s on
+this box, the issue's target being "below the bigram within 5 CPU-minutes".
 """
 
 from __future__ import annotations

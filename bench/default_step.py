@@ -1,0 +1,118 @@
+"""A profile's default training step as `make run` trains it: what its parts cost, paired.
+
+`make run` trains the tiny profile on the bundled corpus at 16 sequences a step. Its samples are
+short (about 35 encoder and 26 decoder tokens), so the step is small and every fixed cost shows.
+This bench builds the real trainer (`aeron-tui train simple --profile P`, the CLI's own run
+config), takes ten real batches and replays them with the neural memory's bank full (1,000
+slots: a run fills it within its first 1000 / batch steps, and the read scores every written
+slot, so a step costs more as the bank fills; the bench fills it directly). Variants, timed
+interleaved round after round, median process CPU time per optimizer step, one thread:
+
+* ``default``: the profile as it trains;
+* ``reasoning off``: ``--set model.enable_reasoning=false`` — the reasoning engine's share is
+  (default − off) / default;
+* ``memory off``: ``--set model.enable_memory=false``;
+* ``fused memory read``: the memory read on SDPA with the bank copied per sample (the read
+  before this bench; the GPU's) — the CPU's shared-bank read is paired against it.
+
+    .venv/bin/python bench/default_step.py [--profile tiny] [--rounds 6] [--steps 10] [--set K=V ...]
+
+Figures: bench/RESULTS.md, ## default_step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VARIANTS = ("default", "reasoning off", "memory off", "fused memory read")
+
+
+def make_trainer(variant: str, profile: str, seed: int, sets: dict[str, str]) -> Any:
+    from recipe_search import run_config_for
+
+    from core.train.simple import SimpleTrainer
+
+    spec: dict[str, Any] = {"profile": profile, "seed": seed, "set": sets}
+    if variant == "reasoning off":
+        spec["reasoning"] = False
+    cfg, model_cfg = run_config_for(spec, Path(tempfile.mkdtemp(prefix="default-step-")) / "run", 10**6)
+    if variant == "memory off":
+        from dataclasses import replace
+
+        model_cfg = replace(model_cfg, enable_memory=False)
+    trainer = SimpleTrainer(cfg, model_cfg, listeners=[])
+    trainer.setup()
+    memory = getattr(trainer.model, "neural_memory", None)
+    if variant == "fused memory read":
+        assert memory is not None
+        memory._shared_bank_read = memory._fused_read  # the instance reads as the GPU does
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10, help="optimizer steps per variant per round")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a run-config override as `aeron-tui train --set` takes it, e.g. "
+                         "model.memory_slots=1000")
+    args = ap.parse_args(argv)
+    sets = dict(item.split("=", 1) for item in args.set)
+
+    import torch
+
+    torch.set_num_threads(1)
+    trainers = {v: make_trainer(v, args.profile, args.seed, sets) for v in VARIANTS}
+    batches = [trainers["default"].next_batch() for _ in range(10)]
+    shape = {k: tuple(v.shape) for k, v in batches[0].items() if k.endswith("input_ids")}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for trainer in trainers.values():
+        replay = itertools.cycle(batches)
+        trainer.next_batch = lambda replay=replay: next(replay)
+        memory = getattr(trainer.model, "neural_memory", None)
+        if memory is not None:
+            gen = torch.Generator().manual_seed(args.seed)
+            bank = torch.randn(2, memory.num_slots, memory.memory_dim, generator=gen)
+            memory.write(bank[0], bank[1])
+        for _ in range(3):  # warm-up
+            trainer.train_step()
+    for _ in range(args.rounds):
+        for variant, trainer in trainers.items():
+            for _ in range(args.steps):
+                t = time.process_time()
+                trainer.train_step()
+                cpu[variant].append(time.process_time() - t)
+    med = {v: statistics.median(x) * 1e3 for v, x in cpu.items()}
+    iqr = {v: (statistics.quantiles(x, n=4)[2] - statistics.quantiles(x, n=4)[0]) * 1e3
+           for v, x in cpu.items()}
+    params = {v: sum(p.numel() for p in t.model.parameters()) for v, t in trainers.items()}
+    print(f"{args.profile} default step{' with ' + ', '.join(args.set) if args.set else ''}, "
+          f"batch shapes {shape}, {args.rounds} rounds x {args.steps} steps, 1 thread, "
+          "memory bank full")
+    print("| variant | params | CPU ms / step | IQR ms | vs default |")
+    print("|---|---|---|---|---|")
+    for v in VARIANTS:
+        print(f"| {v} | {params[v]:,} | {med[v]:.1f} | {iqr[v]:.1f} | "
+              f"{med[v] / med['default']:.2f}× |")
+    share = (med["default"] - med["reasoning off"]) / med["default"]
+    mem_share = (med["default"] - med["memory off"]) / med["default"]
+    print(f"reasoning engine share of the step: {share:.1%}; neural memory share: {mem_share:.1%}; "
+          f"shared-bank memory read vs fused: step {med['fused memory read'] / med['default']:.2f}× "
+          "cheaper")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

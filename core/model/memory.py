@@ -145,10 +145,10 @@ class NeuralMemoryNetwork(nn.Module):
         product scores every query against it, each sample's own slot is a dot product, and
         the backward pass computes only the queries' and the current slot's gradients. SDPA
         would need the bank copied per sample and would produce (and discard) a key and a value
-        gradient for every copy: measured on the tiny training step, 1,000 written slots, the
-        read fell from about 240 to 30 CPU-ms (bench/RESULTS.md, ``memory_read``). The weights
-        are materialised, ``B·h·S·(W+1)`` of them (the estimator counts them on the CPU); the
-        GPU keeps the fused kernel (:meth:`_fused_read`), which never does.
+        gradient for every copy: measured at the tiny training step's shape, 1,000 written
+        slots, the memory module fell from 246 to 50 CPU-ms (bench/RESULTS.md, "default_step").
+        The weights are materialised, ``B·h·S·(W+1)`` of them (the estimator counts them on the
+        CPU); the GPU keeps the fused kernel (:meth:`_fused_read`), which never does.
         """
         b, s, m = q.shape
         h, hd = self.num_heads, self.head_dim

@@ -9,7 +9,9 @@ and prints the median CPU milliseconds of a forward + backward:
 * attention under CPU bf16 autocast: the bf16 kernel (before) vs :func:`core.model.layers.sdpa`
   (fp32 while training on the CPU);
 * the scratchpad read at the tiny and small widths: explicit per-head projections (before) vs
-  the folded :class:`core.model.reasoning.ScratchpadAttention`.
+  the folded :class:`core.model.reasoning.ScratchpadAttention`;
+* the neural memory (whole module, bank full) at the tiny step's shape: the read on SDPA over
+  the bank copied per sample (before; what the GPU runs) vs the CPU's shared-bank read.
 
     .venv/bin/python bench/step_kernels.py [--reps 20]
 
@@ -154,6 +156,32 @@ def main(argv: list[str] | None = None) -> int:
 
         before, after = paired(explicit, folded, args.reps)
         rows.append(("scratchpad read bf16", f"d{d} P{slots} B{b} S{s}", before, after))
+
+    # -- neural memory, whole module fwd + bwd with the bank full: the read on SDPA over the bank
+    # copied per sample (before; the GPU's) vs the shared-bank read the CPU now takes
+    from core.model.memory import NeuralMemoryNetwork
+
+    for d, m, heads, slots, b, s in ((256, 512, 8, 1000, 16, 34), (256, 256, 4, 256, 16, 34)):
+        cfg = NeuralNetConfig(vocab_size=64, d_model=d, nhead=4, num_kv_heads=2,
+                              memory_slots=slots, memory_dim=m, memory_heads=heads)
+        mem = NeuralMemoryNetwork(cfg)
+        mem.write(torch.randn(slots, m), torch.randn(slots, m))
+        fused = NeuralMemoryNetwork(cfg)
+        fused.load_state_dict(mem.state_dict())
+        fused._shared_bank_read = fused._fused_read  # type: ignore[method-assign]
+        x0 = torch.randn(b, s, d)
+        mask = torch.ones(b, s, dtype=torch.bool)
+        mask[:, s - 4:] = False
+
+        def read(module: NeuralMemoryNetwork) -> None:
+            x = x0.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, recall, _ = module(x, mask)
+            (y.float().sum() + recall.float().sum()).backward()
+
+        before, after = paired(lambda: read(fused), lambda: read(mem), args.reps)
+        rows.append(("memory read bf16 (module)", f"d{d} m{m} h{heads} W{slots} B{b} S{s}",
+                     before, after))
 
     print(f"torch {torch.__version__}, 1 thread, median CPU ms of {args.reps} paired reps")
     print(f"{'kernel':26} {'shape':28} {'before ms':>10} {'after ms':>9} {'speed-up':>9}")

@@ -146,7 +146,7 @@ class NeuralMemoryNetwork(nn.Module):
         the backward pass computes only the queries' and the current slot's gradients. SDPA
         would need the bank copied per sample and would produce (and discard) a key and a value
         gradient for every copy: measured at the tiny training step's shape, 1,000 written
-        slots, the memory module fell from 246 to 50 CPU-ms (bench/RESULTS.md, "default_step").
+        slots, the memory module fell from 185 to 38 CPU-ms (bench/RESULTS.md, "step_kernels").
         The weights are materialised, ``B·h·S·(W+1)`` of them (the estimator counts them on the
         CPU); the GPU keeps the fused kernel (:meth:`_fused_read`), which never does.
         """

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from aeron_tui.app.app import AeronConsole, ConsoleOptions
@@ -25,16 +26,22 @@ def _make_runs(root: Path) -> None:
     write_events(root / "simple-tiny-b" / "events.jsonl", synthetic_events(40, t0=T0 + 100)[:12])
 
 
+async def _open_runs(pilot: Pilot[None], app: AeronConsole, count: int) -> RunsScreen:
+    """Press r on the dashboard and wait until the runs screen lists ``count`` runs."""
+    await pilot.press("r")
+    screen = app.screen
+    assert isinstance(screen, RunsScreen)
+    await wait_for(pilot, lambda: len(screen.runs) == count, what="run list")
+    return screen
+
+
 @sync
 async def test_runs_screen_lists_and_opens_runs(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     _make_runs(root)
     app = AeronConsole(ConsoleOptions(runs_root=root), hardware=fixed_hardware())
     async with app.run_test(size=(120, 30)) as pilot:
-        await pilot.press("r")
-        screen = app.screen
-        assert isinstance(screen, RunsScreen)
-        await wait_for(pilot, lambda: len(screen.runs) == 2, what="run list")
+        screen = await _open_runs(pilot, app, 2)
         table = screen.query_one(DataTable)
         rows = [table.get_row_at(i) for i in range(table.row_count)]
         by_name = {str(row[2]): row for row in rows}
@@ -100,10 +107,7 @@ async def test_runs_elsewhere_are_listed_compared_configured_and_resumed(tmp_pat
     remember_run_dir(elsewhere, root)  # what starting it with --run-dir there does
     app, started = _console_with_spawn(root)
     async with app.run_test(size=(120, 30)) as pilot:
-        await pilot.press("r")
-        screen = app.screen
-        assert isinstance(screen, RunsScreen)
-        await wait_for(pilot, lambda: len(screen.runs) == 3, what="run list")
+        screen = await _open_runs(pilot, app, 3)
         assert "(+1 elsewhere)" in str(screen.query_one("#runs-where").content)
         paths = [r.path for r in screen.runs]
         assert elsewhere in paths
@@ -197,10 +201,7 @@ async def test_g_writes_the_runs_plot(tmp_path: Path) -> None:
     _make_runs(root)
     app = AeronConsole(ConsoleOptions(runs_root=root), hardware=fixed_hardware())
     async with app.run_test(size=(120, 30)) as pilot:
-        await pilot.press("r")
-        screen = app.screen
-        assert isinstance(screen, RunsScreen)
-        await wait_for(pilot, lambda: len(screen.runs) == 2, what="run list")
+        screen = await _open_runs(pilot, app, 2)
         table = screen.query_one(DataTable)
         paths = [r.path for r in screen.runs]
         table.move_cursor(row=paths.index(root / "simple-tiny-a"))

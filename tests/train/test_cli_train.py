@@ -110,40 +110,12 @@ def test_stdin_eof_is_not_a_stop(tmp_path: Path, small_corpus: Path, _isolated_h
     assert any(e["type"] == "warning" and "bogus" in e["message"] for e in events)
 
 
-@pytest.fixture(scope="module")
-def template_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished 8-step run (checkpoints at 4 and 8), built once per module."""
-    from train_helpers import write_styles
-
-    from aeron_tui.commands.train import build_run_config, execute
-
-    base = tmp_path_factory.mktemp("template")
-    data = write_styles(base / "styles.jsonl")
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the per-test thread fixture
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AERON_TUI_HOME", str(base / "home"))
-        args = cli_train_args(base / "run", data, 8)
-        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-        cfg, model = build_run_config(
-            "simple", profile="tiny", sets=sets,
-            flags=dict(data=str(data), run_dir=str(base / "run"), steps=8, seq_len=32,
-                       micro_batch=4, seed=3, precision="fp32", device="cpu"))
-        try:
-            assert execute("simple", cfg, model, quiet=True) == "finished"
-        finally:
-            torch.set_num_threads(threads)
-    return base / "run"
-
-
 @pytest.fixture
-def finished_run(template_run: Path, tmp_path: Path) -> Path:
+def finished_run(run_template: dict[str, Path], tmp_path: Path) -> Path:
     """A private copy of the template run (tests damage its checkpoints)."""
     import shutil
 
-    return Path(shutil.copytree(template_run, tmp_path / "run"))
+    return Path(shutil.copytree(run_template["run"], tmp_path / "run"))
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:

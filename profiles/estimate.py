@@ -57,9 +57,17 @@ OPTIMIZERS = ("adamw", "compressed")
 # is for planning runs, so it does not model that case.
 
 
+# The Tree of Thought's contradiction heads run only on pairs of kept branches: with one kept
+# branch (tot_keep_k 1, the tiny and small profiles) they never run, so they have no gradient
+# tensor and no optimizer state (core.model.reasoning; core.model.modules.frozen_by_design).
+NO_PAIR_HEADS = ("reasoning_engine.tree_of_thought.contra.",
+                 "reasoning_engine.tree_of_thought.resolver.")
+
+
 def _inactive_prefixes(config: NeuralNetConfig) -> tuple[str, ...]:
-    """Parameter-name prefixes with no gradient tensor in training (none today)."""
-    del config
+    """Parameter-name prefixes with no gradient tensor in training."""
+    if config.enable_reasoning and config.effective_tot_keep_k == 1:
+        return NO_PAIR_HEADS
     return ()
 
 # ---------------------------------------------------------------------------- calibration
@@ -502,8 +510,8 @@ def estimate_training_memory(
     frozen = facts.total - facts.trainable_text
     if frozen:
         notes.append(
-            f"{frozen / 1e6:.1f} M parameters (multimodal, knowledge graph, continual) get no "
-            "gradient in text-only training"
+            f"{frozen / 1e6:.2f} M parameters get no gradient in training (the Tree of "
+            "Thought's contradiction heads: one kept branch has no pair to assess)"
         )
     acts = activation_bytes(config, micro_batch, seq_len, precision, checkpointing,
                             device=device, packing=packing)

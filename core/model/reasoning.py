@@ -149,6 +149,14 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         init_linear(self.resolver, std)
         self.merge_gate = nn.Linear(2 * d, 1)
         init_linear(self.merge_gate, std)
+        # The unordered branch pairs (i < j) and the map from one level per pair to the
+        # symmetric (N, N) matrix; constants, not saved in checkpoints.
+        pairs = torch.triu_indices(n, n, 1)
+        square = torch.zeros(pairs.shape[1], n * n)
+        square[torch.arange(pairs.shape[1]), pairs[0] * n + pairs[1]] = 1.0
+        square[torch.arange(pairs.shape[1]), pairs[1] * n + pairs[0]] = 1.0
+        self.register_buffer("pair_index", pairs, persistent=False)
+        self.register_buffer("pair_to_square", square, persistent=False)
 
     def forward(self, x: Tensor, u: Tensor, mask: Tensor | None,
                 pooled_x: Tensor | None = None) -> TreeOfThoughtOutput:
@@ -220,16 +228,29 @@ class AeronTreeOfThoughtProcessor(nn.Module):
 
     def _contradictions(self, s: Tensor, q: Tensor, keep: Tensor
                         ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Spec §5 step 7 on the refined summaries ``s (B, N, d)``: ``(levels (B,N,N), number
+        resolved, deltas (B,N,d) or None)``.
+
+        Both layers that read concatenations are split by their blocks, so nothing is built per
+        ordered pair: ``contra``'s first layer on ``[s_i; s_j; s_i⊙s_j]`` applies its ``s_i`` and
+        ``s_j`` blocks once per branch and only the product per unordered pair (``i < j``, the
+        one level the pair has), and ``resolver([s_hi; s_lo]) = R_hi s_hi + R_lo s_lo`` is
+        linear, so the level-weighted sum over the branches a branch loses to is
+        ``R_hi(Σ_h c_ah s_h) + (Σ_h c_ah)(R_lo s_a)`` — one row per branch. The same function.
+        """
         b, n, d = s.shape
-        if n < 2:
+        if n < 2 or self.keep_k < 2:  # no kept pair: nothing to assess or resolve
             return s.new_zeros(b, n, n), torch.zeros((), dtype=torch.long, device=s.device), None
-        si = s[:, :, None, :].expand(b, n, n, d)
-        sj = s[:, None, :, :].expand(b, n, n, d)
-        raw = torch.sigmoid(self.contra(torch.cat((si, sj, si * sj), dim=-1)).squeeze(-1))
-        # One level per unordered pair: the (i<j) entry, mirrored.
-        upper = torch.ones(n, n, dtype=torch.bool, device=s.device).triu(1)
-        levels = torch.where(upper, raw, raw.transpose(1, 2))
-        levels = levels.masked_fill(torch.eye(n, dtype=torch.bool, device=s.device), 0.0)
+        first, act, last = self.contra[0], self.contra[1], self.contra[2]
+        hidden = first.out_features
+        w_i, w_j, w_prod = first.weight.split(d, dim=1)
+        per_branch = F.linear(s, torch.cat((w_i, w_j))).view(b, n, 2, hidden)
+        pi, pj = self.pair_index[0], self.pair_index[1]  # (P,) the pairs i < j
+        pair_hidden = (per_branch[:, pi, 0] + per_branch[:, pj, 1]
+                       + F.linear(s[:, pi] * s[:, pj], w_prod, first.bias))  # (B, P, d/4)
+        raw = torch.sigmoid(last(act(pair_hidden)).squeeze(-1))  # (B, P)
+        # Each pair's level at (i, j) and (j, i); 0 on the diagonal.
+        levels = (raw @ self.pair_to_square.to(raw.dtype)).view(b, n, n)
         pair_kept = keep[:, :, None] & keep[:, None, :]
         active = pair_kept & (levels.detach() > self.contradiction_threshold)
         # lose[b, a, h]: branch a is the lower-scored side of an active pair with h.
@@ -240,11 +261,12 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         )
         lose = active & lower
         resolved = lose.sum()
-        # resolver([s'_hi; s'_lo]) - s'_lo for every ordered (lo=a, hi=h) pair.
-        synth = self.resolver(torch.cat((sj, si), dim=-1)) - si  # (B, N, N, d)
-        coef = (levels * lose.to(levels.dtype))[..., None]
-        count = lose.sum(dim=2, keepdim=True).clamp_min(1).to(s.dtype)  # (B, N, 1)
-        deltas = (coef * synth).sum(dim=2) / count
+        coef = levels * lose.to(levels.dtype)  # (B, N_lo, N_hi)
+        total = coef.sum(dim=2, keepdim=True)  # (B, N, 1)
+        count = lose.sum(dim=2, keepdim=True).clamp_min(1).to(s.dtype)
+        # Σ_h c_ah (resolver([s_h; s_a]) − s_a) for every branch a, divided by its pair count.
+        lo_part = total * s
+        deltas = (self.resolver(torch.cat((torch.bmm(coef, s), lo_part), dim=-1)) - lo_part) / count
         return levels, resolved, deltas
 
 
@@ -542,11 +564,11 @@ class AeronReasoningEngine(nn.Module):
         read, read_weights = self.scratchpad_attention(
             tot.out, self.scratchpad.slot_keys, values, typ, prio, age)
         # reasoned = tot_out + synth([tot_out; read]); kept as the change from x. The two
-        # halves of synth_proj apply separately: the same sum without a (B, S, 2d) copy.
+        # halves of synth_proj apply separately: the same sum without a (B, S, 2d) copy. `read`
+        # is already in the compute dtype (autocast's, or tot_out's without autocast).
         w_synth = self.synth_proj.weight
         d = x.shape[-1]
-        change = (tot.update + F.linear(tot.out, w_synth[:, :d])
-                  + F.linear(read.to(tot.out.dtype), w_synth[:, d:]))
+        change = (tot.update + F.linear(tot.out, w_synth[:, :d]) + F.linear(read, w_synth[:, d:]))
 
         # Straight-through skip mask: forward value = run, gradient flows into the gate.
         m = run.to(c.dtype) + c - c.detach()

@@ -220,18 +220,61 @@ def _reference_tree_of_thought(tot: AeronTreeOfThoughtProcessor, x, u, mask):
     return x + gamma[:, :, None] * (m - x), q
 
 
-@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
-def test_tree_of_thought_matches_the_literal_spec(threshold: float) -> None:
+@pytest.mark.parametrize(("branches", "keep", "threshold"),
+                         [(4, 3, 0.0), (4, 3, 0.5), (4, 3, 1.0), (3, 2, 0.0), (2, 1, 0.0)])
+def test_tree_of_thought_matches_the_literal_spec(branches: int, keep: int,
+                                                  threshold: float) -> None:
+    """Values and gradients (inputs and every parameter) equal the spec written out literally,
+    with contradictions resolved (threshold 0), some or none."""
     torch.manual_seed(0)
-    cfg = small_config(num_tot_branches=4, tot_keep_k=3, tot_contradiction_threshold=threshold)
+    cfg = small_config(num_tot_branches=branches, tot_keep_k=keep,
+                       tot_contradiction_threshold=threshold)
     tot = AeronTreeOfThoughtProcessor(cfg)
-    x = torch.randn(3, 7, 32)
-    u = x + 0.1 * torch.randn(3, 7, 32)
+    x0 = torch.randn(3, 7, 32)
+    u0 = x0 + 0.1 * torch.randn(3, 7, 32)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 6 + [False]])
-    out = tot(x, u, mask)
-    ref, q = _reference_tree_of_thought(tot, x, u, mask)
-    torch.testing.assert_close(out.logits, q, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(3, 7, 32)
+
+    def run(fn):
+        tot.zero_grad(set_to_none=True)
+        x, u = x0.clone().requires_grad_(True), u0.clone().requires_grad_(True)
+        out, q = fn(x, u)
+        (out * grad).sum().backward()
+        grads = {n: p.grad for n, p in tot.named_parameters()}
+        return out.detach(), q.detach(), x.grad, u.grad, grads
+
+    def fast(x, u):
+        res = tot(x, u, mask)
+        return res.out, res.logits
+
+    got = run(fast)
+    want = run(lambda x, u: _reference_tree_of_thought(tot, x, u, mask))
+    for g, w in zip(got[:4], want[:4], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    for name, w in want[4].items():
+        g = got[4][name]
+        if w is None or not w.any():  # no gradient by the spec: none, or zeros, is the same
+            assert g is None or not g.any(), name
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=name)
+    resolving = {n for n, w in want[4].items() if w is not None and w.any()
+                 and n.startswith(("contra.", "resolver."))}
+    if threshold == 0.0:  # every kept pair is a contradiction: the heads train iff pairs exist
+        assert bool(resolving) == (keep > 1)
+    elif threshold == 1.0:
+        assert not resolving
+
+
+def test_one_kept_branch_assesses_no_contradiction() -> None:
+    """With one kept branch there is no kept pair: no level, nothing resolved, and the
+    contradiction heads are not evaluated (their parameters get no gradient)."""
+    torch.manual_seed(0)
+    tot = AeronTreeOfThoughtProcessor(small_config(num_tot_branches=2, tot_keep_k=1,
+                                                   tot_contradiction_threshold=0.0))
+    out = tot(torch.randn(2, 5, 32), torch.randn(2, 5, 32), None)
+    out.out.sum().backward()
+    assert not out.contradiction_levels.any() and int(out.resolved) == 0
+    assert all(p.grad is None for p in (*tot.contra.parameters(), tot.resolver.weight))
 
 
 def test_folded_scratchpad_read_equals_the_per_head_attention() -> None:

@@ -11,7 +11,11 @@ and prints the median CPU milliseconds of a forward + backward:
 * the scratchpad read at the tiny and small widths: explicit per-head projections (before) vs
   the folded :class:`core.model.reasoning.ScratchpadAttention`;
 * the neural memory (whole module, bank full) at the tiny step's shape: the read on SDPA over
-  the bank copied per sample (before; what the GPU runs) vs the CPU's shared-bank read.
+  the bank copied per sample (before; what the GPU runs) vs the CPU's shared-bank read;
+* the reasoning engine (whole module, bf16 autocast) at the tiny step's shape, 2 branches with
+  one kept (the tiny profile) and 4 with two kept: the Tree of Thought's contradiction heads on
+  every ordered pair of branches through their concatenation layers (before) vs
+  ``_contradictions`` now (no kept pair: not run; else unordered pairs, layers split by block).
 
     .venv/bin/python bench/step_kernels.py [--reps 20]
 
@@ -28,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -183,11 +188,64 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("memory read bf16 (module)", f"d{d} m{m} h{heads} W{slots} B{b} S{s}",
                      before, after))
 
+    # -- reasoning engine, whole module fwd + bwd: the contradiction heads as they were
+    from core.model.reasoning import AeronReasoningEngine
+
+    for branches, keep in ((2, 1), (4, 2)):
+        cfg = NeuralNetConfig(vocab_size=64, d_model=256, nhead=4, num_kv_heads=2,
+                              dim_feedforward=512, num_tot_branches=branches, tot_keep_k=keep,
+                              num_scratchpad_slots=8, memory_dim=256)
+        torch.manual_seed(0)
+        now = AeronReasoningEngine(cfg)
+        was = AeronReasoningEngine(cfg)
+        was.load_state_dict(now.state_dict())
+        tot_was = was.tree_of_thought
+        tot_was._contradictions = lambda s_, q_, keep_, t=tot_was: _all_pairs_contradictions(
+            t, s_, q_, keep_)
+        x0 = torch.randn(16, 34, 256)
+        recall = torch.randn(16, 34, 256)
+        mask = torch.ones(16, 34, dtype=torch.bool)
+        mask[:, 30:] = False
+
+        def engine(module: AeronReasoningEngine) -> None:
+            x = x0.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = module(x, mask, memory_recall=recall)
+            (out.hidden.float().square().mean() + out.tot_branch_scores.sum()).backward()
+
+        before, after = paired(lambda: engine(was), lambda: engine(now), args.reps)
+        rows.append(("reasoning engine bf16", f"d256 N{branches} keep{keep} B16 S34",
+                     before, after))
+
     print(f"torch {torch.__version__}, 1 thread, median CPU ms of {args.reps} paired reps")
     print(f"{'kernel':26} {'shape':28} {'before ms':>10} {'after ms':>9} {'speed-up':>9}")
     for name, shape, before, after in rows:
         print(f"{name:26} {shape:28} {before:10.2f} {after:9.2f} {before / after:8.2f}x")
     return 0
+
+
+def _all_pairs_contradictions(tot: Any, s: Any, q: Any, keep: Any) -> tuple[Any, Any, Any]:
+    """The contradiction step as it was: both heads on every ordered pair of branches, through
+    their concatenations (``(B, N, N, 3d)`` and ``(B, N, N, 2d)``), kept pairs or not."""
+    import torch
+
+    b, n, d = s.shape
+    si = s[:, :, None, :].expand(b, n, n, d)
+    sj = s[:, None, :, :].expand(b, n, n, d)
+    raw = torch.sigmoid(tot.contra(torch.cat((si, sj, si * sj), dim=-1)).squeeze(-1))
+    upper = torch.ones(n, n, dtype=torch.bool, device=s.device).triu(1)
+    levels = torch.where(upper, raw, raw.transpose(1, 2))
+    levels = levels.masked_fill(torch.eye(n, dtype=torch.bool, device=s.device), 0.0)
+    active = keep[:, :, None] & keep[:, None, :] & (levels.detach() > tot.contradiction_threshold)
+    qd = q.detach()
+    idx = torch.arange(n, device=s.device)
+    lower = (qd[:, :, None] < qd[:, None, :]) | (
+        (qd[:, :, None] == qd[:, None, :]) & (idx[:, None] > idx[None, :]))
+    lose = active & lower
+    synth = tot.resolver(torch.cat((sj, si), dim=-1)) - si
+    coef = (levels * lose.to(levels.dtype))[..., None]
+    count = lose.sum(dim=2, keepdim=True).clamp_min(1).to(s.dtype)
+    return levels, lose.sum(), (coef * synth).sum(dim=2) / count
 
 
 if __name__ == "__main__":

@@ -399,6 +399,12 @@ class RunState:
     branch_scores: list[float] | None = None
     branch_keep: list[float] | None = None
     branch_history: list[list[float]] = field(default_factory=list)
+    branch_scores_step: int | None = None  # the step event the branch scores came from
+    # The reasoning engine's complexity gate over the latest step event's interval: the share of
+    # samples it ran on (1 − reasoning_skipped_frac) and the mean complexity, and that event's step.
+    reasoning_ran: float | None = None
+    complexity_mean: float | None = None
+    reasoning_step: int | None = None
     scratchpad: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     train_losses: list[tuple[int, float]] = field(default_factory=list)
@@ -574,7 +580,13 @@ class RunState:
             self.memory = event["memory"]
         if event.get("branch_scores_mean") is not None:
             self.branch_scores = event["branch_scores_mean"]
+            self.branch_scores_step = step
             self._push(self.branch_history, list(event["branch_scores_mean"]))
+        if event.get("reasoning_skipped_frac") is not None:
+            self.reasoning_ran = 1.0 - float(event["reasoning_skipped_frac"])
+            self.reasoning_step = step
+            cm = event.get("complexity_mean")
+            self.complexity_mean = None if cm is None else float(cm)
         if event.get("branch_keep_frac") is not None:
             self.branch_keep = event["branch_keep_frac"]
         if event.get("scratchpad"):

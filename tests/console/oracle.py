@@ -118,6 +118,20 @@ class Oracle:
             assert branches.shown_scores == truth.branch_scores
             keep = truth.branch_keep or []
             assert branches.pruned == [i for i, k in enumerate(keep) if k < 0.5]
+            # The gate's share of samples reasoned on and its complexity, from the same event.
+            last = next((e for e in reversed(events) if e["type"] == "step"
+                         and e.get("reasoning_skipped_frac") is not None), None)
+            if last is None:
+                assert branches.reasoning_line == ""
+            else:
+                if last.get("branch_scores_mean") is not None:
+                    ran = 1.0 - last["reasoning_skipped_frac"]
+                    assert branches.reasoning_line.startswith(f"reasoned {ran:.0%}"), (
+                        branches.reasoning_line, last)
+                else:
+                    assert branches.reasoning_line.startswith("none reasoned since")
+                if last.get("complexity_mean") is not None:
+                    assert f"complexity {last['complexity_mean']:.3f}" in branches.reasoning_line
         grid = dash.query_one(ScratchpadGrid)
         if truth.scratchpad:
             assert grid.occupied_count == truth.scratchpad["used_slots"]

@@ -17,6 +17,7 @@ from aeron_tui.app.widgets.event_log import EventLog
 from aeron_tui.app.widgets.loss_chart import LossChart
 from aeron_tui.app.widgets.run_panel import RunPanel
 from aeron_tui.app.widgets.scratchpad_grid import ScratchpadGrid
+from core.runs.events import encode_event
 
 from .helpers import FROZEN_NOW, fixed_hardware, plain, sync, wait_for
 from .synth import synthetic_events, write_events
@@ -64,6 +65,44 @@ async def test_watch_shows_the_emitted_numbers(tmp_path: Path) -> None:
         await pilot.press("m")
         assert not chart.smoothing
         assert str(app.dashboard.query_one("#chart-box").border_title).startswith("loss · raw")
+
+
+@sync
+async def test_branch_panel_says_how_much_the_engine_reasoned_and_never_shows_stale_bars(
+        tmp_path: Path) -> None:
+    """The complexity gate skips samples: the panel says on what share of the batch the engine
+    ran (the bars average those samples) and, once a step event reports that no sample reasoned,
+    since when — the bars are then marked as from their own step, not passed off as current."""
+    events = synthetic_events(40, eval_every=100)
+    steps = [e for e in events if e["type"] == "step"]
+    for e in steps:
+        s = e["global_step"]
+        e["complexity_mean"] = 0.5 - s / 100
+        e["reasoning_skipped_frac"] = 0.25 if s <= 30 else 1.0
+        if s > 30:  # the gate closed for every sample: the trainer emits no branch scores
+            e["branch_scores_mean"] = e["branch_keep_frac"] = None
+    run = tmp_path / "run"
+    cut = events.index(steps[29]) + 1
+    write_events(run / "events.jsonl", events[:cut])
+    app = _app(run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.session is not None
+                       and app.session.state.global_step == 30, what="step 30")
+        app.render_now()
+        await pilot.pause()
+        bars = app.dashboard.query_one(BranchScores)
+        assert bars.shown_scores == steps[29]["branch_scores_mean"]
+        assert bars.reasoning_line == "reasoned 75% · complexity 0.200"
+        assert "reasoned 75% · complexity 0.200" in plain(bars)
+        # The rest of the run: no sample reasoned after step 30.
+        with open(run / "events.jsonl", "a", encoding="utf-8") as fh:
+            fh.writelines(encode_event(e) + "\n" for e in events[cut:])
+        await wait_for(pilot, lambda: app.session.state.status == "finished", what="finished")
+        app.render_now()
+        await pilot.pause()
+        assert bars.shown_scores == steps[29]["branch_scores_mean"]
+        assert bars.reasoning_line == "none reasoned since 31 · bars @30 · complexity 0.100"
+        assert "none reasoned since 31" in plain(bars)
 
 
 @sync

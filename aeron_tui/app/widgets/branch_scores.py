@@ -4,7 +4,10 @@ Columns (headed on screen): the branch, its mean score at the latest step (bar a
 score's history (sparkline, each branch on its own scale) and ``kept`` — the share of the
 batch's samples for which the branch survived pruning. A branch kept for fewer than half of the
 samples is marked pruned (✗, struck through, grey, share in red); a line under the table says
-so.
+so. A caption under the bars says how much of the batch the engine reasoned on (its complexity
+gate skips samples below the threshold, and the scores average the samples it ran on) and the
+gate's mean complexity; when the latest step event had no sample reasoned on, it says since
+which step and which step the bars are from, so they never pass for current.
 Runs without branch scores (RLHF trainers, reasoning off) show the trainer's headline
 ``metrics`` here instead, with the same bars-and-sparkline treatment — no special screen per
 trainer.
@@ -20,6 +23,7 @@ from textual.widgets import Static
 
 from aeron_tui.app.format import bar, fmt_float, line_count, sparkline
 from aeron_tui.app.session import RunSession
+from core.runs.events import RunState
 
 PRUNED_BELOW = 0.5
 BRANCH_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan",
@@ -38,6 +42,7 @@ class BranchScores(Static):
         self.shown_scores: list[float] = []
         self.pruned: list[int] = []
         self.shown_metrics: dict[str, float] = {}
+        self.reasoning_line = ""  # the caption under the bars ("" when there is none)
         self._key: tuple[object, ...] = ()
         self._lines = -1
 
@@ -48,7 +53,8 @@ class BranchScores(Static):
             return
         self._key = key
         body = self._render_body(session)
-        lines = line_count(body) + (1 if self.shown_scores else 0)  # + the header row
+        # + the header row, + the caption
+        lines = line_count(body) + (1 if self.shown_scores else 0) + (1 if self.reasoning_line else 0)
         self.update(body, layout=lines != self._lines)
         self._lines = lines
 
@@ -67,6 +73,7 @@ class BranchScores(Static):
             return self._metrics(session)
         self.shown_scores = []
         self.shown_metrics = {}
+        self.reasoning_line = ""
         return Text("no branch scores or metrics yet", style="dim")
 
     def _widths(self) -> tuple[int, int]:
@@ -97,6 +104,11 @@ class BranchScores(Static):
         table.add_column("", no_wrap=True, width=6, justify="right")
         table.add_column("history", no_wrap=True, width=spark_w)
         table.add_column("kept", no_wrap=True, width=4, justify="right")
+        self.reasoning_line = reasoning_caption(st)
+        if self.reasoning_line:
+            table.caption = self.reasoning_line
+            table.caption_style = "dim"
+            table.caption_justify = "left"
         for i, score in enumerate(scores):
             color = BRANCH_COLORS[i % len(BRANCH_COLORS)]
             kept = keep[i] if i < len(keep) and isinstance(keep[i], (int, float)) else None
@@ -132,6 +144,7 @@ class BranchScores(Static):
     def _metrics(self, session: RunSession) -> Table:
         metrics = session.headline_metrics()
         self.shown_scores = []
+        self.reasoning_line = ""
         self.shown_metrics = {k: float(v) for k, v in metrics.items()}
         _, spark_w = self._widths()
         table = Table.grid(padding=(0, 1))
@@ -145,3 +158,19 @@ class BranchScores(Static):
                           Text(sparkline(hist, spark_w * 2), style=color))
         return table
 
+
+
+def reasoning_caption(st: RunState) -> str:
+    """``reasoned 22% · complexity 0.218``, or, when the latest step event reasoned on no
+    sample, ``none reasoned since 1,240 · bars @1,230 · complexity 0.190``; "" without gate
+    figures (older event streams)."""
+    if st.reasoning_ran is None or st.reasoning_step is None:
+        return ""
+    stale = st.branch_scores_step is not None and st.branch_scores_step < st.reasoning_step
+    if stale:
+        text = f"none reasoned since {st.branch_scores_step + 1:,} · bars @{st.branch_scores_step:,}"
+    else:
+        text = f"reasoned {st.reasoning_ran:.0%}"
+    if st.complexity_mean is not None:
+        text += f" · complexity {st.complexity_mean:.3f}"
+    return text

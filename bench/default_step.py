@@ -19,6 +19,15 @@ interleaved round after round, median process CPU time per optimizer step, one t
 
     .venv/bin/python bench/default_step.py [--profile tiny] [--rounds 6] [--steps 10] [--set K=V ...]
 
+The replay starts from a fresh model, whose reasoning engine runs on every sample. In a real run
+the engine's complexity gate learns to skip samples, and when it skips a whole micro-batch the
+engine costs nothing that step (spec §5 step 1). ``--whole-run N`` measures that: the real
+default run for N steps, reasoning engine on and off, the two arms at the same time (one thread
+each, so the box's load falls on both alike), per seed; it reports the training steps' total
+CPU time of each arm, the engine's share of it and the share of samples the engine reasoned on.
+
+    .venv/bin/python bench/default_step.py --whole-run 600 --seeds 0 1
+
 Figures: bench/RESULTS.md, ## default_step.
 """
 
@@ -26,7 +35,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,8 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a run-config override as `aeron-tui train --set` takes it, e.g. "
                          "model.memory_slots=1000")
+    ap.add_argument("--whole-run", type=int, default=0, metavar="STEPS",
+                    help="time whole default runs of STEPS steps, reasoning on and off")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="with --whole-run")
+    ap.add_argument("--one-run", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sets = dict(item.split("=", 1) for item in args.set)
+    if args.one_run:
+        print("RESULT " + json.dumps(one_run(json.loads(args.one_run))), flush=True)
+        return 0
+    if args.whole_run:
+        return whole_runs(args.profile, args.whole_run, args.seeds, args.set)
 
     import torch
 
@@ -118,6 +139,61 @@ def main(argv: list[str] | None = None) -> int:
           f"shared-bank memory read vs fused: step {med['fused memory read'] / med['default']:.2f}× "
           f"cheaper; the catalog's bank costs {med['catalog bank'] / med['default']:.2f}× the "
           "profile's")
+    return 0
+
+
+def one_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """One default run of ``spec["steps"]`` steps: CPU time of its training steps and the share of
+    samples the reasoning engine ran on (step events: 1 − ``reasoning_skipped_frac``)."""
+    import torch
+    from recipe_search import _trainer_class, run_config_for
+
+    torch.set_num_threads(1)
+    run_spec: dict[str, Any] = {"profile": spec["profile"], "seed": spec["seed"],
+                                "set": spec["set"]}
+    if not spec["reasoning"]:
+        run_spec["reasoning"] = False
+    run_dir = Path(tempfile.mkdtemp(prefix="default-run-")) / "run"
+    cfg, model_cfg = run_config_for(run_spec, run_dir, spec["steps"])
+    skipped: list[float] = []
+
+    def listen(event: dict[str, Any]) -> None:
+        if event["type"] == "step" and event.get("reasoning_skipped_frac") is not None:
+            skipped.append(float(event["reasoning_skipped_frac"]))
+
+    trainer = _trainer_class()(cfg, model_cfg, listeners=[listen])
+    trainer.step_cpu = []
+    trainer.run()
+    return {"steps": len(trainer.step_cpu), "step_cpu_s": sum(trainer.step_cpu),
+            "reasoned": 1.0 - statistics.fmean(skipped) if skipped else None}
+
+
+def whole_runs(profile: str, steps: int, seeds: list[int], sets: list[str]) -> int:
+    overrides = dict(item.split("=", 1) for item in sets)
+    print(f"{profile} default run, {steps} steps, reasoning on and off at the same time, 1 thread each")
+    print("| seed | on: step CPU-s | off: step CPU-s | engine share | samples reasoned on |")
+    print("|---|---|---|---|---|")
+    for seed in seeds:
+        procs = {}
+        for reasoning in (True, False):
+            spec = {"profile": profile, "seed": seed, "steps": steps, "set": overrides,
+                    "reasoning": reasoning}
+            procs[reasoning] = subprocess.Popen(
+                [sys.executable, __file__, "--one-run", json.dumps(spec)],
+                stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        got = {}
+        for reasoning, proc in procs.items():
+            out, _ = proc.communicate()
+            line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(f"seed {seed}: the run with reasoning {'on' if reasoning else 'off'} failed",
+                      file=sys.stderr)
+                return 1
+            got[reasoning] = json.loads(line[7:])
+        on, off = got[True], got[False]
+        share = (on["step_cpu_s"] - off["step_cpu_s"]) / on["step_cpu_s"]
+        print(f"| {seed} | {on['step_cpu_s']:.1f} | {off['step_cpu_s']:.1f} | {share:.1%} | "
+              f"{on['reasoned']:.0%} |", flush=True)
     return 0
 
 

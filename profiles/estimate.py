@@ -5,7 +5,8 @@
 * **Parameters** are exact: the model is built on the ``meta`` device (``core.model.model``). A
   profile stands for the model a run with it builds (``SizeProfile.run_model``): the
   knowledge-graph, vision and task modules exist only when the data feeds them, so every
-  parameter gets a gradient and optimizer state.
+  parameter gets a gradient and optimizer state — except the Tree of Thought's contradiction
+  heads when one branch is kept (``NO_PAIR_HEADS``: they never run).
 * **Optimizer.** Simple trainer: ``torch.optim.AdamW`` with fp32 moments, 8 bytes/parameter.
   Compressed trainer (``core.train.compressed``): its own per-component storage — computed
   exactly from ``component_of`` for every parameter: 8-bit bulk moments (2 bytes + block scales),

@@ -159,7 +159,6 @@ class BranchScores(Static):
         return table
 
 
-
 def reasoning_caption(st: RunState) -> str:
     """``reasoned 22% · complexity 0.218``, or, when the latest step event reasoned on no
     sample, ``none reasoned since 1,240 · bars @1,230 · complexity 0.190``; "" without gate

@@ -192,8 +192,9 @@ def whole_runs(profile: str, steps: int, seeds: list[int], sets: list[str]) -> i
             got[reasoning] = json.loads(line[7:])
         on, off = got[True], got[False]
         share = (on["step_cpu_s"] - off["step_cpu_s"]) / on["step_cpu_s"]
+        reasoned = "—" if on["reasoned"] is None else f"{on['reasoned']:.0%}"
         print(f"| {seed} | {on['step_cpu_s']:.1f} | {off['step_cpu_s']:.1f} | {share:.1%} | "
-              f"{on['reasoned']:.0%} |", flush=True)
+              f"{reasoned} |", flush=True)
     return 0
 
 

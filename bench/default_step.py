@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(one_run(json.loads(args.one_run))), flush=True)
         return 0
     if args.whole_run:
-        return whole_runs(args.profile, args.whole_run, args.seeds, args.set)
+        return whole_runs(args.profile, args.whole_run, args.seeds, sets)
 
     import torch
 
@@ -168,8 +168,7 @@ def one_run(spec: dict[str, Any]) -> dict[str, Any]:
             "reasoned": 1.0 - statistics.fmean(skipped) if skipped else None}
 
 
-def whole_runs(profile: str, steps: int, seeds: list[int], sets: list[str]) -> int:
-    overrides = dict(item.split("=", 1) for item in sets)
+def whole_runs(profile: str, steps: int, seeds: list[int], overrides: dict[str, str]) -> int:
     print(f"{profile} default run, {steps} steps, reasoning on and off at the same time, 1 thread each")
     print("| seed | on: step CPU-s | off: step CPU-s | engine share | samples reasoned on |")
     print("|---|---|---|---|---|")

@@ -247,7 +247,7 @@ class NeuralMemoryNetwork(nn.Module):
         per_slot = torch.matmul(m.reshape(-1).to(weights.dtype),
                                 weights.reshape(h, b * sampled, -1)).float().sum(dim=0)
         read_mass = torch.zeros(self.num_slots, device=weights.device, dtype=torch.float32)
-        read_mass.index_add_(0, written_idx, per_slot[:n_written].float() / h)
+        read_mass.index_add_(0, written_idx, per_slot[:n_written] / h)
         step = max(1, -(-sampled // ENTROPY_POSITIONS))
         entropy = float(torch.special.entr(weights[:, :, ::step].float()).sum(dim=-1).mean())
         return read_mass, entropy

@@ -149,14 +149,6 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         init_linear(self.resolver, std)
         self.merge_gate = nn.Linear(2 * d, 1)
         init_linear(self.merge_gate, std)
-        # The unordered branch pairs (i < j) and the map from one level per pair to the
-        # symmetric (N, N) matrix; constants, not saved in checkpoints.
-        pairs = torch.triu_indices(n, n, 1)
-        square = torch.zeros(pairs.shape[1], n * n)
-        square[torch.arange(pairs.shape[1]), pairs[0] * n + pairs[1]] = 1.0
-        square[torch.arange(pairs.shape[1]), pairs[1] * n + pairs[0]] = 1.0
-        self.register_buffer("pair_index", pairs, persistent=False)
-        self.register_buffer("pair_to_square", square, persistent=False)
 
     def forward(self, x: Tensor, u: Tensor, mask: Tensor | None,
                 pooled_x: Tensor | None = None) -> TreeOfThoughtOutput:
@@ -245,12 +237,14 @@ class AeronTreeOfThoughtProcessor(nn.Module):
         hidden = first.out_features
         w_i, w_j, w_prod = first.weight.split(d, dim=1)
         per_branch = F.linear(s, torch.cat((w_i, w_j))).view(b, n, 2, hidden)
-        pi, pj = self.pair_index[0], self.pair_index[1]  # (P,) the pairs i < j
+        pi, pj = torch.triu_indices(n, n, 1, device=s.device)  # (P,) the pairs i < j
         pair_hidden = (per_branch[:, pi, 0] + per_branch[:, pj, 1]
                        + F.linear(s[:, pi] * s[:, pj], w_prod, first.bias))  # (B, P, d/4)
         raw = torch.sigmoid(last(act(pair_hidden)).squeeze(-1))  # (B, P)
         # Each pair's level at (i, j) and (j, i); 0 on the diagonal.
-        levels = (raw @ self.pair_to_square.to(raw.dtype)).view(b, n, n)
+        both = torch.cat((pi * n + pj, pj * n + pi))
+        levels = raw.new_zeros(b, n * n).index_add(1, both, torch.cat((raw, raw), dim=1))
+        levels = levels.view(b, n, n)
         pair_kept = keep[:, :, None] & keep[:, None, :]
         active = pair_kept & (levels.detach() > self.contradiction_threshold)
         # lose[b, a, h]: branch a is the lower-scored side of an active pair with h.

@@ -46,7 +46,7 @@ class TrainerEntry:
 
 _ENTRIES = (
     TrainerEntry("simple", "core.train.simple:SimpleTrainer",
-                 "AdamW with warmup + cosine decay: plain supervised training"),
+                 "AdamW, warmup and the profile's lr schedule: plain supervised training"),
     TrainerEntry("compressed", "core.train.compressed:CompressedTrainer",
                  "AdamW with 8/12/16-bit block-quantised moments per component, breath-safety",
                  options={"check_every": 100, "rail_spike_factor": 3.0, "rail_max_nonfinite": 3}),

@@ -49,7 +49,26 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: every error becomes one red line and a non-zero exit code."""
+    """Console-script entry point: every error becomes one red line and a non-zero exit code.
+
+    A process that took part in a torchrun process group ends with ``os._exit`` once the
+    command is done (:func:`core.train.distributed.exit_process` says why).
+    """
+    try:
+        _main(argv)
+    except SystemExit as exc:
+        _leave_after_collectives(exc.code)
+        raise
+    _leave_after_collectives(0)
+
+
+def _leave_after_collectives(code: object) -> None:
+    distributed = sys.modules.get("core.train.distributed")  # imported only by such commands
+    if distributed is not None and distributed.left_process_group():
+        distributed.exit_process(code)
+
+
+def _main(argv: list[str] | None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     args = _take_debug_flag(args)
     try:

@@ -21,6 +21,7 @@ from core.train.distributed import (  # noqa: E402
     all_reduce_mean,
     barrier,
     cleanup,
+    exit_process,
     full_state_dict,
     gather_optimizer_state,
     load_full_state_dict,
@@ -175,3 +176,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    exit_process(0)  # as `aeron-tui train` ends under torchrun (no finalization)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aeron_tui.commands.train import _distributed_context, build_run_config  # noqa: E402
 from aeron_tui.trainers import get_trainer  # noqa: E402
-from core.train.distributed import cleanup, full_state_dict  # noqa: E402
+from core.train.distributed import cleanup, exit_process, full_state_dict  # noqa: E402
 
 
 def parse(argv: list[str]) -> tuple[Path, str, bool, dict[str, str], list[str]]:
@@ -67,3 +67,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # as `aeron-tui train` ends under torchrun (no finalization)

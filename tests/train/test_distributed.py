@@ -387,3 +387,38 @@ def test_engine_fsdp_compressed_equals_one_process_and_resumes(tmp_path: Path) -
     )
     assert b0["global_step"] == 4
     assert _maxdiff(b0["params"], r0["params"], params) < 1e-6
+
+
+@pytest.mark.slow
+def test_cli_train_under_torchrun_ends_cleanly_with_everything_written(tmp_path: Path) -> None:
+    """`aeron-tui train` itself under torchrun (FSDP): both ranks exit 0, and what a rank writes
+    last — rank 0's headless summary on stdout, its event stream's `run_finished`, the final
+    checkpoint — is complete although the ranks leave without interpreter finalization
+    (`core.train.distributed.exit_process`)."""
+    data = _equal_length_styles(tmp_path / "styles.jsonl")
+    console_script = Path(sys.executable).with_name("aeron-tui")
+    assert console_script.is_file(), "the package's console script (pip install -e .)"
+    args = ["train", "compressed", "--profile", "tiny", "--run-dir", str(tmp_path / "run"),
+            "--data", str(data), "--steps", "2", "--micro-batch", "4", "--shard"]
+    for item in _engine_sets():
+        args += ["--set", item]
+    out = run_torchrun(console_script, args)
+    assert "run finished: 2/2 steps" in out  # the last line rank 0 prints
+    types = _event_types(tmp_path / "run")
+    assert types[-1] == "run_finished" and types.count("step") == 2
+    assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("code", "status", "stderr"), [(None, 0, ""), (3, 3, ""),
+                                                        ("'no such run'", 1, "no such run\n")])
+def test_exit_process_flushes_and_maps_the_code_like_sys_exit(
+        code: str | int | None, status: int, stderr: str) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    script = ("import sys; sys.stdout.write('unflushed line'); "
+              "from core.train.distributed import exit_process; "
+              f"import atexit; atexit.register(print, 'finalized'); exit_process({code})")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=repo, timeout=60)
+    assert proc.returncode == status
+    assert proc.stdout == "unflushed line"  # flushed; no interpreter finalization (atexit)
+    assert proc.stderr == stderr

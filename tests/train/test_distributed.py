@@ -115,8 +115,10 @@ def test_zero_dependency_reaches_every_output_shape() -> None:
     assert _add_to_output("not a tensor", z) is None
 
 
-def run_torchrun(script: Path, args: list[str], nproc: int = 2, timeout: float = 240) -> str:
-    """Run ``script`` under torchrun (standalone rendezvous on a free local port)."""
+def run_torchrun(script: Path | list[str], args: list[str], nproc: int = 2,
+                 timeout: float = 240) -> str:
+    """Run ``script`` (or ``["-m", module]``) under torchrun (standalone rendezvous on a free
+    local port)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [
         sys.executable,
@@ -125,7 +127,7 @@ def run_torchrun(script: Path, args: list[str], nproc: int = 2, timeout: float =
         "--standalone",
         "--nproc_per_node",
         str(nproc),
-        str(script),
+        *(script if isinstance(script, list) else [str(script)]),
         *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -391,18 +393,16 @@ def test_engine_fsdp_compressed_equals_one_process_and_resumes(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_cli_train_under_torchrun_ends_cleanly_with_everything_written(tmp_path: Path) -> None:
-    """`aeron-tui train` itself under torchrun (FSDP): both ranks exit 0, and what a rank writes
-    last — rank 0's headless summary on stdout, its event stream's `run_finished`, the final
-    checkpoint — is complete although the ranks leave without interpreter finalization
-    (`core.train.distributed.exit_process`)."""
+    """`aeron-tui train` itself under torchrun (`-m aeron_tui`, FSDP): both ranks exit 0, and
+    what a rank writes last — rank 0's headless summary on stdout, its event stream's
+    `run_finished`, the final checkpoint — is complete although the ranks leave without
+    interpreter finalization (`core.train.distributed.exit_process`)."""
     data = _equal_length_styles(tmp_path / "styles.jsonl")
-    console_script = Path(sys.executable).with_name("aeron-tui")
-    assert console_script.is_file(), "the package's console script (pip install -e .)"
     args = ["train", "compressed", "--profile", "tiny", "--run-dir", str(tmp_path / "run"),
             "--data", str(data), "--steps", "2", "--micro-batch", "4", "--shard"]
     for item in _engine_sets():
         args += ["--set", item]
-    out = run_torchrun(console_script, args)
+    out = run_torchrun(["-m", "aeron_tui"], args)  # as the README starts it
     assert "run finished: 2/2 steps" in out  # the last line rank 0 prints
     types = _event_types(tmp_path / "run")
     assert types[-1] == "run_finished" and types.count("step") == 2

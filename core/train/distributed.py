@@ -142,10 +142,9 @@ def exit_process(code: object = 0) -> NoReturn:
     down during interpreter shutdown, and a rank that had finished its work sometimes aborted
     there ("terminate called without an active exception", SIGABRT: in 4 of at least 9 full
     test suites, never when the distributed tests ran alone), which torchrun reports as a
-    failed run. Our own
-    state is closed by then (events, trackers, checkpoints, run lock), so the process leaves
-    without finalization. ``code`` follows ``sys.exit``: None is 0, an int is itself, anything
-    else is printed to stderr and gives 1.
+    failed run. Our own state is closed by then (events, trackers, checkpoints, run lock), so
+    the process leaves without finalization. ``code`` follows ``sys.exit``: None is 0, an int
+    is itself, anything else is printed to stderr and gives 1.
     """
     import logging
 

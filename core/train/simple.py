@@ -19,7 +19,7 @@ class SimpleTrainer(Trainer):
     """Plain supervised training of the encoder-decoder on the corpus."""
 
     name = "simple"
-    description = "AdamW, warmup, then the profile's learning-rate schedule; the plain supervised trainer"
+    description = "AdamW, warmup and the profile's lr schedule; the plain supervised trainer"
     accepted_options = frozenset({"shard"})
 
     def default_learning_rate(self) -> float:

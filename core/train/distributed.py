@@ -137,14 +137,16 @@ def exit_process(code: object = 0) -> NoReturn:
 
     ``destroy_process_group`` does not free the process group: under FSDP2 the parameters are
     DTensors whose specs DTensor's sharding cache keeps, and through them the device mesh and
-    the group (measured with gloo: its three threads are still alive after
-    ``destroy_process_group`` and after the trainer is deleted and collected). It is then torn
-    down during interpreter shutdown, and a rank that had finished its work sometimes aborted
-    there ("terminate called without an active exception", SIGABRT: in 4 of at least 9 full
-    test suites, never when the distributed tests ran alone), which torchrun reports as a
-    failed run. Our own state is closed by then (events, trackers, checkpoints, run lock), so
-    the process leaves without finalization. ``code`` follows ``sys.exit``: None is 0, an int
-    is itself, anything else is printed to stderr and gives 1.
+    the group; gloo's worker threads outlive it and release finished work lazily. When such a
+    thread drops the last all-gather's tensors while the interpreter finalizes, their Python
+    objects need the GIL, CPython ends the thread with ``pthread_exit``, the unwind crosses a
+    C++ destructor and ``std::terminate`` aborts the process ("terminate called without an
+    active exception", SIGABRT, after the rank finished its work; seen in a core dump:
+    ``ProcessGroupGloo::runLoop`` → ``~AsyncWork`` → ``THPVariable_clear`` → ``take_gil`` →
+    ``PyThread_exit_thread``). torchrun then reports the run as failed. Our own state is closed
+    by then (events, trackers, checkpoints, run lock), so the process leaves without
+    finalization. ``code`` follows ``sys.exit``: None is 0, an int is itself, anything else is
+    printed to stderr and gives 1.
     """
     import logging
 
